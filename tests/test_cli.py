@@ -1,0 +1,46 @@
+"""The CLI skeleton: commands listed, version, one-line errors, TSM_DEBUG tracebacks."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from tsmcli import __version__
+from tsmcli.cli import cli
+from tsmcli.errors import DataError
+
+COMMANDS = ["extract", "build-list", "train", "eval", "convert-online", "demo"]
+
+
+def test_help_lists_every_command_with_a_summary():
+    result = CliRunner().invoke(cli, ["--help"])
+    assert result.exit_code == 0
+    lines = result.output.splitlines()
+    for name in COMMANDS:
+        row = next((line for line in lines if line.strip().startswith(name + " ")), None)
+        assert row is not None, name
+        assert len(row.split()) > 1  # a one-line summary follows the name
+
+
+def test_version():
+    result = CliRunner().invoke(cli, ["--version"])
+    assert result.exit_code == 0
+    assert __version__ in result.output
+
+
+def test_user_error_is_one_line_and_debug_shows_traceback(monkeypatch):
+    @cli.command("boom-test")
+    def boom() -> None:
+        raise DataError("clip.mp4: cannot open video; the file is missing or corrupt")
+
+    try:
+        monkeypatch.delenv("TSM_DEBUG", raising=False)
+        result = CliRunner().invoke(cli, ["boom-test"])
+        assert result.exit_code == 1
+        assert result.output.strip().splitlines() == [
+            "error: clip.mp4: cannot open video; the file is missing or corrupt"
+        ]
+        monkeypatch.setenv("TSM_DEBUG", "1")
+        result = CliRunner().invoke(cli, ["boom-test"])
+        assert isinstance(result.exception, DataError)
+    finally:
+        cli.commands.pop("boom-test")

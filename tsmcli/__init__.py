@@ -1,0 +1,39 @@
+"""tsmcli: Temporal Shift Module training, evaluation and deployment.
+
+The public API is imported lazily so that ``import tsmcli`` (and ``tsm --help``) does not
+pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_API = {
+    "build_model": "tsmcli.model.tsn",
+    "load_model": "tsmcli.model.checkpoint",
+    "load_recipe": "tsmcli.recipe",
+    "extract": "tsmcli.data.extract",
+    "build_list": "tsmcli.data.adapters",
+    "synth": "tsmcli.data.synth",
+    "train": "tsmcli.engine.train",
+    "evaluate": "tsmcli.engine.evaluate",
+    "convert_online": "tsmcli.model.export",
+    "demo": "tsmcli.demo",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tsmcli' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
