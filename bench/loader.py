@@ -1,0 +1,196 @@
+"""Clip loading against bare decoding: what the Dataset adds on top of the decoder.
+
+For 8-segment train sampling with the train transforms (multi-scale crop, flip, normalise to
+224) it times, in one process with one thread (as in one DataLoader worker):
+
+- decode: the floor, the sampled frames decoded straight with the library (decord
+  ``get_batch``; PyAV decoding forward to the last sampled frame; ``decode_jpeg`` of each
+  sampled JPEG), opening included;
+- open+get: the same through tsmcli's frame source (``open_video`` / ``FrameFolder``);
+- load: ``VideoClipDataset.__getitem__``, everything a training step waits for.
+
+The data is written here: 320x240 H.264 videos of 64 frames (PyAV), and their frames as
+JPEGs. Target (issue 3): load <= 1.2x decode.
+
+    .venv/bin/python bench/loader.py [--videos 8] [--reps 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+from torchvision.io import decode_jpeg, encode_jpeg, read_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import interleaved_medians, write_section  # noqa: E402
+
+from tsmcli.data.dataset import VideoClipDataset  # noqa: E402
+from tsmcli.data.decode import FrameFolder, open_video  # noqa: E402
+from tsmcli.data.lists import ListEntry, write_list  # noqa: E402
+from tsmcli.data.sampling import train_segment_indices  # noqa: E402
+
+WIDTH, HEIGHT, FRAMES, SEGMENTS, SEED = 320, 240, 64, 8, 0
+
+
+def write_video(path: Path, seed: int) -> None:
+    """A textured scene drifting right, with noise, so the encoder has real work to do."""
+    rng = np.random.default_rng(seed)
+    texture = rng.integers(0, 256, (HEIGHT, WIDTH * 2, 3), dtype=np.uint8)
+    texture = np.repeat(np.repeat(texture[::8, ::8], 8, axis=0), 8, axis=1)  # 8x8 blocks
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        for k in range(FRAMES):
+            image = texture[:, 2 * k : 2 * k + WIDTH].astype(np.int16)
+            image += rng.integers(-6, 7, image.shape, dtype=np.int16)
+            frame = av.VideoFrame.from_ndarray(
+                np.clip(image, 0, 255).astype(np.uint8), format="rgb24"
+            )
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+
+
+def make_data(folder: Path, count: int) -> None:
+    videos, frames = folder / "videos", folder / "frames"
+    videos.mkdir()
+    for i in range(count):
+        write_video(videos / f"v{i}.mp4", seed=i)
+        decoded = open_video(videos / f"v{i}.mp4", "pyav").get(range(FRAMES))  # (N, 3, H, W)
+        (frames / f"v{i}").mkdir(parents=True)
+        for k, frame in enumerate(decoded, start=1):
+            (frames / f"v{i}" / f"img_{k:05d}.jpg").write_bytes(
+                bytes(encode_jpeg(frame, quality=90).numpy())
+            )
+    write_list(videos / "train.txt", [ListEntry(f"v{i}.mp4", FRAMES, 0) for i in range(count)])
+    write_list(frames / "train.txt", [ListEntry(f"v{i}", FRAMES, 0) for i in range(count)])
+
+
+def decord_floor(path: Path, indices: list[int]) -> None:
+    import decord
+
+    decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1).get_batch(indices).asnumpy()
+
+
+def pyav_floor(path: Path, indices: list[int]) -> None:
+    wanted, last = set(indices), max(indices)
+    with av.open(str(path)) as container:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i in wanted:
+                frame.to_ndarray(format="rgb24")
+            if i >= last:
+                break
+
+
+def jpeg_floor(folder: Path, indices: list[int]) -> None:
+    for i in indices:
+        decode_jpeg(read_file(str(folder / f"img_{i + 1:05d}.jpg")))
+
+
+def time_item(
+    dataset: VideoClipDataset, index: int, floor: Callable[[Path, list[int]], None], reps: int
+) -> np.ndarray:
+    """Interleaved medians (s) of decode, open+get and load of one item."""
+    entry = dataset.entries[index]
+    path = dataset.root / entry.path
+    # the indices the dataset draws for item `index` of epoch 0 (sampling comes first)
+    rng = np.random.default_rng([SEED, 0, index])
+    indices = train_segment_indices(FRAMES, SEGMENTS, rng).tolist()
+
+    def via_source() -> None:
+        if dataset.source == "frames":
+            opened = FrameFolder(path, num_frames=FRAMES)
+        else:
+            opened = open_video(path, dataset.backend)
+        opened.get(indices)
+
+    medians = interleaved_medians(
+        {
+            "decode": lambda: floor(path, indices),
+            "source": via_source,
+            "load": lambda: dataset[index],
+        },
+        reps=reps,
+    )
+    return np.array([medians["decode"], medians["source"], medians["load"]])
+
+
+def measure(folder: Path, reps: int) -> list[tuple[str, float, float, float]]:
+    """(source, decode s, open+get s, load s) per source: means over the videos."""
+    cases = [
+        ("decord video", "videos", "decord", decord_floor),
+        ("PyAV video", "videos", "pyav", pyav_floor),
+        ("JPEG frames", "frames", "decord", jpeg_floor),
+    ]
+    rows = []
+    for name, source, backend, floor in cases:
+        root = folder / source
+        dataset = VideoClipDataset(
+            root / "train.txt",
+            root,
+            num_segments=SEGMENTS,
+            mode="train",
+            source=source,
+            backend=backend,
+            seed=SEED,
+        )
+        times = np.mean([time_item(dataset, i, floor, reps) for i in range(len(dataset))], axis=0)
+        rows.append((name, *times.tolist()))
+        print(
+            f"{name}: decode {1000 * times[0]:.1f} ms, load {1000 * times[2]:.1f} ms, "
+            f"ratio {times[2] / times[0]:.2f}",
+            flush=True,
+        )
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--videos", type=int, default=8)
+    parser.add_argument("--reps", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        make_data(Path(tmp), args.videos)
+        rows = measure(Path(tmp), args.reps)
+    load_after = os.getloadavg()[0]
+    table = [
+        f"| {name} | {1000 * d:.1f} | {1000 * s:.1f} | {1000 * lo:.1f} | {1000 * (lo - s):.1f} | "
+        f"{lo / d:.2f} | {'met' if lo / d <= 1.2 else 'NOT met'} |"
+        for name, d, s, lo in rows
+    ]
+    body = "\n".join(
+        [
+            f"One train clip ({SEGMENTS} segments, multi-scale crop + flip + normalise to 224, crops "
+            f"drawn at short side 256) from {WIDTH}x{HEIGHT} H.264 videos of {FRAMES} frames or their "
+            f"JPEG frames; one process, one thread; mean over {args.videos} videos of the median of "
+            f"{args.reps} interleaved reps. decode: the sampled frames decoded straight with the "
+            "library (the floor); open+get: the same through tsmcli's frame source; load: "
+            "`VideoClipDataset.__getitem__`; load - open+get: sampling, crop, resize, flip and "
+            "normalise. Target: load <= 1.2x decode.",
+            "",
+            "| source | decode ms | open+get ms | load ms | load - open+get ms | load / decode "
+            "| target |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+            *table,
+            "",
+            f"Load average (1 min) {load_before:.2f} before, {load_after:.2f} after: above the core "
+            "count means other work shared the CPU and absolute times are inflated.",
+        ]
+    )
+    print("\n".join(table))
+    path = write_section("loader", "Data loading: clip loading against bare decoding", body)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

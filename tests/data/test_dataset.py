@@ -1,0 +1,168 @@
+"""VideoClipDataset: shapes per mode, the frames it samples (read back from the pixels),
+determinism across DataLoader workers and epochs, bad data, the pre-flight check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+from torchvision.io import encode_jpeg
+
+from tsmcli.data.dataset import ClipBatch, VideoClipDataset, collate_clips, find_missing
+from tsmcli.data.decode import open_video
+from tsmcli.data.lists import ListEntry, read_list, write_classes, write_list
+from tsmcli.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from tsmcli.errors import DataError, UsageError
+
+NUM_FRAMES = 16  # make_video: frame k is a flat grey of level 8 * k
+
+
+@pytest.fixture
+def tiny(tmp_path, make_video) -> Path:
+    """3 videos of 16 frames (32x32), their JPEG frames, and list files for both."""
+    videos, frames = tmp_path / "videos", tmp_path / "frames"
+    entries_v, entries_f = [], []
+    for i in range(3):
+        video = make_video(videos / f"v{i}.mp4", num_frames=NUM_FRAMES, size=32, seed=i)
+        decoded = open_video(video, "decord").get(range(NUM_FRAMES))  # (N, 3, 32, 32)
+        (frames / f"v{i}").mkdir(parents=True)
+        for k, frame in enumerate(decoded, start=1):
+            (frames / f"v{i}" / f"img_{k:05d}.jpg").write_bytes(
+                bytes(encode_jpeg(frame, quality=95).numpy())
+            )
+        entries_v.append(ListEntry(f"v{i}.mp4", NUM_FRAMES, i))
+        entries_f.append(ListEntry(f"v{i}", NUM_FRAMES, i))
+    write_list(videos / "list.txt", entries_v)
+    write_list(frames / "list.txt", entries_f)
+    write_classes(frames / "classes.txt", ["a", "b", "c"])
+    return tmp_path
+
+
+def make(tiny: Path, source: str = "frames", **kwargs) -> VideoClipDataset:
+    folder = tiny / ("frames" if source == "frames" else "videos")
+    options = {"num_segments": 4, "input_size": 32, "scale_size": 32, **kwargs}
+    return VideoClipDataset(folder / "list.txt", folder, source=source, **options)
+
+
+def frame_indices(clip: torch.Tensor) -> list[int]:
+    """Which frame each slot of a clip (T, 3, S, S) shows, from its grey level (8 * k)."""
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    levels = ((clip * std + mean) * 255).mean(dim=(1, 2, 3))
+    return [round(level / 8) for level in levels.tolist()]
+
+
+def test_shapes_per_mode_and_classes(tiny):
+    train = make(tiny)
+    sample = train[0]
+    assert sample.clip.shape == (4, 3, 32, 32) and sample.clip.dtype == torch.float32
+    assert (sample.label, sample.index, sample.error) == (0, 0, None)
+    assert train.classes == ["a", "b", "c"] and len(train) == 3
+    assert make(tiny, mode="val").__getitem__(1).clip.shape == (1, 4, 3, 32, 32)
+    test = make(tiny, mode="test", clips=2, twice_sample=True, crops=3, full_res=True)
+    assert test.num_views == 12 and test[2].clip.shape == (12, 4, 3, 32, 32)
+    ten = make(tiny, mode="test", crops=10, input_size=24)
+    assert ten[0].clip.shape == (10, 4, 3, 24, 24)
+    dense = make(tiny, mode="test", dense=True, clips=3)
+    assert dense[0].clip.shape == (3, 4, 3, 32, 32)
+    assert make(tiny, source="videos").classes is None  # no classes.txt beside that list
+
+
+def test_val_and_test_sample_the_official_indices(tiny):
+    val = make(tiny, mode="val")[0].clip  # (1, T, 3, S, S)
+    assert frame_indices(val[0]) == [2, 6, 10, 14]  # centres of 4 segments of 4 frames
+    test = make(tiny, mode="test", twice_sample=True, crops=3, full_res=True)[0].clip
+    # temporal-major: 3 crops of the centres, then 3 crops of the segment starts
+    assert [frame_indices(view) for view in test] == [[2, 6, 10, 14]] * 3 + [[0, 4, 8, 12]] * 3
+
+
+def test_videos_and_frames_sample_the_same_frames(tiny):
+    for mode in ("train", "test"):
+        runs = [
+            make(tiny, source=s, backend=b, mode=mode, clips=2, seed=5)
+            for s, b in (("frames", "decord"), ("videos", "decord"), ("videos", "pyav"))
+        ]
+        for i in range(3):
+            clips = [run[i].clip for run in runs]
+            views = [clip.unsqueeze(0) if mode == "train" else clip for clip in clips]
+            got = [[frame_indices(v) for v in view] for view in views]
+            assert got[0] == got[1] == got[2]
+            if mode == "train":  # one frame inside each segment of 4
+                assert all(4 * k <= x < 4 * k + 4 for k, x in enumerate(got[0][0]))
+
+
+def test_deterministic_across_workers_and_epochs(tiny):
+    dataset = make(tiny, seed=1)
+
+    def epoch_clips(loader: DataLoader, epoch: int) -> torch.Tensor:
+        dataset.set_epoch(epoch)
+        return torch.cat([batch.clips for batch in loader])
+
+    serial = DataLoader(dataset, batch_size=2, num_workers=0, collate_fn=collate_clips)
+    workers = DataLoader(
+        dataset, batch_size=2, num_workers=2, collate_fn=collate_clips, persistent_workers=True
+    )
+    e0, e1 = epoch_clips(serial, 0), epoch_clips(serial, 1)
+    assert not torch.equal(e0, e1)  # a new epoch draws new frames and crops
+    assert torch.equal(epoch_clips(workers, 0), e0)
+    assert torch.equal(epoch_clips(workers, 1), e1)  # set_epoch reaches persistent workers
+    dataset.set_epoch(1)
+    assert torch.equal(dataset[2].clip, e1[2])  # resume: item 2 of epoch 1, alone
+
+
+def test_missing_frame_is_an_error_naming_it_or_skipped_and_counted(tiny):
+    (tiny / "frames" / "v1" / "img_00007.jpg").unlink()
+    with open(tiny / "frames" / "list.txt", "a") as handle:
+        handle.write("gone 16 2\n")
+    strict = make(tiny, mode="val")
+    with pytest.raises(DataError, match=r"v1/img_00007.jpg: frame is missing"):
+        strict[1]
+    with pytest.raises(DataError, match="gone"):
+        strict[3]
+
+    lenient = make(tiny, mode="val", skip_bad=True)
+    batch = collate_clips([lenient[i] for i in range(4)])
+    assert isinstance(batch, ClipBatch)
+    assert batch.clips.shape == (2, 1, 4, 3, 32, 32)
+    assert batch.labels.tolist() == [0, 2] and batch.indices.tolist() == [0, 2]
+    assert len(batch.skipped) == 2
+    assert "img_00007.jpg" in batch.skipped[0] and "gone" in batch.skipped[1]
+    empty = collate_clips([lenient[1]])
+    assert empty.clips.numel() == 0 and empty.labels.tolist() == [] and len(empty.skipped) == 1
+
+
+def test_corrupt_video_is_an_error_naming_it(tiny):
+    (tiny / "videos" / "v2.mp4").write_bytes(b"\x00not a video" * 10)
+    for backend in ("decord", "pyav"):
+        with pytest.raises(DataError, match=r"v2.mp4: cannot open video"):
+            make(tiny, source="videos", backend=backend)[2]
+
+
+def test_find_missing_uses_first_and_last_frame(tiny):
+    frames = tiny / "frames"
+    (frames / f"v2/img_{NUM_FRAMES:05d}.jpg").unlink()
+    entries = [*read_list(frames / "list.txt"), ListEntry("nowhere", 4, 0)]
+    assert find_missing(entries, frames, "frames") == ["v2", "nowhere"]
+    videos = tiny / "videos"
+    (videos / "v0.mp4").write_bytes(b"")
+    assert find_missing(read_list(videos / "list.txt"), videos, "videos") == ["v0.mp4"]
+
+
+def test_bad_options_and_labels_are_refused(tiny):
+    with pytest.raises(UsageError, match="flip 'swap' needs"):
+        make(tiny, flip="swap")
+    write_classes(tiny / "frames" / "classes.txt", ["a", "b"])
+    with pytest.raises(DataError, match=r"list.txt: label 2 but classes.txt beside it has 2"):
+        make(tiny)
+
+
+def test_flip_swap_changes_the_label_of_mirrored_clips(tiny):
+    dataset = make(tiny, flip="swap", flip_pairs=[(0, 1)])
+    labels = set()
+    for epoch in range(12):
+        dataset.set_epoch(epoch)
+        labels.add(dataset[0].label)
+    assert labels == {0, 1}
+    assert make(tiny, flip="off")[0].label == 0

@@ -1,0 +1,141 @@
+"""TSN list files and ``classes.txt``: the hand-off between ``tsm build-list`` and training.
+
+A list line is ``<path relative to root> <num_frames> <label>``, space separated (the format of
+the official TSM code and of mmaction2's rawframe lists). Both readers split on whitespace,
+so a path with a space cannot be written. ``classes.txt`` beside a list holds one class name
+a line; the line number (0-based) is the label.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tsmcli.errors import DataError
+
+CLASSES_FILE = "classes.txt"
+
+
+@dataclass(frozen=True)
+class ListEntry:
+    """One video of a list: where it is (relative to the root), its frame count, its label."""
+
+    path: str
+    num_frames: int
+    label: int
+
+
+def read_list(path: str | Path) -> list[ListEntry]:
+    """Read a list file; CRLF line ends and blank lines are tolerated, anything else malformed
+    is a DataError naming the file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: list file does not exist; build it with tsm build-list") from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path}: list file is not UTF-8 text; build it with tsm build-list"
+        ) from exc
+    entries = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 3:
+            raise DataError(
+                f"{path}:{number}: expected '<path> <num_frames> <label>', got "
+                f"{len(fields)} field(s); rebuild the list with tsm build-list"
+            )
+        rel, frames, label = fields
+        try:
+            num_frames, label_index = int(frames), int(label)
+        except ValueError as exc:
+            raise DataError(
+                f"{path}:{number}: num_frames and label must be integers, got "
+                f"{frames!r} {label!r}; rebuild the list with tsm build-list"
+            ) from exc
+        if num_frames < 1 or label_index < 0:
+            raise DataError(
+                f"{path}:{number}: num_frames must be >= 1 and label >= 0, got "
+                f"{num_frames} {label_index}; rebuild the list with tsm build-list"
+            )
+        entries.append(ListEntry(rel, num_frames, label_index))
+    return entries
+
+
+def write_list(path: str | Path, entries: Iterable[ListEntry]) -> Path:
+    """Write a list file atomically (a reader never sees half a list)."""
+    path = Path(path)
+    lines = []
+    for entry in entries:
+        if not entry.path or any(ch.isspace() for ch in entry.path):
+            raise DataError(
+                f"{entry.path!r}: list paths cannot be empty or contain spaces (the "
+                "list format splits on whitespace); rename the file or folder"
+            )
+        lines.append(f"{entry.path} {int(entry.num_frames)} {int(entry.label)}\n")
+    atomic_write_text(path, "".join(lines))
+    return path
+
+
+def read_classes(path: str | Path) -> list[str]:
+    """Class names, one a line; the line number is the label. Trailing blank lines are fine."""
+    path = Path(path)
+    try:
+        lines = [line.rstrip() for line in path.read_text(encoding="utf-8").splitlines()]
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: class list does not exist; build it with tsm build-list") from exc
+    while lines and not lines[-1]:
+        lines.pop()
+    seen: dict[str, int] = {}
+    for number, name in enumerate(lines, start=1):
+        if not name:
+            raise DataError(
+                f"{path}:{number}: blank class name; remove the line (line numbers "
+                "are labels, so check the list files too)"
+            )
+        if name in seen:
+            raise DataError(
+                f"{path}:{number}: class {name!r} repeats line {seen[name]}; "
+                "each class must appear once"
+            )
+        seen[name] = number
+    return lines
+
+
+def write_classes(path: str | Path, classes: Iterable[str]) -> Path:
+    """Write ``classes.txt`` atomically."""
+    path = Path(path)
+    names = list(classes)
+    for name in names:
+        if not name.strip() or "\n" in name or "\r" in name:
+            raise DataError(
+                f"{path}: class name {name!r} is empty or spans lines; fix the label map"
+            )
+    atomic_write_text(path, "".join(f"{name}\n" for name in names))
+    return path
+
+
+def classes_for_list(list_path: str | Path) -> list[str] | None:
+    """The class names in ``classes.txt`` beside a list file, or None when there is none."""
+    candidate = Path(list_path).parent / CLASSES_FILE
+    return read_classes(candidate) if candidate.is_file() else None
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write text to a temp file in the same folder, fsync, rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,234 @@
+"""Spatial transforms of a clip: uint8 frames ``(T, 3, H, W)`` in, normalised float out.
+
+Train: the official TSM multi-scale crop (crop sides from scales of the short side, at most one
+step of aspect distortion, 13 fixed positions), one crop for every frame of the clip, resized
+to ``input_size``; then a horizontal flip (``off``, ``on``, or ``swap``: flip and swap the label
+through the dataset's left/right pairs). Test views: 1 centre crop, 3 crops along the long
+side ("full res" when the crop is ``scale_size``), or 10 crops (corners, centre and their flips).
+
+Every crop box is computed on the frame as if its short side were ``scale_size`` (the size
+the official recipes train and test at) and mapped back to the decoded frame, so a crop is
+one resample (``resized_crop``) of the source, never a full-frame resize followed by a crop.
+When the frames already have that short side, a crop is an exact slice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torchvision.transforms.v2 import functional as F
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TRAIN_SCALES = (1.0, 0.875, 0.75, 0.66)
+FLIP_MODES = ("off", "on", "swap")
+TEST_CROPS = (1, 3, 10)
+
+
+class CropBox(NamedTuple):
+    """A crop in pixels: ``left``, ``top``, ``width``, ``height``."""
+
+    left: int
+    top: int
+    width: int
+    height: int
+
+
+def scaled_size(width: int, height: int, short_side: int | None) -> tuple[int, int]:
+    """(width, height) after resizing the short side to ``short_side`` (torchvision's rule)."""
+    if short_side is None:
+        return width, height
+    if width <= height:
+        return short_side, int(short_side * height / width)
+    return int(short_side * width / height), short_side
+
+
+def multiscale_crop_sizes(
+    width: int,
+    height: int,
+    input_size: int,
+    scales: Sequence[float] = TRAIN_SCALES,
+    max_distort: int = 1,
+) -> list[tuple[int, int]]:
+    """Candidate (crop_w, crop_h): scales of the short side, sides within 3 px of
+    ``input_size`` snapped to it, width and height scale indices at most ``max_distort`` apart."""
+    sides = [int(min(width, height) * s) for s in scales]
+    sides = [input_size if abs(side - input_size) < 3 else side for side in sides]
+    return [
+        (w, h)
+        for i, h in enumerate(sides)
+        for j, w in enumerate(sides)
+        if abs(i - j) <= max_distort
+    ]
+
+
+def fixed_crop_offsets(
+    width: int, height: int, crop_w: int, crop_h: int, more: bool = True
+) -> list[tuple[int, int]]:
+    """(left, top) of the official fixed positions on a 4x4 step grid: 4 corners and the centre,
+    and with ``more`` the 4 edge centres and 4 quarter points (13 in all)."""
+    w_step, h_step = (width - crop_w) // 4, (height - crop_h) // 4
+    grid = [(0, 0), (4, 0), (0, 4), (4, 4), (2, 2)]
+    if more:
+        grid += [(0, 2), (4, 2), (2, 4), (2, 0), (1, 1), (3, 1), (1, 3), (3, 3)]
+    return [(gx * w_step, gy * h_step) for gx, gy in grid]
+
+
+def sample_multiscale_crop(
+    width: int,
+    height: int,
+    input_size: int,
+    rng: np.random.Generator,
+    scales: Sequence[float] = TRAIN_SCALES,
+) -> CropBox:
+    """One random multi-scale crop box of a ``width`` x ``height`` frame."""
+    sizes = multiscale_crop_sizes(width, height, input_size, scales)
+    crop_w, crop_h = sizes[int(rng.integers(len(sizes)))]
+    offsets = fixed_crop_offsets(width, height, crop_w, crop_h)
+    left, top = offsets[int(rng.integers(len(offsets)))]
+    return CropBox(left, top, crop_w, crop_h)
+
+
+def eval_crop_boxes(width: int, height: int, crop: int, crops: int) -> list[CropBox]:
+    """Boxes of the deterministic test views of a (scaled) frame.
+
+    1: the centre (torchvision's rounding); 3: start, centre and end along the long side, on
+    the official 4-step grid (``GroupFullResSample``); 10: the 5 boxes of the official
+    ``GroupOverSample`` (the caller adds each one's flip right after it).
+    """
+    if crop > min(width, height):
+        raise ValueError(f"crop {crop} is larger than the {width}x{height} frame")
+    if crops == 1:
+        return [
+            CropBox(int(round((width - crop) / 2)), int(round((height - crop) / 2)), crop, crop)
+        ]
+    w_step, h_step = (width - crop) // 4, (height - crop) // 4
+    if crops == 3:
+        # The official code steps along x only, so its 3 crops of a portrait frame coincide.
+        if width >= height:
+            return [CropBox(k * w_step, 2 * h_step, crop, crop) for k in (0, 2, 4)]
+        return [CropBox(2 * w_step, k * h_step, crop, crop) for k in (0, 2, 4)]
+    if crops == 10:
+        return [
+            CropBox(left, top, crop, crop)
+            for left, top in fixed_crop_offsets(width, height, crop, crop, more=False)
+        ]
+    raise ValueError(f"crops must be one of {TEST_CROPS}, got {crops}")
+
+
+def map_box(box: CropBox, from_size: tuple[int, int], to_size: tuple[int, int]) -> CropBox:
+    """A box on a ``from_size`` (w, h) frame mapped onto the same picture at ``to_size``."""
+    if from_size == to_size:
+        return box
+    sx, sy = to_size[0] / from_size[0], to_size[1] / from_size[1]
+    width = max(1, min(to_size[0], round(box.width * sx)))
+    height = max(1, min(to_size[1], round(box.height * sy)))
+    left = min(to_size[0] - width, round(box.left * sx))
+    top = min(to_size[1] - height, round(box.top * sy))
+    return CropBox(left, top, width, height)
+
+
+def crop_resize(frames: torch.Tensor, box: CropBox, size: int) -> torch.Tensor:
+    """Crop every frame to ``box`` and resize to ``size`` x ``size``: (T, 3, size, size)."""
+    return F.resized_crop(
+        frames, box.top, box.left, box.height, box.width, [size, size], antialias=True
+    )
+
+
+def resize_short_side(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize so the short side is ``size``: (T, 3, H', W')."""
+    height, width = frames.shape[-2:]
+    new_w, new_h = scaled_size(width, height, size)
+    return F.resize(frames, [new_h, new_w], antialias=True)
+
+
+def centre_crop(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """The centred ``size`` x ``size`` crop: (T, 3, size, size)."""
+    height, width = frames.shape[-2:]
+    box = eval_crop_boxes(width, height, size, 1)[0]
+    return frames[..., box.top : box.top + size, box.left : box.left + size]
+
+
+def horizontal_flip(frames: torch.Tensor) -> torch.Tensor:
+    """Mirror left-right (the last axis)."""
+    return frames.flip(-1)
+
+
+def swap_label(label: int, pairs: Sequence[tuple[int, int]]) -> int:
+    """The label of the mirrored video: its pair partner, or itself."""
+    for a, b in pairs:
+        if label == a:
+            return b
+        if label == b:
+            return a
+    return label
+
+
+def normalize(
+    frames: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> torch.Tensor:
+    """uint8 in [0, 255] to float32 ``(x / 255 - mean) / std`` per channel; same shape.
+
+    Computed as one multiply-add, ``x * (1 / (255 std)) - mean / std``: divisions by a
+    broadcast tensor cost 5x more, and this runs on every frame of every clip.
+    """
+    mean_t = torch.tensor(mean, dtype=torch.float64).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float64).view(3, 1, 1)
+    scale, shift = (1.0 / (255.0 * std_t)).float(), (-mean_t / std_t).float()
+    return frames.to(torch.float32, memory_format=torch.contiguous_format).mul_(scale).add_(shift)
+
+
+def train_clip(
+    frames: torch.Tensor,
+    label: int,
+    rng: np.random.Generator,
+    *,
+    input_size: int = 224,
+    scale_size: int | None = 256,
+    scales: Sequence[float] = TRAIN_SCALES,
+    flip: str = "on",
+    flip_pairs: Sequence[tuple[int, int]] = (),
+) -> tuple[torch.Tensor, int]:
+    """Multi-scale crop, flip, normalise: uint8 (T, 3, H, W) -> float (T, 3, S, S), label.
+
+    The crop is drawn on the frame scaled to short side ``scale_size`` (None: as decoded).
+    """
+    if flip not in FLIP_MODES:
+        raise ValueError(f"flip must be one of {FLIP_MODES}, got {flip!r}")
+    height, width = frames.shape[-2:]
+    virtual = scaled_size(width, height, scale_size)
+    box = sample_multiscale_crop(virtual[0], virtual[1], input_size, rng, scales)
+    clip = crop_resize(frames, map_box(box, virtual, (width, height)), input_size)  # (T, 3, S, S)
+    if flip != "off" and rng.random() < 0.5:
+        clip = horizontal_flip(clip)
+        if flip == "swap":
+            label = swap_label(label, flip_pairs)
+    return normalize(clip), label
+
+
+def eval_views(
+    frames: torch.Tensor,
+    *,
+    input_size: int = 224,
+    scale_size: int = 256,
+    crops: int = 1,
+    full_res: bool = False,
+) -> torch.Tensor:
+    """The deterministic spatial views: uint8 (T, 3, H, W) -> float (C, T, 3, S, S).
+
+    S is ``scale_size`` with ``full_res`` (official 3-crop "full resolution" testing),
+    else ``input_size``. C is ``crops``; with 10 crops each box is followed by its flip.
+    """
+    height, width = frames.shape[-2:]
+    virtual = scaled_size(width, height, scale_size)
+    crop = scale_size if full_res else input_size
+    views = []
+    for box in eval_crop_boxes(virtual[0], virtual[1], crop, crops):
+        view = crop_resize(frames, map_box(box, virtual, (width, height)), crop)  # (T, 3, S, S)
+        views.append(view)
+        if crops == 10:
+            views.append(horizontal_flip(view))
+    return normalize(torch.stack(views))  # (C, T, 3, S, S)
