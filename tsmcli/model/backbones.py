@@ -1,0 +1,186 @@
+"""Registry of 2D backbones and where the temporal shift goes in each.
+
+Adding a backbone is one decorated function that returns the torchvision network (never
+downloading weights) plus, for a new family, one function that inserts the shift. Every
+entry knows its feature dimension and the attribute of its ImageNet classifier, which the
+TSN wrapper replaces by ``Identity``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torchvision
+from torch import nn
+from torchvision.models.mobilenetv2 import InvertedResidual
+
+from tsmcli.errors import UsageError
+from tsmcli.model.shift import TemporalShift
+
+logger = logging.getLogger(__name__)
+
+SHIFT_MODES: tuple[str, ...] = ("none", "bidirectional", "unidirectional")
+SHIFT_PLACES: tuple[str, ...] = ("blockres", "block")
+
+# insert(model, num_segments, shift_div, direction, place) -> names of the TemporalShift modules
+ShiftInserter = Callable[[nn.Module, int, int, str, str], list[str]]
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What the TSN wrapper and the checkpoint importers need to know about a backbone."""
+
+    name: str
+    family: str  # "resnet" or "mobilenet_v2": decides shift placement and key layouts
+    feature_dim: int  # size of the pooled feature that feeds the classifier
+    head: str  # attribute of the ImageNet classifier ("fc" / "classifier")
+    build: Callable[[], nn.Module]  # the torchvision network with random weights
+    insert_shift: ShiftInserter
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register_backbone(name: str, *, family: str, feature_dim: int, head: str,
+                      insert_shift: ShiftInserter) -> Callable[[Callable[[], nn.Module]],
+                                                               Callable[[], nn.Module]]:
+    """Decorator: register a function returning a freshly initialised network as ``name``."""
+
+    def decorator(build: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
+        if name in _REGISTRY:
+            raise ValueError(f"backbone {name!r} is registered twice")
+        _REGISTRY[name] = BackboneSpec(name, family, feature_dim, head, build, insert_shift)
+        return build
+
+    return decorator
+
+
+def list_backbones() -> list[str]:
+    """Names accepted as ``arch``, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_backbone(name: str) -> BackboneSpec:
+    """The registry entry for ``name``; an unknown name suggests the closest known one."""
+    spec = _REGISTRY.get(name)
+    if spec is not None:
+        return spec
+    close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
+    hint = f"did you mean {close[0]!r}?" if close else f"choose one of {', '.join(list_backbones())}"
+    raise UsageError(f"Unknown arch {name!r}; {hint}")
+
+
+def build_backbone(arch: str, *, num_segments: int, shift: str = "bidirectional",
+                   shift_div: int = 8, shift_place: str = "blockres") -> tuple[nn.Module, BackboneSpec]:
+    """The backbone with its classifier replaced by ``Identity`` and the shift inserted.
+
+    The returned network maps (N*T, 3, H, W) frames to (N*T, feature_dim) features.
+    """
+    spec = get_backbone(arch)
+    if shift not in SHIFT_MODES:
+        raise UsageError(f"Unknown shift {shift!r}; choose one of {', '.join(SHIFT_MODES)}")
+    if shift_place not in SHIFT_PLACES:
+        raise UsageError(f"Unknown shift_place {shift_place!r}; choose one of "
+                         f"{', '.join(SHIFT_PLACES)}")
+    model = spec.build()
+    setattr(model, spec.head, nn.Identity())
+    if shift != "none":
+        names = spec.insert_shift(model, num_segments, shift_div, shift, shift_place)
+        logger.debug("%s: %s shift in %d modules (%s)", arch, shift, len(names), shift_place)
+    return model, spec
+
+
+def shifted_module_names(model: nn.Module) -> list[str]:
+    """Qualified names of the ``TemporalShift`` modules in ``model``, in forward order."""
+    return [name for name, module in model.named_modules() if isinstance(module, TemporalShift)]
+
+
+# ---------------------------------------------------------------------------------------------
+# where the shift goes
+
+
+def _shift_resnet(model: nn.Module, num_segments: int, shift_div: int, direction: str,
+                  place: str) -> list[str]:
+    """Official placement: ``blockres`` wraps ``conv1`` of each residual block (its residual
+    branch only), ``block`` wraps whole blocks. With 23+ blocks in layer3 (ResNet-101/152)
+    ``blockres`` shifts every other block of each stage, starting with the first."""
+    every = 2 if len(model.layer3) >= 23 and place == "blockres" else 1
+    names = []
+    for stage_name in ("layer1", "layer2", "layer3", "layer4"):
+        stage = getattr(model, stage_name)
+        for index in range(0, len(stage), every):
+            if place == "block":
+                stage[index] = TemporalShift(stage[index], num_segments, shift_div, direction)
+                names.append(f"{stage_name}.{index}")
+            else:
+                block = stage[index]
+                block.conv1 = TemporalShift(block.conv1, num_segments, shift_div, direction)
+                names.append(f"{stage_name}.{index}.conv1")
+    return names
+
+
+def _shift_mobilenet_v2(model: nn.Module, num_segments: int, shift_div: int, direction: str,
+                        place: str) -> list[str]:
+    """As the paper's online model: shift before the pointwise expansion of every inverted
+    residual block that has a skip connection and an expansion (10 blocks). The wrapped
+    module is the expansion's ``Conv2d`` (``conv[0][0]``), so its BN and ReLU6 stay put."""
+    if place != "blockres":
+        raise UsageError(f"shift_place {place!r} is defined for ResNets only; use 'blockres' "
+                         "for mobilenet_v2")
+    names = []
+    for name, module in model.features.named_children():
+        # torchvision's conv: [pw expansion, dw, pw-linear conv, BN] with an expansion, 3 without
+        if isinstance(module, InvertedResidual) and module.use_res_connect and len(module.conv) == 4:
+            expansion = module.conv[0]
+            expansion[0] = TemporalShift(expansion[0], num_segments, shift_div, direction)
+            names.append(f"features.{name}.conv.0.0")
+    return names
+
+
+# ---------------------------------------------------------------------------------------------
+# the registry (torchvision architectures, weights=None: nothing is ever downloaded)
+
+
+@register_backbone("resnet18", family="resnet", feature_dim=512, head="fc",
+                   insert_shift=_shift_resnet)
+def resnet18() -> nn.Module:
+    """ResNet-18: basic blocks 2-2-2-2."""
+    return torchvision.models.resnet18(weights=None)
+
+
+@register_backbone("resnet34", family="resnet", feature_dim=512, head="fc",
+                   insert_shift=_shift_resnet)
+def resnet34() -> nn.Module:
+    """ResNet-34: basic blocks 3-4-6-3."""
+    return torchvision.models.resnet34(weights=None)
+
+
+@register_backbone("resnet50", family="resnet", feature_dim=2048, head="fc",
+                   insert_shift=_shift_resnet)
+def resnet50() -> nn.Module:
+    """ResNet-50: bottlenecks 3-4-6-3, the paper's main backbone."""
+    return torchvision.models.resnet50(weights=None)
+
+
+@register_backbone("resnet101", family="resnet", feature_dim=2048, head="fc",
+                   insert_shift=_shift_resnet)
+def resnet101() -> nn.Module:
+    """ResNet-101: bottlenecks 3-4-23-3."""
+    return torchvision.models.resnet101(weights=None)
+
+
+@register_backbone("resnet152", family="resnet", feature_dim=2048, head="fc",
+                   insert_shift=_shift_resnet)
+def resnet152() -> nn.Module:
+    """ResNet-152: bottlenecks 3-8-36-3."""
+    return torchvision.models.resnet152(weights=None)
+
+
+@register_backbone("mobilenet_v2", family="mobilenet_v2", feature_dim=1280, head="classifier",
+                   insert_shift=_shift_mobilenet_v2)
+def mobilenet_v2() -> nn.Module:
+    """MobileNetV2 (width 1.0), the backbone of the paper's online model."""
+    return torchvision.models.mobilenet_v2(weights=None)

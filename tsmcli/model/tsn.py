@@ -1,0 +1,120 @@
+"""The TSN wrapper: T frames through a 2D backbone (with or without shift), one head,
+average consensus. Structure and names follow the official code, so its checkpoints load
+key for key: ``base_model`` (backbone), ``new_fc`` (the video head).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from tsmcli.errors import UsageError
+from tsmcli.model.backbones import SHIFT_MODES, SHIFT_PLACES, build_backbone
+
+
+class TSN(nn.Module):
+    """Temporal Segment Network; with a shift, the Temporal Shift Module model.
+
+    Input (B, T, 3, H, W) with T = ``num_segments``; output (B, num_classes) logits, the mean
+    over frames of per-frame logits (the head runs per frame, as in the official code).
+    Use ``build_model`` to construct one (it validates the arguments and loads ImageNet
+    weights); ``config()`` returns the arguments that rebuild it.
+    """
+
+    def __init__(self, arch: str, num_classes: int, num_segments: int = 8,
+                 shift: str = "bidirectional", shift_div: int = 8, shift_place: str = "blockres",
+                 dropout: float = 0.5, partial_bn: bool = False):
+        super().__init__()
+        self.arch = arch
+        self.num_classes = num_classes
+        self.num_segments = num_segments
+        self.shift = shift
+        self.shift_div = shift_div
+        self.shift_place = shift_place
+        self.partial_bn = partial_bn
+        self.base_model, self.spec = build_backbone(
+            arch, num_segments=num_segments, shift=shift, shift_div=shift_div,
+            shift_place=shift_place)
+        self.feature_dim = self.spec.feature_dim
+        self.dropout = nn.Dropout(p=dropout)
+        self.new_fc = nn.Linear(self.feature_dim, num_classes)
+        # official init of the new head: small weights so training starts near uniform scores
+        nn.init.normal_(self.new_fc.weight, 0.0, 0.001)
+        nn.init.zeros_(self.new_fc.bias)
+        self.train()  # apply partial BN's requires_grad now, before an optimizer is built
+
+    def config(self) -> dict[str, Any]:
+        """Keyword arguments of ``build_model`` that rebuild this model (weights aside)."""
+        return {
+            "arch": self.arch,
+            "num_classes": self.num_classes,
+            "num_segments": self.num_segments,
+            "shift": self.shift,
+            "shift_div": self.shift_div,
+            "shift_place": self.shift_place,
+            "dropout": self.dropout.p,
+            "partial_bn": self.partial_bn,
+        }
+
+    def features(self, x: Tensor) -> Tensor:
+        """Per-frame backbone features (B, T, D), before dropout and the head."""
+        if x.dim() != 5 or x.shape[1] != self.num_segments:
+            raise ValueError(f"expected input (B, {self.num_segments}, C, H, W), got "
+                             f"{tuple(x.shape)}; build the model with num_segments="
+                             f"{x.shape[1] if x.dim() == 5 else '?'} to use another clip length")
+        batch, frames = x.shape[:2]
+        flat = x.reshape(batch * frames, *x.shape[2:])  # (B*T, 3, H, W)
+        return self.base_model(flat).view(batch, frames, -1)  # (B, T, D)
+
+    def frame_logits(self, x: Tensor) -> Tensor:
+        """Per-frame logits (B, T, K): the head applied to every frame's feature."""
+        return self.new_fc(self.dropout(self.features(x)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Clip logits (B, K): average consensus of the per-frame logits."""
+        return self.frame_logits(x).mean(dim=1)
+
+    def train(self, mode: bool = True) -> TSN:
+        """With ``partial_bn``, training keeps every BatchNorm but the first in eval mode with
+        frozen affine parameters (official ``partialBN``: small batches of frames give poor
+        batch statistics, so ImageNet's are kept)."""
+        super().train(mode)
+        if mode and self.partial_bn:
+            norms = [m for m in self.base_model.modules() if isinstance(m, nn.BatchNorm2d)]
+            for norm in norms[1:]:
+                norm.eval()
+                norm.weight.requires_grad_(False)
+                norm.bias.requires_grad_(False)
+        return self
+
+
+def build_model(arch: str, num_classes: int, num_segments: int = 8, shift: str = "bidirectional",
+                shift_div: int = 8, shift_place: str = "blockres", dropout: float = 0.5,
+                partial_bn: bool = False, pretrained: str | Path | None = None) -> TSN:
+    """A TSN/TSM model; ``pretrained`` is a torchvision ImageNet state dict for the backbone.
+
+    ``shift`` is ``"none"`` (TSN), ``"bidirectional"`` (offline TSM) or ``"unidirectional"``
+    (online TSM). The model is returned in training mode.
+    """
+    checks = [
+        (isinstance(num_classes, int) and num_classes >= 1, "num_classes", "at least 1"),
+        (isinstance(num_segments, int) and num_segments >= 1, "num_segments", "at least 1"),
+        (isinstance(shift_div, int) and shift_div >= 1, "shift_div", "at least 1"),
+        (isinstance(dropout, int | float) and 0.0 <= dropout < 1.0, "dropout", "in [0, 1)"),
+        (shift in SHIFT_MODES, "shift", f"one of {', '.join(SHIFT_MODES)}"),
+        (shift_place in SHIFT_PLACES, "shift_place", f"one of {', '.join(SHIFT_PLACES)}"),
+    ]
+    values = {"num_classes": num_classes, "num_segments": num_segments, "shift_div": shift_div,
+              "dropout": dropout, "shift": shift, "shift_place": shift_place}
+    for ok, name, expected in checks:
+        if not ok or isinstance(values[name], bool):
+            raise UsageError(f"model {name} must be {expected}, got {values[name]!r}")
+    model = TSN(arch, num_classes, num_segments=num_segments, shift=shift, shift_div=shift_div,
+                shift_place=shift_place, dropout=float(dropout), partial_bn=bool(partial_bn))
+    if pretrained is not None:
+        from tsmcli.model.checkpoint import load_pretrained_backbone
+
+        load_pretrained_backbone(model, pretrained)
+    return model
