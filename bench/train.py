@@ -1,0 +1,165 @@
+"""Training speed: clips/s end to end (decode + augment + step) against the model step alone,
+and the share of step time spent waiting for data, for the demo recipe and TSM-R50 8x224.
+
+End to end runs the real ``train()`` on a few synthetic videos written to a temp folder
+(2 epochs; the second, with warm workers, is reported). Model alone runs the same SGD step
+on a batch already in memory, interleaved rep by rep, so the ratio of the two is the cost of
+the input pipeline. Target (issue 4): data wait < 10% of a demo step with the default workers.
+
+    .venv/bin/python bench/train.py [--r50-steps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import interleaved_medians, write_section  # noqa: E402
+
+from tsmcli.data.lists import ListEntry, write_classes, write_list  # noqa: E402
+from tsmcli.data.synth import CLASSES, synth  # noqa: E402
+from tsmcli.engine.optim import build_optimizer  # noqa: E402
+from tsmcli.engine.train import train  # noqa: E402
+from tsmcli.model.tsn import build_model  # noqa: E402
+from tsmcli.recipe import Recipe, apply_overrides, load_recipe  # noqa: E402
+
+
+def make_data(folder: Path, per_class: int, size: int, num_frames: int) -> Path:
+    """Synthetic videos and train/val lists (val: the first video of each class)."""
+    result = synth(folder, seed=0, per_class=per_class, size=size, num_frames=num_frames)
+    entries = [
+        ListEntry(str(p.relative_to(folder)), num_frames, CLASSES.index(p.parent.name))
+        for p in result.paths
+    ]
+    write_list(folder / "train.txt", entries)
+    write_list(folder / "val.txt", [e for e in entries if e.path.endswith("_0000.mp4")])
+    write_classes(folder / "classes.txt", CLASSES)
+    return folder
+
+
+def end_to_end(recipe: Recipe, out: Path) -> dict:
+    """The second epoch's row of metrics.jsonl (workers warm, every step a full batch)."""
+    train(recipe, out_dir=out)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return rows[-1]
+
+
+def model_alone(recipe: Recipe, reps: int) -> dict[str, float]:
+    """Median seconds of one SGD step on an in-memory batch, and the clips/s that gives."""
+    m, d, b = recipe.model, recipe.data, recipe.train.batch_size
+    torch.manual_seed(0)
+    model = build_model(
+        m.arch,
+        num_classes=len(CLASSES),
+        num_segments=m.num_segments,
+        shift=m.shift,
+        dropout=m.dropout,
+        partial_bn=m.partial_bn,
+    )
+    model.train()
+    optimizer = build_optimizer(model, recipe.optim, recipe.optim.lr, fc_lr5=False)
+    clips = torch.randn(b, m.num_segments, 3, d.input_size, d.input_size)  # (B, T, 3, S, S)
+    labels = torch.randint(0, len(CLASSES), (b,))
+
+    def step() -> None:
+        loss = torch.nn.functional.cross_entropy(model(clips), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    seconds = interleaved_medians({"step": step}, reps=reps)["step"]
+    return {"seconds": seconds, "clips_per_s": b / seconds}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--demo-per-class", type=int, default=8, help="synthetic videos per class (demo)"
+    )
+    parser.add_argument("--r50-steps", type=int, default=2, help="steps per epoch of the R50 run")
+    args = parser.parse_args()
+    demo = load_recipe("demo")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        small = make_data(tmp / "demo_data", args.demo_per_class, size=64, num_frames=24)
+        big = make_data(
+            tmp / "r50_data",
+            max(1, -(-2 * args.r50_steps // len(CLASSES))),
+            size=256,
+            num_frames=24,
+        )
+        common = ["train.epochs=2", "train.device=cpu", "train.eval_every=100", "data.val_list="]
+        for label, recipe, data in [
+            (
+                f"demo (ResNet-18 8x64, batch {demo.train.batch_size}, {demo.train.workers} workers)",
+                apply_overrides(demo, common),
+                small,
+            ),
+            (
+                "demo, 0 workers (decode in the training process)",
+                apply_overrides(demo, [*common, "train.workers=0"]),
+                small,
+            ),
+            (
+                f"TSM-R50 8x224, batch 2, {min(8, os.cpu_count() or 1)} workers",
+                load_recipe(
+                    "kinetics_r50",
+                    [
+                        *common,
+                        "model.pretrained=",
+                        "train.batch_size=2",
+                        f"train.workers={min(8, os.cpu_count() or 1)}",
+                        "data.source=videos",
+                    ],
+                ),
+                big,
+            ),
+        ]:
+            recipe = apply_overrides(
+                recipe,
+                [
+                    f"data.root={data}",
+                    f"data.train_list={data / 'train.txt'}",
+                    f"name=run{len(rows)}",
+                ],
+            )
+            start = time.perf_counter()
+            row = end_to_end(recipe, tmp / "runs" / recipe.name)
+            alone = model_alone(recipe, reps=2 if "R50" in label else 5)
+            rows.append((label, row, alone))
+            print(
+                f"{label}: {row['clips_per_s']:.3g} clips/s end to end, {alone['clips_per_s']:.3g} model alone, "
+                f"data wait {100 * row['data_wait_share']:.1f}% ({time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
+    table = [
+        "| configuration | clips/s end to end | clips/s model step alone | ratio | data wait share |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for label, row, alone in rows:
+        table.append(
+            f"| {label} | {row['clips_per_s']:.3g} | {alone['clips_per_s']:.3g} | "
+            f"{row['clips_per_s'] / alone['clips_per_s']:.2f} | {100 * row['data_wait_share']:.1f}% |"
+        )
+    demo_wait = 100 * rows[0][1]["data_wait_share"]
+    verdict = "meets" if demo_wait < 10 else "misses"
+    body = "\n".join(table) + (
+        f"\n\nDemo recipe with its default workers: {demo_wait:.1f}% of step time waiting for data "
+        f"({verdict} the < 10% target). End to end is the second of 2 epochs of `train()` on synthetic "
+        "videos on disk (decode, sampling, augmentation, SGD step); model alone is the same step on an "
+        "in-memory batch. CPU only; other processes may have shared the cores while this ran.\n"
+    )
+    print(write_section("train", "Training speed (bench/train.py)", body))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""Recipes: strict loading, helpful errors, overrides, round trips, every shipped recipe builds."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from tsmcli.errors import RecipeError
+from tsmcli.recipe import Recipe, apply_overrides, load_recipe, shipped_recipes
+from tsmcli.resources import recipes_dir
+
+SHIPPED = ["demo", "kinetics_r50", "kinetics_r50_online", "sthv2_r50", "ucf101_r50_finetune"]
+
+
+def _write(tmp_path: Path, text: str, name: str = "mine.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def _error(path_or_name, overrides=()) -> str:
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path_or_name, overrides)
+    message = str(info.value)
+    assert "\n" not in message  # the CLI prints it as one line
+    return message
+
+
+def test_shipped_recipes_are_listed():
+    assert shipped_recipes() == SHIPPED
+    assert not (recipes_dir() / ".keep").exists()
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_recipe_loads_round_trips_and_builds(name):
+    from tsmcli.model.tsn import build_model
+
+    recipe = load_recipe(name)
+    assert recipe.name == name
+    assert Recipe.from_dict(recipe.to_dict()) == recipe
+    m = recipe.model
+    model = build_model(
+        m.arch,
+        num_classes=m.num_classes or 7,
+        num_segments=m.num_segments,
+        shift=m.shift,
+        shift_div=m.shift_div,
+        shift_place=m.shift_place,
+        dropout=m.dropout,
+        partial_bn=m.partial_bn,
+        pretrained=None,
+    )
+    assert model.new_fc.out_features == (m.num_classes or 7)
+    assert model.config()["arch"] == m.arch
+
+
+def test_official_hyperparameters_are_what_the_papers_scripts_use():
+    k400 = load_recipe("kinetics_r50")
+    assert (k400.optim.lr, k400.optim.reference_batch_size, k400.optim.weight_decay) == (
+        0.02,
+        128,
+        1e-4,
+    )
+    assert (k400.train.epochs, k400.optim.lr_steps, k400.optim.clip_grad) == (
+        50,
+        (20.0, 40.0),
+        20.0,
+    )
+    assert (k400.model.dropout, k400.model.partial_bn, k400.data.flip) == (0.5, False, "on")
+    assert k400.model.pretrained and k400.model.init_from is None
+    online = load_recipe("kinetics_r50_online")
+    assert online.model.shift == "unidirectional"
+    assert dataclasses.replace(online, name="x", model=k400.model) == dataclasses.replace(
+        k400, name="x"
+    )
+    ssv2 = load_recipe("sthv2_r50")
+    assert (ssv2.optim.lr, ssv2.optim.reference_batch_size, ssv2.optim.weight_decay) == (
+        0.01,
+        64,
+        5e-4,
+    )
+    assert ssv2.data.flip == "off"
+    ucf = load_recipe("ucf101_r50_finetune")
+    assert ucf.model.init_from and ucf.optim.fc_lr5 is True
+    assert ucf.optim.lr < k400.optim.lr and ucf.train.epochs < k400.train.epochs
+    demo = load_recipe("demo")
+    assert (demo.model.arch, demo.data.flip, demo.model.pretrained, demo.model.init_from) == (
+        "resnet18",
+        "off",
+        None,
+        None,
+    )
+
+
+def test_name_with_or_without_yaml_and_path_give_the_same_recipe(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # shipped names work from any directory
+    assert (
+        load_recipe("demo") == load_recipe("demo.yaml") == load_recipe(recipes_dir() / "demo.yaml")
+    )
+
+
+def test_unknown_recipe_name_suggests_the_closest():
+    message = _error("kinetics_r5")
+    assert "kinetics_r5" in message and "did you mean 'kinetics_r50'" in message
+
+
+def test_unknown_key_names_dotted_key_and_closest(tmp_path):
+    path = _write(tmp_path, "optim:\n  lrr: 0.1\n")
+    message = _error(path)
+    assert str(path) in message
+    assert "'optim.lrr'" in message and "did you mean 'optim.lr'?" in message
+
+
+def test_key_in_wrong_place_points_to_its_section(tmp_path):
+    message = _error(_write(tmp_path, "epochs: 3\n"))
+    assert "'epochs'" in message and "'train.epochs'" in message
+
+
+def test_wrong_type_names_key_type_and_value(tmp_path):
+    message = _error(_write(tmp_path, "train:\n  epochs: ten\n"))
+    assert "train.epochs must be an integer, got 'ten'" in message
+    message = _error(_write(tmp_path, "model:\n  partial_bn: 1\n"))
+    assert "model.partial_bn must be true or false, got 1" in message
+
+
+def test_enums_are_checked(tmp_path):
+    message = _error(_write(tmp_path, "model:\n  shift: both\n"))
+    assert "model.shift must be one of none, bidirectional, unidirectional, got 'both'" in message
+    for key, bad in [
+        ("model.shift_place", "stage"),
+        ("optim.schedule", "poly"),
+        ("data.flip", "maybe"),
+        ("data.source", "audio"),
+        ("data.backend", "opencv"),
+        ("train.amp", "fp8"),
+        ("data.sampling", "random"),
+    ]:
+        assert key in _error("demo", [f"{key}={bad}"])
+
+
+def test_yaml_quirks_are_read_as_meant(tmp_path):
+    recipe = load_recipe(
+        _write(tmp_path, "data:\n  flip: off\noptim:\n  weight_decay: 1e-4\n  lr_steps: [3, 5]\n")
+    )
+    assert recipe.data.flip == "off"  # YAML 1.1 reads off as false
+    assert recipe.optim.weight_decay == 1e-4  # and 1e-4 as a string
+    assert recipe.optim.lr_steps == (3.0, 5.0)
+    assert recipe.name == "mine"  # the file's stem
+
+
+def test_overrides_go_through_the_same_checks():
+    recipe = load_recipe(
+        "demo",
+        [
+            "optim.lr=0.5",
+            "model.shift=none",
+            "data.scales=[1, 0.5]",
+            "train.out_dir=elsewhere",
+            "model.pretrained=",
+            "name=other",
+        ],
+    )
+    assert (recipe.optim.lr, recipe.model.shift, recipe.data.scales) == (0.5, "none", (1.0, 0.5))
+    assert (recipe.train.out_dir, recipe.model.pretrained, recipe.name) == (
+        "elsewhere",
+        None,
+        "other",
+    )
+    message = _error("demo", ["optim.lrr=1"])
+    assert message.startswith("--set optim.lrr=1:") and "did you mean 'optim.lr'?" in message
+    assert "train.epochs must be an integer, got 2.5" in _error("demo", ["train.epochs=2.5"])
+    assert "expected KEY=VALUE" in _error("demo", ["optim.lr"])
+    assert "name a key inside model" in _error("demo", ["model=3"])
+
+
+def test_ranges_are_checked():
+    assert "model.num_segments must be at least 1" in _error("demo", ["model.num_segments=0"])
+    assert "data.scale_size must be at least data.input_size" in _error(
+        "demo", ["data.scale_size=32"]
+    )
+    assert "optim.lr_steps must be in increasing order" in _error("demo", ["optim.lr_steps=[5, 2]"])
+    assert "data.flip" in _error("demo", ["data.flip=swap"])  # swap needs a manifest
+
+
+def test_recipe_is_frozen_and_yaml_round_trips(tmp_path):
+    recipe = load_recipe("kinetics_r50", ["optim.fc_lr5=false"])
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        recipe.optim.lr = 1.0  # type: ignore[misc]
+    saved = _write(tmp_path, recipe.to_yaml(), "recipe.yaml")
+    assert load_recipe(saved) == recipe  # the run dir's recipe.yaml rebuilds the same recipe
+    assert apply_overrides(recipe, ["train.epochs=3"]).train.epochs == 3
+    assert recipe.to_dict()["data"]["scales"] == [1.0, 0.875, 0.75, 0.66]  # plain builtins

@@ -1,0 +1,440 @@
+"""Recipes: everything a training run needs, as frozen dataclasses read strictly from YAML.
+
+A recipe has four sections, ``model``, ``data``, ``optim`` and ``train``, plus a ``name``
+(the run dir's default name; the file's stem when the file does not set it). Every key has a
+default, so a recipe file only needs the keys it changes; the shipped recipes spell out all
+of them. Loading is strict: an unknown key or a value of the wrong type is a ``RecipeError``
+naming the dotted key (``optim.lr``), what was expected and the closest valid key.
+
+Data paths (``data.root``, ``data.train_list``, ``data.val_list``, ``model.pretrained``,
+``model.init_from``) are used as written: a relative path is relative to the directory the
+command runs in, not to the recipe file, so one shipped recipe serves every checkout.
+
+YAML 1.1 quirks are smoothed over where the meaning is clear: ``flip: off`` (which YAML reads
+as ``false``) means ``"off"``, and ``1e-4`` (which YAML reads as a string) is a float.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+
+from tsmcli.errors import RecipeError
+from tsmcli.resources import recipes_dir
+
+SECTIONS = ("model", "data", "optim", "train")
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network: backbone, segments, where and how much to shift, head, init."""
+
+    _section: ClassVar[str] = "model"
+
+    arch: str = "resnet50"
+    num_classes: int = 0  # 0: the number of lines of classes.txt beside data.train_list
+    num_segments: int = 8
+    shift: Literal["none", "bidirectional", "unidirectional"] = "bidirectional"
+    shift_div: int = 8
+    shift_place: Literal["blockres", "block"] = "blockres"
+    dropout: float = 0.5
+    partial_bn: bool = False
+    pretrained: str | None = None  # torchvision ImageNet state dict (.pth) for the backbone
+    init_from: str | None = None  # checkpoint to fine-tune from: ours, official TSM or mmaction2
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _require(
+            self.num_classes >= 0,
+            "model.num_classes",
+            "must be 0 (from classes.txt) or more",
+            self.num_classes,
+        )
+        _require(
+            self.num_segments >= 1, "model.num_segments", "must be at least 1", self.num_segments
+        )
+        _require(self.shift_div >= 2, "model.shift_div", "must be at least 2", self.shift_div)
+        _require(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)", self.dropout)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the videos and lists are, how they are decoded, sampled and augmented."""
+
+    _section: ClassVar[str] = "data"
+
+    dataset: str | None = None  # manifest name in datasets/ (left/right pairs for flip: swap)
+    root: str = "."
+    train_list: str = "train.txt"
+    val_list: str | None = None  # None: no validation
+    source: Literal["frames", "videos"] = "frames"
+    backend: Literal["decord", "pyav"] = "decord"
+    frame_template: str = "img_{:05d}.jpg"
+    input_size: int = 224
+    scale_size: int = 256  # val: short side resized to this, then a centre crop of input_size
+    scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)  # train multi-scale crop
+    sampling: Literal["segments", "dense"] = "segments"
+    flip: Literal["off", "on", "swap"] = "on"  # swap: flip and swap left/right labels
+    skip_bad: bool = False
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _require(self.input_size >= 16, "data.input_size", "must be at least 16", self.input_size)
+        _require(
+            self.scale_size >= self.input_size,
+            "data.scale_size",
+            "must be at least data.input_size",
+            self.scale_size,
+        )
+        _require(
+            len(self.scales) > 0 and all(0 < s <= 1 for s in self.scales),
+            "data.scales",
+            "must be a non-empty list of numbers in (0, 1]",
+            list(self.scales),
+        )
+        _require(
+            self.flip != "swap" or self.dataset is not None,
+            "data.flip",
+            "swap needs data.dataset (the manifest with the left/right label pairs)",
+            self.flip,
+        )
+        _require(
+            "{" in self.frame_template,
+            "data.frame_template",
+            "must contain a {} field, e.g. img_{:05d}.jpg",
+            self.frame_template,
+        )
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """SGD with the official parameter groups; lr given for ``reference_batch_size``."""
+
+    _section: ClassVar[str] = "optim"
+
+    lr: float = 0.02
+    reference_batch_size: int = 128  # lr is scaled by (global batch) / (this)
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: Literal["step", "cosine"] = "step"
+    lr_steps: tuple[float, ...] = (20.0, 40.0)  # epochs at which step multiplies the lr by 0.1
+    warmup_epochs: float = 0.0
+    clip_grad: float = 20.0  # max global gradient norm; 0 turns clipping off
+    fc_lr5: bool | None = None  # None: on when model.pretrained or model.init_from is set
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _require(self.lr > 0, "optim.lr", "must be positive", self.lr)
+        _require(
+            self.reference_batch_size >= 1,
+            "optim.reference_batch_size",
+            "must be at least 1",
+            self.reference_batch_size,
+        )
+        _require(0 <= self.momentum < 1, "optim.momentum", "must be in [0, 1)", self.momentum)
+        _require(
+            self.weight_decay >= 0, "optim.weight_decay", "must be 0 or more", self.weight_decay
+        )
+        _require(
+            list(self.lr_steps) == sorted(self.lr_steps),
+            "optim.lr_steps",
+            "must be in increasing order",
+            list(self.lr_steps),
+        )
+        _require(
+            self.warmup_epochs >= 0, "optim.warmup_epochs", "must be 0 or more", self.warmup_epochs
+        )
+        _require(self.clip_grad >= 0, "optim.clip_grad", "must be 0 (off) or more", self.clip_grad)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The loop: length, batch per process, loader workers, precision, seeding, outputs."""
+
+    _section: ClassVar[str] = "train"
+
+    epochs: int = 50
+    batch_size: int = 16  # per process; the global batch is this times the number of processes
+    workers: int = 4  # DataLoader worker processes per training process
+    amp: Literal["none", "fp16", "bf16"] = "none"  # CUDA only; ignored (with a log line) on CPU
+    channels_last: bool = False  # CUDA only
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+    deterministic: bool = False  # deterministic kernels (slower); CPU runs are exact without it
+    eval_every: int = 1  # validate every N epochs, and always after the last one
+    out_dir: str = "runs"  # the run dir is out_dir/<recipe name> unless --out says otherwise
+    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
+    log_every: int = 50  # a log line every N steps when there is no progress bar
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        _require(self.epochs >= 1, "train.epochs", "must be at least 1", self.epochs)
+        _require(self.batch_size >= 1, "train.batch_size", "must be at least 1", self.batch_size)
+        _require(self.workers >= 0, "train.workers", "must be 0 or more", self.workers)
+        _require(self.eval_every >= 1, "train.eval_every", "must be at least 1", self.eval_every)
+        _require(self.log_every >= 1, "train.log_every", "must be at least 1", self.log_every)
+
+
+_SECTION_TYPES: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A whole training recipe. ``to_dict``/``from_dict`` round-trip through plain builtins."""
+
+    name: str = "recipe"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        _require(
+            isinstance(self.name, str) and bool(self.name.strip()) and "/" not in self.name,
+            "name",
+            "must be a non-empty string without '/' (it names the run dir)",
+            self.name,
+        )
+        for section, cls in _SECTION_TYPES.items():
+            if not isinstance(getattr(self, section), cls):
+                raise RecipeError(
+                    f"{section} must be a {cls.__name__}, got {type(getattr(self, section)).__name__}"
+                )
+        _require(
+            self.optim.warmup_epochs <= self.train.epochs,
+            "optim.warmup_epochs",
+            "must not exceed train.epochs",
+            self.optim.warmup_epochs,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dicts, lists and scalars: what recipe.yaml and checkpoints store."""
+        out: dict[str, Any] = {"name": self.name}
+        for section in SECTIONS:
+            config = getattr(self, section)
+            out[section] = {
+                f.name: _plain(getattr(config, f.name)) for f in dataclasses.fields(config)
+            }
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], source: str = "recipe") -> Recipe:
+        """Build a recipe from nested mappings, strictly; errors are prefixed with ``source``."""
+        try:
+            return _from_mapping(raw)
+        except RecipeError as exc:
+            raise RecipeError(f"{source}: {exc}") from None
+
+    def to_yaml(self) -> str:
+        """The recipe as YAML text, keys in declaration order."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+
+def load_recipe(name_or_path: str | Path, overrides: Iterable[str] = ()) -> Recipe:
+    """Load a recipe file, or a shipped recipe by name (``demo`` or ``demo.yaml``), then apply
+    ``overrides`` (``"optim.lr=0.01"``; the value is read as YAML) with the same checks."""
+    path = find_recipe(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise RecipeError(f"{path}: not valid YAML{where}; fix the syntax") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise RecipeError(f"{path}: a recipe must be a mapping with sections {', '.join(SECTIONS)}")
+    raw = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in raw.items()}
+    raw.setdefault("name", path.stem)
+    for item in overrides:
+        _apply_override(raw, item)
+    return Recipe.from_dict(raw, source=str(path))
+
+
+def apply_overrides(recipe: Recipe, overrides: Iterable[str]) -> Recipe:
+    """A copy of ``recipe`` with ``key=value`` overrides applied (same checks as ``--set``)."""
+    raw = recipe.to_dict()
+    for item in overrides:
+        _apply_override(raw, item)
+    return Recipe.from_dict(raw, source="--set")
+
+
+def shipped_recipes() -> list[str]:
+    """Names of the recipes shipped with the package."""
+    return sorted(p.stem for p in recipes_dir().glob("*.yaml"))
+
+
+def find_recipe(name_or_path: str | Path) -> Path:
+    """The recipe file: an existing path, else a shipped recipe with that name."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    name = path.name[:-5] if path.name.endswith(".yaml") else path.name
+    shipped = recipes_dir() / f"{name}.yaml"
+    if path.parent == Path(".") and shipped.is_file():
+        return shipped
+    names = shipped_recipes()
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise RecipeError(
+        f"{name_or_path}: no such recipe file or shipped recipe; {hint}"
+        f"shipped recipes: {', '.join(names)}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# strict mapping
+
+
+def _from_mapping(raw: Mapping[str, Any]) -> Recipe:
+    if not isinstance(raw, Mapping):
+        raise RecipeError(f"a recipe must be a mapping with sections {', '.join(SECTIONS)}")
+    for key in raw:
+        if key != "name" and key not in SECTIONS:
+            raise RecipeError(_unknown_key_message(str(key), None))
+    sections: dict[str, Any] = {}
+    for section, cls in _SECTION_TYPES.items():
+        values = raw.get(section) or {}
+        if not isinstance(values, Mapping):
+            raise RecipeError(f"{section} must be a mapping of keys, got {values!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in values:
+            if key not in known:
+                raise RecipeError(_unknown_key_message(f"{section}.{key}", section))
+        sections[section] = cls(**values)
+    return Recipe(name=raw.get("name", "recipe"), **sections)
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set one ``section.key=value`` in the raw nested dict, checking key and type now."""
+    key, sep, text = item.partition("=")
+    key = key.strip()
+    source = f"--set {item}"
+    if not sep:
+        raise RecipeError(f"{source}: expected KEY=VALUE, e.g. --set optim.lr=0.01")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        value = text
+    if key == "name":
+        try:
+            raw["name"] = _coerce("name", value, str)
+        except RecipeError as exc:
+            raise RecipeError(f"{source}: {exc}") from None
+        return
+    section, _, leaf = key.partition(".")
+    if section not in SECTIONS:
+        raise RecipeError(f"{source}: {_unknown_key_message(key, None)}")
+    cls = _SECTION_TYPES[section]
+    hints = typing.get_type_hints(cls)
+    if leaf not in hints or leaf.startswith("_"):
+        if not leaf:
+            raise RecipeError(
+                f"{source}: name a key inside {section}, e.g. {section}.{_fields(cls)[0]}"
+            )
+        raise RecipeError(f"{source}: {_unknown_key_message(key, section)}")
+    try:
+        value = _coerce(key, value, hints[leaf])
+    except RecipeError as exc:
+        raise RecipeError(f"{source}: {exc}") from None
+    section_values = raw.get(section)
+    if not isinstance(section_values, dict):
+        section_values = {}
+        raw[section] = section_values
+    section_values[leaf] = value
+
+
+def _unknown_key_message(key: str, section: str | None) -> str:
+    if section is None:
+        leaves = {f: f"{s}.{f}" for s, cls in _SECTION_TYPES.items() for f in _fields(cls)}
+        if key in leaves:
+            return f"unknown key '{key}'; did you mean '{leaves[key]}'?"
+        candidates = ["name", *SECTIONS, *leaves.values()]
+    else:
+        candidates = [f"{section}.{f}" for f in _fields(_SECTION_TYPES[section])]
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
+    if close:
+        return f"unknown key '{key}'; did you mean '{close[0]}'?"
+    return f"unknown key '{key}'; valid keys: {', '.join(candidates)}"
+
+
+def _fields(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _check_types(config: Any) -> None:
+    """Check (and normalise, e.g. list -> tuple) every field of a section dataclass."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        key = f"{config._section}.{f.name}"
+        object.__setattr__(config, f.name, _coerce(key, getattr(config, f.name), hints[f.name]))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """``value`` as type ``tp``, or a RecipeError naming the key, the type and the value."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if isinstance(value, bool) and {"on", "off"} <= set(choices):
+            value = "on" if value else "off"  # YAML 1.1 reads on/off as booleans
+        if value not in choices:
+            raise RecipeError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
+        return value
+    if origin is tuple:
+        (inner, _) = typing.get_args(tp)
+        if not isinstance(value, list | tuple):
+            raise RecipeError(f"{key} must be a list of {_describe(inner)}s, got {value!r}")
+        return tuple(_coerce(f"{key}[{i}]", v, inner) for i, v in enumerate(value))
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise RecipeError(f"{key} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RecipeError(f"{key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, str) and _NUMBER.match(value.strip()):
+            return float(value)  # YAML 1.1 reads 1e-4 as a string
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise RecipeError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise RecipeError(f"{key} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"recipe field {key} has an unsupported type {tp!r}")
+
+
+def _describe(tp: Any) -> str:
+    return {int: "integer", float: "number", str: "string", bool: "boolean"}.get(tp, str(tp))
+
+
+def _require(ok: bool, key: str, what: str, value: Any) -> None:
+    if not ok:
+        raise RecipeError(f"{key} {what}, got {value!r}")
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
