@@ -1,0 +1,123 @@
+"""Online TSM: per-frame latency of the streaming model against the same 2D network without
+shift, and the memory its shift buffers hold between frames.
+
+Both models share one set of modules (``StreamingTSM`` and ``FrameModel`` are rewrites of the
+same backbone), run at batch 1 in eval mode without autograd, interleaved rep by rep; the
+ratio of the medians is the cost of streaming (splicing 1/8 of the channels from the buffer
+into each shifted block's input). Target (issue 6): ratio <= 1.03. Cache bytes are measured
+on the model and compared with the analytic sum of (C // 8) x H x W x 4 bytes over the
+shifted blocks, from the architectures' published layer tables.
+
+    .venv/bin/python bench/online.py [--size 224] [--reps 30] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import interleaved_medians, write_section  # noqa: E402
+
+from tsmcli.model.streaming import FrameModel, StreamingTSM  # noqa: E402
+from tsmcli.model.tsn import build_model  # noqa: E402
+
+ARCHS = ("resnet50", "mobilenet_v2")
+FOLD_DIV = 8
+
+
+def half(side: int) -> int:
+    """Output side of a padded 3x3 (or 7x7) conv or pool of stride 2."""
+    return (side + 1) // 2
+
+
+def shifted_block_inputs(arch: str, size: int) -> list[tuple[int, int]]:
+    """(channels, side) of the input of every shifted block, from the layer tables."""
+    inputs: list[tuple[int, int]] = []
+    if arch == "resnet50":  # (blocks, bottleneck width) per stage; expansion 4; stem /4
+        side, channels = half(half(size)), 64
+        for stage, (count, width) in enumerate([(3, 64), (4, 128), (6, 256), (3, 512)]):
+            for i in range(count):
+                inputs.append((channels, side))  # every block is shifted, before its conv1
+                if i == 0 and stage > 0:
+                    side = half(side)  # the stride sits in conv2, after the shift
+                channels = 4 * width
+        return inputs
+    if arch == "mobilenet_v2":  # (expansion t, channels c, repeats n, stride s); stem /2
+        side, channels = half(size), 32
+        for t, c, n, s in [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+                           (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]:
+            for i in range(n):
+                stride = s if i == 0 else 1
+                if stride == 1 and channels == c and t != 1:  # residual + expansion: shifted
+                    inputs.append((channels, side))
+                side = half(side) if stride == 2 else side
+                channels = c
+        return inputs
+    raise ValueError(f"no layer table for {arch}")
+
+
+def analytic_cache_bytes(arch: str, size: int) -> int:
+    return sum(4 * (c // FOLD_DIV) * side * side for c, side in shifted_block_inputs(arch, size))
+
+
+def measure(arch: str, size: int, reps: int) -> dict[str, float]:
+    """Median seconds per frame of both models, buffer count and cache bytes."""
+    torch.manual_seed(0)
+    model = build_model(arch, num_classes=400, num_segments=8, shift="unidirectional").eval()
+    streaming, plain = StreamingTSM(model).eval(), FrameModel(model).eval()
+    frame = torch.randn(1, 3, size, size)
+    buffers = streaming.initial_buffers(size, size)
+    # "2d again" times the same model twice: its ratio is the noise floor of the comparison
+    medians = interleaved_medians({"2d": lambda: plain(frame),
+                                   "streaming": lambda: streaming(frame, *buffers),
+                                   "2d again": lambda: plain(frame)}, reps=reps, warmup=3)
+    return {**medians, "buffers": streaming.num_buffers,
+            "cache": streaming.cache_bytes(size, size)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="intra-op threads (1: batch-1 latency, steady on a shared CPU)")
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+    torch.set_num_threads(args.threads)
+    rows, lines = [], []
+    for arch in ARCHS:
+        m = measure(arch, args.size, args.reps)
+        ratio = m["streaming"] / m["2d"]
+        analytic = analytic_cache_bytes(arch, args.size)
+        rows.append(f"| {arch} | {args.size} | {1000 * m['2d']:.2f} | {1000 * m['streaming']:.2f} | "
+                    f"{ratio:.3f} | {m['2d again'] / m['2d']:.3f} | {m['buffers']} | "
+                    f"{m['cache']:,} | {analytic:,} | {'yes' if m['cache'] == analytic else 'NO'} |")
+        noise = abs(m["2d again"] / m["2d"] - 1)
+        lines.append(f"{arch}: streaming / 2D = {ratio:.3f} (target <= 1.03: "
+                     f"{'met' if ratio <= 1.03 else 'NOT met'}; the 2D model against itself "
+                     f"differs by {100 * noise:.1f}%), cache {m['cache'] / 2**20:.2f} MiB")
+        print(lines[-1], flush=True)
+    body = "\n".join([
+        "Per-frame latency at batch 1 (eval, no autograd, median of interleaved reps) of the "
+        "streaming TSM against the same 2D network without any shift (same modules), and the "
+        "bytes the shift buffers keep between frames (float32), measured and analytic "
+        "(sum of C/8 x H x W x 4 over shifted blocks). Target: latency ratio <= 1.03.",
+        "",
+        "| backbone | input | 2D ms/frame | streaming ms/frame | ratio | 2D vs 2D (noise) | "
+        "buffers | cache bytes | analytic bytes | equal |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        *rows,
+        "",
+        *(f"- {line}" for line in lines),
+    ])
+    path = write_section("online", "Online TSM: streaming latency and cache", body)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
