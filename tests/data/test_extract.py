@@ -1,0 +1,241 @@
+"""tsm extract: frame folders that match the videos, failures recorded, never a half folder."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from torchvision.io import decode_jpeg, read_file
+
+from tsmcli.cli import cli
+from tsmcli.data import extract as extract_module
+from tsmcli.data.extract import extract
+from tsmcli.errors import DataError, UsageError
+
+
+def _read(folder: Path) -> torch.Tensor:
+    names = sorted(p.name for p in folder.iterdir())
+    return torch.stack([decode_jpeg(read_file(str(folder / n))) for n in names])  # (N, 3, H, W)
+
+
+def _names(count: int) -> set[str]:
+    return {f"img_{k:05d}.jpg" for k in range(1, count + 1)}
+
+
+def _failures(dst: Path) -> dict[str, str]:
+    with open(dst / "failures.csv", newline="") as handle:
+        rows = list(csv.reader(handle))
+    assert rows[0] == ["path", "reason"]
+    return {Path(path).name: reason for path, reason in rows[1:]}
+
+
+def _hidden(root: Path) -> list[Path]:
+    return [p for p in root.rglob(".*")]
+
+
+def _write_rect(path: Path, width: int, height: int, num_frames: int = 4) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for k in range(num_frames):
+            image = np.full((height, width, 3), 20 * k, dtype=np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def test_frames_are_numbered_from_one_and_match_the_video(tmp_path, make_video):
+    make_video(tmp_path / "src" / "a" / "b" / "clip.mp4", num_frames=16, size=32)
+    result = extract(tmp_path / "src", tmp_path / "dst", short_side=0, workers=1)
+
+    folder = tmp_path / "dst" / "a" / "b" / "clip"
+    assert {p.name for p in folder.iterdir()} == _names(16)
+    assert (result.done, result.skipped, result.failed, result.frames) == (1, 0, 0, 16)
+    frames = _read(folder).float()  # (16, 3, 32, 32)
+    assert frames.shape == (16, 3, 32, 32)
+    levels = frames.mean(dim=(1, 2, 3))
+    expected = torch.arange(16) * 8.0 + 1  # the fixture: grey 8*k plus noise in [0, 2]
+    assert torch.allclose(levels, expected, atol=2.0)
+    assert _failures(tmp_path / "dst") == {}
+    assert _hidden(tmp_path / "dst") == []
+
+
+def test_short_side_resize_keeps_the_aspect_ratio(tmp_path):
+    _write_rect(tmp_path / "src" / "wide.mp4", width=48, height=32)
+    _write_rect(tmp_path / "src" / "tall.mp4", width=32, height=48)
+    extract(tmp_path / "src", tmp_path / "dst", short_side=16, workers=1)
+    assert _read(tmp_path / "dst" / "wide").shape == (4, 3, 16, 24)
+    assert _read(tmp_path / "dst" / "tall").shape == (4, 3, 24, 16)
+
+
+def test_fps_keeps_every_other_frame_at_half_the_rate(tmp_path, make_video):
+    make_video(tmp_path / "src" / "clip.mp4", num_frames=16, fps=8)
+    result = extract(tmp_path / "src", tmp_path / "dst", short_side=0, fps=4, workers=1)
+    folder = tmp_path / "dst" / "clip"
+    assert {p.name for p in folder.iterdir()} == _names(8)
+    assert result.frames == 8
+    levels = _read(folder).float().mean(dim=(1, 2, 3))
+    assert torch.allclose(levels, torch.arange(8) * 16.0 + 1, atol=2.0)  # source frames 0, 2, 4...
+
+
+def test_bad_files_are_recorded_and_the_rest_extracted(tmp_path, make_video):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    make_video(src / "good.mp4")
+    (src / "empty.mp4").write_bytes(b"")
+    (src / "text.mp4").write_text("this is not a video\n")
+    for name in (
+        "cut_a.mp4",
+        "cut_b.mkv",
+        "cut_c.avi",
+    ):  # moov lost / duration count / header count
+        data = make_video(tmp_path / "whole" / name, num_frames=48).read_bytes()
+        (src / name).write_bytes(data[: len(data) // 2])
+
+    result = extract(src, dst, short_side=0, workers=1)
+
+    assert (result.done, result.failed) == (1, 5)
+    reasons = _failures(dst)
+    assert set(reasons) == {"empty.mp4", "text.mp4", "cut_a.mp4", "cut_b.mkv", "cut_c.avi"}
+    assert "0 bytes" in reasons["empty.mp4"]
+    assert "truncated" in reasons["cut_b.mkv"] and "truncated" in reasons["cut_c.avi"]
+    assert sorted(p.name for p in dst.iterdir()) == ["failures.csv", "good"]
+    assert _hidden(dst) == []
+
+
+def test_strict_exits_1_and_names_the_failures_file(tmp_path, make_video):
+    make_video(tmp_path / "src" / "good.mp4")
+    (tmp_path / "src" / "empty.mp4").write_bytes(b"")
+    dst = tmp_path / "dst"
+
+    relaxed = CliRunner().invoke(
+        cli, ["extract", str(tmp_path / "src"), str(dst), "--workers", "1"]
+    )
+    assert relaxed.exit_code == 0
+    assert relaxed.output.startswith("extracted 1 videos (16 frames) in ")
+    assert relaxed.output.rstrip().endswith(f"0 skipped, 1 failed (see {dst / 'failures.csv'})")
+
+    strict = CliRunner().invoke(
+        cli, ["extract", str(tmp_path / "src"), str(dst), "--workers", "1", "--strict"]
+    )
+    assert strict.exit_code == 1
+    lines = strict.output.strip().splitlines()
+    assert len(lines) == 1 and str(dst / "failures.csv") in lines[0]
+    assert set(_failures(dst)) == {"empty.mp4"}  # rewritten by the second run
+
+
+def test_a_video_failing_mid_write_leaves_no_folder_and_a_rerun_completes_it(
+    tmp_path, make_video, monkeypatch
+):
+    make_video(tmp_path / "src" / "long.mp4", num_frames=40)
+    make_video(tmp_path / "src" / "short.mp4", num_frames=8)
+    dst = tmp_path / "dst"
+    real_write = extract_module._write_jpegs
+
+    def write_then_die(images, folder, start, quality):
+        if start > 0:  # the second batch of the 40-frame video
+            raise RuntimeError("disk on fire")
+        return real_write(images, folder, start, quality)
+
+    monkeypatch.setattr(extract_module, "_write_jpegs", write_then_die)
+    first = extract(tmp_path / "src", dst, short_side=0, workers=1)
+    assert (first.done, first.failed) == (1, 1)
+    assert "disk on fire" in _failures(dst)["long.mp4"]
+    assert not (dst / "long").exists() and _hidden(dst) == []
+
+    monkeypatch.setattr(extract_module, "_write_jpegs", real_write)
+    second = extract(tmp_path / "src", dst, short_side=0, workers=1)
+    assert (second.done, second.skipped, second.failed) == (1, 1, 0)
+    assert {p.name for p in (dst / "long").iterdir()} == _names(40)
+    assert _failures(dst) == {}
+
+
+def test_a_killed_runs_partial_folder_is_removed_and_the_video_redone(tmp_path, make_video):
+    make_video(tmp_path / "src" / "clip.mp4", num_frames=16)
+    dst = tmp_path / "dst"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = dst / f".clip.partial-{dead.pid}"
+    stale.mkdir(parents=True)
+    (stale / "img_00001.jpg").write_bytes(b"half a frame")
+    running = dst / f".other.partial-{os.getpid()}"  # a live process's folder is not touched
+    running.mkdir()
+
+    result = extract(tmp_path / "src", dst, short_side=0, workers=1)
+
+    assert result.done == 1
+    assert not stale.exists() and running.exists()
+    assert {p.name for p in (dst / "clip").iterdir()} == _names(16)
+
+
+def test_rerun_skips_finished_folders_and_overwrite_rewrites_them(tmp_path, make_video):
+    make_video(tmp_path / "src" / "clip.mp4", num_frames=16)
+    dst = tmp_path / "dst"
+    extract(tmp_path / "src", dst, short_side=0, workers=1)
+    files = sorted((dst / "clip").iterdir())
+    before = [(p.stat().st_ino, p.stat().st_mtime_ns) for p in files]
+    content = _read(dst / "clip")
+
+    again = extract(tmp_path / "src", dst, short_side=0, workers=1)
+    assert (again.done, again.skipped, again.frames) == (0, 1, 0)
+    assert [(p.stat().st_ino, p.stat().st_mtime_ns) for p in files] == before
+
+    redone = extract(tmp_path / "src", dst, short_side=0, workers=1, overwrite=True)
+    assert (redone.done, redone.skipped, redone.frames) == (1, 0, 16)
+    after = [p.stat().st_ino for p in sorted((dst / "clip").iterdir())]
+    assert set(after).isdisjoint(ino for ino, _ in before)
+    assert torch.equal(_read(dst / "clip"), content)
+    assert _hidden(dst) == []
+
+
+def test_two_videos_that_would_share_a_folder_fail_the_second(tmp_path, make_video):
+    make_video(tmp_path / "src" / "clip.mp4")
+    make_video(tmp_path / "src" / "clip.mkv")
+    result = extract(tmp_path / "src", tmp_path / "dst", short_side=0, workers=1)
+    assert (result.done, result.failed) == (1, 1)
+    assert "same frame folder" in _failures(tmp_path / "dst")["clip.mp4"]
+
+
+def test_a_file_where_the_folder_goes_is_a_failure_and_left_alone(tmp_path, make_video):
+    make_video(tmp_path / "src" / "clip.mp4")
+    (tmp_path / "dst").mkdir()
+    (tmp_path / "dst" / "clip").write_text("mine")
+    result = extract(tmp_path / "src", tmp_path / "dst", short_side=0, workers=1)
+    assert (result.done, result.failed) == (0, 1)
+    assert "is not a folder" in _failures(tmp_path / "dst")["clip.mp4"]
+    assert (tmp_path / "dst" / "clip").read_text() == "mine"
+
+
+def test_two_workers_write_the_same_frames_as_one(tmp_path, make_video):
+    for k in range(3):
+        make_video(tmp_path / "src" / f"clip{k}.mp4", num_frames=12, seed=k)
+    one = extract(tmp_path / "src", tmp_path / "one", short_side=16, workers=1)
+    two = extract(tmp_path / "src", tmp_path / "two", short_side=16, workers=2)
+    assert (one.done, one.frames) == (two.done, two.frames) == (3, 36)
+    for k in range(3):
+        for name in _names(12):
+            assert (tmp_path / "one" / f"clip{k}" / name).read_bytes() == (
+                tmp_path / "two" / f"clip{k}" / name
+            ).read_bytes()
+
+
+@pytest.mark.parametrize("kwargs", [{"short_side": -1}, {"fps": 0}, {"quality": 0}, {"workers": 0}])
+def test_bad_options_are_refused_before_any_work(tmp_path, make_video, kwargs):
+    make_video(tmp_path / "src" / "clip.mp4")
+    with pytest.raises(UsageError):
+        extract(tmp_path / "src", tmp_path / "dst", **kwargs)
+    assert not (tmp_path / "dst").exists()
+
+
+def test_a_folder_without_videos_is_a_data_error(tmp_path):
+    (tmp_path / "src").mkdir()
+    with pytest.raises(DataError, match="no videos"):
+        extract(tmp_path / "src", tmp_path / "dst")

@@ -1,0 +1,189 @@
+"""The synthetic dataset: deterministic, pairs that are exact time reverses, real H.264."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from tsmcli.cli import cli
+from tsmcli.data.decode import DecordVideo, PyAVVideo
+from tsmcli.data.synth import (
+    CLASS_PAIRS,
+    CLASSES,
+    DEFAULT_CLASSES,
+    Scene,
+    Sprite,
+    generate_frames,
+    render_scene,
+    sample_scene,
+    synth,
+    video_rng,
+)
+from tsmcli.errors import DataError, UsageError
+
+
+def _decode_all(paths) -> list[torch.Tensor]:
+    out = []
+    for path in paths:
+        video = PyAVVideo(path)
+        out.append(video.get(range(video.num_frames)))
+    return out
+
+
+def test_same_seed_gives_identical_frames_and_another_seed_does_not(tmp_path):
+    kwargs = {"per_class": 1, "size": 32, "num_frames": 6}
+    first = synth(tmp_path / "a", seed=7, **kwargs)
+    second = synth(tmp_path / "b", seed=7, **kwargs)
+    other = synth(tmp_path / "c", seed=8, **kwargs)
+    a, b, c = (_decode_all(r.paths) for r in (first, second, other))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not any(torch.equal(x, z) for x, z in zip(a, c, strict=True))
+
+
+def test_layout_class_names_and_counts(tmp_path):
+    result = synth(tmp_path / "out", per_class=2, size=32, num_frames=4)
+    assert result.classes == DEFAULT_CLASSES == CLASSES[:6]  # whole pairs, rotation left out
+    assert result.counts == {name: 2 for name in DEFAULT_CLASSES}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(DEFAULT_CLASSES)
+    for name in DEFAULT_CLASSES:
+        files = sorted(p.name for p in (tmp_path / "out" / name).iterdir())
+        assert files == [f"{name}_0000.mp4", f"{name}_0001.mp4"]
+    assert len(result.paths) == 2 * len(DEFAULT_CLASSES)
+
+    every = synth(tmp_path / "all", per_class=1, size=32, num_frames=4, classes=CLASSES)
+    assert len(CLASSES) == 2 * len(CLASS_PAIRS) == 8
+    assert sorted(p.name for p in (tmp_path / "all").iterdir()) == sorted(CLASSES)
+    assert len(every.paths) == 8
+
+
+def test_unknown_class_or_odd_size_is_a_usage_error(tmp_path):
+    with pytest.raises(UsageError, match="spinning"):
+        synth(tmp_path / "out", classes=("spinning",))
+    with pytest.raises(UsageError, match="even"):
+        synth(tmp_path / "out", size=33)
+    assert not (tmp_path / "out").exists()
+
+
+def test_videos_decode_with_decord_to_the_generated_frames(tmp_path):
+    result = synth(
+        tmp_path / "out",
+        per_class=1,
+        size=32,
+        num_frames=10,
+        classes=("rotating_counterclockwise",),
+    )
+    video = DecordVideo(result.paths[0])
+    assert video.num_frames == 10
+    frames = video.get(range(10))  # (10, 3, 32, 32)
+    assert frames.shape == (10, 3, 32, 32)
+    index = CLASSES.index("rotating_counterclockwise")
+    expected = torch.from_numpy(
+        generate_frames("rotating_counterclockwise", video_rng(0, index, 0), 32, 10)
+    ).permute(0, 3, 1, 2)
+    error = (frames.float() - expected.float()).abs().mean()
+    assert error < 4  # high-quality H.264: only 4:2:0 chroma loss around edges
+
+
+@pytest.mark.parametrize(("forward", "backward"), CLASS_PAIRS)
+def test_second_class_of_a_pair_is_the_first_played_backwards(forward, backward):
+    for video in range(3):
+        ahead = generate_frames(forward, video_rng(5, 0, video), 32, 8)
+        behind = generate_frames(backward, video_rng(5, 0, video), 32, 8)
+        assert np.array_equal(behind, ahead[::-1])
+        assert not np.array_equal(behind, ahead)
+
+
+def test_main_object_does_what_its_class_says():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        right = sample_scene("moving_right", rng, 64, 12).sprites[-1]
+        assert np.all(np.diff(right.centre[:, 0]) > 0.5)
+        assert np.ptp(right.centre[:, 1]) < np.ptp(right.centre[:, 0]) / 4
+        down = sample_scene("moving_down", rng, 64, 12).sprites[-1]
+        assert np.all(np.diff(down.centre[:, 1]) > 0.5)
+        assert np.ptp(down.centre[:, 0]) < np.ptp(down.centre[:, 1]) / 4
+        growing = sample_scene("growing", rng, 64, 12).sprites[-1]
+        assert np.all(np.diff(growing.radius) > 0) and growing.radius[-1] > 1.7 * growing.radius[0]
+        turning = sample_scene("rotating_clockwise", rng, 64, 12).sprites[-1]
+        assert turning.shape == "bar" and np.all(np.diff(turning.angle) > 0)
+
+
+def _alone(sprite: Sprite, num_frames: int) -> Scene:
+    """``sprite`` in white on black, no camera motion: its pixels are the bright ones."""
+    white = dataclasses.replace(sprite, colours=np.full((2, 3), 255.0))
+    empty = np.zeros((0, 3))
+    return Scene(np.zeros(3), empty[:, :2], empty[:, 0], empty, np.zeros((num_frames, 2)), (white,))
+
+
+def _centroids(frames: np.ndarray) -> np.ndarray:
+    weight = frames[..., 0].astype(float)  # (T, H, W)
+    ys, xs = np.mgrid[0 : frames.shape[1], 0 : frames.shape[2]] + 0.5
+    total = weight.sum((1, 2))
+    return np.stack([(weight * xs).sum((1, 2)) / total, (weight * ys).sum((1, 2)) / total], 1)
+
+
+def test_render_puts_sprites_where_the_scene_says_and_turns_clockwise_on_screen():
+    scene = sample_scene("moving_right", np.random.default_rng(1), 64, 8)
+    main = scene.sprites[-1]
+    disc = dataclasses.replace(main, shape="disc")
+    centroids = _centroids(render_scene(_alone(disc, 8), 64))
+    assert np.abs(centroids - disc.centre).max() < 0.5
+
+    # A bar pivots near one end, so its centroid circles the pivot: the signed area of that
+    # path is positive for clockwise motion in image coordinates (y points down).
+    pivot = np.full((8, 2), 32.0)
+    bar = Sprite(
+        "bar",
+        pivot,
+        np.full(8, 16.0),
+        np.linspace(0, np.pi, 8),
+        np.zeros((2, 3)),
+        np.array([1.0, 0.0, 0.0]),
+    )
+    path = _centroids(render_scene(_alone(bar, 8), 64)) - 32
+    area = np.sum(path[:-1, 0] * path[1:, 1] - path[1:, 0] * path[:-1, 1])
+    assert area > 0
+
+
+def test_existing_class_folders_need_overwrite(tmp_path):
+    synth(tmp_path / "out", per_class=1, size=32, num_frames=4, classes=("growing",))
+    with pytest.raises(DataError, match="--overwrite"):
+        synth(tmp_path / "out", per_class=1, size=32, num_frames=4, classes=("growing",))
+    result = synth(
+        tmp_path / "out", per_class=2, size=32, num_frames=4, classes=("growing",), overwrite=True
+    )
+    assert sorted(p.name for p in (tmp_path / "out" / "growing").iterdir()) == [
+        "growing_0000.mp4",
+        "growing_0001.mp4",
+    ]
+    assert len(result.paths) == 2
+
+
+def test_cli_writes_the_dataset_and_prints_one_line(tmp_path):
+    out = tmp_path / "out"
+    args = [
+        "synth",
+        str(out),
+        "--per-class",
+        "2",
+        "--size",
+        "32",
+        "--frames",
+        "4",
+        "--classes",
+        "rotating_clockwise,rotating_counterclockwise",
+    ]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines() == [result.output.strip()]
+    assert result.output.startswith("wrote 4 videos (2 classes x 4 frames, 32x32) ")
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.mp4")) == [
+        "rotating_clockwise/rotating_clockwise_0000.mp4",
+        "rotating_clockwise/rotating_clockwise_0001.mp4",
+        "rotating_counterclockwise/rotating_counterclockwise_0000.mp4",
+        "rotating_counterclockwise/rotating_counterclockwise_0001.mp4",
+    ]
