@@ -166,3 +166,18 @@ def test_flip_swap_changes_the_label_of_mirrored_clips(tiny):
         labels.add(dataset[0].label)
     assert labels == {0, 1}
     assert make(tiny, flip="off")[0].label == 0
+
+
+def test_a_list_count_past_the_video_end_is_an_error_with_pyav(tiny):
+    # PyAV takes the list's count (counting would decode the whole video); decord reads the
+    # container's and samples from the smaller.
+    videos = tiny / "videos"
+    write_list(videos / "list.txt", [ListEntry("v0.mp4", 20, 0)])  # the video has 16
+    val = {b: make(tiny, source="videos", backend=b, mode="val") for b in ("decord", "pyav")}
+    assert frame_indices(val["decord"][0].clip[0]) == [2, 6, 10, 14]  # centres of 16 frames
+    with pytest.raises(
+        DataError, match=r"v0.mp4: frame 17 could not be decoded; the video ends after 16 frames"
+    ):
+        val["pyav"][0]  # centres of 20 frames: 2, 7, 12, 17
+    lenient = make(tiny, source="videos", backend="pyav", mode="val", skip_bad=True)
+    assert lenient[0].clip is None and "not the 20 given" in lenient[0].error

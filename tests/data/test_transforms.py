@@ -203,6 +203,24 @@ def test_eval_views_counts_shapes_and_pixels():
     assert small.shape == (3, 2, 3, 224, 224)
 
 
+def test_channels_last_frames_give_the_same_clips():
+    # The frame sources return channels-last views, which torch resizes with another kernel.
+    frames = _frames(4, 240, 320)
+    frames_cl = frames.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)  # same pixels
+    for seed in range(8):
+        plain, label = train_clip(
+            frames, 1, np.random.default_rng(seed), flip="swap", flip_pairs=[(1, 2)]
+        )
+        clip, label_cl = train_clip(
+            frames_cl, 1, np.random.default_rng(seed), flip="swap", flip_pairs=[(1, 2)]
+        )
+        assert torch.equal(clip, plain) and label_cl == label
+        assert clip.is_contiguous()  # batches stack plain (T, 3, S, S) clips
+    for crops in (1, 3, 10):
+        views = eval_views(frames_cl, crops=crops)
+        assert torch.equal(views, eval_views(frames, crops=crops)) and views.is_contiguous()
+
+
 def test_normalize_values():
     frames = torch.zeros(1, 3, 2, 2, dtype=torch.uint8)
     frames[:, 0] = 255

@@ -4,7 +4,9 @@ Item ``i`` of epoch ``e`` draws all its randomness (frame sampling, crop, flip) 
 ``np.random.default_rng([seed, e, i])`` and nothing else, so a clip is the same whatever the
 number of DataLoader workers, and a resumed run sees exactly the clips it would have seen.
 
-A missing frame or a corrupt video is a ``DataError`` naming the file. With ``skip_bad`` the
+A missing frame or a corrupt video is a ``DataError`` naming the file, and so is a frame past
+the end of a video whose list count is too large (frame folders and PyAV take the list's count;
+decord samples from the smaller of the list's and the container's). With ``skip_bad`` the
 item comes back with ``clip=None`` and the error text instead, and ``collate_clips`` drops it
 and reports it in ``ClipBatch.skipped``. No other frame or video is ever substituted.
 """
@@ -227,7 +229,9 @@ class VideoClipDataset(Dataset):
         if self.source == "frames":
             folder = FrameFolder(path, num_frames=entry.num_frames, template=self.template)
             return folder, entry.num_frames
-        video = open_video(path, self.backend)
+        # PyAV would decode the whole video to count its frames: it takes the list's count, as
+        # a frame folder does. decord's count comes from the container, for nothing.
+        video = open_video(path, self.backend, num_frames=entry.num_frames)
         if video.num_frames != entry.num_frames:
             log.debug(
                 "%s: %d frames decoded, the list says %d; sampling from the smaller",

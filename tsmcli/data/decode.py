@@ -3,14 +3,27 @@
 Every source answers ``num_frames`` and ``get(indices)``; indices are 0-based and the frames
 come back as a uint8 tensor ``(N, 3, H, W)``. A frame that cannot be read is a ``DataError``
 naming the file: no source ever substitutes another frame.
+
+Every decoder hands out interleaved ``(H, W, 3)`` pixels, so ``get`` returns a channels-last view
+of an ``(N, H, W, 3)`` buffer rather than paying for a transposing copy: the uint8 resize of the
+transforms is also about twice as fast on that layout. Call ``.contiguous()`` where plain
+``(N, 3, H, W)`` strides are needed.
+
+decord (the ``decord2`` build) returns frames whose rows are padded to an aligned line size as
+if they had more than 3 channels for some widths (16, 32, 48, 96, ...; dmlc/decord#336), and
+``get_batch`` then fails outright. ``DecordVideo`` repairs such frames and falls back to reading
+them one at a time, so every width decodes to the same pixels as PyAV.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from tsmcli.errors import DataError
@@ -35,8 +48,10 @@ def _check_indices(path: Path, indices: Sequence[int], num_frames: int) -> list[
     indices = [int(i) for i in indices]
     bad = [i for i in indices if not 0 <= i < num_frames]
     if bad:
-        raise DataError(f"{path}: frame index {bad[0]} is outside 0..{num_frames - 1}; "
-                        "the list's frame count may be wrong, rebuild it with tsm build-list")
+        raise DataError(
+            f"{path}: frame index {bad[0]} is outside 0..{num_frames - 1}; "
+            "the list's frame count may be wrong, rebuild it with tsm build-list"
+        )
     return indices
 
 
@@ -48,12 +63,17 @@ class DecordVideo:
 
         self.path = Path(path)
         try:
-            self._reader = decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=num_threads)
+            self._reader = decord.VideoReader(
+                str(self.path), ctx=decord.cpu(0), num_threads=num_threads
+            )
         except Exception as exc:  # decord raises its own DECORDError and RuntimeError
-            raise DataError(f"{self.path}: cannot open video ({_first_line(exc)}); "
-                            "the file is missing or corrupt") from exc
+            raise DataError(
+                f"{self.path}: cannot open video ({_first_line(exc)}); "
+                "the file is missing or corrupt"
+            ) from exc
         if len(self._reader) == 0:
             raise DataError(f"{self.path}: video has no frames")
+        self._one_by_one = False  # set once get_batch has failed where frame-by-frame worked
 
     @property
     def num_frames(self) -> int:
@@ -65,32 +85,129 @@ class DecordVideo:
 
     def get(self, indices: Sequence[int]) -> torch.Tensor:
         indices = _check_indices(self.path, indices, self.num_frames)
+        if self._one_by_one:
+            frames = self._get_one_by_one(indices)  # (N, H, W, 3)
+        else:
+            try:
+                frames = self._reader.get_batch(indices).asnumpy()  # (N, H, W, 3)
+            except Exception:  # noqa: BLE001 - padded rows (decord#336) or a real decode error
+                frames = self._get_one_by_one(indices)  # raises DataError if really corrupt
+                self._one_by_one = True
+        return torch.from_numpy(frames).permute(0, 3, 1, 2)  # (N, 3, H, W), channels-last view
+
+    def iter_frames(
+        self, indices: Sequence[int] | None = None, batch_size: int = 16
+    ) -> Iterator[torch.Tensor]:
+        """Decode forward from the first frame (no seeking), yielding uint8 ``(n, 3, H, W)``
+        batches of the frames at sorted 0-based ``indices`` (every frame when None).
+
+        Every frame before the last one wanted is decoded once, which is what extraction
+        needs: random access re-decodes from the previous key frame for each index. With
+        ``indices=None`` the stream simply ends where the decoder stops, so the caller
+        compares the count with the container's; a wanted index past that end, or a decoder
+        error mid-way, is a ``DataError``.
+        """
+        wanted = (
+            None
+            if indices is None
+            else sorted(set(_check_indices(self.path, indices, self.num_frames)))
+        )
+        reader = self._reader
+        batch: list[np.ndarray] = []
+        position = 0  # index of the frame the next call to reader.next() returns
         try:
-            frames = self._reader.get_batch(indices).asnumpy()  # (N, H, W, 3)
-        except Exception as exc:
-            raise DataError(f"{self.path}: cannot decode frames {indices[:4]} "
-                            f"({_first_line(exc)}); the video is truncated or corrupt") from exc
-        return torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W)
+            reader.seek(0)
+            targets = wanted if wanted is not None else itertools.count()
+            for index in targets:
+                if index > position:
+                    reader.skip_frames(index - position)  # decoded, but not converted to RGB
+                try:
+                    frame = _rgb(reader.next().asnumpy())  # (H, W, 3)
+                except StopIteration:
+                    if wanted is None:
+                        break
+                    raise DataError(
+                        f"{self.path}: frame {index} could not be decoded; the video is truncated"
+                    ) from None
+                position = index + 1
+                batch.append(frame)
+                if len(batch) == batch_size:
+                    yield _to_tensor(batch)
+                    batch = []
+        except DataError:
+            raise
+        except Exception as exc:  # decord's DECORDError mid-stream
+            raise DataError(
+                f"{self.path}: decoding stopped at frame {position} "
+                f"({_first_line(exc)}); the video is truncated or corrupt"
+            ) from exc
+        if batch:
+            yield _to_tensor(batch)
+
+    def _get_one_by_one(self, indices: list[int]) -> np.ndarray:
+        """Frames read with ``next()`` (repairing padded rows), seeking only when going back
+        or jumping; ``(N, H, W, 3)``."""
+        reader = self._reader
+        frames = []
+        position = -1  # index the next call to reader.next() returns; -1: unknown
+        try:
+            for index in indices:
+                if position < 0 or index < position:
+                    reader.seek_accurate(index)
+                elif index > position:
+                    reader.skip_frames(index - position)
+                frames.append(_rgb(reader.next().asnumpy()))
+                position = index + 1
+        except Exception as exc:  # DECORDError, StopIteration at a truncated end
+            raise DataError(
+                f"{self.path}: cannot decode frame {indices[len(frames)]} "
+                f"({_first_line(exc)}); the video is truncated or corrupt"
+            ) from exc
+        return np.stack(frames)
+
+
+def _rgb(frame: np.ndarray) -> np.ndarray:
+    """A decord frame as ``(H, W, 3)``: undo the padded-rows layout of decord#336, where a
+    frame comes back as ``(H, W, linesize // W)`` with 3 * W real bytes at the start of a row."""
+    height, width, channels = frame.shape
+    if channels == 3:
+        return frame
+    rows = np.ascontiguousarray(frame).reshape(height, width * channels)
+    return np.ascontiguousarray(rows[:, : width * 3]).reshape(height, width, 3)
+
+
+def _to_tensor(frames: list[np.ndarray]) -> torch.Tensor:
+    return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W)
 
 
 class PyAVVideo:
-    """A video decoded with PyAV: the fallback backend, decoding forward from the start."""
+    """A video decoded with PyAV: the fallback backend, decoding forward from the start.
 
-    def __init__(self, path: str | Path):
+    A container's frame count cannot be trusted without decoding every frame, so without
+    ``num_frames`` the constructor decodes the whole video once to count them. Pass the count
+    when it is known (a list's, as for ``FrameFolder``): nothing is then read before ``get``,
+    which opens the file once and decodes up to the last frame asked for. A count larger than
+    the video's is a ``DataError`` naming the file when a frame past the real end is asked for.
+    """
+
+    def __init__(self, path: str | Path, num_frames: int | None = None):
         import av
 
         self.path = Path(path)
         self._av = av
-        try:
-            with av.open(str(self.path)) as container:
-                stream = container.streams.video[0]
-                self._fps = float(stream.average_rate or 0.0)
-                self._num_frames = sum(1 for _ in container.decode(stream))
-        except (av.FFmpegError, IndexError, OSError) as exc:
-            raise DataError(f"{self.path}: cannot open video ({_first_line(exc)}); "
-                            "the file is missing or corrupt") from exc
-        if self._num_frames == 0:
+        self._fps: float | None = None
+        self._count_given = num_frames is not None
+        if num_frames is None:
+            try:
+                with av.open(str(self.path)) as container:
+                    stream = _video_stream(self.path, container)
+                    self._fps = float(stream.average_rate or 0.0)
+                    num_frames = sum(1 for _ in container.decode(stream))
+            except (av.FFmpegError, OSError) as exc:
+                raise _open_error(self.path, exc) from exc
+        if num_frames <= 0:
             raise DataError(f"{self.path}: video has no frames")
+        self._num_frames = num_frames
 
     @property
     def num_frames(self) -> int:
@@ -98,35 +215,70 @@ class PyAVVideo:
 
     @property
     def fps(self) -> float:
+        if self._fps is None:
+            try:
+                with self._av.open(str(self.path)) as container:
+                    self._fps = float(_video_stream(self.path, container).average_rate or 0.0)
+            except (self._av.FFmpegError, OSError) as exc:
+                raise _open_error(self.path, exc) from exc
         return self._fps
 
     def get(self, indices: Sequence[int]) -> torch.Tensor:
         indices = _check_indices(self.path, indices, self.num_frames)
         wanted = set(indices)
         last = max(indices)
-        decoded: dict[int, torch.Tensor] = {}
+        decoded: dict[int, np.ndarray] = {}
+        count = 0  # frames decoded so far
         try:
-            with self._av.open(str(self.path)) as container:
-                for i, frame in enumerate(container.decode(video=0)):
-                    if i in wanted:
-                        decoded[i] = torch.from_numpy(frame.to_ndarray(format="rgb24"))
-                    if i >= last:
+            container = self._av.open(str(self.path))
+        except (self._av.FFmpegError, OSError) as exc:
+            raise _open_error(self.path, exc) from exc
+        try:
+            with container:
+                for frame in container.decode(_video_stream(self.path, container)):
+                    if count in wanted:
+                        decoded[count] = frame.to_ndarray(format="rgb24")  # (H, W, 3)
+                    count += 1
+                    if count > last:
                         break
         except self._av.FFmpegError as exc:
-            raise DataError(f"{self.path}: cannot decode ({_first_line(exc)}); "
-                            "the video is truncated or corrupt") from exc
-        missing = wanted - decoded.keys()
-        if missing:
-            raise DataError(f"{self.path}: frame {min(missing)} could not be decoded; "
-                            "the video is truncated")
-        return torch.stack([decoded[i] for i in indices]).permute(0, 3, 1, 2).contiguous()
+            raise DataError(
+                f"{self.path}: cannot decode ({_first_line(exc)}); "
+                "the video is truncated or corrupt"
+            ) from exc
+        if count <= last:
+            end = f"the video ends after {count} frames"
+            if self._count_given:
+                end += f", not the {self._num_frames} given; rebuild the list with tsm build-list"
+            raise DataError(
+                f"{self.path}: frame {min(wanted - decoded.keys())} could not be decoded; {end}"
+            )
+        frames = np.stack([decoded[i] for i in indices])  # (N, H, W, 3)
+        return torch.from_numpy(frames).permute(0, 3, 1, 2)  # (N, 3, H, W), channels-last view
+
+
+def _video_stream(path: Path, container):
+    if not container.streams.video:
+        raise DataError(f"{path}: the file has no video stream; remove it or replace it")
+    return container.streams.video[0]
+
+
+def _open_error(path: Path, exc: BaseException) -> DataError:
+    return DataError(
+        f"{path}: cannot open video ({_first_line(exc)}); the file is missing or corrupt"
+    )
 
 
 class FrameFolder:
     """A folder of JPEG frames ``img_00001.jpg, ...`` (1-based on disk, 0-based here)."""
 
-    def __init__(self, path: str | Path, num_frames: int | None = None,
-                 template: str = FRAME_TEMPLATE, start_index: int = 1):
+    def __init__(
+        self,
+        path: str | Path,
+        num_frames: int | None = None,
+        template: str = FRAME_TEMPLATE,
+        start_index: int = 1,
+    ):
         self.path = Path(path)
         self.template = template
         self.start_index = start_index
@@ -153,33 +305,93 @@ class FrameFolder:
         for i in indices:
             file = self.frame_path(i)
             try:
-                frames.append(decode_jpeg(read_file(str(file)), mode=ImageReadMode.RGB))
+                image = decode_jpeg(read_file(str(file)), mode=ImageReadMode.RGB)  # (3, H, W)
             except RuntimeError as exc:
                 if not file.exists():
-                    raise DataError(f"{file}: frame is missing; extract the video again "
-                                    "(tsm extract --overwrite)") from exc
+                    raise DataError(
+                        f"{file}: frame is missing; extract the video again "
+                        "(tsm extract --overwrite)"
+                    ) from exc
                 raise DataError(f"{file}: cannot decode JPEG ({_first_line(exc)})") from exc
-        return torch.stack(frames)  # (N, 3, H, W)
+            frame = image.permute(1, 2, 0)  # (H, W, 3): decode_jpeg's own buffer, no copy
+            if frames and frame.shape != frames[0].shape:
+                (height, width, _), (first_h, first_w, _) = frame.shape, frames[0].shape
+                raise DataError(
+                    f"{file}: frame is {width}x{height} but {self.frame_path(indices[0]).name} "
+                    f"is {first_w}x{first_h}; extract the video again (tsm extract --overwrite)"
+                )
+            frames.append(frame)
+        return torch.stack(frames).permute(0, 3, 1, 2)  # (N, 3, H, W), channels-last view
 
 
 def count_frames(folder: Path, template: str = FRAME_TEMPLATE, start_index: int = 1) -> int:
     """Number of consecutive frames ``template.format(start_index + k)`` present in ``folder``."""
     prefix, _, _ = template.partition("{")
     suffix = template.rpartition("}")[2]
-    names = {p.name for p in folder.iterdir() if p.name.startswith(prefix) and p.name.endswith(suffix)}
+    names = {
+        p.name for p in folder.iterdir() if p.name.startswith(prefix) and p.name.endswith(suffix)
+    }
     count = 0
     while template.format(start_index + count) in names:
         count += 1
     return count
 
 
-def open_video(path: str | Path, backend: str = "decord") -> FrameSource:
-    """Open a video file with the named backend (``decord`` or ``pyav``)."""
+def open_video(
+    path: str | Path, backend: str = "decord", num_frames: int | None = None
+) -> FrameSource:
+    """Open a video file with the named backend (``decord`` or ``pyav``).
+
+    ``num_frames``: the frame count when the caller knows it (a list's). PyAV uses it instead of
+    decoding the whole video to count; decord reads the count from the container for nothing.
+    """
     if backend == "decord":
         return DecordVideo(path)
     if backend == "pyav":
-        return PyAVVideo(path)
+        return PyAVVideo(path, num_frames)
     raise DataError(f"unknown video backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+@dataclass(frozen=True)
+class VideoProbe:
+    """What a video's container says about it, read without decoding."""
+
+    num_frames: int | None  # None when the container gives neither a count nor a duration
+    exact: bool  # True: a frame count stored in the container; False: duration x frame rate
+    fps: float
+    width: int
+    height: int
+
+
+def probe_video(path: str | Path) -> VideoProbe:
+    """Read a video's header with PyAV: the reference frame count that extraction compares the
+    decoded count with, so a truncated file cannot pass for a short video."""
+    import av
+
+    path = Path(path)
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise DataError(f"{path}: the file has no video stream; remove it or replace it")
+            stream = container.streams.video[0]
+            fps = float(stream.average_rate or stream.guessed_rate or 0.0)
+            if stream.frames > 0:
+                num_frames, exact = int(stream.frames), True
+            else:
+                if stream.duration is not None and stream.time_base is not None:
+                    seconds = float(stream.duration * stream.time_base)
+                elif container.duration is not None:
+                    seconds = container.duration / av.time_base
+                else:
+                    seconds = 0.0
+                num_frames = round(seconds * fps) if seconds > 0 and fps > 0 else None
+                exact = False
+            return VideoProbe(num_frames, exact, fps, stream.width, stream.height)
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        raise DataError(
+            f"{path}: not a readable video ({_first_line(exc)}); "
+            "the file is corrupt or not a video, remove or replace it"
+        ) from exc
 
 
 def is_video(path: Path) -> bool:

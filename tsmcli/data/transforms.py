@@ -1,5 +1,10 @@
 """Spatial transforms of a clip: uint8 frames ``(T, 3, H, W)`` in, normalised float out.
 
+Frames may have any strides. The frame sources hand out channels-last views of the decoders'
+``(T, H, W, 3)`` buffers, on which torch's uint8 antialiased resize is about twice as fast as
+on plain ``(T, 3, H, W)``. The resized crop keeps that layout and is flipped while still uint8;
+the conversion to float, the last step, writes plain contiguous ``(T, 3, S, S)``.
+
 Train: the official TSM multi-scale crop (crop sides from scales of the short side, at most one
 step of aspect distortion, 13 fixed positions), one crop for every frame of the clip, resized
 to ``input_size``; then a horizontal flip (``off``, ``on``, or ``swap``: flip and swap the label
@@ -14,6 +19,7 @@ When the frames already have that short side, a crop is an exact slice.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -132,7 +138,8 @@ def map_box(box: CropBox, from_size: tuple[int, int], to_size: tuple[int, int]) 
 
 
 def crop_resize(frames: torch.Tensor, box: CropBox, size: int) -> torch.Tensor:
-    """Crop every frame to ``box`` and resize to ``size`` x ``size``: (T, 3, size, size)."""
+    """Crop every frame to ``box`` and resize to ``size`` x ``size``: (T, 3, size, size), in
+    the memory format of ``frames`` (only the box is resampled)."""
     return F.resized_crop(
         frames, box.top, box.left, box.height, box.width, [size, size], antialias=True
     )
@@ -170,15 +177,39 @@ def swap_label(label: int, pairs: Sequence[tuple[int, int]]) -> int:
 def normalize(
     frames: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
 ) -> torch.Tensor:
-    """uint8 in [0, 255] to float32 ``(x / 255 - mean) / std`` per channel; same shape.
+    """uint8 in [0, 255] to contiguous float32 ``(x / 255 - mean) / std`` per channel; same shape
+    (frames of any strides, channels-last included)."""
+    out = torch.empty(frames.shape, dtype=torch.float32)  # (..., 3, H, W), contiguous
+    _normalize_into(out, frames, mean, std)
+    return out
 
-    Computed as one multiply-add, ``x * (1 / (255 std)) - mean / std``: divisions by a
-    broadcast tensor cost 5x more, and this runs on every frame of every clip.
+
+def _normalize_into(
+    out: torch.Tensor,
+    frames: torch.Tensor,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> None:
+    """Write ``normalize(frames)`` into the contiguous float32 ``out`` of the same shape.
+
+    Computed as ``x * (1 / (255 std)) - mean / std``: a multiply and an add by per-channel
+    tensors, as divisions by a broadcast tensor cost 5x more. Two frames at a time, so the
+    float frames that the conversion has just written (which also gives channels-last input
+    plain strides) are still in cache for the multiply-add; whole clips do not fit.
     """
+    scale, shift = _affine(tuple(mean), tuple(std))  # (3, 1, 1) each
+    channels, height, width = frames.shape[-3:]
+    sources = frames.reshape(-1, channels, height, width).split(2)  # a view for a clip
+    for dst, src in zip(out.view(-1, channels, height, width).split(2), sources, strict=True):
+        dst.copy_(src).mul_(scale).add_(shift)
+
+
+@functools.lru_cache(maxsize=8)
+def _affine(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) of ``normalize``, each (3, 1, 1) float32, computed in float64 once."""
     mean_t = torch.tensor(mean, dtype=torch.float64).view(3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float64).view(3, 1, 1)
-    scale, shift = (1.0 / (255.0 * std_t)).float(), (-mean_t / std_t).float()
-    return frames.to(torch.float32, memory_format=torch.contiguous_format).mul_(scale).add_(shift)
+    return (1.0 / (255.0 * std_t)).float(), (-mean_t / std_t).float()
 
 
 def train_clip(
@@ -222,13 +253,15 @@ def eval_views(
     S is ``scale_size`` with ``full_res`` (official 3-crop "full resolution" testing),
     else ``input_size``. C is ``crops``; with 10 crops each box is followed by its flip.
     """
-    height, width = frames.shape[-2:]
+    num_frames, channels, height, width = frames.shape
     virtual = scaled_size(width, height, scale_size)
     crop = scale_size if full_res else input_size
-    views = []
-    for box in eval_crop_boxes(virtual[0], virtual[1], crop, crops):
+    boxes = eval_crop_boxes(virtual[0], virtual[1], crop, crops)
+    out = torch.empty((crops, num_frames, channels, crop, crop), dtype=torch.float32)
+    step = 2 if crops == 10 else 1
+    for k, box in enumerate(boxes):
         view = crop_resize(frames, map_box(box, virtual, (width, height)), crop)  # (T, 3, S, S)
-        views.append(view)
+        _normalize_into(out[step * k], view)  # each view written once, straight into place
         if crops == 10:
-            views.append(horizontal_flip(view))
-    return normalize(torch.stack(views))  # (C, T, 3, S, S)
+            _normalize_into(out[step * k + 1], horizontal_flip(view))
+    return out  # (C, T, 3, S, S)
