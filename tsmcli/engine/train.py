@@ -19,17 +19,13 @@ import json
 import logging
 import math
 import os
-import random
-import shutil
 import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,18 +36,23 @@ from tsmcli.engine.distributed import DistContext, ShardedSampler
 from tsmcli.engine.metrics import average_views, topk_correct
 from tsmcli.engine.optim import LRSchedule, build_optimizer, fc_lr5_enabled, scaled_lr
 from tsmcli.engine.plots import plot_curves
-from tsmcli.errors import DataError, RecipeError, TrainingError
+from tsmcli.engine.preflight import check_list, resolve_classes
+from tsmcli.engine.state import (
+    Interrupted,
+    StopOnSignal,
+    check_resume_recipe,
+    checkpoint_dict,
+    replace_with_link,
+    restore_rng,
+    seed_everything,
+)
+from tsmcli.errors import TrainingError
 from tsmcli.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
-FORMAT = "tsmcli"
-FORMAT_VERSION = 1
 LAST, BEST = "last.pt", "best.pt"
 RECIPE_FILE, METRICS_FILE, CURVES_FILE = "recipe.yaml", "metrics.jsonl", "curves.png"
-_MISSING_SHOWN = 3
-# model keys that may change on resume (they only say where the first weights came from)
-_RESUMABLE_MODEL_CHANGES = {"pretrained", "init_from"}
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def train(recipe: Recipe, out_dir: Path | None = None, resume: bool = False) -> 
     previous_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         run = _Run(recipe, _run_dir(recipe, out_dir), resume, ctx)
-        with _StopOnSignal(announce=ctx.is_main) as stop:
+        with StopOnSignal(announce=ctx.is_main) as stop:
             return run.fit(stop)
     finally:
         torch.use_deterministic_algorithms(previous_deterministic)
@@ -90,51 +91,6 @@ def _run_dir(recipe: Recipe, out_dir: Path | None) -> Path:
         if out_dir is not None
         else Path(recipe.train.out_dir).expanduser() / recipe.name
     )
-
-
-class _Interrupted(Exception):
-    """Raised inside the loop after a Ctrl-C, once the resumable checkpoint is saved."""
-
-
-class _StopOnSignal:
-    """First Ctrl-C (or SIGTERM): finish the current step, save, stop. Second: stop now.
-
-    A repeat within ``grace_s`` counts as the same request: torchrun forwards the terminal's
-    SIGINT to workers that already got it, and that echo must not turn a clean stop into an
-    abort. Only installable from the main thread; elsewhere a Ctrl-C interrupts wherever it
-    lands and the last end-of-epoch checkpoint is what remains.
-    """
-
-    signals = (signal.SIGINT, signal.SIGTERM)
-    grace_s = 2.0
-
-    def __init__(self, announce: bool = True) -> None:
-        self.requested = False
-        self.announce = announce
-        self._first = 0.0
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            if time.monotonic() - self._first > self.grace_s:
-                raise KeyboardInterrupt
-            return
-        self.requested, self._first = True, time.monotonic()
-        if self.announce:
-            log.warning(
-                "interrupted: finishing this step and saving a resumable checkpoint "
-                "(press Ctrl-C again to stop at once)"
-            )
-
-    def __enter__(self) -> _StopOnSignal:
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.signals:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 class _Run:
@@ -197,42 +153,15 @@ class _Run:
 
     def _prepare_data(self) -> None:
         """Read and check the lists (labels in range, every video present) before any training."""
-        from tsmcli.data.dataset import VideoClipDataset, find_missing
-        from tsmcli.data.lists import classes_for_list, read_list
+        from tsmcli.data.dataset import VideoClipDataset
 
         d, m = self.recipe.data, self.recipe.model
         root = Path(d.root).expanduser()
         train_list = Path(d.train_list).expanduser()
         val_list = Path(d.val_list).expanduser() if d.val_list else None
-        self.classes = classes_for_list(train_list)
-        if m.num_classes:
-            self.num_classes = m.num_classes
-            if self.classes is not None and len(self.classes) != m.num_classes:
-                raise RecipeError(
-                    f"model.num_classes is {m.num_classes} but {train_list.parent / 'classes.txt'} "
-                    f"has {len(self.classes)} classes; set model.num_classes to 0 (from classes.txt)"
-                )
-        elif self.classes:
-            self.num_classes = len(self.classes)
-        else:
-            raise DataError(
-                f"{train_list.parent / 'classes.txt'}: not found, and model.num_classes is 0 (read it "
-                "from classes.txt); write classes.txt beside the list or set model.num_classes"
-            )
-        lists = [("train", train_list)] + ([("val", val_list)] if val_list else [])
-        for _, list_file in lists:
-            entries = read_list(list_file)
-            if not entries:
-                raise DataError(f"{list_file}: the list is empty; rebuild it with tsm build-list")
-            _check_labels(list_file, [e.label for e in entries], self.num_classes)
-            missing = find_missing(entries, root, d.source, d.frame_template)
-            if missing:
-                shown = ", ".join(str(p) for p in missing[:_MISSING_SHOWN])
-                raise DataError(
-                    f"{list_file}: {len(missing)} of {len(entries)} entries point at missing data "
-                    f"under {root} (first: {shown}); check data.root and data.source, or rebuild the "
-                    "list with tsm build-list"
-                )
+        self.classes, self.num_classes = resolve_classes(train_list, m.num_classes)
+        for list_file in [train_list] + ([val_list] if val_list else []):
+            check_list(list_file, self.num_classes, root, d.source, d.frame_template)
         flip_pairs: list[tuple[int, int]] = []
         if d.flip == "swap":
             from tsmcli.data.adapters import load_manifest
@@ -301,7 +230,7 @@ class _Run:
         from tsmcli.model.tsn import build_model
 
         m, t = self.recipe.model, self.recipe.train
-        _seed_everything(t.seed)  # the same initial weights on every rank and every run
+        seed_everything(t.seed)  # the same initial weights on every rank and every run
         model = build_model(
             m.arch,
             num_classes=self.num_classes,
@@ -357,18 +286,9 @@ class _Run:
 
         path = self.run_dir / LAST
         state = load_checkpoint(path)
-        saved = state.get("recipe") or {}
-        changed = _changed_keys(saved, self.recipe.to_dict())
-        fixed = [
-            k
-            for k in changed
-            if k.startswith("model.") and k.split(".", 1)[1] not in _RESUMABLE_MODEL_CHANGES
-        ]
-        if fixed:
-            raise TrainingError(
-                f"{path}: was trained with different {', '.join(fixed)}; resume with the "
-                f"recipe in {self.run_dir / RECIPE_FILE} (or start a new run with --out)"
-            )
+        changed = check_resume_recipe(
+            state.get("recipe") or {}, self.recipe, path, self.run_dir / RECIPE_FILE
+        )
         if changed and self.ctx.is_main:
             log.warning("resuming with changed recipe keys: %s", ", ".join(changed))
         self.model.load_state_dict(state["state_dict"])
@@ -389,11 +309,7 @@ class _Run:
             self.start_iteration, self.partial = 0, {}
         self.best_top1 = state.get("best_top1")
         self.history = list(state.get("history") or [])
-        rng = state.get("rng") or []
-        if rng:
-            _set_rng_state(
-                rng[self.ctx.rank] if len(rng) == self.ctx.world_size else rng[0], self.cuda
-            )
+        restore_rng(state.get("rng") or [], self.ctx, self.cuda)
         if self.ctx.is_main:
             where = f", step {self.start_iteration}" if self.start_iteration else ""
             log.info("resuming %s after epoch %d%s", self.run_dir, self.start_epoch, where)
@@ -420,7 +336,7 @@ class _Run:
 
     # ------------------------------------------------------------------ the loop
 
-    def fit(self, stop: _StopOnSignal) -> TrainResult:
+    def fit(self, stop: StopOnSignal) -> TrainResult:
         t = self.recipe.train
         try:
             for epoch in range(self.start_epoch, t.epochs):
@@ -436,8 +352,8 @@ class _Run:
                 if epoch + 1 < t.epochs and self._everywhere(stop.requested):
                     if self.ctx.is_main:  # Ctrl-C during validation: last.pt is this epoch's
                         log.warning("stopped after epoch %d; continue with --resume", epoch + 1)
-                    raise _Interrupted
-        except _Interrupted:
+                    raise Interrupted
+        except Interrupted:
             raise KeyboardInterrupt from None
         finally:
             if self.tensorboard is not None:
@@ -458,7 +374,7 @@ class _Run:
             model=self.model,
         )
 
-    def _train_epoch(self, epoch: int, start: int, stop: _StopOnSignal) -> dict[str, Any]:
+    def _train_epoch(self, epoch: int, start: int, stop: StopOnSignal) -> dict[str, Any]:
         from tqdm import tqdm
 
         t = self.recipe.train
@@ -518,7 +434,7 @@ class _Run:
                     )
                 if stop_all:
                     self._save_interrupted(epoch, iteration + 1, acc)
-                    raise _Interrupted
+                    raise Interrupted
         finally:
             bar.close()
         return {
@@ -620,7 +536,7 @@ class _Run:
                 handle.write(json.dumps(row) + "\n")
             save_checkpoint(state, self.run_dir / LAST)
             if is_best:
-                _replace_with_link(self.run_dir / LAST, self.run_dir / BEST)
+                replace_with_link(self.run_dir / LAST, self.run_dir / BEST)
             plot_curves(self.history, self.run_dir / CURVES_FILE)
             if self.tensorboard is not None:
                 for key in ("loss", "lr", "top1", "top5", "clips_per_s", "data_wait_share"):
@@ -657,30 +573,27 @@ class _Run:
             )
 
     def _checkpoint(self, epoch: int, iteration: int, partial: dict[str, float]) -> dict[str, Any]:
-        """The checkpoint dict: tensors and builtins only, so ``weights_only=True`` loads it.
+        """This run's checkpoint dict (``checkpoint_dict``); every rank must call it.
 
         ``epoch`` is the number of finished epochs; ``iteration`` the steps already taken in
         the next one (0 at an epoch boundary).
         """
-        rng = _gather(_rng_state(self.cuda), self.ctx)
-        return {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "model_config": self.model_config,
-            "recipe": self.recipe.to_dict(),
-            "classes": list(self.classes) if self.classes else None,
-            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "epoch": epoch,
-            "iteration": iteration,
-            "partial": dict(partial),
-            "global_batch": self.global_batch,
-            "world_size": self.ctx.world_size,
-            "rng": rng,
-            "best_top1": self.best_top1,
-            "history": list(self.history),
-        }
+        return checkpoint_dict(
+            model=self.model,
+            model_config=self.model_config,
+            recipe=self.recipe,
+            classes=self.classes,
+            optimizer=self.optimizer,
+            scaler=self.scaler,
+            epoch=epoch,
+            iteration=iteration,
+            partial=partial,
+            global_batch=self.global_batch,
+            best_top1=self.best_top1,
+            history=self.history,
+            ctx=self.ctx,
+            cuda=self.cuda,
+        )
 
     # ------------------------------------------------------------------ helpers
 
@@ -722,98 +635,8 @@ def _loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, labels)
 
 
-def _replace_with_link(source: Path, target: Path) -> None:
-    """Make ``target`` a second name of ``source``'s file, atomically (a copy where links are
-    not supported). The next ``last.pt`` is a new file renamed into place, so ``best.pt``
-    keeps this epoch's bytes without writing them twice."""
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
-
-
 def _init_worker(_: int) -> None:
     torch.set_num_threads(1)  # workers decode; many intra-op threads per worker only contend
     # Ctrl-C is the training process's to handle (finish the step, save); a worker that died
     # of it would only break the batch being loaded
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _check_labels(list_file: Path, labels: list[int], num_classes: int) -> None:
-    bad = next((i for i, label in enumerate(labels) if label >= num_classes), None)
-    if bad is None:
-        return
-    nonblank = [
-        n
-        for n, line in enumerate(list_file.read_text(encoding="utf-8").splitlines(), 1)
-        if line.split()
-    ]
-    raise DataError(
-        f"{list_file}:{nonblank[bad]}: label {labels[bad]} is outside 0..{num_classes - 1} "
-        f"({num_classes} classes); fix the list or model.num_classes"
-    )
-
-
-def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    keys = []
-    for key in sorted(set(old) | set(new)):
-        a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            keys += _changed_keys(a, b, f"{prefix}{key}.")
-        elif a != b:
-            keys.append(f"{prefix}{key}")
-    return keys
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _rng_state(cuda: bool) -> dict[str, Any]:
-    """Global RNG states as tensors and builtins (numpy's key array becomes an int64 tensor)."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    version, internal, gauss = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state() if cuda else None,
-        "numpy": {
-            "name": name,
-            "keys": torch.from_numpy(keys.astype(np.int64)),
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-        "python": {"version": version, "state": list(internal), "gauss": gauss},
-    }
-
-
-def _set_rng_state(state: dict[str, Any], cuda: bool) -> None:
-    torch.set_rng_state(state["torch"])
-    if cuda and state.get("cuda") is not None:
-        torch.cuda.set_rng_state(state["cuda"])
-    n = state["numpy"]
-    np.random.set_state(
-        (
-            n["name"],
-            n["keys"].numpy().astype(np.uint32),
-            n["pos"],
-            n["has_gauss"],
-            n["cached_gaussian"],
-        )
-    )
-    p = state["python"]
-    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
-
-
-def _gather(obj: Any, ctx: DistContext) -> list[Any]:
-    """``obj`` from every rank, in rank order (a list of one when alone)."""
-    if not ctx.distributed:
-        return [obj]
-    gathered: list[Any] = [None] * ctx.world_size
-    torch.distributed.all_gather_object(gathered, obj)
-    return gathered

@@ -1,0 +1,234 @@
+"""What a training run saves and restores, and how it stops cleanly.
+
+The checkpoint dict holds tensors and builtins only, so ``weights_only=True`` loads it; with
+the weights and optimiser it stores every rank's global RNG state (dropout's), which is what
+the seed and the position in training do not already determine. ``StopOnSignal`` turns a
+Ctrl-C into "finish this step, save a resumable checkpoint, stop".
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from tsmcli.engine.distributed import DistContext
+from tsmcli.errors import TrainingError
+from tsmcli.model.checkpoint import FORMAT, FORMAT_VERSION
+from tsmcli.recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+# model keys that may change on resume (they only say where the first weights came from)
+_RESUMABLE_MODEL_CHANGES = {"pretrained", "init_from"}
+
+
+# ---------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_dict(
+    *,
+    model: nn.Module,
+    model_config: dict[str, Any],
+    recipe: Recipe,
+    classes: Sequence[str] | None,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    epoch: int,
+    iteration: int,
+    partial: dict[str, float],
+    global_batch: int,
+    best_top1: float | None,
+    history: list[dict[str, Any]],
+    ctx: DistContext,
+    cuda: bool,
+) -> dict[str, Any]:
+    """The checkpoint dict: tensors and builtins only, so ``weights_only=True`` loads it.
+
+    ``epoch`` is the number of finished epochs; ``iteration`` the steps already taken in
+    the next one (0 at an epoch boundary). Collective: every rank must call it, as it
+    gathers every rank's RNG state.
+    """
+    rng = _gather(_rng_state(cuda), ctx)
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_config": model_config,
+        "recipe": recipe.to_dict(),
+        "classes": list(classes) if classes else None,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "epoch": epoch,
+        "iteration": iteration,
+        "partial": dict(partial),
+        "global_batch": global_batch,
+        "world_size": ctx.world_size,
+        "rng": rng,
+        "best_top1": best_top1,
+        "history": list(history),
+    }
+
+
+def check_resume_recipe(
+    saved: dict[str, Any], recipe: Recipe, path: Path, recipe_file: Path
+) -> list[str]:
+    """The recipe keys that changed since the checkpoint at ``path`` was saved. A changed
+    model key is refused (the saved weights would not fit), except those that only say where
+    the first weights came from."""
+    changed = _changed_keys(saved, recipe.to_dict())
+    fixed = [
+        k
+        for k in changed
+        if k.startswith("model.") and k.split(".", 1)[1] not in _RESUMABLE_MODEL_CHANGES
+    ]
+    if fixed:
+        raise TrainingError(
+            f"{path}: was trained with different {', '.join(fixed)}; resume with the "
+            f"recipe in {recipe_file} (or start a new run with --out)"
+        )
+    return changed
+
+
+def replace_with_link(source: Path, target: Path) -> None:
+    """Make ``target`` a second name of ``source``'s file, atomically (a copy where links are
+    not supported). The next ``last.pt`` is a new file renamed into place, so ``best.pt``
+    keeps this epoch's bytes without writing them twice."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += _changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+# ---------------------------------------------------------------------- RNG state
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def restore_rng(saved: list[dict[str, Any]], ctx: DistContext, cuda: bool) -> None:
+    """Set this rank's global RNGs from a checkpoint's per-rank states (rank 0's when the
+    number of processes changed; nothing when the checkpoint holds none)."""
+    if saved:
+        _set_rng_state(saved[ctx.rank] if len(saved) == ctx.world_size else saved[0], cuda)
+
+
+def _rng_state(cuda: bool) -> dict[str, Any]:
+    """Global RNG states as tensors and builtins (numpy's key array becomes an int64 tensor)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if cuda else None,
+        "numpy": {
+            "name": name,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": {"version": version, "state": list(internal), "gauss": gauss},
+    }
+
+
+def _set_rng_state(state: dict[str, Any], cuda: bool) -> None:
+    torch.set_rng_state(state["torch"])
+    if cuda and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state(
+        (
+            n["name"],
+            n["keys"].numpy().astype(np.uint32),
+            n["pos"],
+            n["has_gauss"],
+            n["cached_gaussian"],
+        )
+    )
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+
+
+def _gather(obj: Any, ctx: DistContext) -> list[Any]:
+    """``obj`` from every rank, in rank order (a list of one when alone)."""
+    if not ctx.distributed:
+        return [obj]
+    gathered: list[Any] = [None] * ctx.world_size
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered
+
+
+# ---------------------------------------------------------------------- stopping
+
+
+class Interrupted(Exception):
+    """Raised inside the loop after a Ctrl-C, once the resumable checkpoint is saved."""
+
+
+class StopOnSignal:
+    """First Ctrl-C (or SIGTERM): finish the current step, save, stop. Second: stop now.
+
+    A repeat within ``grace_s`` counts as the same request: torchrun forwards the terminal's
+    SIGINT to workers that already got it, and that echo must not turn a clean stop into an
+    abort. Only installable from the main thread; elsewhere a Ctrl-C interrupts wherever it
+    lands and the last end-of-epoch checkpoint is what remains.
+    """
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+    grace_s = 2.0
+
+    def __init__(self, announce: bool = True) -> None:
+        self.requested = False
+        self.announce = announce
+        self._first = 0.0
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            if time.monotonic() - self._first > self.grace_s:
+                raise KeyboardInterrupt
+            return
+        self.requested, self._first = True, time.monotonic()
+        if self.announce:
+            log.warning(
+                "interrupted: finishing this step and saving a resumable checkpoint "
+                "(press Ctrl-C again to stop at once)"
+            )
+
+    def __enter__(self) -> StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.signals:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
