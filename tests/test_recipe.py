@@ -178,7 +178,7 @@ def test_overrides_go_through_the_same_checks():
 def test_ranges_are_checked():
     assert "model.num_segments must be at least 1" in _error("demo", ["model.num_segments=0"])
     assert "data.scale_size must be at least data.input_size" in _error(
-        "demo", ["data.scale_size=32"]
+        "demo", ["data.scale_size=16"]
     )
     assert "optim.lr_steps must be in increasing order" in _error("demo", ["optim.lr_steps=[5, 2]"])
     assert "data.flip" in _error("demo", ["data.flip=swap"])  # swap needs a manifest

@@ -118,10 +118,12 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """SGD with the official parameter groups; lr given for ``reference_batch_size``."""
+    """SGD (the official optimiser) or AdamW over the official parameter groups; lr given for
+    ``reference_batch_size``. AdamW is for training small models from scratch (the demo)."""
 
     _section: ClassVar[str] = "optim"
 
+    optimizer: Literal["sgd", "adamw"] = "sgd"
     lr: float = 0.02
     reference_batch_size: int = 128  # lr is scaled by (global batch) / (this)
     momentum: float = 0.9

@@ -76,6 +76,18 @@ def test_optimizer_lr_and_decay_per_group():
     assert all(g["momentum"] == 0.9 for g in optimizer.param_groups)
 
 
+def test_adamw_keeps_the_same_groups():
+    sgd = build_optimizer(Tiny(), OptimConfig(weight_decay=1e-4), lr=0.05, fc_lr5=True)
+    adamw = build_optimizer(Tiny(), OptimConfig(optimizer="adamw", weight_decay=1e-4), lr=0.05,
+                            fc_lr5=True)
+    assert isinstance(adamw, torch.optim.AdamW)
+
+    def settings(optimizer):
+        return {g["name"]: (g["lr"], g["weight_decay"]) for g in optimizer.param_groups}
+
+    assert settings(adamw) == settings(sgd)  # decoupled decay still off for biases and BN
+
+
 def test_unknown_parametrised_module_is_refused():
     model = nn.Sequential(nn.Conv2d(3, 3, 1), nn.PReLU())
     with pytest.raises(ValueError, match="PReLU"):

@@ -72,6 +72,8 @@ def tiny_recipe(root: Path, *overrides: str) -> Recipe:
             "train.device=cpu",
             "train.deterministic=true",
             "optim.warmup_epochs=0.5",
+            "optim.optimizer=sgd",  # momentum buffers are part of what resume must restore
+            "model.dropout=0.2",  # so the dropout RNG stream must be restored too
             "optim.lr=0.05",
             "optim.schedule=step",
             "optim.lr_steps=[1]",  # (cosine depends on train.epochs, so 1 epoch + resume to 2 would differ)

@@ -90,12 +90,14 @@ def parameter_groups(model: nn.Module, fc_lr5: bool) -> list[dict[str, Any]]:
 
 def build_optimizer(
     model: nn.Module, config: OptimConfig, lr: float, fc_lr5: bool
-) -> torch.optim.SGD:
-    """SGD over the official groups; ``lr`` is the already batch-scaled base rate."""
+) -> torch.optim.Optimizer:
+    """SGD (momentum) or AdamW over the official groups; ``lr`` is the batch-scaled base rate."""
     groups = parameter_groups(model, fc_lr5)
     for group in groups:
         group["lr"] = lr * group["lr_mult"]
         group["weight_decay"] = config.weight_decay * group["decay_mult"]
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=config.weight_decay)
     return torch.optim.SGD(
         groups, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
