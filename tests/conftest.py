@@ -37,6 +37,16 @@ def write_video(path: Path, num_frames: int = 16, size: int = 32, fps: int = 8,
     return path
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Batch-1 frames are tiny tensors: a second thread only adds synchronisation, and on a
+    shared CPU an oversubscribed OpenMP pool makes each op many times slower."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def make_video():
     """``make_video(path, num_frames=16, size=32)`` writes a tiny H.264 video."""

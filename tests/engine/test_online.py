@@ -24,14 +24,7 @@ CLASSES = ["up", "down", "left"]
 VIDEO_FRAMES = [5, 7, 9]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Batch-1 frames are tiny tensors: a second thread only adds synchronisation, and on a
-    shared CPU an oversubscribed OpenMP pool makes each op many times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

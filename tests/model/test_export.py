@@ -28,14 +28,7 @@ CLASSES = ["wave", "clap", "jump"]
 FAST = {"verify_frames": 4, "latency_reps": 2}  # keep each conversion to a few seconds
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Batch-1 frames are tiny tensors: a second thread only adds synchronisation, and on a
-    shared CPU an oversubscribed OpenMP pool makes each op many times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_checkpoint(path, shift: str, seed: int = 0):

@@ -14,14 +14,7 @@ TOL = 1e-4
 SIZES = {"resnet18": 64, "resnet50": 32, "mobilenet_v2": 32}  # small, but every stage > 0 px
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Batch-1 frames are tiny tensors: a second thread only adds synchronisation, and on a
-    shared CPU an oversubscribed OpenMP pool makes each op many times slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def randomize_batchnorm(model: nn.Module, size: int, seed: int) -> None:

@@ -1,0 +1,56 @@
+"""What every benchmark shares: a description of the machine, median timing of interleaved
+runs, and writing its section for BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> str:
+    """One line: CPU model, cores, torch version and threads (or the GPU when one is used)."""
+    import torch
+
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads{gpu}")
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], reps: int, warmup: int = 1) -> dict[str, float]:
+    """Median seconds of each function, run in turn rep after rep so that drift in the
+    machine's speed hits all of them alike (the ratios are what we report)."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def write_section(name: str, title: str, body: str) -> Path:
+    """Write ``bench/results/<name>.md``: a section of BENCHMARKS.md with its machine and command."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    command = " ".join([".venv/bin/python", *[a if " " not in a else repr(a) for a in sys.argv]])
+    text = f"## {title}\n\nMachine: {machine()}  \nCommand: `{command}`\n\n{body.strip()}\n"
+    path = RESULTS / f"{name}.md"
+    path.write_text(text)
+    return path

@@ -1,0 +1,42 @@
+"""Run every benchmark in bench/ and rewrite BENCHMARKS.md from their sections."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ORDER = ["shift", "loader", "extract", "train", "online"]
+GPU_SECTION = "gpu"  # written on a lent GPU machine by bench/gpu.py; kept, never rerun here
+
+HEADER = """# Benchmarks
+
+Written by `make bench` (`bench/run_all.py`), which runs each script in `bench/` on this
+machine; every section names its machine and the command that reproduces it. Ratios are
+measured side by side in one process, so they hold better across machines than absolute
+times. Targets come from the issues: shift overhead <= 1.02, loading <= 1.2x bare decode,
+data wait < 10% of a demo training step, streaming latency <= 1.03x the 2D backbone.
+"""
+
+
+def main() -> int:
+    failed = []
+    for name in ORDER:
+        script = BENCH / f"{name}.py"
+        print(f"== bench/{name}.py", flush=True)
+        start = time.perf_counter()
+        if subprocess.call([sys.executable, str(script)]) != 0:
+            failed.append(name)
+        print(f"   ({time.perf_counter() - start:.0f} s)", flush=True)
+    sections = [BENCH / "results" / f"{name}.md" for name in [*ORDER, GPU_SECTION]]
+    body = "\n".join(p.read_text() for p in sections if p.exists())
+    (BENCH.parent / "BENCHMARKS.md").write_text(HEADER + "\n" + body)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
