@@ -25,7 +25,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from tsmcli.model.shift import TemporalShift
+from tsmcli.model.shift import TemporalShift, _is_pointwise
 
 # step(frame (1, 3, H, W), *buffers) -> (logits (1, K), *new_buffers)
 StepFn = Callable[..., Sequence[Tensor]]
@@ -42,6 +42,28 @@ def splice(x: Tensor, buffer: Tensor, fold_div: int) -> tuple[Tensor, Tensor]:
     spliced = torch.cat((buffer, x.narrow(1, fold, channels - fold)), dim=1)
     # clone: the buffer must own its memory, not keep the whole activation alive.
     return spliced, x.narrow(1, 0, fold).clone()
+
+
+def splice_pointwise(x: Tensor, buffer: Tensor, weight: Tensor, bias: Tensor | None,
+                     fold_div: int) -> tuple[Tensor, Tensor]:
+    """``(conv1x1(splice(x, buffer)), new buffer)`` without building the spliced input.
+
+    A 1x1 convolution is a matrix product over channels, so the spliced input's two parts
+    multiply their own columns of the weight: ``W[:, fold:] @ x[fold:]`` (a view of the
+    frame) plus ``W[:, :fold] @ buffer``, accumulated in place. No activation is copied,
+    which is what keeps the streaming model's per-frame cost at the 2D network's.
+    ``x`` (1, C, H, W) contiguous; ``weight`` (C_out, C, 1, 1).
+    """
+    _, channels, height, width = x.shape
+    fold = channels // fold_div
+    rest = channels - fold
+    weights = weight.reshape(weight.shape[0], channels)  # (C_out, C), a view
+    frame = x.reshape(channels, height * width)  # (C, HW), a view
+    out = torch.mm(weights.narrow(1, fold, rest), frame.narrow(0, fold, rest))  # (C_out, HW)
+    out = out.addmm_(weights.narrow(1, 0, fold), buffer.reshape(fold, height * width))
+    if bias is not None:
+        out = out + bias.reshape(-1, 1)
+    return out.reshape(1, -1, height, width), x.narrow(1, 0, fold).clone()
 
 
 class _ShiftLeafTracer(fx.Tracer):
@@ -79,6 +101,9 @@ def _rewrite_backbone(backbone: nn.Module, streaming: bool) -> tuple[fx.GraphMod
             with graph.inserting_after(last_input):
                 buffer = graph.placeholder(f"buffer_{len(new_buffers)}")
             last_input = buffer
+            if _is_pointwise(module.net):  # the same, without copying the input
+                _splice_into_pointwise(graph, node, module, buffer, owned, new_buffers)
+                continue
             with graph.inserting_before(node):
                 pair = graph.call_function(splice, (node.args[0], buffer, module.fold_div))
                 spliced = graph.call_function(operator.getitem, (pair, 0))
@@ -93,6 +118,26 @@ def _rewrite_backbone(backbone: nn.Module, streaming: bool) -> tuple[fx.GraphMod
     return fx.GraphModule(owned, graph), len(new_buffers)
 
 
+def _splice_into_pointwise(graph: fx.Graph, node: fx.Node, module: TemporalShift,
+                           buffer: fx.Node, owned: dict[str, object],
+                           new_buffers: list[fx.Node]) -> None:
+    """Replace the call of a shifted 1x1 conv by ``splice_pointwise`` on its own weights."""
+    net = f"{node.target}.net"
+    with graph.inserting_before(node):
+        weight = graph.get_attr(f"{net}.weight")
+        owned[f"{net}.weight"] = module.net.weight
+        bias = None
+        if module.net.bias is not None:
+            bias = graph.get_attr(f"{net}.bias")
+            owned[f"{net}.bias"] = module.net.bias
+        pair = graph.call_function(splice_pointwise, (node.args[0], buffer, weight, bias,
+                                                       module.fold_div))
+        output = graph.call_function(operator.getitem, (pair, 0))
+        new_buffers.append(graph.call_function(operator.getitem, (pair, 1)))
+    node.replace_all_uses_with(output)
+    graph.erase_node(node)
+
+
 class _BufferShapeProbe(fx.Interpreter):
     """Run the streaming backbone once, feeding each splice a zero buffer cut to its input."""
 
@@ -101,12 +146,12 @@ class _BufferShapeProbe(fx.Interpreter):
         self.shapes: list[tuple[int, ...]] = []
 
     def call_function(self, target, args, kwargs):
-        if target is not splice:
+        if target not in (splice, splice_pointwise):
             return super().call_function(target, args, kwargs)
-        x, _, fold_div = args  # x (1, C, H', W'); the buffer placeholder holds None
+        x, fold_div = args[0], args[-1]  # x (1, C, H', W'); the buffer placeholder holds None
         buffer = x.new_zeros(x.shape[0], x.shape[1] // fold_div, *x.shape[2:])
         self.shapes.append(tuple(buffer.shape))
-        return splice(x, buffer, fold_div)
+        return target(x, buffer, *args[2:])
 
 
 class StreamingTSM(nn.Module):
