@@ -100,7 +100,8 @@ def main() -> None:
         common = ["train.epochs=2", "train.device=cpu", "train.eval_every=100", "data.val_list="]
         for label, recipe, data in [
             (
-                f"demo (ResNet-18 8x64, batch {demo.train.batch_size}, {demo.train.workers} workers)",
+                f"demo ({demo.model.arch} {demo.model.num_segments}x{demo.data.input_size} from videos, "
+                f"batch {demo.train.batch_size}, {demo.train.workers} workers)",
                 apply_overrides(demo, common),
                 small,
             ),
