@@ -24,7 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import interleaved_medians, write_section  # noqa: E402
 
-from tsmcli.data.lists import ListEntry, write_classes, write_list  # noqa: E402
+from tsmcli.data.extract import extract  # noqa: E402
+from tsmcli.data.lists import ListEntry, read_list, write_classes, write_list  # noqa: E402
 from tsmcli.data.synth import CLASSES, synth  # noqa: E402
 from tsmcli.engine.optim import build_optimizer  # noqa: E402
 from tsmcli.engine.train import train  # noqa: E402
@@ -41,6 +42,17 @@ def make_data(folder: Path, per_class: int, size: int, num_frames: int) -> Path:
     ]
     write_list(folder / "train.txt", entries)
     write_list(folder / "val.txt", [e for e in entries if e.path.endswith("_0000.mp4")])
+    write_classes(folder / "classes.txt", CLASSES)
+    return folder
+
+
+def as_frames(videos: Path, folder: Path) -> Path:
+    """The same data as extracted JPEG frames (what ``tsm demo`` trains on)."""
+    extract(videos, folder, short_side=0, workers=1)
+    for name in ("train.txt", "val.txt"):
+        entries = [ListEntry(e.path.removesuffix(".mp4"), e.num_frames, e.label)
+                   for e in read_list(videos / name)]
+        write_list(folder / name, entries)
     write_classes(folder / "classes.txt", CLASSES)
     return folder
 
@@ -90,7 +102,9 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        small = make_data(tmp / "demo_data", args.demo_per_class, size=64, num_frames=24)
+        small = make_data(tmp / "demo_data", args.demo_per_class, size=demo.data.input_size,
+                          num_frames=24)
+        small_frames = as_frames(small, tmp / "demo_frames")
         big = make_data(
             tmp / "r50_data",
             max(1, -(-2 * args.r50_steps // len(CLASSES))),
@@ -104,6 +118,11 @@ def main() -> None:
                 f"batch {demo.train.batch_size}, {demo.train.workers} workers)",
                 apply_overrides(demo, common),
                 small,
+            ),
+            (
+                f"demo from extracted frames, as `tsm demo` trains it, {demo.train.workers} workers",
+                apply_overrides(demo, [*common, "data.source=frames"]),
+                small_frames,
             ),
             (
                 "demo, 0 workers (decode in the training process)",
