@@ -68,14 +68,7 @@ def model_alone(recipe: Recipe, reps: int) -> dict[str, float]:
     """Median seconds of one SGD step on an in-memory batch, and the clips/s that gives."""
     m, d, b = recipe.model, recipe.data, recipe.train.batch_size
     torch.manual_seed(0)
-    model = build_model(
-        m.arch,
-        num_classes=len(CLASSES),
-        num_segments=m.num_segments,
-        shift=m.shift,
-        dropout=m.dropout,
-        partial_bn=m.partial_bn,
-    )
+    model = build_model(**m.architecture(len(CLASSES)))
     model.train()
     optimizer = build_optimizer(model, recipe.optim, recipe.optim.lr, fc_lr5=False)
     clips = torch.randn(b, m.num_segments, 3, d.input_size, d.input_size)  # (B, T, 3, S, S)

@@ -41,17 +41,7 @@ def test_every_shipped_recipe_loads_round_trips_and_builds(name):
     assert recipe.name == name
     assert Recipe.from_dict(recipe.to_dict()) == recipe
     m = recipe.model
-    model = build_model(
-        m.arch,
-        num_classes=m.num_classes or 7,
-        num_segments=m.num_segments,
-        shift=m.shift,
-        shift_div=m.shift_div,
-        shift_place=m.shift_place,
-        dropout=m.dropout,
-        partial_bn=m.partial_bn,
-        pretrained=None,
-    )
+    model = build_model(**m.architecture(m.num_classes or 7))
     assert model.new_fc.out_features == (m.num_classes or 7)
     assert model.config()["arch"] == m.arch
 

@@ -52,6 +52,13 @@ class ModelConfig:
     pretrained: str | None = None  # torchvision ImageNet state dict (.pth) for the backbone
     init_from: str | None = None  # checkpoint to fine-tune from: ours, official TSM or mmaction2
 
+    def architecture(self, num_classes: int) -> dict[str, Any]:
+        """The ``build_model`` keywords of this network (weights to load excluded)."""
+        return {"arch": self.arch, "num_classes": num_classes, "num_segments": self.num_segments,
+                "shift": self.shift, "shift_div": self.shift_div,
+                "shift_place": self.shift_place, "dropout": self.dropout,
+                "partial_bn": self.partial_bn}
+
     def __post_init__(self) -> None:
         _check_types(self)
         _require(

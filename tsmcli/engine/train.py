@@ -231,17 +231,8 @@ class _Run:
 
         m, t = self.recipe.model, self.recipe.train
         seed_everything(t.seed)  # the same initial weights on every rank and every run
-        model = build_model(
-            m.arch,
-            num_classes=self.num_classes,
-            num_segments=m.num_segments,
-            shift=m.shift,
-            shift_div=m.shift_div,
-            shift_place=m.shift_place,
-            dropout=m.dropout,
-            partial_bn=m.partial_bn,
-            pretrained=m.pretrained if load_init_weights else None,
-        )
+        model = build_model(**m.architecture(self.num_classes),
+                            pretrained=m.pretrained if load_init_weights else None)
         if m.init_from and load_init_weights:
             from tsmcli.model.checkpoint import load_weights_for_finetune
 
