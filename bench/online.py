@@ -72,9 +72,10 @@ def measure(arch: str, size: int, reps: int) -> dict[str, float]:
     frame = torch.randn(1, 3, size, size)
     buffers = streaming.initial_buffers(size, size)
     # "2d again" times the same model twice: its ratio is the noise floor of the comparison
-    medians = interleaved_medians({"2d": lambda: plain(frame),
-                                   "streaming": lambda: streaming(frame, *buffers),
-                                   "2d again": lambda: plain(frame)}, reps=reps, warmup=3)
+    with torch.inference_mode():  # deployment: no autograd bookkeeping in either model
+        medians = interleaved_medians({"2d": lambda: plain(frame),
+                                       "streaming": lambda: streaming(frame, *buffers),
+                                       "2d again": lambda: plain(frame)}, reps=reps, warmup=3)
     return {**medians, "buffers": streaming.num_buffers,
             "cache": streaming.cache_bytes(size, size)}
 
