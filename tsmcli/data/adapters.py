@@ -25,7 +25,7 @@ import math
 import os
 import zlib
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -253,6 +253,14 @@ def _find_file(dirs: list[Path], names: Iterable[str], **fmt: Any) -> Path | Non
     return None
 
 
+def _split_files(manifest: DatasetManifest, dirs: list[Path]) -> Iterator[tuple[str, Path]]:
+    """``(split, annotation file)`` for each split whose file is present, in SPLITS order."""
+    for role in SPLITS:
+        path = _find_file(dirs, manifest.annotations.get(role, ()))
+        if path is not None:
+            yield role, path
+
+
 def _read_lines(path: Path) -> list[str]:
     """Text lines without their line ends (LF or CRLF); a BOM is dropped."""
     try:
@@ -324,10 +332,7 @@ def _kinetics(
 ) -> _Annotations:
     out = _Annotations()
     lookup = _class_lookup(classes, _kinetics_aliases)
-    for role in SPLITS:
-        path = _find_file(dirs, manifest.annotations.get(role, ()))
-        if path is None:
-            continue
+    for role, path in _split_files(manifest, dirs):
         with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             header = [h.strip() for h in reader.fieldnames or []]
@@ -377,10 +382,7 @@ def _sth_csv(
         _check_label_file(label_file, names, manifest.classes("official"), manifest.name)
     out = _Annotations()
     lookup = _class_lookup(classes)
-    for role in SPLITS:
-        path = _find_file(dirs, manifest.annotations.get(role, ()))
-        if path is None:
-            continue
+    for role, path in _split_files(manifest, dirs):
         for number, line in enumerate(_read_lines(path), start=1):
             if not line.strip():
                 continue
@@ -421,10 +423,7 @@ def _sthv2_json(
         _check_label_file(label_file, names, manifest.classes("official"), manifest.name)
     out = _Annotations()
     lookup = _class_lookup(classes)
-    for role in SPLITS:
-        path = _find_file(dirs, manifest.annotations.get(role, ()))
-        if path is None:
-            continue
+    for role, path in _split_files(manifest, dirs):
         entries = _load_json(path)
         if not isinstance(entries, list):
             raise DataError(f'{path}: expected a JSON array of {{"id": ..., "template": ...}}')
