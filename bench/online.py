@@ -4,7 +4,8 @@ shift, and the memory its shift buffers hold between frames.
 Both models share one set of modules (``StreamingTSM`` and ``FrameModel`` are rewrites of the
 same backbone), run at batch 1 in eval mode without autograd, interleaved rep by rep; the
 ratio of the medians is the cost of streaming (splicing 1/8 of the channels from the buffer
-into each shifted block's input). Target (issue 6): ratio <= 1.03. Cache bytes are measured
+into each shifted block's input). Target (issue 6): ratio <= 1.03. The same pair is timed
+again as TorchScript traces, the form ``tsm convert-online`` deploys (online.pt). Cache bytes are measured
 on the model and compared with the analytic sum of (C // 8) x H x W x 4 bytes over the
 shifted blocks, from the architectures' published layer tables.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -64,18 +66,28 @@ def analytic_cache_bytes(arch: str, size: int) -> int:
     return sum(4 * (c // FOLD_DIV) * side * side for c, side in shifted_block_inputs(arch, size))
 
 
+def trace(model: torch.nn.Module, *inputs: torch.Tensor) -> torch.jit.ScriptModule:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.jit.trace(model, inputs, check_trace=False)
+
+
 def measure(arch: str, size: int, reps: int) -> dict[str, float]:
-    """Median seconds per frame of both models, buffer count and cache bytes."""
+    """Median seconds per frame of both models (eager and traced), buffers and cache bytes."""
     torch.manual_seed(0)
     model = build_model(arch, num_classes=400, num_segments=8, shift="unidirectional").eval()
     streaming, plain = StreamingTSM(model).eval(), FrameModel(model).eval()
     frame = torch.randn(1, 3, size, size)
     buffers = streaming.initial_buffers(size, size)
+    traced_streaming, traced_plain = trace(streaming, frame, *buffers), trace(plain, frame)
     # "2d again" times the same model twice: its ratio is the noise floor of the comparison
     with torch.inference_mode():  # deployment: no autograd bookkeeping in either model
         medians = interleaved_medians({"2d": lambda: plain(frame),
                                        "streaming": lambda: streaming(frame, *buffers),
-                                       "2d again": lambda: plain(frame)}, reps=reps, warmup=3)
+                                       "2d again": lambda: plain(frame),
+                                       "ts 2d": lambda: traced_plain(frame),
+                                       "ts streaming": lambda: traced_streaming(frame, *buffers)},
+                                      reps=reps, warmup=3)
     return {**medians, "buffers": streaming.num_buffers,
             "cache": streaming.cache_bytes(size, size)}
 
@@ -92,15 +104,17 @@ def main() -> int:
     rows, lines = [], []
     for arch in ARCHS:
         m = measure(arch, args.size, args.reps)
-        ratio = m["streaming"] / m["2d"]
+        ratio, traced_ratio = m["streaming"] / m["2d"], m["ts streaming"] / m["ts 2d"]
         analytic = analytic_cache_bytes(arch, args.size)
         rows.append(f"| {arch} | {args.size} | {1000 * m['2d']:.2f} | {1000 * m['streaming']:.2f} | "
-                    f"{ratio:.3f} | {m['2d again'] / m['2d']:.3f} | {m['buffers']} | "
+                    f"{ratio:.3f} | {m['2d again'] / m['2d']:.3f} | {1000 * m['ts 2d']:.2f} | "
+                    f"{1000 * m['ts streaming']:.2f} | {traced_ratio:.3f} | {m['buffers']} | "
                     f"{m['cache']:,} | {analytic:,} | {'yes' if m['cache'] == analytic else 'NO'} |")
         noise = abs(m["2d again"] / m["2d"] - 1)
         lines.append(f"{arch}: streaming / 2D = {ratio:.3f} (target <= 1.03: "
                      f"{'met' if ratio <= 1.03 else 'NOT met'}; the 2D model against itself "
-                     f"differs by {100 * noise:.1f}%), cache {m['cache'] / 2**20:.2f} MiB")
+                     f"differs by {100 * noise:.1f}%); TorchScript {traced_ratio:.3f}; "
+                     f"cache {m['cache'] / 2**20:.2f} MiB")
         print(lines[-1], flush=True)
     body = "\n".join([
         "Per-frame latency at batch 1 (eval, no autograd, median of interleaved reps) of the "
@@ -109,8 +123,9 @@ def main() -> int:
         "(sum of C/8 x H x W x 4 over shifted blocks). Target: latency ratio <= 1.03.",
         "",
         "| backbone | input | 2D ms/frame | streaming ms/frame | ratio | 2D vs 2D (noise) | "
+        "TorchScript 2D ms | TorchScript streaming ms | TorchScript ratio | "
         "buffers | cache bytes | analytic bytes | equal |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         *rows,
         "",
         *(f"- {line}" for line in lines),

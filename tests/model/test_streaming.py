@@ -175,3 +175,22 @@ def test_block_placement_and_no_shift_stream_exactly():
             offline = model.frame_logits(clip)[0]  # (T, K)
         assert (online - offline).abs().max() < TOL
         assert offline.abs().max() > 0.1
+
+
+@pytest.mark.parametrize("arch", ["resnet50", "mobilenet_v2"])
+def test_a_step_leaves_its_inputs_as_they_were(arch):
+    """The splice writes into activations in place and puts them back: the caller's frame and
+    buffers are untouched, and so a step repeated on the same inputs gives the same outputs."""
+    size = SIZES[arch]
+    streaming = StreamingTSM(make_model(arch, 2)).eval()
+    frame = torch.randn(1, 3, size, size)
+    buffers = [torch.randn(s) for s in streaming.buffer_shapes(size, size)]
+    frame_before, buffers_before = frame.clone(), [b.clone() for b in buffers]
+    with torch.inference_mode():
+        first = streaming(frame, *buffers)
+        second = streaming(frame, *buffers)
+    assert torch.equal(frame, frame_before)
+    assert all(torch.equal(a, b) for a, b in zip(buffers, buffers_before, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    # new buffers own their memory: no view into an activation of the step
+    assert all(b._base is None for b in first[1:])

@@ -7,12 +7,21 @@ With zero buffers at the start of a stream, the per-frame outputs are exactly th
 offline unidirectional model on the whole clip (``tests/model/test_streaming.py``).
 
 The streaming model is not a second copy of the network: it is the offline backbone's own
-forward, traced with ``torch.fx``, in which each ``TemporalShift`` call becomes ``splice``
-(the buffer, an explicit graph input, in; the new buffer, an explicit graph output, out)
-followed by the shift's own ``net`` (same module, same weights). No Python state is kept
-between frames, so ``torch.jit.trace`` and ``torch.onnx.export`` see the whole data flow; the
-splice uses ``torch.cat`` and ``narrow`` (slice *assignment* is traced as constants, which is
-why the official ONNX export of TSM is wrong).
+forward, traced with ``torch.fx``, in which each ``TemporalShift`` call becomes
+``swap_in -> net -> restore`` (same module, same weights). ``swap_in`` writes the buffer, an
+explicit graph input, over the first ``fold`` channels of the block's input *in place* and
+returns what was there: the new buffer, an explicit graph output. The shifted layer then reads
+the spliced input where it lies, and ``restore`` writes the frame's channels back so the
+residual sees the block input unchanged. Per shifted block that is three copies of 1/8 of its
+input, instead of a spliced copy of all of it (or a second matrix product): the streaming
+model costs what the 2D network costs (``bench/online.py``). The in-place pair is safe because
+nothing else runs between the two writes: the layer in between is one module call.
+
+No Python state is kept between frames, so ``torch.jit.trace`` and ``torch.onnx.export`` see
+the whole data flow (the dynamo exporter turns the in-place writes into slice updates), and
+every export is checked frame by frame against the offline model before it is written
+(``tsmcli.model.export``). Inference only: under autograd the in-place writes would break the
+backward of the layers that saved the block input.
 """
 
 from __future__ import annotations
@@ -25,45 +34,30 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from tsmcli.model.shift import TemporalShift, _is_pointwise
+from tsmcli.model.shift import TemporalShift
 
 # step(frame (1, 3, H, W), *buffers) -> (logits (1, K), *new_buffers)
 StepFn = Callable[..., Sequence[Tensor]]
 
 
-def splice(x: Tensor, buffer: Tensor, fold_div: int) -> tuple[Tensor, Tensor]:
-    """The one-way shift of one frame: ``(spliced input, new buffer)``.
+def swap_in(x: Tensor, buffer: Tensor, fold_div: int) -> Tensor:
+    """Put the previous frame's channels into ``x`` in place; return this frame's (the new buffer).
 
-    ``x`` (1, C, H, W), ``buffer`` (1, fold, H, W): channels ``[0, fold)`` come from the
-    previous frame's buffer, the rest stay; the new buffer is this frame's ``[0, fold)``.
+    ``x`` (1, C, H, W), ``buffer`` (1, fold, H, W). Afterwards channels ``[0, fold)`` of ``x``
+    hold ``buffer``: ``x`` *is* the spliced input, and only 1/8 of it was written. ``restore``
+    puts the frame's own channels back once the shifted layer has read them.
     """
-    channels = x.shape[1]
-    fold = channels // fold_div
-    spliced = torch.cat((buffer, x.narrow(1, fold, channels - fold)), dim=1)
-    # clone: the buffer must own its memory, not keep the whole activation alive.
-    return spliced, x.narrow(1, 0, fold).clone()
+    head = x.narrow(1, 0, x.shape[1] // fold_div)
+    new_buffer = head.clone()
+    head.copy_(buffer)
+    return new_buffer
 
 
-def splice_pointwise(x: Tensor, buffer: Tensor, weight: Tensor, bias: Tensor | None,
-                     fold_div: int) -> tuple[Tensor, Tensor]:
-    """``(conv1x1(splice(x, buffer)), new buffer)`` without building the spliced input.
-
-    A 1x1 convolution is a matrix product over channels, so the spliced input's two parts
-    multiply their own columns of the weight: ``W[:, fold:] @ x[fold:]`` (a view of the
-    frame) plus ``W[:, :fold] @ buffer``, accumulated in place. No activation is copied,
-    which is what keeps the streaming model's per-frame cost at the 2D network's.
-    ``x`` (1, C, H, W) contiguous; ``weight`` (C_out, C, 1, 1).
-    """
-    _, channels, height, width = x.shape
-    fold = channels // fold_div
-    rest = channels - fold
-    weights = weight.reshape(weight.shape[0], channels)  # (C_out, C), a view
-    frame = x.reshape(channels, height * width)  # (C, HW), a view
-    out = torch.mm(weights.narrow(1, fold, rest), frame.narrow(0, fold, rest))  # (C_out, HW)
-    out = out.addmm_(weights.narrow(1, 0, fold), buffer.reshape(fold, height * width))
-    if bias is not None:
-        out = out + bias.reshape(-1, 1)
-    return out.reshape(1, -1, height, width), x.narrow(1, 0, fold).clone()
+def restore(result: Tensor, x: Tensor, new_buffer: Tensor) -> Tensor:
+    """Undo ``swap_in`` on ``x`` (its other readers, such as the residual, see the frame as
+    it was) and pass the shifted layer's ``result`` on, which orders the write after the read."""
+    x.narrow(1, 0, new_buffer.shape[1]).copy_(new_buffer)
+    return result
 
 
 class _ShiftLeafTracer(fx.Tracer):
@@ -97,20 +91,19 @@ def _rewrite_backbone(backbone: nn.Module, streaming: bool) -> tuple[fx.GraphMod
         elif not streaming:  # x -> net(x)
             node.target = f"{node.target}.net"
             owned[node.target] = module.net
-        else:  # x -> splice(x, buffer) -> (spliced, new buffer); net(spliced)
+        else:  # x -> swap_in(x, buffer) -> net(x) -> restore(x): out, new buffer
             with graph.inserting_after(last_input):
                 buffer = graph.placeholder(f"buffer_{len(new_buffers)}")
             last_input = buffer
-            if _is_pointwise(module.net):  # the same, without copying the input
-                _splice_into_pointwise(graph, node, module, buffer, owned, new_buffers)
-                continue
+            x = node.args[0]
             with graph.inserting_before(node):
-                pair = graph.call_function(splice, (node.args[0], buffer, module.fold_div))
-                spliced = graph.call_function(operator.getitem, (pair, 0))
-                new_buffers.append(graph.call_function(operator.getitem, (pair, 1)))
+                new_buffer = graph.call_function(swap_in, (x, buffer, module.fold_div))
             node.target = f"{node.target}.net"
-            node.args = (spliced,)
             owned[node.target] = module.net
+            with graph.inserting_after(node):
+                result = graph.call_function(restore, (node, x, new_buffer))
+            node.replace_all_uses_with(result, delete_user_cb=lambda user, r=result: user is not r)
+            new_buffers.append(new_buffer)
     if new_buffers:
         output = next(node for node in graph.nodes if node.op == "output")
         output.args = ((output.args[0], *new_buffers),)
@@ -118,40 +111,20 @@ def _rewrite_backbone(backbone: nn.Module, streaming: bool) -> tuple[fx.GraphMod
     return fx.GraphModule(owned, graph), len(new_buffers)
 
 
-def _splice_into_pointwise(graph: fx.Graph, node: fx.Node, module: TemporalShift,
-                           buffer: fx.Node, owned: dict[str, object],
-                           new_buffers: list[fx.Node]) -> None:
-    """Replace the call of a shifted 1x1 conv by ``splice_pointwise`` on its own weights."""
-    net = f"{node.target}.net"
-    with graph.inserting_before(node):
-        weight = graph.get_attr(f"{net}.weight")
-        owned[f"{net}.weight"] = module.net.weight
-        bias = None
-        if module.net.bias is not None:
-            bias = graph.get_attr(f"{net}.bias")
-            owned[f"{net}.bias"] = module.net.bias
-        pair = graph.call_function(splice_pointwise, (node.args[0], buffer, weight, bias,
-                                                       module.fold_div))
-        output = graph.call_function(operator.getitem, (pair, 0))
-        new_buffers.append(graph.call_function(operator.getitem, (pair, 1)))
-    node.replace_all_uses_with(output)
-    graph.erase_node(node)
-
-
 class _BufferShapeProbe(fx.Interpreter):
-    """Run the streaming backbone once, feeding each splice a zero buffer cut to its input."""
+    """Run the streaming backbone once, feeding each ``swap_in`` a zero buffer cut to its input."""
 
     def __init__(self, module: fx.GraphModule):
         super().__init__(module)
         self.shapes: list[tuple[int, ...]] = []
 
     def call_function(self, target, args, kwargs):
-        if target not in (splice, splice_pointwise):
+        if target is not swap_in:
             return super().call_function(target, args, kwargs)
-        x, fold_div = args[0], args[-1]  # x (1, C, H', W'); the buffer placeholder holds None
+        x, _, fold_div = args  # x (1, C, H', W'); the buffer placeholder holds None
         buffer = x.new_zeros(x.shape[0], x.shape[1] // fold_div, *x.shape[2:])
         self.shapes.append(tuple(buffer.shape))
-        return target(x, buffer, *args[2:])
+        return swap_in(x, buffer, fold_div)
 
 
 class StreamingTSM(nn.Module):
