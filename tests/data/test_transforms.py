@@ -25,12 +25,6 @@ from tsmcli.data.transforms import (
 )
 
 
-def _unnormalize(clip: torch.Tensor) -> torch.Tensor:
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return (clip * std + mean) * 255
-
-
 def _frames(t: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (t, 3, height, width), dtype=torch.uint8, generator=gen)
@@ -107,11 +101,10 @@ def test_train_clip_is_one_exact_crop_shared_by_every_frame():
             scales=(0.875,),
             flip="off",
         )
-        assert clip.shape == (4, 3, 56, 56) and clip.dtype == torch.float32 and label == 3
-        pixels = _unnormalize(clip).round().to(torch.uint8)
+        assert clip.shape == (4, 3, 56, 56) and clip.dtype == torch.uint8 and label == 3
         box = sample_multiscale_crop(85, 64, 56, np.random.default_rng(seed), (0.875,))
         # the box drawn from the same seed, exactly, and the same for all 4 frames
-        assert torch.equal(pixels, frames[..., box.top : box.top + 56, box.left : box.left + 56])
+        assert torch.equal(clip, frames[..., box.top : box.top + 56, box.left : box.left + 56])
         seen.add(box)
     assert len(seen) > 5
 
@@ -142,7 +135,7 @@ def test_flip_mirrors_and_swap_moves_the_label_through_its_pair():
             flip_pairs=pairs,
         )
 
-    plain = normalize(frames)
+    plain = frames
     flips = 0
     for seed in range(40):
         clip, label = run("swap", 86, seed)
@@ -189,13 +182,13 @@ def test_eval_views_counts_shapes_and_pixels():
     frames = _frames(3, 256, 341)
     one = eval_views(frames, crops=1)
     assert one.shape == (1, 3, 3, 224, 224)
-    assert torch.equal(one[0], normalize(frames[..., 16:240, 58:282]))
+    assert torch.equal(one[0], frames[..., 16:240, 58:282])
     full = eval_views(frames, crops=3, full_res=True)
     assert full.shape == (3, 3, 3, 256, 256)
-    assert torch.equal(full[2], normalize(frames[..., :, 84:340]))
+    assert torch.equal(full[2], frames[..., :, 84:340])
     ten = eval_views(frames, crops=10)
     assert ten.shape == (10, 3, 3, 224, 224)
-    assert torch.equal(ten[0], normalize(frames[..., 0:224, 0:224]))
+    assert torch.equal(ten[0], frames[..., 0:224, 0:224])
     for k in range(5):
         assert torch.equal(ten[2 * k + 1], ten[2 * k].flip(-1))  # each crop, then its flip
     assert torch.equal(ten[8], one[0])  # the 5th box is the centre
@@ -214,8 +207,7 @@ def test_channels_last_frames_give_the_same_clips():
         clip, label_cl = train_clip(
             frames_cl, 1, np.random.default_rng(seed), flip="swap", flip_pairs=[(1, 2)]
         )
-        assert torch.equal(clip, plain) and label_cl == label
-        assert clip.is_contiguous()  # batches stack plain (T, 3, S, S) clips
+        assert torch.equal(clip, plain) and label_cl == label and clip.dtype == torch.uint8
     for crops in (1, 3, 10):
         views = eval_views(frames_cl, crops=crops)
         assert torch.equal(views, eval_views(frames, crops=crops)) and views.is_contiguous()
@@ -230,6 +222,21 @@ def test_normalize_values():
         out[0, :, 0, 0], torch.tensor([(1 - 0.485) / 0.229, -0.456 / 0.224, -0.406 / 0.225])
     )
     assert frames[0, 0, 0, 0] == 255  # the input is left alone
+
+
+def test_normalize_reads_any_layout_and_batch_shape():
+    """A collated batch of channels-last clips (what the loader hands the trainer) normalises
+    to the same contiguous floats as each plain clip on its own."""
+    clips = [_frames(3, 8, 10, seed=k) for k in range(2)]
+    batch = torch.stack([c.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2) for c in clips])
+    assert not batch.is_contiguous()
+    out = normalize(batch)  # (2, 3, 3, 8, 10)
+    assert out.is_contiguous() and out.shape == batch.shape
+    for k, clip in enumerate(clips):
+        assert torch.equal(out[k], normalize(clip))
+    expected = (clips[1].double() / 255 - torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(
+        3, 1, 1)) / torch.tensor(IMAGENET_STD, dtype=torch.float64).view(3, 1, 1)
+    assert (out[1].double() - expected).abs().max() < 1e-5
 
 
 def test_resize_short_side_and_centre_crop():

@@ -16,7 +16,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from tsmcli.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from tsmcli.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from tsmcli.engine import evaluate as evaluate_module
 from tsmcli.engine.evaluate import JSON_KEYS, PROTOCOLS, evaluate, resolve_protocol
 from tsmcli.errors import CheckpointError, DataError, UsageError
@@ -334,7 +334,7 @@ def test_real_tsn_scores_equal_the_per_view_mean(tmp_path):
                                input_size=SIZE, scale_size=SIZE, crops=3, full_res=True,
                                twice_sample=True)
     with torch.no_grad():
-        per_view = torch.stack([model(dataset[i].clip) for i in range(3)])  # (N, V=6, K)
+        per_view = torch.stack([model(normalize(dataset[i].clip)) for i in range(3)])  # (N, V=6, K)
     assert per_view.shape == (3, 6, 3)
     for average, expected in [("score", per_view.mean(dim=1)),
                               ("prob", per_view.softmax(dim=2).mean(dim=1))]:

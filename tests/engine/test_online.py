@@ -63,8 +63,8 @@ def videos(tmp_path, make_video):
 def offline_running_means(checkpoint, path, scale_size):
     """Running means of the offline one-way model's per-frame logits over all frames: (T, K)."""
     video = open_video(path)
-    frames = transforms.eval_views(video.get(range(video.num_frames)), input_size=SIZE,
-                                   scale_size=scale_size)[0]  # (T, 3, S, S)
+    frames = transforms.normalize(transforms.eval_views(
+        video.get(range(video.num_frames)), input_size=SIZE, scale_size=scale_size)[0])  # (T, 3, S, S)
     model = rebuild(load_model(checkpoint), shift="unidirectional", num_segments=len(frames))
     with torch.no_grad():
         per_frame = model.frame_logits(frames[None])[0]  # (T, K)

@@ -1,4 +1,6 @@
-"""The clip Dataset: a list file + a root -> sampled, transformed, normalised clips.
+"""The clip Dataset: a list file + a root -> sampled, cropped uint8 clips.
+
+The trainer normalises them on its device (``transforms.normalize``) after the transfer.
 
 Item ``i`` of epoch ``e`` draws all its randomness (frame sampling, crop, flip) from
 ``np.random.default_rng([seed, e, i])`` and nothing else, so a clip is the same whatever the
@@ -36,8 +38,9 @@ SOURCES = ("frames", "videos")
 
 @dataclass(frozen=True)
 class Sample:
-    """One item: ``clip`` (T, 3, S, S) in train mode, (V, T, 3, S, S) in val/test mode, or
-    None with ``error`` set when the item could not be loaded and ``skip_bad`` is on."""
+    """One item: ``clip`` uint8 (T, 3, S, S) in train mode, (V, T, 3, S, S) in val/test mode,
+    or None with ``error`` set when the item could not be loaded and ``skip_bad`` is on. The
+    model's input is ``transforms.normalize(clip)``, computed on the training device."""
 
     clip: torch.Tensor | None
     label: int
@@ -48,7 +51,8 @@ class Sample:
 class ClipBatch(NamedTuple):
     """A collated batch (a NamedTuple, so DataLoader's ``pin_memory`` handles it).
 
-    ``clips``: (B, T, 3, S, S) or (B, V, T, 3, S, S) float; (0,) when every item was skipped.
+    ``clips``: (B, T, 3, S, S) or (B, V, T, 3, S, S) uint8, not yet normalised (see
+    ``transforms.normalize``); (0,) when every item was skipped.
     ``labels``, ``indices``: (B,) int64. ``skipped``: the error of each dropped item.
     """
 

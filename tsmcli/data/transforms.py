@@ -1,9 +1,15 @@
-"""Spatial transforms of a clip: uint8 frames ``(T, 3, H, W)`` in, normalised float out.
+"""Spatial transforms of a clip: uint8 frames ``(T, 3, H, W)`` in, uint8 views out.
+
+The data loader's workers crop, resize and flip, and hand the clip on as uint8; ``normalize``
+(uint8 to the model's float input) runs on the training device, after the transfer, as
+mmaction2's data preprocessor does. A worker then does only what must be done per sample,
+and a clip crosses the worker-to-trainer pipe and the host-to-GPU copy at a quarter of its
+float32 size.
 
 Frames may have any strides. The frame sources hand out channels-last views of the decoders'
 ``(T, H, W, 3)`` buffers, on which torch's uint8 antialiased resize is about twice as fast as
-on plain ``(T, 3, H, W)``. The resized crop keeps that layout and is flipped while still uint8;
-the conversion to float, the last step, writes plain contiguous ``(T, 3, S, S)``.
+on plain ``(T, 3, H, W)``; the resized crop keeps that layout (``normalize`` reads any layout
+and writes plain contiguous float).
 
 Train: the official TSM multi-scale crop (crop sides from scales of the short side, at most one
 step of aspect distortion, 13 fixed positions), one crop for every frame of the clip, resized
@@ -177,39 +183,33 @@ def swap_label(label: int, pairs: Sequence[tuple[int, int]]) -> int:
 def normalize(
     frames: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
 ) -> torch.Tensor:
-    """uint8 in [0, 255] to contiguous float32 ``(x / 255 - mean) / std`` per channel; same shape
-    (frames of any strides, channels-last included)."""
-    out = torch.empty(frames.shape, dtype=torch.float32)  # (..., 3, H, W), contiguous
-    _normalize_into(out, frames, mean, std)
-    return out
-
-
-def _normalize_into(
-    out: torch.Tensor,
-    frames: torch.Tensor,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-) -> None:
-    """Write ``normalize(frames)`` into the contiguous float32 ``out`` of the same shape.
-
-    Computed as ``x * (1 / (255 std)) - mean / std``: a multiply and an add by per-channel
-    tensors, as divisions by a broadcast tensor cost 5x more. Two frames at a time, so the
-    float frames that the conversion has just written (which also gives channels-last input
-    plain strides) are still in cache for the multiply-add; whole clips do not fit.
-    """
-    scale, shift = _affine(tuple(mean), tuple(std))  # (3, 1, 1) each
+    """uint8 in [0, 255] to contiguous float32 ``(x / 255 - mean) / std`` per channel, on the
+    device of ``frames``; same shape ``(..., 3, H, W)``, any strides (channels-last included)."""
+    out = torch.empty(frames.shape, dtype=torch.float32, device=frames.device)
+    scale, shift = _affine(tuple(mean), tuple(std), frames.device)  # (3, 1, 1) each
+    if frames.device.type != "cpu":  # one pass per op over the whole batch
+        out.copy_(frames).mul_(scale).add_(shift)
+        return out
+    # On the CPU, two frames at a time, so the floats the conversion has just written (which
+    # also gives channels-last input plain strides) are still in cache for the multiply-add;
+    # whole clips do not fit. A multiply and an add by per-channel tensors, as divisions by a
+    # broadcast tensor cost 5x more.
     channels, height, width = frames.shape[-3:]
     sources = frames.reshape(-1, channels, height, width).split(2)  # a view for a clip
     for dst, src in zip(out.view(-1, channels, height, width).split(2), sources, strict=True):
         dst.copy_(src).mul_(scale).add_(shift)
+    return out
 
 
 @functools.lru_cache(maxsize=8)
-def _affine(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift) of ``normalize``, each (3, 1, 1) float32, computed in float64 once."""
+def _affine(mean: tuple[float, ...], std: tuple[float, ...],
+            device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) of ``normalize``, each (3, 1, 1) float32 on ``device``, computed in
+    float64 once per device."""
     mean_t = torch.tensor(mean, dtype=torch.float64).view(3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float64).view(3, 1, 1)
-    return (1.0 / (255.0 * std_t)).float(), (-mean_t / std_t).float()
+    scale, shift = (1.0 / (255.0 * std_t)).float(), (-mean_t / std_t).float()
+    return scale.to(device), shift.to(device)
 
 
 def train_clip(
@@ -223,7 +223,7 @@ def train_clip(
     flip: str = "on",
     flip_pairs: Sequence[tuple[int, int]] = (),
 ) -> tuple[torch.Tensor, int]:
-    """Multi-scale crop, flip, normalise: uint8 (T, 3, H, W) -> float (T, 3, S, S), label.
+    """Multi-scale crop and flip: uint8 (T, 3, H, W) -> uint8 (T, 3, S, S), label.
 
     The crop is drawn on the frame scaled to short side ``scale_size`` (None: as decoded).
     """
@@ -237,7 +237,7 @@ def train_clip(
         clip = horizontal_flip(clip)
         if flip == "swap":
             label = swap_label(label, flip_pairs)
-    return normalize(clip), label
+    return clip, label
 
 
 def eval_views(
@@ -248,7 +248,7 @@ def eval_views(
     crops: int = 1,
     full_res: bool = False,
 ) -> torch.Tensor:
-    """The deterministic spatial views: uint8 (T, 3, H, W) -> float (C, T, 3, S, S).
+    """The deterministic spatial views: uint8 (T, 3, H, W) -> uint8 (C, T, 3, S, S).
 
     S is ``scale_size`` with ``full_res`` (official 3-crop "full resolution" testing),
     else ``input_size``. C is ``crops``; with 10 crops each box is followed by its flip.
@@ -257,11 +257,11 @@ def eval_views(
     virtual = scaled_size(width, height, scale_size)
     crop = scale_size if full_res else input_size
     boxes = eval_crop_boxes(virtual[0], virtual[1], crop, crops)
-    out = torch.empty((crops, num_frames, channels, crop, crop), dtype=torch.float32)
+    out = torch.empty((crops, num_frames, channels, crop, crop), dtype=torch.uint8)
     step = 2 if crops == 10 else 1
     for k, box in enumerate(boxes):
         view = crop_resize(frames, map_box(box, virtual, (width, height)), crop)  # (T, 3, S, S)
-        _normalize_into(out[step * k], view)  # each view written once, straight into place
+        out[step * k].copy_(view)  # each view written once, straight into place
         if crops == 10:
-            _normalize_into(out[step * k + 1], horizontal_flip(view))
+            out[step * k + 1].copy_(horizontal_flip(view))
     return out  # (C, T, 3, S, S)

@@ -62,8 +62,8 @@ class OnlineModel:
     def prepare(self, frames: Tensor) -> Tensor:
         """uint8 ``(N, 3, h, w)`` frames to the model's normalised ``(N, 3, H, W)`` input."""
         if self.height == self.width:
-            return transforms.eval_views(frames, input_size=self.height,
-                                         scale_size=self.scale_size)[0]  # (N, 3, H, W)
+            return transforms.normalize(transforms.eval_views(
+                frames, input_size=self.height, scale_size=self.scale_size)[0])  # (N, 3, H, W)
         from torchvision.transforms.v2 import functional as F
 
         resized = transforms.resize_short_side(frames, self.scale_size)
