@@ -9,10 +9,12 @@ For 8-segment train sampling with the train transforms (multi-scale crop, flip, 
   ``read_file`` + ``decode_jpeg(mode=RGB)`` of each sampled JPEG), results left as they come;
 - open+get: the same through tsmcli's frame source, as the dataset opens it (``open_video``
   with the list's frame count / ``FrameFolder``), frames returned as one tensor;
-- load: ``VideoClipDataset.__getitem__``, everything a DataLoader worker does for the item:
-  open, decode, sample, crop, resize, flip; the clip leaves the worker as uint8;
-- normalise: ``transforms.normalize`` of that clip, which the trainer runs on its device after
-  the transfer (timed here on this CPU, for a CPU-only run, where it is part of the step).
+- load: ``collate_clips([VideoClipDataset.__getitem__(i)])``, everything a DataLoader worker
+  does for the item: open, decode, sample, draw the crop box and flip, copy the crop into the
+  batch; the clip leaves the worker as uint8;
+- trainer: ``ClipBatch.model_input``, the resize, flip and normalise that the trainer runs on
+  its device after the transfer (timed here on this CPU: what a CPU-only run adds to its step;
+  on a GPU it is a few kernels per clip).
 
 The data is written here: 320x240 H.264 videos of 64 frames (PyAV), and their frames as
 JPEGs. Target (issue 3): load <= 1.2x decode.
@@ -37,11 +39,10 @@ from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg, read_file
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import interleaved_medians, write_section  # noqa: E402
 
-from tsmcli.data.dataset import VideoClipDataset  # noqa: E402
+from tsmcli.data.dataset import VideoClipDataset, collate_clips  # noqa: E402
 from tsmcli.data.decode import FrameFolder, open_video  # noqa: E402
 from tsmcli.data.lists import ListEntry, write_list  # noqa: E402
 from tsmcli.data.sampling import sample_indices  # noqa: E402
-from tsmcli.data.transforms import normalize  # noqa: E402
 
 WIDTH, HEIGHT, FRAMES, SEGMENTS, SEED = 320, 240, 64, 8, 0
 
@@ -103,7 +104,7 @@ def jpeg_floor(folder: Path, indices: list[int]) -> None:
 def time_item(
     dataset: VideoClipDataset, index: int, floor: Callable[[Path, list[int]], None], reps: int
 ) -> np.ndarray:
-    """Interleaved medians (s) of decode, open+get, load and normalise of one item."""
+    """Interleaved medians (s) of decode, open+get, load and the trainer's share of one item."""
     entry = dataset.entries[index]
     path = dataset.root / entry.path
     # the distinct frames the dataset decodes for item `index` of epoch 0 (sampling comes first)
@@ -117,22 +118,22 @@ def time_item(
             opened = open_video(path, dataset.backend, num_frames=entry.num_frames)
         opened.get(indices)
 
-    clip = dataset[index].clip
+    batch = collate_clips([dataset[index]])
 
     medians = interleaved_medians(
         {
             "decode": lambda: floor(path, indices),
             "source": via_source,
-            "load": lambda: dataset[index],
-            "normalise": lambda: normalize(clip),
+            "load": lambda: collate_clips([dataset[index]]),
+            "trainer": lambda: batch.model_input("cpu"),
         },
         reps=reps,
     )
-    return np.array([medians[k] for k in ("decode", "source", "load", "normalise")])
+    return np.array([medians[k] for k in ("decode", "source", "load", "trainer")])
 
 
 def measure(folder: Path, reps: int) -> list[tuple[str, float, float, float]]:
-    """(source, decode s, open+get s, load s, normalise s) per source: means over the videos."""
+    """(source, decode s, open+get s, load s, trainer s) per source: means over the videos."""
     cases = [
         ("decord video", "videos", "decord", decord_floor),
         ("PyAV video", "videos", "pyav", pyav_floor),
@@ -154,7 +155,7 @@ def measure(folder: Path, reps: int) -> list[tuple[str, float, float, float]]:
         rows.append((name, *times.tolist()))
         print(
             f"{name}: decode {1000 * times[0]:.1f} ms, open+get {1000 * times[1]:.1f} ms, "
-            f"load {1000 * times[2]:.1f} ms, normalise {1000 * times[3]:.1f} ms, ratios "
+            f"load {1000 * times[2]:.1f} ms, trainer {1000 * times[3]:.1f} ms, ratios "
             f"{times[1] / times[0]:.2f} {times[2] / times[0]:.2f}",
             flush=True,
         )
@@ -186,16 +187,16 @@ def main() -> int:
             f"{args.reps} interleaved reps. decode: exactly the frames the dataset samples, decoded "
             "straight with the same library and calls, opening included (the floor); open+get: "
             "the same through tsmcli's frame source, opened as the dataset opens it (PyAV given "
-            "the list's frame count); load: `VideoClipDataset.__getitem__`, all a DataLoader "
-            "worker does for the item (the clip leaves it as uint8); load - open+get: sampling, "
-            "crop, resize and flip. Target: load <= 1.2x decode. normalise: the uint8 clip to "
-            "the model's float input, which the trainer does on its device after the transfer "
-            "(timed on this CPU: the cost a CPU-only run pays in its step; on a GPU it is one "
-            "elementwise pass over the batch); load + normalise / decode: the whole per-clip "
-            "CPU cost of a CPU-only run.",
+            "the list's frame count); load: `collate_clips([dataset[i]])`, all a DataLoader "
+            "worker does for the item (sample, decode, draw the crop box and flip, copy the "
+            "uint8 crop into the batch); load - open+get: the sampling, box and copy. Target: "
+            "load <= 1.2x decode. trainer: `ClipBatch.model_input`, the resize, flip and "
+            "normalise the trainer runs on its device after the transfer, timed on this CPU "
+            "(what a CPU-only run adds to its step; on a GPU, a few kernels per clip); "
+            "load + trainer / decode: the whole per-clip CPU cost of a CPU-only run.",
             "",
             "| source | decode ms | open+get ms | load ms | load - open+get ms | open+get / decode "
-            "| load / decode | target | normalise ms (trainer) | load + normalise / decode |",
+            "| load / decode | target | trainer ms (this CPU) | load + trainer / decode |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
             *table,
             "",

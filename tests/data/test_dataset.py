@@ -10,9 +10,16 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision.io import encode_jpeg
 
-from tsmcli.data.dataset import ClipBatch, VideoClipDataset, collate_clips, find_missing
+from tsmcli.data.dataset import (
+    ClipBatch,
+    Sample,
+    VideoClipDataset,
+    collate_clips,
+    find_missing,
+)
 from tsmcli.data.decode import open_video
 from tsmcli.data.lists import ListEntry, read_list, write_classes, write_list
+from tsmcli.data.transforms import multiscale_crop_sizes, normalize, resize_crop
 from tsmcli.errors import DataError, UsageError
 
 NUM_FRAMES = 16  # make_video: frame k is a flat grey of level 8 * k
@@ -53,8 +60,12 @@ def frame_indices(clip: torch.Tensor) -> list[int]:
 
 def test_shapes_per_mode_and_classes(tiny):
     train = make(tiny)
-    sample = train[0]
-    assert sample.clip.shape == (4, 3, 32, 32) and sample.clip.dtype == torch.uint8
+    sample = train[0]  # the crop, resized on the trainer's device
+    crop_sizes = {(h, w) for w, h in multiscale_crop_sizes(32, 32, 32)}
+    assert sample.clip.dtype == torch.uint8 and sample.clip.shape[:2] == (4, 3)
+    assert tuple(sample.clip.shape[2:]) in crop_sizes and sample.resize_to == 32
+    clips = collate_clips([train[i] for i in range(3)]).model_input("cpu")
+    assert clips.shape == (3, 4, 3, 32, 32) and clips.dtype == torch.float32
     assert (sample.label, sample.index, sample.error) == (0, 0, None)
     assert train.classes == ["a", "b", "c"] and len(train) == 3
     assert make(tiny, mode="val").__getitem__(1).clip.shape == (1, 4, 3, 32, 32)
@@ -95,7 +106,7 @@ def test_deterministic_across_workers_and_epochs(tiny):
 
     def epoch_clips(loader: DataLoader, epoch: int) -> torch.Tensor:
         dataset.set_epoch(epoch)
-        return torch.cat([batch.clips for batch in loader])
+        return torch.cat([batch.model_input("cpu") for batch in loader])
 
     serial = DataLoader(dataset, batch_size=2, num_workers=0, collate_fn=collate_clips)
     workers = DataLoader(
@@ -106,7 +117,29 @@ def test_deterministic_across_workers_and_epochs(tiny):
     assert torch.equal(epoch_clips(workers, 0), e0)
     assert torch.equal(epoch_clips(workers, 1), e1)  # set_epoch reaches persistent workers
     dataset.set_epoch(1)
-    assert torch.equal(dataset[2].clip, e1[2])  # resume: item 2 of epoch 1, alone
+    assert torch.equal(collate_clips([dataset[2]]).model_input("cpu")[0], e1[2])  # resume: alone
+
+
+def test_train_batch_pads_crops_and_finishes_each_as_its_own():
+    """Crops of different sizes share one zero-padded batch; the model input of each is its own
+    crop resized and mirrored, then normalised, as if it had been batched alone."""
+    gen = torch.Generator().manual_seed(0)
+    frames = torch.randint(0, 256, (3, 4, 20, 30, 3), dtype=torch.uint8, generator=gen)
+    frames = frames.permute(0, 1, 4, 2, 3)  # channels-last views, as the frame sources give
+    crops = [frames[0, ..., 2:18, 5:25], frames[1, ..., :20, 4:24], frames[2, ..., 3:14, :11]]
+    samples = [Sample(crop, label, i, flip=i == 1, resize_to=16)
+               for i, (crop, label) in enumerate(zip(crops, [2, 0, 1], strict=True))]
+    batch = collate_clips(samples)
+    assert batch.clips.shape == (3, 4, 3, 20, 20)  # the largest height and width
+    assert batch.sizes.tolist() == [[16, 20], [20, 20], [11, 11]]
+    assert batch.flips.tolist() == [False, True, False] and batch.labels.tolist() == [2, 0, 1]
+    assert torch.equal(batch.clips[2, ..., :11, :11], crops[2])
+    assert not batch.clips[2, ..., 11:, :].any() and not batch.clips[0, ..., 16:, :].any()
+    clips = batch.model_input("cpu")
+    assert clips.shape == (3, 4, 3, 16, 16) and clips.is_contiguous()
+    for b, crop in enumerate(crops):
+        assert torch.equal(clips[b], normalize(resize_crop(crop, 16, flip=b == 1)))
+    assert torch.equal(clips[1], normalize(resize_crop(crops[1], 16).flip(-1)))
 
 
 def test_missing_frame_is_an_error_naming_it_or_skipped_and_counted(tiny):

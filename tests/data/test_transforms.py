@@ -17,11 +17,13 @@ from tsmcli.data.transforms import (
     map_box,
     multiscale_crop_sizes,
     normalize,
+    resize_crop,
     resize_short_side,
     sample_multiscale_crop,
     scaled_size,
     swap_label,
     train_clip,
+    train_crop,
 )
 
 
@@ -250,3 +252,25 @@ def test_resize_short_side_and_centre_crop():
 def test_crop_larger_than_frame_is_refused():
     with pytest.raises(ValueError, match="larger"):
         eval_crop_boxes(200, 150, 224, 1)
+
+
+def test_train_crop_selects_pixels_without_copying_them():
+    """The worker's share of a train clip is a box and a coin: the crop is a view of the
+    decoded frames, and the same draw through train_clip gives its resized pixels."""
+    frames = _frames(4, 240, 320)
+    for seed in range(6):
+        crop = train_crop(frames, 7, np.random.default_rng(seed), flip="on")
+        assert crop.frames.data_ptr() >= frames.data_ptr() and crop.frames._base is frames
+        clip, label = train_clip(frames, 7, np.random.default_rng(seed), flip="on")
+        assert label == crop.label == 7
+        assert torch.equal(clip, resize_crop(crop.frames, 224, crop.flip))
+
+
+def test_resize_crop_of_floats_matches_uint8_within_rounding():
+    """CUDA resamples floats only, so there the trainer resizes the crop as float: the same
+    filter, without the final rounding to uint8 (checked here on the CPU)."""
+    crop = _frames(3, 150, 170)
+    as_uint8 = resize_crop(crop, 224, flip=True)
+    as_float = resize_crop(crop.float(), 224, flip=True)
+    assert as_uint8.dtype == torch.uint8 and as_float.dtype == torch.float32
+    assert (as_float - as_uint8.float()).abs().max() <= 1.0

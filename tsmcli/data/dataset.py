@@ -1,6 +1,7 @@
 """The clip Dataset: a list file + a root -> sampled, cropped uint8 clips.
 
-The trainer normalises them on its device (``transforms.normalize``) after the transfer.
+The trainer finishes them on its device after the transfer (``ClipBatch.model_input``: train
+crops resized and mirrored, then normalised; see ``transforms`` for why the work is split).
 
 Item ``i`` of epoch ``e`` draws all its randomness (frame sampling, crop, flip) from
 ``np.random.default_rng([seed, e, i])`` and nothing else, so a clip is the same whatever the
@@ -16,6 +17,7 @@ and reports it in ``ClipBatch.skipped``. No other frame or video is ever substit
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from tsmcli.data import transforms
 from tsmcli.data.decode import BACKENDS, FRAME_TEMPLATE, FrameFolder, FrameSource, open_video
@@ -38,40 +40,105 @@ SOURCES = ("frames", "videos")
 
 @dataclass(frozen=True)
 class Sample:
-    """One item: ``clip`` uint8 (T, 3, S, S) in train mode, (V, T, 3, S, S) in val/test mode,
-    or None with ``error`` set when the item could not be loaded and ``skip_bad`` is on. The
-    model's input is ``transforms.normalize(clip)``, computed on the training device."""
+    """One item, uint8, as a data worker leaves it.
+
+    Train mode: ``clip`` is the clip's crop (T, 3, h, w), still to be resized to
+    ``resize_to`` x ``resize_to`` and mirrored if ``flip`` (``ClipBatch.model_input`` does
+    both on the trainer's device). Val/test mode: ``clip`` is the finished views
+    (V, T, 3, S, S) and ``resize_to`` is None. ``clip`` is None, with ``error`` set, when the
+    item could not be loaded and ``skip_bad`` is on.
+    """
 
     clip: torch.Tensor | None
     label: int
     index: int
     error: str | None = None
+    flip: bool = False
+    resize_to: int | None = None
 
 
 class ClipBatch(NamedTuple):
     """A collated batch (a NamedTuple, so DataLoader's ``pin_memory`` handles it).
 
-    ``clips``: (B, T, 3, S, S) or (B, V, T, 3, S, S) uint8, not yet normalised (see
-    ``transforms.normalize``); (0,) when every item was skipped.
-    ``labels``, ``indices``: (B,) int64. ``skipped``: the error of each dropped item.
+    ``clips`` uint8: train, (B, T, 3, H, W) holding crop b in ``[..., :sizes[b][0],
+    :sizes[b][1]]`` (zero elsewhere); val/test, (B, V, T, 3, S, S). (0,) when every item
+    was skipped. ``labels``, ``indices``: (B,) int64. ``skipped``: the error of each dropped
+    item. ``sizes`` (B, 2) and ``flips`` (B,) describe the train crops (empty otherwise), to
+    be resized to ``resize_to``. The model's input is ``model_input(device)``.
     """
 
     clips: torch.Tensor
     labels: torch.Tensor
     indices: torch.Tensor
     skipped: list[str]
+    sizes: torch.Tensor
+    flips: torch.Tensor
+    resize_to: int | None
+
+    def model_input(self, device: torch.device | str) -> torch.Tensor:
+        """The batch as the model takes it, computed on ``device``: crops resized and mirrored,
+        then normalised; float32 (B, T, 3, S, S) or (B, V, T, 3, S, S)."""
+        clips = self.clips.to(device, non_blocking=True)
+        if self.resize_to is not None and len(clips):
+            clips = torch.stack([
+                transforms.resize_crop(clips[b, ..., :height, :width], self.resize_to, flip)
+                for b, ((height, width), flip) in enumerate(
+                    zip(self.sizes.tolist(), self.flips.tolist(), strict=True))
+            ])  # (B, T, 3, S, S)
+        return transforms.normalize(clips)
 
 
 def collate_clips(samples: Sequence[Sample]) -> ClipBatch:
-    """Stack the loaded samples of a batch; the ones that failed go to ``skipped``."""
+    """Batch the loaded samples; the ones that failed go to ``skipped``.
+
+    Train crops of different sizes share one zero-padded tensor in the crops' own memory
+    layout (channels-last from the frame sources): each crop is copied once, row by row.
+    """
     good = [s for s in samples if s.clip is not None]
-    clips = torch.stack([s.clip for s in good]) if good else torch.empty(0)
+    resize_to = good[0].resize_to if good else None
+    if not good:
+        clips = torch.empty(0, dtype=torch.uint8)
+    elif resize_to is None:
+        clips = torch.stack([s.clip for s in good], out=_new_uint8(len(good), *good[0].clip.shape))
+    else:
+        clips = _pad_crops([s.clip for s in good])
     return ClipBatch(
         clips=clips,
         labels=torch.tensor([s.label for s in good], dtype=torch.int64),
         indices=torch.tensor([s.index for s in good], dtype=torch.int64),
         skipped=[s.error or f"item {s.index}" for s in samples if s.clip is None],
+        sizes=torch.tensor([list(s.clip.shape[-2:]) for s in good] if resize_to else [],
+                           dtype=torch.int64).view(-1, 2),
+        flips=torch.tensor([s.flip for s in good] if resize_to else [], dtype=torch.bool),
+        resize_to=resize_to,
     )
+
+
+def _pad_crops(crops: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(B, T, 3, H, W) uint8, crop b in its top-left corner and zeros around it."""
+    frames, channels = crops[0].shape[:2]
+    height = max(c.shape[-2] for c in crops)
+    width = max(c.shape[-1] for c in crops)
+    channels_last = crops[0].stride(-3) == 1
+    if channels_last:  # (B, T, H, W, 3) in memory
+        batch = _new_uint8(len(crops), frames, height, width, channels).permute(0, 1, 4, 2, 3)
+    else:
+        batch = _new_uint8(len(crops), frames, channels, height, width)
+    for slot, crop in zip(batch, crops, strict=True):
+        if crop.shape[-2:] != (height, width):
+            slot.zero_()  # no uninitialised memory leaves a worker
+        slot[..., : crop.shape[-2], : crop.shape[-1]].copy_(crop)
+    return batch
+
+
+def _new_uint8(*shape: int) -> torch.Tensor:
+    """An empty uint8 batch; in shared memory when built in a DataLoader worker, so that it
+    reaches the trainer without the copy that moving it there would cost (as torch's
+    default_collate does)."""
+    if get_worker_info() is None:
+        return torch.empty(shape, dtype=torch.uint8)
+    storage = torch.UntypedStorage._new_shared(math.prod(shape))
+    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
 
 
 def find_missing(
@@ -219,13 +286,12 @@ class VideoClipDataset(Dataset):
         entry = self.entries[index]
         rng = np.random.default_rng([self.seed, self.epoch, index])
         try:
-            clip, label = self._load(entry, rng)
+            return self._load(entry, index, rng)
         except DataError as exc:
             if not self.skip_bad:
                 raise
             log.debug("skipping %s: %s", entry.path, exc)
             return Sample(None, entry.label, index, str(exc))
-        return Sample(clip, label, index)
 
     def _open(self, entry: ListEntry) -> tuple[FrameSource, int]:
         """The frame source of an entry and the frame count to sample from."""
@@ -245,7 +311,7 @@ class VideoClipDataset(Dataset):
             )
         return video, min(video.num_frames, entry.num_frames)
 
-    def _load(self, entry: ListEntry, rng: np.random.Generator) -> tuple[torch.Tensor, int]:
+    def _load(self, entry: ListEntry, index: int, rng: np.random.Generator) -> Sample:
         source, num_frames = self._open(entry)
         indices = sample_indices(
             num_frames,
@@ -257,21 +323,16 @@ class VideoClipDataset(Dataset):
             dense=self.dense,
         )  # (V_t, T)
         # Decode each distinct frame once, in order (short videos and views repeat frames).
-        unique, inverse = np.unique(indices, return_inverse=True)
-        frames = source.get(unique.tolist())  # (U, 3, H, W)
-        if not np.array_equal(unique, indices.reshape(-1)):  # else already in order, no copy
-            frames = frames[torch.from_numpy(inverse.reshape(-1))]  # (V_t*T, 3, H, W)
+        order = indices.reshape(-1)
+        if np.all(order[1:] > order[:-1]):  # the usual case: already distinct and in order
+            unique, inverse = order, None
+        else:
+            unique, inverse = np.unique(order, return_inverse=True)
         if self.mode == "train":
-            return transforms.train_clip(
-                frames,
-                entry.label,
-                rng,
-                input_size=self.input_size,
-                scale_size=self.scale_size,
-                scales=self.scales,
-                flip=self.flip,
-                flip_pairs=self.flip_pairs,
-            )
+            return self._train_sample(source, unique, inverse, entry, index, rng)
+        frames = source.get(unique.tolist())  # (U, 3, H, W)
+        if inverse is not None:
+            frames = frames[torch.from_numpy(inverse)]  # (V_t*T, 3, H, W)
         views = transforms.eval_views(
             frames,
             input_size=self.input_size,
@@ -282,4 +343,26 @@ class VideoClipDataset(Dataset):
         crops, _, channels, height, width = views.shape
         views = views.view(crops, indices.shape[0], self.num_segments, channels, height, width)
         views = views.transpose(0, 1).reshape(-1, self.num_segments, channels, height, width)
-        return views, entry.label  # (V_t*C, T, 3, S, S)
+        return Sample(views, entry.label, index)  # clip (V_t*C, T, 3, S, S)
+
+    def _train_sample(self, source: FrameSource, unique: np.ndarray, inverse: np.ndarray | None,
+                      entry: ListEntry, index: int, rng: np.random.Generator) -> Sample:
+        """The clip's crop box and flip drawn, its crop cut (see ``transforms.train_crop``)."""
+        options = {"input_size": self.input_size, "scale_size": self.scale_size,
+                   "scales": self.scales, "flip": self.flip, "flip_pairs": self.flip_pairs}
+        slots = range(len(unique)) if inverse is None else inverse.tolist()
+        if isinstance(source, FrameFolder):
+            # One buffer per decoded JPEG: gather only the crop of each (no full-frame stack).
+            frames = source.frames(unique.tolist())  # (3, H, W) channels-last views
+            height, width = frames[0].shape[-2:]
+            draw = transforms.draw_train_crop(width, height, entry.label, rng, **options)
+            crops = [transforms.crop_view(frames[k], draw.box).permute(1, 2, 0) for k in slots]
+            clip = torch.stack(crops).permute(0, 3, 1, 2)  # (T, 3, h, w), channels-last
+        else:
+            frames = source.get(unique.tolist())  # (U, 3, H, W), one decoded buffer
+            height, width = frames.shape[-2:]
+            draw = transforms.draw_train_crop(width, height, entry.label, rng, **options)
+            clip = transforms.crop_view(frames, draw.box)  # a view: collate copies the crop
+            if inverse is not None:
+                clip = clip[torch.from_numpy(inverse)]
+        return Sample(clip, draw.label, index, flip=draw.flip, resize_to=self.input_size)

@@ -298,6 +298,12 @@ class FrameFolder:
         return self.path / self.template.format(index + self.start_index)
 
     def get(self, indices: Sequence[int]) -> torch.Tensor:
+        frames = [frame.permute(1, 2, 0) for frame in self.frames(indices)]  # (H, W, 3) each
+        return torch.stack(frames).permute(0, 3, 1, 2)  # (N, 3, H, W), channels-last view
+
+    def frames(self, indices: Sequence[int]) -> list[torch.Tensor]:
+        """The frames one by one, each ``(3, H, W)``: a channels-last view of its decoder's
+        buffer, not a copy (so a caller that wants only a crop copies only the crop)."""
         from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
         indices = _check_indices(self.path, indices, self.num_frames)
@@ -305,7 +311,7 @@ class FrameFolder:
         for i in indices:
             file = self.frame_path(i)
             try:
-                image = decode_jpeg(read_file(str(file)), mode=ImageReadMode.RGB)  # (3, H, W)
+                frame = decode_jpeg(read_file(str(file)), mode=ImageReadMode.RGB)  # (3, H, W)
             except RuntimeError as exc:
                 if not file.exists():
                     raise DataError(
@@ -313,15 +319,14 @@ class FrameFolder:
                         "(tsm extract --overwrite)"
                     ) from exc
                 raise DataError(f"{file}: cannot decode JPEG ({_first_line(exc)})") from exc
-            frame = image.permute(1, 2, 0)  # (H, W, 3): decode_jpeg's own buffer, no copy
             if frames and frame.shape != frames[0].shape:
-                (height, width, _), (first_h, first_w, _) = frame.shape, frames[0].shape
+                (_, height, width), (_, first_h, first_w) = frame.shape, frames[0].shape
                 raise DataError(
                     f"{file}: frame is {width}x{height} but {self.frame_path(indices[0]).name} "
                     f"is {first_w}x{first_h}; extract the video again (tsm extract --overwrite)"
                 )
             frames.append(frame)
-        return torch.stack(frames).permute(0, 3, 1, 2)  # (N, 3, H, W), channels-last view
+        return frames
 
 
 def count_frames(folder: Path, template: str = FRAME_TEMPLATE, start_index: int = 1) -> int:

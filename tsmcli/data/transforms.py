@@ -1,10 +1,14 @@
 """Spatial transforms of a clip: uint8 frames ``(T, 3, H, W)`` in, uint8 views out.
 
-The data loader's workers crop, resize and flip, and hand the clip on as uint8; ``normalize``
-(uint8 to the model's float input) runs on the training device, after the transfer, as
-mmaction2's data preprocessor does. A worker then does only what must be done per sample,
-and a clip crosses the worker-to-trainer pipe and the host-to-GPU copy at a quarter of its
-float32 size.
+Work is split where it is cheapest. A data loader worker decodes and draws the random crop
+box and flip (``train_crop``: no pixel is computed, the box is a view) or cuts the fixed test
+views (``eval_views``), and hands uint8 on. The trainer, on its device and after the
+transfer, resizes and mirrors the train crops (``resize_crop``) and turns uint8 into the
+model's float input (``normalize``), as DALI-style pipelines and mmaction2's data
+preprocessor do. A worker's cost per clip is then its decoding (``bench/loader.py``), which
+is what bounds the clips/s a few CPU cores can feed a GPU; a clip crosses the worker pipe and
+the host-to-GPU copy as uint8, a quarter of its float32 size; on a CPU-only run the resize
+and normalise are a small part of a training step.
 
 Frames may have any strides. The frame sources hand out channels-last views of the decoders'
 ``(T, H, W, 3)`` buffers, on which torch's uint8 antialiased resize is about twice as fast as
@@ -162,7 +166,7 @@ def centre_crop(frames: torch.Tensor, size: int) -> torch.Tensor:
     """The centred ``size`` x ``size`` crop: (T, 3, size, size)."""
     height, width = frames.shape[-2:]
     box = eval_crop_boxes(width, height, size, 1)[0]
-    return frames[..., box.top : box.top + size, box.left : box.left + size]
+    return crop_view(frames, box)
 
 
 def horizontal_flip(frames: torch.Tensor) -> torch.Tensor:
@@ -212,6 +216,73 @@ def _affine(mean: tuple[float, ...], std: tuple[float, ...],
     return scale.to(device), shift.to(device)
 
 
+class TrainDraw(NamedTuple):
+    """The random part of a train clip, drawn in a data worker (see ``draw_train_crop``)."""
+
+    box: CropBox  # on the decoded frames
+    flip: bool  # mirror after resizing
+    label: int  # swapped through the flip pairs when mirrored with flip "swap"
+
+
+class TrainCrop(NamedTuple):
+    """A train clip before resizing: ``frames`` uint8 (T, 3, h, w), the box of every frame."""
+
+    frames: torch.Tensor
+    flip: bool
+    label: int
+
+
+def draw_train_crop(
+    width: int,
+    height: int,
+    label: int,
+    rng: np.random.Generator,
+    *,
+    input_size: int = 224,
+    scale_size: int | None = 256,
+    scales: Sequence[float] = TRAIN_SCALES,
+    flip: str = "on",
+    flip_pairs: Sequence[tuple[int, int]] = (),
+) -> TrainDraw:
+    """Draw a multi-scale crop box and a flip for a clip of ``width`` x ``height`` frames.
+
+    The box is drawn on the frame scaled to short side ``scale_size`` (None: as decoded) and
+    mapped back onto the decoded frame.
+    """
+    if flip not in FLIP_MODES:
+        raise ValueError(f"flip must be one of {FLIP_MODES}, got {flip!r}")
+    virtual = scaled_size(width, height, scale_size)
+    box = sample_multiscale_crop(virtual[0], virtual[1], input_size, rng, scales)
+    flipped = flip != "off" and bool(rng.random() < 0.5)
+    if flipped and flip == "swap":
+        label = swap_label(label, flip_pairs)
+    return TrainDraw(map_box(box, virtual, (width, height)), flipped, label)
+
+
+def crop_view(frames: torch.Tensor, box: CropBox) -> torch.Tensor:
+    """The ``box`` of every frame of ``(..., H, W)``: a view, no pixel copied."""
+    return frames[..., box.top : box.top + box.height, box.left : box.left + box.width]
+
+
+def train_crop(frames: torch.Tensor, label: int, rng: np.random.Generator,
+               **options) -> TrainCrop:
+    """``draw_train_crop`` for uint8 frames (T, 3, H, W), and their crop (a view).
+    ``resize_crop`` finishes the clip, on the trainer's device."""
+    height, width = frames.shape[-2:]
+    draw = draw_train_crop(width, height, label, rng, **options)
+    return TrainCrop(crop_view(frames, draw.box), draw.flip, draw.label)
+
+
+def resize_crop(crop: torch.Tensor, size: int, flip: bool = False) -> torch.Tensor:
+    """A crop (T, 3, h, w) resized to (T, 3, size, size) (antialiased bilinear, as PIL), then
+    mirrored if ``flip``. On the CPU uint8 stays uint8 (torch's fast path); CUDA resamples
+    floats only, so there the result is float in [0, 255], unrounded."""
+    if crop.dtype == torch.uint8 and crop.device.type != "cpu":
+        crop = crop.float()
+    clip = F.resize(crop, [size, size], antialias=True)
+    return horizontal_flip(clip) if flip else clip
+
+
 def train_clip(
     frames: torch.Tensor,
     label: int,
@@ -223,21 +294,13 @@ def train_clip(
     flip: str = "on",
     flip_pairs: Sequence[tuple[int, int]] = (),
 ) -> tuple[torch.Tensor, int]:
-    """Multi-scale crop and flip: uint8 (T, 3, H, W) -> uint8 (T, 3, S, S), label.
+    """Multi-scale crop and flip in one go: uint8 (T, 3, H, W) -> uint8 (T, 3, S, S), label.
 
-    The crop is drawn on the frame scaled to short side ``scale_size`` (None: as decoded).
+    ``train_crop`` then ``resize_crop``: what the data loader and the trainer do between them.
     """
-    if flip not in FLIP_MODES:
-        raise ValueError(f"flip must be one of {FLIP_MODES}, got {flip!r}")
-    height, width = frames.shape[-2:]
-    virtual = scaled_size(width, height, scale_size)
-    box = sample_multiscale_crop(virtual[0], virtual[1], input_size, rng, scales)
-    clip = crop_resize(frames, map_box(box, virtual, (width, height)), input_size)  # (T, 3, S, S)
-    if flip != "off" and rng.random() < 0.5:
-        clip = horizontal_flip(clip)
-        if flip == "swap":
-            label = swap_label(label, flip_pairs)
-    return clip, label
+    cropped = train_crop(frames, label, rng, input_size=input_size, scale_size=scale_size,
+                         scales=scales, flip=flip, flip_pairs=flip_pairs)
+    return resize_crop(cropped.frames, input_size, cropped.flip), cropped.label
 
 
 def eval_views(

@@ -55,7 +55,6 @@ from tsmcli.data.lists import (
     classes_for_list,
     read_list,
 )
-from tsmcli.data.transforms import normalize
 from tsmcli.engine import distributed
 from tsmcli.engine.metrics import (
     AVERAGE_MODES,
@@ -385,7 +384,7 @@ def _score_shard(model: torch.nn.Module, loader, total: int, average: AverageMod
     try:
         with torch.inference_mode(), bar:
             for batch in loader:
-                clips = normalize(batch.clips.to(ctx.device, non_blocking=True))  # (B, V, T, 3, S, S)
+                clips = batch.model_input(ctx.device)  # (B, V, T, 3, S, S)
                 b, v = clips.shape[:2]
                 logits = model(clips.flatten(0, 1))  # (B*V, K)
                 scores.append(average_views(logits.float().cpu().view(b, v, -1), average))  # (B, K)

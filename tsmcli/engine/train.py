@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from tsmcli.data.transforms import normalize
 from tsmcli.engine import distributed
 from tsmcli.engine.distributed import DistContext, ShardedSampler
 from tsmcli.engine.metrics import average_views, topk_correct
@@ -444,7 +443,6 @@ class _Run:
     ) -> tuple[float, int, int, bool]:
         """One SGD step on one batch. Returns, summed over ranks: the loss times the clips, the
         clips, the unreadable videos dropped (``data.skip_bad``), and whether to stop."""
-        clips = normalize(batch.clips.to(self.device, non_blocking=True))  # (B, T, 3, S, S)
         labels = batch.labels.to(self.device, non_blocking=True)  # (B,)
         count = torch.tensor(float(labels.numel()), device=self.device)
         if self.recipe.data.skip_bad and self.ctx.distributed:
@@ -461,6 +459,7 @@ class _Run:
                 torch.cat([torch.zeros(2, device=self.device), flags]), self.ctx
             ).tolist()
             return 0.0, 0, int(skipped), bool(stop_all)
+        clips = batch.model_input(self.device)  # (B, T, 3, S, S)
         with self._autocast():
             logits = self.net(clips)  # (B, K)
         loss = _loss(logits.float(), labels)
@@ -497,7 +496,7 @@ class _Run:
         for batch in self.val_loader:
             if batch.labels.numel() == 0:
                 continue
-            clips = normalize(batch.clips.to(self.device, non_blocking=True))  # (B, V, T, 3, S, S)
+            clips = batch.model_input(self.device)  # (B, V, T, 3, S, S)
             b, v = clips.shape[:2]
             with self._autocast():
                 logits = self.model(clips.flatten(0, 1))  # (B*V, K)
