@@ -33,15 +33,18 @@ def machine() -> str:
 
 def interleaved_medians(fns: dict[str, Callable[[], object]], reps: int, warmup: int = 1) -> dict[str, float]:
     """Median seconds of each function, run in turn rep after rep so that drift in the
-    machine's speed hits all of them alike (the ratios are what we report)."""
+    machine's speed hits all of them alike (the ratios are what we report). The order
+    rotates from rep to rep, so no function always runs right after the same other one
+    (which costs or saves it a little, through the caches and the allocator)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
+    names = list(fns)
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
+    for rep in range(reps):
+        for name in names[rep % len(names):] + names[: rep % len(names)]:
             start = time.perf_counter()
-            fn()
+            fns[name]()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(ts) for name, ts in times.items()}
 

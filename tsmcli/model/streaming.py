@@ -40,23 +40,25 @@ from tsmcli.model.shift import TemporalShift
 StepFn = Callable[..., Sequence[Tensor]]
 
 
-def swap_in(x: Tensor, buffer: Tensor, fold_div: int) -> Tensor:
-    """Put the previous frame's channels into ``x`` in place; return this frame's (the new buffer).
+def swap_in(x: Tensor, buffer: Tensor, fold_div: int) -> tuple[Tensor, Tensor]:
+    """Put the previous frame's channels into ``x`` in place: ``(new buffer, head)``.
 
     ``x`` (1, C, H, W), ``buffer`` (1, fold, H, W). Afterwards channels ``[0, fold)`` of ``x``
-    hold ``buffer``: ``x`` *is* the spliced input, and only 1/8 of it was written. ``restore``
-    puts the frame's own channels back once the shifted layer has read them.
+    (``head``, a view) hold ``buffer``: ``x`` *is* the spliced input, and only 1/8 of it was
+    written. The new buffer is what ``head`` held: this frame's channels, which ``restore``
+    puts back once the shifted layer has read ``x``.
     """
     head = x.narrow(1, 0, x.shape[1] // fold_div)
     new_buffer = head.clone()
     head.copy_(buffer)
-    return new_buffer
+    return new_buffer, head
 
 
-def restore(result: Tensor, x: Tensor, new_buffer: Tensor) -> Tensor:
-    """Undo ``swap_in`` on ``x`` (its other readers, such as the residual, see the frame as
-    it was) and pass the shifted layer's ``result`` on, which orders the write after the read."""
-    x.narrow(1, 0, new_buffer.shape[1]).copy_(new_buffer)
+def restore(result: Tensor, head: Tensor, new_buffer: Tensor) -> Tensor:
+    """Undo ``swap_in`` (the block input's other readers, such as the residual, see the frame
+    as it was) and pass the shifted layer's ``result`` on, which orders the write after the
+    read for every exporter."""
+    head.copy_(new_buffer)
     return result
 
 
@@ -97,11 +99,13 @@ def _rewrite_backbone(backbone: nn.Module, streaming: bool) -> tuple[fx.GraphMod
             last_input = buffer
             x = node.args[0]
             with graph.inserting_before(node):
-                new_buffer = graph.call_function(swap_in, (x, buffer, module.fold_div))
+                swapped = graph.call_function(swap_in, (x, buffer, module.fold_div))
+                new_buffer = graph.call_function(operator.getitem, (swapped, 0))
+                head = graph.call_function(operator.getitem, (swapped, 1))
             node.target = f"{node.target}.net"
             owned[node.target] = module.net
             with graph.inserting_after(node):
-                result = graph.call_function(restore, (node, x, new_buffer))
+                result = graph.call_function(restore, (node, head, new_buffer))
             node.replace_all_uses_with(result, delete_user_cb=lambda user, r=result: user is not r)
             new_buffers.append(new_buffer)
     if new_buffers:
@@ -124,7 +128,7 @@ class _BufferShapeProbe(fx.Interpreter):
         x, _, fold_div = args  # x (1, C, H', W'); the buffer placeholder holds None
         buffer = x.new_zeros(x.shape[0], x.shape[1] // fold_div, *x.shape[2:])
         self.shapes.append(tuple(buffer.shape))
-        return swap_in(x, buffer, fold_div)
+        return swap_in(x, buffer, fold_div)  # (new buffer, head)
 
 
 class StreamingTSM(nn.Module):
