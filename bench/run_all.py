@@ -23,7 +23,8 @@ data wait < 10% of a demo training step, streaming latency <= 1.03x the 2D backb
 
 def main() -> int:
     failed = []
-    for name in ORDER:
+    # --write-only: rebuild BENCHMARKS.md from bench/results/ (after rerunning one script)
+    for name in [] if "--write-only" in sys.argv[1:] else ORDER:
         script = BENCH / f"{name}.py"
         print(f"== bench/{name}.py", flush=True)
         start = time.perf_counter()
