@@ -239,18 +239,22 @@ def evaluate(checkpoint, online, list_file, root, protocol, clips, crops, full_r
 @click.option("--val-list", type=click.Path(path_type=Path), default=None, help="Report top-1 before and after conversion on this list.")
 @click.option("--root", type=click.Path(path_type=Path), default=None, help="Folder the val list's paths are relative to.")
 @click.option("--finetune-epochs", type=click.IntRange(min=0), default=0, show_default=True, help="Fine-tune one-way on the recipe's training data first.")
+@click.option("--distill-weight", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Fine-tuning: share of the loss from the checkpoint's own (two-way) outputs; 0 for labels only.")
+@click.option("--distill-temperature", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True, help="Fine-tuning: softmax temperature of the distillation.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing model dir.")
 @click.option("--arch", default=None, help="Official/mmaction2 checkpoints: backbone, e.g. resnet50.")
 @click.option("--segments", "num_segments", type=click.IntRange(min=1), default=None, help="Official/mmaction2 checkpoints: frames per clip in training.")
 @click.option("--shift", type=click.Choice(["none", "bidirectional", "unidirectional"]), default=None, help="Official/mmaction2 checkpoints: temporal shift in training.")
-def convert_online(checkpoint, out, height, width, val_list, root, finetune_epochs, overwrite,
-                   arch, num_segments, shift) -> None:
+def convert_online(checkpoint, out, height, width, val_list, root, finetune_epochs,
+                   distill_weight, distill_temperature, overwrite, arch, num_segments,
+                   shift) -> None:
     """Build, export and verify a streaming model with cached shift buffers."""
     from tsmcli.model.export import convert_online as run_convert
 
     given = {"arch": arch, "num_segments": num_segments, "shift": shift}
     r = run_convert(checkpoint, out, height=height, width=width, val_list=val_list, root=root,
-                    finetune_epochs=finetune_epochs, overwrite=overwrite,
+                    finetune_epochs=finetune_epochs, distill_weight=distill_weight,
+                    distill_temperature=distill_temperature, overwrite=overwrite,
                     **{key: value for key, value in given.items() if value is not None})
     rows = [("model dir", str(r.out_dir)), ("input", f"{r.height}x{r.width}"),
             ("buffers", f"{r.num_buffers} ({r.cache_bytes / 1024:.1f} KiB cached between frames)"),
@@ -261,7 +265,10 @@ def convert_online(checkpoint, out, height, width, val_list, root, finetune_epoc
     if r.converted_from_bidirectional:
         rows.append(("note", "converted from a bidirectional model (it saw the future in training)"))
     if r.finetuned_checkpoint is not None:
-        rows.append(("fine-tuned", f"{r.finetune_epochs} epochs one-way: {r.finetuned_checkpoint}"))
+        taught = (f", distilled (weight {distill_weight:g}, T {distill_temperature:g})"
+                  if distill_weight > 0 else "")
+        rows.append(("fine-tuned",
+                     f"{r.finetune_epochs} epochs one-way{taught}: {r.finetuned_checkpoint}"))
     for name, value in (r.accuracy or {}).items():
         rows.append((f"top-1 {name.replace('_', ' ')}", f"{value['top1']:.2f} %"))
     pad = max(len(name) for name, _ in rows)

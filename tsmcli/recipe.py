@@ -7,7 +7,7 @@ of them. Loading is strict: an unknown key or a value of the wrong type is a ``R
 naming the dotted key (``optim.lr``), what was expected and the closest valid key.
 
 Data paths (``data.root``, ``data.train_list``, ``data.val_list``, ``model.pretrained``,
-``model.init_from``) are used as written: a relative path is relative to the directory the
+``model.init_from``, ``train.distill_from``) are used as written: a relative path is relative to the directory the
 command runs in, not to the recipe file, so one shipped recipe serves every checkout.
 
 YAML 1.1 quirks are smoothed over where the meaning is clear: ``flip: off`` (which YAML reads
@@ -184,6 +184,11 @@ class TrainConfig:
     out_dir: str = "runs"  # the run dir is out_dir/<recipe name> unless --out says otherwise
     sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
     log_every: int = 50  # a log line every N steps when there is no progress bar
+    # Knowledge distillation: a teacher checkpoint (e.g. the bidirectional model when training
+    # one-way) whose softened outputs make up distill_weight of the loss.
+    distill_from: str | None = None
+    distill_weight: float = 0.5  # the rest is cross-entropy with the labels
+    distill_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -192,6 +197,10 @@ class TrainConfig:
         _require(self.workers >= 0, "train.workers", "must be 0 or more", self.workers)
         _require(self.eval_every >= 1, "train.eval_every", "must be at least 1", self.eval_every)
         _require(self.log_every >= 1, "train.log_every", "must be at least 1", self.log_every)
+        _require(0.0 <= self.distill_weight <= 1.0, "train.distill_weight",
+                 "must be between 0 and 1", self.distill_weight)
+        _require(self.distill_temperature > 0, "train.distill_temperature", "must be positive",
+                 self.distill_temperature)
 
 
 _SECTION_TYPES: dict[str, type] = {

@@ -241,7 +241,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, 
     before = hashlib.sha256((run / "last.pt").read_bytes()).hexdigest()
     loss = train_module._loss
     monkeypatch.setattr(
-        train_module, "_loss", lambda logits, labels: loss(logits, labels) * float("nan")
+        train_module, "_loss", lambda logits, labels, *rest: loss(logits, labels, *rest) * float("nan")
     )
     with pytest.raises(
         TrainingError, match=r"non-finite loss .* epoch 2 step 1.*last good checkpoint"
@@ -307,3 +307,53 @@ def test_cli_trains_and_prints_a_summary(tiny_data, tmp_path):
     assert (
         again.output.strip().splitlines()[-1].startswith("error: ") and "--resume" in again.output
     )
+
+
+def test_distillation_loss_by_hand():
+    gen = torch.Generator().manual_seed(0)
+    logits, teacher = torch.randn(4, 5, generator=gen), torch.randn(4, 5, generator=gen)
+    labels = torch.tensor([0, 3, 1, 4])
+    hard = torch.nn.functional.cross_entropy(logits, labels)
+    weight, temperature = 0.3, 2.0
+    p_teacher = (teacher / temperature).softmax(1)
+    kl = (p_teacher * (p_teacher.log() - (logits / temperature).log_softmax(1))).sum(1).mean()
+    expected = (1 - weight) * hard + weight * temperature**2 * kl
+    got = train_module._loss(logits, labels, teacher, weight, temperature)
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert torch.equal(train_module._loss(logits, labels, teacher, 0.0), hard)
+    assert torch.equal(train_module._loss(logits, labels), hard)
+    same = train_module._loss(logits, labels, logits.clone(), weight, temperature)
+    assert torch.allclose(same, (1 - weight) * hard, atol=1e-6)  # KL of a model with itself
+
+
+def test_distill_weight_one_learns_from_the_teacher_alone(tiny_data, straight_run, tmp_path):
+    """With train.distill_weight=1 the labels carry no gradient: training on a list with every
+    label flipped gives the same weights. At 0.5 they do (the test can fail)."""
+    flipped = tmp_path / "flipped.txt"  # paths relative to data.root; classes.txt beside it
+    (tmp_path / "classes.txt").write_text((tiny_data / "classes.txt").read_text())
+    flipped.write_text("".join(f"{p} {n} {1 - int(y)}\n" for p, n, y in (
+        line.split() for line in (tiny_data / "train.txt").read_text().splitlines())))
+    teacher = straight_run.last_checkpoint
+    distil = [f"train.distill_from={teacher}", "train.distill_temperature=2", "train.epochs=1"]
+
+    def weights(name: str, *overrides: str) -> dict[str, torch.Tensor]:
+        run = train(tiny_recipe(tiny_data, *distil, *overrides), out_dir=tmp_path / name)
+        return _weights(run.last_checkpoint)
+
+    only_teacher = weights("true", "train.distill_weight=1")
+    _assert_identical(only_teacher, weights("flipped", "train.distill_weight=1",
+                                            f"data.train_list={flipped}"))
+    half = weights("half", "train.distill_weight=0.5", f"data.train_list={flipped}")
+    assert any(not torch.equal(only_teacher[k], half[k]) for k in half)
+
+
+def test_a_teacher_of_another_dataset_is_refused(tiny_data, tmp_path):
+    from tsmcli.errors import CheckpointError
+    from tsmcli.model.tsn import build_model
+
+    other = build_model("resnet18", num_classes=5, num_segments=2)
+    path = tmp_path / "five_classes.pt"
+    torch.save({"format": "tsmcli", "format_version": 1, "model_config": other.config(),
+                "state_dict": other.state_dict(), "epoch": 1}, path)
+    with pytest.raises(CheckpointError, match=r"five_classes.pt: the teacher .* 5 classes"):
+        train(tiny_recipe(tiny_data, f"train.distill_from={path}"), out_dir=tmp_path / "run")

@@ -207,6 +207,9 @@ def test_trained_two_way_run_to_fine_tuned_online_model(tmp_path):
     assert fine_tuned.is_file() and fine_tuned.is_relative_to(tmp_path / "online")
     model = load_model(fine_tuned)
     assert model.config()["shift"] == "unidirectional"
+    tuned = load_recipe(fine_tuned.parent / "recipe.yaml").train  # distilled from the original
+    assert tuned.distill_from == str(run.last_checkpoint)
+    assert (tuned.distill_weight, tuned.distill_temperature) == (0.5, 4.0)
     frames = torch.randn(1, 4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     step = load_online_model(tmp_path / "online").step
     with torch.no_grad():

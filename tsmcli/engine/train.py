@@ -253,6 +253,26 @@ class _Run:
             )
         if self.ctx.rank:
             torch.manual_seed(t.seed + self.ctx.rank)  # different dropout masks on each rank
+        self.teacher = self._load_teacher()
+
+    def _load_teacher(self) -> nn.Module | None:
+        """``train.distill_from`` in eval mode, frozen, on this device, read at the recipe's
+        segment count (a shift works at any clip length)."""
+        t = self.recipe.train
+        if not t.distill_from:
+            return None
+        from tsmcli.errors import CheckpointError
+        from tsmcli.model.checkpoint import load_model
+
+        teacher = load_model(t.distill_from, num_segments=self.recipe.model.num_segments)
+        if teacher.num_classes != self.num_classes:
+            raise CheckpointError(
+                f"{t.distill_from}: the teacher (train.distill_from) has {teacher.num_classes} "
+                f"classes, the data {self.num_classes}; distil from a model of this dataset")
+        teacher.requires_grad_(False)
+        log.info("distilling from %s (weight %g, temperature %g)", t.distill_from,
+                 t.distill_weight, t.distill_temperature)
+        return teacher.to(self.device).eval()
 
     def _build_optimizer(self) -> None:
         o, t = self.recipe.optim, self.recipe.train
@@ -460,9 +480,14 @@ class _Run:
             ).tolist()
             return 0.0, 0, int(skipped), bool(stop_all)
         clips = batch.model_input(self.device)  # (B, T, 3, S, S)
+        taught = None
         with self._autocast():
             logits = self.net(clips)  # (B, K)
-        loss = _loss(logits.float(), labels)
+            if self.teacher is not None:
+                with torch.no_grad():
+                    taught = self.teacher(clips).float()  # (B, K)
+        t = self.recipe.train
+        loss = _loss(logits.float(), labels, taught, t.distill_weight, t.distill_temperature)
         totals = distributed.all_reduce_sum(
             torch.cat([torch.stack([loss.detach() * count, count]), flags]), self.ctx
         )
@@ -621,9 +646,18 @@ class _Run:
         return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
 
 
-def _loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy of (B, K) logits against (B,) labels."""
-    return F.cross_entropy(logits, labels)
+def _loss(logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None = None,
+          weight: float = 0.0, temperature: float = 1.0) -> torch.Tensor:
+    """Mean cross-entropy of (B, K) logits against (B,) labels; with ``teacher`` logits (B, K),
+    ``(1 - weight) * CE + weight * T^2 * KL(teacher_T || student_T)``, both softened by the
+    temperature T (Hinton et al.; T^2 keeps the gradient scale as T changes)."""
+    hard = F.cross_entropy(logits, labels)
+    if teacher is None or weight == 0:
+        return hard
+    student_t = F.log_softmax(logits / temperature, dim=1)
+    teacher_t = F.log_softmax(teacher / temperature, dim=1)
+    soft = F.kl_div(student_t, teacher_t, log_target=True, reduction="batchmean")
+    return (1 - weight) * hard + weight * temperature**2 * soft
 
 
 def _init_worker(_: int) -> None:

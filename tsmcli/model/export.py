@@ -79,6 +79,7 @@ def convert_online(checkpoint: str | Path, out_dir: str | Path, *,
                    val_list: str | Path | None = None, root: str | Path | None = None,
                    source: str | None = None, backend: str | None = None,
                    finetune_epochs: int = 0, finetune_lr_scale: float = 0.1,
+                   distill_weight: float = 0.5, distill_temperature: float = 4.0,
                    verify_frames: int = 6, latency_reps: int = 20,
                    opset: int = DEFAULT_OPSET, overwrite: bool = False, seed: int = 0,
                    **arch_overrides: Any) -> ConvertResult:
@@ -88,7 +89,9 @@ def convert_online(checkpoint: str | Path, out_dir: str | Path, *,
     bidirectional model is converted to one-way (same weights; a warning is logged). With
     ``val_list`` and ``root``, top-1 is measured before (offline, as trained) and after
     (streaming, frame by frame); ``finetune_epochs`` first fine-tunes the one-way model on the
-    recipe's training data, at ``finetune_lr_scale`` times the recipe's learning rate.
+    recipe's training data, at ``finetune_lr_scale`` times the recipe's learning rate, with
+    ``distill_weight`` of its loss from the checkpoint's own outputs (the model as trained,
+    which saw both directions) softened at ``distill_temperature`` (0: labels only).
     ``arch_overrides`` (``arch``, ``num_segments``, ``shift``, ...) go to ``load_model``: an
     official TSM or mmaction2 checkpoint does not record its architecture.
     """
@@ -135,7 +138,8 @@ def convert_online(checkpoint: str | Path, out_dir: str | Path, *,
                     plain, height, width, scale_size, plain.buffer_shapes(height, width), classes,
                     val_list, root, source, backend)
             one_way, finetuned = _finetune(checkpoint, recipe, finetune_epochs,
-                                           finetune_lr_scale, staged / "finetune")
+                                           finetune_lr_scale, distill_weight,
+                                           distill_temperature, staged / "finetune")
             finetuned_checkpoint = out_dir / finetuned.relative_to(staged)
         streaming = StreamingTSM(one_way).eval()
         checks, traced = _export_and_verify(streaming, one_way, staged, height, width,
@@ -388,10 +392,12 @@ def _online_accuracy(step: StepFn, height: int, width: int, scale_size: int,
 
 
 def _finetune(checkpoint: Path, recipe: dict[str, Any], epochs: int, lr_scale: float,
+              distill_weight: float, distill_temperature: float,
               run_dir: Path) -> tuple[nn.Module, Path]:
     """Fine-tune one-way on the recipe's training data: the recipe the checkpoint was trained
     with, unidirectional shift, initialised from ``checkpoint``, ``epochs`` epochs at
-    ``lr_scale`` times its learning rate (a converged model needs small steps)."""
+    ``lr_scale`` times its learning rate (a converged model needs small steps), distilling
+    from ``checkpoint`` as trained when ``distill_weight`` > 0."""
     from dataclasses import replace
 
     from tsmcli.engine.train import train
@@ -404,7 +410,9 @@ def _finetune(checkpoint: Path, recipe: dict[str, Any], epochs: int, lr_scale: f
         model=replace(base.model, shift="unidirectional", init_from=str(checkpoint),
                       pretrained=None),
         optim=replace(base.optim, lr=base.optim.lr * lr_scale, warmup_epochs=0.0),
-        train=replace(base.train, epochs=epochs, eval_every=epochs))
+        train=replace(base.train, epochs=epochs, eval_every=epochs,
+                      distill_from=str(checkpoint) if distill_weight > 0 else None,
+                      distill_weight=distill_weight, distill_temperature=distill_temperature))
     logger.info("fine-tuning one-way for %d epochs into %s", epochs, run_dir)
     result = train(derived, out_dir=run_dir)
     best = result.best_checkpoint or result.last_checkpoint
