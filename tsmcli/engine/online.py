@@ -220,9 +220,10 @@ def _check_labels(entries: Sequence[ListEntry], num_classes: int, list_file: str
 
 def _open(path: Path, num_frames: int | None, source: str | None, backend: str | None,
           frame_template: str) -> FrameSource:
-    """A frame folder or a video file; with ``source=None`` a folder is frames."""
+    """A frame folder or a video file; with ``source=None`` a folder is frames. The list's
+    frame count, when there is one, spares PyAV a counting pass (as in the clip dataset)."""
     if source not in (None, "frames", "videos"):
         raise DataError(f"unknown source {source!r}; choose frames or videos")
     if source == "frames" or (source is None and path.is_dir()):
         return FrameFolder(path, num_frames, template=frame_template)
-    return open_video(path, backend or "decord")
+    return open_video(path, backend or "decord", num_frames=num_frames)
