@@ -1,7 +1,7 @@
 """Clip loading against bare decoding: what the Dataset adds on top of the decoder.
 
-For 8-segment train sampling with the train transforms (multi-scale crop, flip, normalise to
-224) it times, in one process with one thread (as in one DataLoader worker):
+For 8-segment train sampling with the train transforms (multi-scale crop, flip, resize to 224,
+normalise) it times, in one process with one thread (as in one DataLoader worker):
 
 - decode: the floor, exactly the frames the dataset samples for the item decoded straight with
   the same library and calls, opening included (decord ``VideoReader`` + ``get_batch``; PyAV
@@ -181,7 +181,7 @@ def main() -> int:
     ]
     body = "\n".join(
         [
-            f"One train clip ({SEGMENTS} segments, multi-scale crop + flip + normalise to 224, crops "
+            f"One train clip ({SEGMENTS} segments, multi-scale crop + flip + resize to 224 + normalise, crops "
             f"drawn at short side 256) from {WIDTH}x{HEIGHT} H.264 videos of {FRAMES} frames or their "
             f"JPEG frames; one process, one thread; mean over {args.videos} videos of the median of "
             f"{args.reps} interleaved reps. decode: exactly the frames the dataset samples, decoded "
