@@ -353,11 +353,12 @@ def _latency_ms(streaming: StreamingTSM, plain: nn.Module, height: int, width: i
         "backbone_2d": lambda: plain(frame),
     }
     times: dict[str, list[float]] = {name: [] for name in runs}
-    with torch.no_grad():
+    names = list(runs)
+    with torch.inference_mode():  # as deployed: no autograd bookkeeping
         for rep in range(max(1, reps) + 1):
-            for name, fn in runs.items():
+            for name in names if rep % 2 else names[::-1]:  # neither always runs first
                 start = time.perf_counter()
-                fn()
+                runs[name]()
                 if rep:  # the first round warms up
                     times[name].append(time.perf_counter() - start)
     out = {name: 1000.0 * statistics.median(ts) for name, ts in times.items()}
