@@ -283,23 +283,14 @@ def resize_crop(crop: torch.Tensor, size: int, flip: bool = False) -> torch.Tens
     return horizontal_flip(clip) if flip else clip
 
 
-def train_clip(
-    frames: torch.Tensor,
-    label: int,
-    rng: np.random.Generator,
-    *,
-    input_size: int = 224,
-    scale_size: int | None = 256,
-    scales: Sequence[float] = TRAIN_SCALES,
-    flip: str = "on",
-    flip_pairs: Sequence[tuple[int, int]] = (),
-) -> tuple[torch.Tensor, int]:
+def train_clip(frames: torch.Tensor, label: int, rng: np.random.Generator, *,
+               input_size: int = 224, **options) -> tuple[torch.Tensor, int]:
     """Multi-scale crop and flip in one go: uint8 (T, 3, H, W) -> uint8 (T, 3, S, S), label.
 
     ``train_crop`` then ``resize_crop``: what the data loader and the trainer do between them.
+    ``options`` are ``draw_train_crop``'s (scale_size, scales, flip, flip_pairs).
     """
-    cropped = train_crop(frames, label, rng, input_size=input_size, scale_size=scale_size,
-                         scales=scales, flip=flip, flip_pairs=flip_pairs)
+    cropped = train_crop(frames, label, rng, input_size=input_size, **options)
     return resize_crop(cropped.frames, input_size, cropped.flip), cropped.label
 
 
