@@ -46,7 +46,7 @@ from tsmcli.engine.state import (
     restore_rng,
     seed_everything,
 )
-from tsmcli.errors import TrainingError
+from tsmcli.errors import CheckpointError, TrainingError
 from tsmcli.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -261,7 +261,6 @@ class _Run:
         t = self.recipe.train
         if not t.distill_from:
             return None
-        from tsmcli.errors import CheckpointError
         from tsmcli.model.checkpoint import load_model
 
         teacher = load_model(t.distill_from, num_segments=self.recipe.model.num_segments)
