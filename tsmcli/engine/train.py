@@ -142,7 +142,6 @@ class _Run:
         elif self.ctx.is_main:
             for key, value, off in (
                 ("train.amp", t.amp, "none"),
-                ("train.channels_last", t.channels_last, False),
                 ("train.sync_bn", t.sync_bn, False),
             ):
                 if value != off:
@@ -241,7 +240,7 @@ class _Run:
         if t.sync_bn and self.ctx.distributed and self.cuda:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model.to(self.device)
-        if t.channels_last and self.cuda:
+        if t.channels_last:
             model.to(memory_format=torch.channels_last)
         self.model = model  # the unwrapped model: what checkpoints store
         self.net: nn.Module = model
