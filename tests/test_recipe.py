@@ -11,7 +11,8 @@ from tsmcli.errors import RecipeError
 from tsmcli.recipe import Recipe, apply_overrides, load_recipe, shipped_recipes
 from tsmcli.resources import recipes_dir
 
-SHIPPED = ["demo", "kinetics_r50", "kinetics_r50_online", "sthv2_r50", "ucf101_r50_finetune"]
+SHIPPED = ["demo", "kinetics_r50", "kinetics_r50_dense", "kinetics_r50_online", "sthv2_r50",
+           "ucf101_r50_finetune"]
 
 
 def _write(tmp_path: Path, text: str, name: str = "mine.yaml") -> Path:

@@ -31,3 +31,12 @@ def datasets_dir() -> Path:
 def labels_dir() -> Path:
     """Folder of the shipped class lists, one class name a line."""
     return datasets_dir() / "labels"
+
+
+# the model zoo registry sits beside the dataset manifests (it ships the same way) but is not one
+ZOO_REGISTRY = "zoo.yaml"
+
+
+def zoo_registry_path() -> Path:
+    """The shipped model zoo registry (``datasets/zoo.yaml``)."""
+    return datasets_dir() / ZOO_REGISTRY

@@ -45,7 +45,7 @@ from tsmcli.data.lists import (
     write_list,
 )
 from tsmcli.errors import DataError, UsageError
-from tsmcli.resources import datasets_dir
+from tsmcli.resources import ZOO_REGISTRY, datasets_dir
 
 log = logging.getLogger(__name__)
 
@@ -124,14 +124,14 @@ class DatasetManifest:
 
 
 def list_manifests() -> list[str]:
-    """Names of the shipped dataset manifests."""
-    return sorted(p.stem for p in datasets_dir().glob("*.yaml"))
+    """Names of the shipped dataset manifests (the model zoo registry beside them is not one)."""
+    return sorted(p.stem for p in datasets_dir().glob("*.yaml") if p.name != ZOO_REGISTRY)
 
 
 def load_manifest(name: str) -> DatasetManifest:
     """The shipped manifest of a dataset; an unknown name is an error naming the closest one."""
     path = datasets_dir() / f"{name}.yaml"
-    if not path.is_file():
+    if not path.is_file() or path.name == ZOO_REGISTRY:
         known = list_manifests()
         close = difflib.get_close_matches(name, known, n=1)
         hint = f"did you mean {close[0]!r}?" if close else f"choose one of {', '.join(known)}"
