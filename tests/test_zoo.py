@@ -18,8 +18,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from click.testing import CliRunner
 
 from tsmcli import zoo
+from tsmcli.cli import cli
 from tsmcli.errors import CheckpointError, DataError, UsageError
 from tsmcli.resources import zoo_registry_path
 
@@ -378,3 +380,28 @@ def test_resolve_checkpoint_takes_a_path_or_a_cached_name(payload, tmp_path, mon
         zoo.resolve_checkpoint("tsm-k400-r50")
     with pytest.raises(CheckpointError, match=r"runs/x/best.pt: no such checkpoint file"):
         zoo.resolve_checkpoint("runs/x/best.pt")
+
+
+def test_cli_zoo_list_and_download(payload, tmp_path, monkeypatch):
+    monkeypatch.setenv("TSM_HOME", str(tmp_path))
+    entry = zoo.get_entry("tsm-sthv2-r50-8f")
+    cached = tmp_path / "checkpoints" / entry.file
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(payload)
+    result = CliRunner().invoke(cli, ["zoo", "list"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split() == ["name", "dataset", "frames", "protocol", "top-1", "downloaded"]
+    assert len(lines) == 1 + len(zoo.list_entries())
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert rows["tsm-sthv2-r50-8f"] == ["tsm-sthv2-r50-8f", "sthv2", "8", "sthv2", "61.2", "yes"]
+    assert rows["tsm-k400-r50-8f-dense"] == [
+        "tsm-k400-r50-8f-dense", "kinetics400", "8", "kinetics", "74.1", "no"]
+    assert rows["tsm-jester-mbv2-online"] == ["tsm-jester-mbv2-online", "jester", "-", "-", "-", "no"]
+    result = CliRunner().invoke(cli, ["zoo", "download", "tsm-sthv2-r50-8f"])
+    assert result.exit_code == 0 and result.output.strip().splitlines()[-1] == str(cached)
+    result = CliRunner().invoke(cli, ["zoo", "download", "tsm-sthv2-r50"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "error: unknown model zoo name 'tsm-sthv2-r50'; did you mean 'tsm-sthv2-r50-8f' or "
+        "'tsm-sthv2-r50-16f' or 'tsm-sthv1-r50-8f'?"]

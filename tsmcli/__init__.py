@@ -23,6 +23,8 @@ _API = {
     "evaluate": "tsmcli.engine.evaluate",
     "convert_online": "tsmcli.model.export",
     "demo": "tsmcli.demo",
+    "download_checkpoint": "tsmcli.zoo",
+    "resolve_checkpoint": "tsmcli.zoo",
 }
 
 __all__ = ["__version__", *_API]
