@@ -23,7 +23,10 @@ from click.testing import CliRunner
 from tsmcli import zoo
 from tsmcli.cli import cli
 from tsmcli.errors import CheckpointError, DataError, UsageError
-from tsmcli.resources import zoo_registry_path
+from tsmcli.resources import recipes_dir, zoo_registry_path
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
 
 # ---------------------------------------------------------------------------------------------
 # the shipped registry
@@ -90,6 +93,34 @@ def test_the_official_numbers_are_those_of_the_official_readme():
     dense = zoo.get_entry("tsm-k400-r50-8f-dense")
     assert dense.file.endswith("_e100_dense.pth") and dense.sampling == "dense"
     assert dense.recipe == "kinetics_r50_dense"
+
+
+def test_readme_reproduction_table_lists_every_recipe_result_of_the_registry():
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## Reproducing the paper"):]
+    rows = re.findall(r"^\| `([^`]+)` \| `([^`]+)` \| ([\d.]+) \| `([a-z0-9.-]+)` \|$", section,
+                      flags=re.M)
+    table = {(name, re.sub(r" --segments \d+", "", proto), recipe): float(top1)
+             for recipe, proto, top1, name in rows}
+    expected = {}
+    for entry in zoo.list_entries():
+        if entry.recipe is None:
+            continue
+        recipe = " ".join([entry.recipe, *(f"--set {o}" for o in entry.recipe_overrides)])
+        for result in entry.results:
+            expected[(entry.name, result.protocol.cli_args(), recipe)] = result.top1
+    assert table == expected
+
+
+def test_recipe_headers_name_the_checkpoint_they_reproduce_and_its_number():
+    for entry in zoo.list_entries():
+        if entry.recipe is None or entry.recipe_overrides:
+            continue
+        text = (recipes_dir() / f"{entry.recipe}.yaml").read_text(encoding="utf-8")
+        header = text[:text.index("model:")]
+        assert entry.name in header, entry.recipe
+        for result in entry.results:
+            assert f"{result.top1:g}%" in header and result.protocol.cli_args() in header
 
 
 def test_zoo_sits_at_the_bottom_of_the_package():

@@ -9,17 +9,23 @@ never guessed from the file name.
 
 Test protocols (presets; any explicit option overrides one field of the preset). The crop
 sizes are those of a 224 recipe (``data.input_size`` 224, ``data.scale_size`` 256); other
-recipes scale the same way. The accuracies are the official TSM ResNet-50 8-frame results.
+recipes scale the same way. Each accuracy is the published top-1 of one official TSM
+ResNet-50 8-frame checkpoint (named as in the model zoo, ``datasets/zoo.yaml``, which gives
+the source of every number): a number belongs to a checkpoint and a protocol together.
 
-=========  =====  =====  ===============================================  =================
-protocol   clips  crops  views of a video                                 paper top-1
-=========  =====  =====  ===============================================  =================
-single     1      1      segment centres; short side 256, centre 224      Kinetics-400 71.2
-kinetics   10     3      dense (T frames, stride 64/T, 10 starts);        Kinetics-400 74.1
-                         short side 256, three 256x256 crops (full res)
-sthv2      1 x2   3      segment centres + starts (twice-sample);         SSv2 61.2
-                         short side 256, three 256x256 crops (full res)
-=========  =====  =====  ===============================================  =================
+=========  =====  =====  ======================================  ============================
+protocol   clips  crops  views of a video                        published top-1 (checkpoint)
+=========  =====  =====  ======================================  ============================
+single     1      1      segment centres; short side 256,        K400 71.2, 72.8 with
+                         centre 224                              crops=10 (tsm-k400-r50-8f:
+                                                                 uniform, 50 epochs)
+kinetics   10     3      dense (T frames, stride 64/T, 10        K400 74.1
+                         starts); short side 256, three          (tsm-k400-r50-8f-dense:
+                         256x256 crops (full res)                dense, 100 epochs)
+sthv2      1 x2   3      segment centres + starts (twice-        SSv2 61.2
+                         sample); short side 256, three          (tsm-sthv2-r50-8f)
+                         256x256 crops (full res)
+=========  =====  =====  ======================================  ============================
 
 Views: single 1, kinetics 30, sthv2 6. Without ``protocol`` the preset is ``single``, made
 dense when the checkpoint's recipe trained with dense sampling.
