@@ -592,8 +592,17 @@ def test_a_clip_with_two_labels_is_refused_unless_told_which_to_keep(tmp_path, d
 
 def test_cli_reports_repeats_and_refuses_two_labels_in_one_line(tmp_path):
     ann, root, rows, classes = _repeats_case(tmp_path, "jester", _ROWS + _CONFLICT)
-    command = ["build-list", "--dataset", "jester", "--root", str(root),
-               "--annotations", str(ann), "--out", str(tmp_path / "out")]
+    command = [
+        "build-list",
+        "--dataset",
+        "jester",
+        "--root",
+        str(root),
+        "--annotations",
+        str(ann),
+        "--out",
+        str(tmp_path / "out"),
+    ]
 
     refused = CliRunner().invoke(cli, command)
     assert refused.exit_code == 1
@@ -610,9 +619,10 @@ def test_cli_reports_repeats_and_refuses_two_labels_in_one_line(tmp_path):
         f"the later one), 1 with two labels (kept the first label): see "
         f"{tmp_path / 'out' / 'duplicates.txt'}"
     )
-    assert "--conflicting-labels [error|first|drop]" in CliRunner().invoke(
-        cli, ["build-list", "--help"]
-    ).output
+    assert (
+        "--conflicting-labels [error|first|drop]"
+        in CliRunner().invoke(cli, ["build-list", "--help"]).output
+    )
 
 
 # ---------------------------------------------------------------------------- bad input
@@ -659,7 +669,10 @@ def test_kinetics_times_that_cannot_name_a_clip_are_refused(tmp_path, start, end
     ("entry", "message"),
     [
         ({"id": "7", "template": 12}, '"template" is a JSON number, not a string'),
-        ({"id": "7", "template": ["Holding [something]"]}, '"template" is a JSON array, not a string'),
+        (
+            {"id": "7", "template": ["Holding [something]"]},
+            '"template" is a JSON array, not a string',
+        ),
         ({"id": ["7"], "template": "Holding something"}, '"id" is a JSON array, not a string'),
         ("7;Holding something", "is a JSON string, not an object with"),
     ],
@@ -700,8 +713,18 @@ def test_a_bad_template_is_a_usage_error_before_any_work(tmp_path, template, pro
     assert not (tmp_path / "out").exists()
 
     result = CliRunner().invoke(
-        cli, ["build-list", "--dataset", "folder", "--root", str(tmp_path / "data"),
-              "--out", str(tmp_path / "out"), "--template", template]
+        cli,
+        [
+            "build-list",
+            "--dataset",
+            "folder",
+            "--root",
+            str(tmp_path / "data"),
+            "--out",
+            str(tmp_path / "out"),
+            "--template",
+            template,
+        ],
     )
     assert result.exit_code == 2
     assert result.output.splitlines() == [f"error: {caught.value}"]
@@ -722,8 +745,8 @@ def test_an_out_path_that_is_or_is_under_a_file_is_refused_before_any_work(
     measured = []
     monkeypatch.setattr(adapters, "_measure", lambda *args: measured.append(args) or (2, ""))
     result = CliRunner().invoke(
-        cli, ["build-list", "--dataset", "folder", "--root", str(tmp_path / "data"),
-              "--out", str(out)]
+        cli,
+        ["build-list", "--dataset", "folder", "--root", str(tmp_path / "data"), "--out", str(out)],
     )
     assert result.exit_code == 2
     expected = (
