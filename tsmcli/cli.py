@@ -69,14 +69,18 @@ def _setup_logging() -> None:
 @cli.command()
 @click.argument("src", type=click.Path(path_type=Path))
 @click.argument("dst", type=click.Path(path_type=Path))
-@click.option("--short-side", default=256, show_default=True, help="Resize so the short side is N (0 keeps the size).")
+@click.option("--short-side", default=256, show_default=True, help="Resize so the short side is N >= 2 (0 keeps the size).")
 @click.option("--fps", type=float, default=None, help="Frames per second to keep (default: every frame).")
 @click.option("--quality", default=90, show_default=True, help="JPEG quality (1-100).")
 @click.option("--workers", type=int, default=None, help="Processes (default: the core count).")
 @click.option("--overwrite", is_flag=True, help="Extract again even where a finished folder exists.")
 @click.option("--strict", is_flag=True, help="Exit 1 if any video fails.")
 def extract(src, dst, short_side, fps, quality, workers, overwrite, strict) -> None:
-    """Decode every video under SRC into a folder of JPEG frames under DST."""
+    """Decode every video under SRC into a folder of JPEG frames under DST.
+
+    Videos that cannot be decoded (or whose worker process dies) are listed in
+    DST/failures.csv and the run goes on. One run at a time per DST (DST/.tsm-extract.lock).
+    """
     from tsmcli.data.extract import extract as run_extract
 
     result = run_extract(src, dst, short_side=short_side, fps=fps, quality=quality,

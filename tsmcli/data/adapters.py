@@ -508,8 +508,13 @@ def _json_type(value: Any) -> str:
     """The JSON name of a parsed value's type, for messages."""
     if value is None:
         return "null"
-    for kind, name in ((bool, "boolean"), (str, "string"), (int | float, "number"),
-                       (list, "array"), (dict, "object")):
+    for kind, name in (
+        (bool, "boolean"),
+        (str, "string"),
+        (int | float, "number"),
+        (list, "array"),
+        (dict, "object"),
+    ):
         if isinstance(value, kind):
             return name
     return type(value).__name__
@@ -558,7 +563,9 @@ def _ucf101(
                 )
             stem = Path(file_name).stem
             out.records.append(
-                _Record(role, stem, lookup[class_name], f"{class_name}/{stem}", where, (class_name,))
+                _Record(
+                    role, stem, lookup[class_name], f"{class_name}/{stem}", where, (class_name,)
+                )
             )
     return out
 
