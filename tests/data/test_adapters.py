@@ -558,7 +558,8 @@ def test_a_clip_with_two_labels_is_refused_unless_told_which_to_keep(tmp_path, d
     with pytest.raises(DataError) as refused:
         build_list(dataset, root, tmp_path / "out", annotations=ann)
     assert str(refused.value) == (
-        f"{c_train}: labelled {classes[1]!r} ({c_train_at}) and {classes[0]!r} ({c_val_at}); "
+        f"clip {c_train}: labelled {classes[1]!r} ({c_train_at}) and {classes[0]!r} "
+        f"({c_val_at}); "
         "fix the annotations, or pass --conflicting-labels first (keep the first label) or "
         "drop (leave the clip out)"
     )
@@ -607,7 +608,7 @@ def test_cli_reports_repeats_and_refuses_two_labels_in_one_line(tmp_path):
     refused = CliRunner().invoke(cli, command)
     assert refused.exit_code == 1
     assert refused.output.splitlines() == [
-        f"error: 102: labelled {classes[1]!r} ({rows[5][1]}) and {classes[0]!r} "
+        f"error: clip 102: labelled {classes[1]!r} ({rows[5][1]}) and {classes[0]!r} "
         f"({rows[6][1]}); fix the annotations, or pass --conflicting-labels first (keep the "
         "first label) or drop (leave the clip out)"
     ]
@@ -661,7 +662,7 @@ def test_kinetics_times_that_cannot_name_a_clip_are_refused(tmp_path, start, end
         build_list("kinetics400", tmp_path, tmp_path / "out")
     assert str(caught.value) == (
         f"{tmp_path / 'kinetics_train.csv'}:3: time_start/time_end must be seconds (finite "
-        f"numbers >= 0), got {start!r}, {end!r}; the CSV row is malformed"
+        f"numbers >= 0), got {start!r}, {end!r}; fix or remove this row"
     )
 
 

@@ -383,7 +383,7 @@ def _kinetics(
             if start is None or end is None:
                 raise DataError(
                     f"{where}: time_start/time_end must be seconds (finite numbers >= 0), got "
-                    f"{row['time_start']!r}, {row['time_end']!r}; the CSV row is malformed"
+                    f"{row['time_start']!r}, {row['time_end']!r}; fix or remove this row"
                 )
             if not yid:
                 raise DataError(f"{where}: empty youtube_id; the CSV row is malformed")
@@ -926,7 +926,7 @@ def _drop_repeats(
         group = next(g for g in groups.values() if g[0].key in conflicting)
         first, other = group[0], next(r for r in group if r.label != group[0].label)
         raise DataError(
-            f"{first.name}: labelled {classes[first.label]!r} ({first.origin}) and "
+            f"clip {first.name}: labelled {classes[first.label]!r} ({first.origin}) and "
             f"{classes[other.label]!r} ({other.origin}); fix the annotations, or pass "
             "--conflicting-labels first (keep the first label) or drop (leave the clip out)"
         )
