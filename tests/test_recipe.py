@@ -175,6 +175,18 @@ def test_ranges_are_checked():
     assert "data.flip" in _error("demo", ["data.flip=swap"])  # swap needs a manifest
 
 
+@pytest.mark.parametrize(
+    ("template", "problem"),
+    [("00001.jpg", "no {} field for the frame number"), ("img_{}_{}.jpg", "2 fields")],
+)
+def test_a_frame_template_without_one_integer_field_names_the_key(template, problem):
+    # the check build-list's --template uses, reported as the recipe key
+    assert _error("demo", [f"data.frame_template={template}"]).endswith(
+        f"data.frame_template {template!r} is not a frame file name with one integer field "
+        f"({problem}); use e.g. 'img_{{:05d}}.jpg'"
+    )
+
+
 def test_recipe_is_frozen_and_yaml_round_trips(tmp_path):
     recipe = load_recipe("kinetics_r50", ["optim.fc_lr5=false"])
     with pytest.raises(dataclasses.FrozenInstanceError):

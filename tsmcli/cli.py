@@ -69,14 +69,18 @@ def _setup_logging() -> None:
 @cli.command()
 @click.argument("src", type=click.Path(path_type=Path))
 @click.argument("dst", type=click.Path(path_type=Path))
-@click.option("--short-side", default=256, show_default=True, help="Resize so the short side is N (0 keeps the size).")
+@click.option("--short-side", default=256, show_default=True, help="Resize so the short side is N >= 2 (0 keeps the size).")
 @click.option("--fps", type=float, default=None, help="Frames per second to keep (default: every frame).")
 @click.option("--quality", default=90, show_default=True, help="JPEG quality (1-100).")
 @click.option("--workers", type=int, default=None, help="Processes (default: the core count).")
 @click.option("--overwrite", is_flag=True, help="Extract again even where a finished folder exists.")
 @click.option("--strict", is_flag=True, help="Exit 1 if any video fails.")
 def extract(src, dst, short_side, fps, quality, workers, overwrite, strict) -> None:
-    """Decode every video under SRC into a folder of JPEG frames under DST."""
+    """Decode every video under SRC into a folder of JPEG frames under DST.
+
+    Videos that cannot be decoded (or whose worker process dies) are listed in
+    DST/failures.csv and the run goes on. One run at a time per DST (DST/.tsm-extract.lock).
+    """
     from tsmcli.data.extract import extract as run_extract
 
     result = run_extract(src, dst, short_side=short_side, fps=fps, quality=quality,
@@ -99,13 +103,21 @@ def extract(src, dst, short_side, fps, quality, workers, overwrite, strict) -> N
 @click.option("--label-order", type=click.Choice(["official", "sorted"]), default="official", show_default=True,
               help="sthv1/jester: labels CSV order (mmaction2) or sorted (official TSM checkpoints).")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Threads counting frames / opening videos (default: up to 8).")
-def build_list(dataset, root, out, annotations, source, split, val_fraction, seed, template, label_order, workers) -> None:
-    """Write TSN list files (train.txt, val.txt, classes.txt) for a dataset."""
+@click.option("--conflicting-labels", type=click.Choice(["error", "first", "drop"]), default="error", show_default=True,
+              help="A clip annotated with two different labels: stop and name it (error), keep the label read "
+                   "first, train before val before test (first), or leave the clip out (drop).")
+def build_list(dataset, root, out, annotations, source, split, val_fraction, seed, template, label_order, workers,
+               conflicting_labels) -> None:
+    """Write TSN list files (train.txt, val.txt, classes.txt) for a dataset.
+
+    A clip listed twice in a split, or also in an earlier split (train, val, test), is written
+    once; the rows left out are counted and listed in OUT/duplicates.txt.
+    """
     from tsmcli.data.adapters import build_list as build
 
     result = build(dataset, root, out, annotations=annotations, source=source, split=split,
                    val_fraction=val_fraction, seed=seed, template=template, label_order=label_order,
-                   workers=workers)
+                   workers=workers, conflicting_labels=conflicting_labels)
     for name, path in result.lists.items():
         click.echo(f"{path.name}: {result.counts[name]} {result.source}")
     click.echo(f"{result.classes_file.name}: {result.num_classes} classes (written to {out})")
@@ -115,6 +127,13 @@ def build_list(dataset, root, out, annotations, source, split, val_fraction, see
         click.echo(f"{name}: {count} entries without labels, not written")
     if result.num_missing:
         click.echo(f"{result.num_missing} annotated clips missing or empty: see {result.missing_file}")
+    if result.num_duplicates or result.num_overlaps or result.num_conflicts:
+        counts = [f"{result.num_duplicates} listed twice in a split",
+                  f"{result.num_overlaps} also in an earlier split (left out of the later one)"]
+        if result.num_conflicts:
+            resolved = "kept the first label" if conflicting_labels == "first" else "left out"
+            counts.append(f"{result.num_conflicts} with two labels ({resolved})")
+        click.echo(f"repeated clips: {', '.join(counts)}: see {result.duplicates_file}")
 
 
 @cli.command()

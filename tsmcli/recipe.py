@@ -28,6 +28,7 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 
+from tsmcli.data.decode import check_frame_template
 from tsmcli.errors import RecipeError
 from tsmcli.resources import recipes_dir
 
@@ -115,12 +116,7 @@ class DataConfig:
             "swap needs data.dataset (the manifest with the left/right label pairs)",
             self.flip,
         )
-        _require(
-            "{" in self.frame_template,
-            "data.frame_template",
-            "must contain a {} field, e.g. img_{:05d}.jpg",
-            self.frame_template,
-        )
+        check_frame_template(self.frame_template, "data.frame_template", RecipeError)
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ and tiny frame folders: exact list contents, official label indices, missing cli
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,9 @@ from click.testing import CliRunner
 from torchvision.io import encode_jpeg
 
 from tsmcli.cli import cli
+from tsmcli.data import adapters
 from tsmcli.data.adapters import build_list, load_manifest
+from tsmcli.data.decode import check_frame_template
 from tsmcli.data.lists import read_classes
 from tsmcli.errors import DataError, UsageError
 from tsmcli.resources import labels_dir
@@ -421,4 +424,362 @@ def test_paths_with_spaces_are_refused_before_any_work(tmp_path):
     _folder_dataset(tmp_path / "data", {"air drumming": 2})
     with pytest.raises(DataError, match=r"air drumming/clip0\d: list paths cannot contain spaces"):
         build_list("folder", tmp_path / "data", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------- repeated clips
+
+# Annotation rows (split, clip, class index). A is listed twice in train, B in train and val,
+# D only in val; C (added for the conflict cases) is class 1 in train and class 0 in val.
+_ROWS = [("train", "A", 0), ("train", "A", 0), ("train", "B", 0), ("val", "B", 0), ("val", "D", 0)]
+_CONFLICT = [("train", "C", 1), ("val", "C", 0)]
+# Each writer writes rows in one dataset family's annotation format, and a frame folder for
+# each clip, and returns (name in missing.txt / duplicates.txt, origin) for each row.
+
+
+def _write_kinetics(ann: Path, root: Path, rows) -> list[tuple[str, str]]:
+    k400 = labels("kinetics_k400.txt")
+    files = {"train": ann / "kinetics_train.csv", "val": ann / "kinetics_val.csv"}
+    text = {split: ["label,youtube_id,time_start,time_end,split"] for split in files}
+    out = []
+    for split, clip, label in rows:
+        start = "ABCD".index(clip)
+        text[split].append(f'"{k400[label]}",{clip * 11},{start},{start + 10},{split}')
+        name = f"{clip * 11}_{start:06d}_{start + 10:06d}"
+        out.append((name, f"{files[split]}:{len(text[split])}"))
+        frames(root / name, 2)
+    for split, path in files.items():
+        path.write_text("\n".join(text[split]) + "\n")
+    return out
+
+
+def _write_jester(ann: Path, root: Path, rows) -> list[tuple[str, str]]:
+    jester = labels("jester.txt")
+    files = {"train": ann / "jester-v1-train.csv", "val": ann / "jester-v1-validation.csv"}
+    text: dict[str, list[str]] = {split: [] for split in files}
+    out = []
+    for split, clip, label in rows:
+        vid = str(100 + "ABCD".index(clip))
+        text[split].append(f"{vid};{jester[label]}")
+        out.append((vid, f"{files[split]}:{len(text[split])}"))
+        frames(root / vid, 2, "{:05d}.jpg")
+    for split, path in files.items():
+        path.write_text("\n".join(text[split]) + "\n")
+    return out
+
+
+def _write_sthv2(ann: Path, root: Path, rows) -> list[tuple[str, str]]:
+    ssv2 = labels("sthv2.txt")
+    files = {
+        "train": ann / "something-something-v2-train.json",
+        "val": ann / "something-something-v2-validation.json",
+    }
+    entries: dict[str, list[dict]] = {split: [] for split in files}
+    out = []
+    for split, clip, label in rows:
+        vid = str(200 + "ABCD".index(clip))
+        out.append((vid, f"{files[split]}: entry {len(entries[split])} (id {vid})"))
+        entries[split].append({"id": vid, "template": ssv2[label]})
+        frames(root / vid, 2)
+    for split, path in files.items():
+        path.write_text(json.dumps(entries[split]))
+    return out
+
+
+def _write_ucf101(ann: Path, root: Path, rows) -> list[tuple[str, str]]:
+    """The class is the folder named in the split file; every clip's frames are in class 0."""
+    ucf = labels("ucf101.txt")
+    files = {"train": ann / "trainlist01.txt", "val": ann / "testlist01.txt"}
+    text: dict[str, list[str]] = {split: [] for split in files}
+    out = []
+    for split, clip, label in rows:
+        number = f" {label + 1}" if split == "train" else ""  # testlist has no label column
+        text[split].append(f"{ucf[label]}/v_{clip}.avi{number}")
+        out.append((f"{ucf[label]}/v_{clip}", f"{files[split]}:{len(text[split])}"))
+        frames(root / ucf[0] / f"v_{clip}", 2)
+    for split, path in files.items():
+        path.write_text("\n".join(text[split]) + "\n")
+    return out
+
+
+def _write_hmdb51(ann: Path, root: Path, rows) -> list[tuple[str, str]]:
+    """One file per class, '<video>.avi 1' (train) or '2' (test) a line."""
+    hmdb = labels("hmdb51.txt")
+    text: dict[str, list[str]] = {name: [] for name in hmdb}
+    out = []
+    for split, clip, label in rows:
+        text[hmdb[label]].append(f"{clip}_video.avi {1 if split == 'train' else 2}")
+        path = ann / f"{hmdb[label]}_test_split1.txt"
+        out.append((f"{hmdb[label]}/{clip}_video", f"{path}:{len(text[hmdb[label]])}"))
+        frames(root / hmdb[0] / f"{clip}_video", 2)
+    for name, body in text.items():
+        (ann / f"{name}_test_split1.txt").write_text("".join(f"{line}\n" for line in body))
+    return out
+
+
+_FAMILIES = {
+    "kinetics400": (_write_kinetics, "kinetics_k400.txt"),
+    "jester": (_write_jester, "jester.txt"),
+    "sthv2": (_write_sthv2, "sthv2.txt"),
+    "ucf101": (_write_ucf101, "ucf101.txt"),
+    "hmdb51": (_write_hmdb51, "hmdb51.txt"),
+}
+
+
+def _repeats_case(tmp_path: Path, dataset: str, rows):
+    ann, root = tmp_path / "ann", tmp_path / "root"
+    ann.mkdir()
+    write, label_file = _FAMILIES[dataset]
+    return ann, root, write(ann, root, rows), labels(label_file)
+
+
+@pytest.mark.parametrize("dataset", sorted(_FAMILIES))
+def test_a_clip_twice_in_a_split_or_in_two_splits_is_written_once_and_reported(tmp_path, dataset):
+    ann, root, rows, _ = _repeats_case(tmp_path, dataset, _ROWS)
+
+    result = build_list(dataset, root, tmp_path / "out", annotations=ann)
+
+    a, b, d = rows[0][0], rows[2][0], rows[4][0]
+    assert lines(result.lists["train"]) == [f"{a} 2 0", f"{b} 2 0"]
+    assert lines(result.lists["val"]) == [f"{d} 2 0"]  # B left val: it is trained on
+    assert (result.num_duplicates, result.num_overlaps, result.num_conflicts) == (1, 1, 0)
+    assert result.duplicates_file == tmp_path / "out" / "duplicates.txt"
+    assert lines(result.duplicates_file) == [
+        f"train\t{a}\tlisted again ({rows[1][1]}) after {rows[0][1]}",
+        f"val\t{b}\talso in train ({rows[2][1]}); left out of val",
+    ]
+
+
+@pytest.mark.parametrize("dataset", sorted(_FAMILIES))
+def test_a_clip_with_two_labels_is_refused_unless_told_which_to_keep(tmp_path, dataset):
+    ann, root, rows, classes = _repeats_case(tmp_path, dataset, _ROWS + _CONFLICT)
+    (c_train, c_train_at), (c_val, c_val_at) = rows[5], rows[6]
+
+    with pytest.raises(DataError) as refused:
+        build_list(dataset, root, tmp_path / "out", annotations=ann)
+    assert str(refused.value) == (
+        f"clip {c_train}: labelled {classes[1]!r} ({c_train_at}) and {classes[0]!r} "
+        f"({c_val_at}); "
+        "fix the annotations, or pass --conflicting-labels first (keep the first label) or "
+        "drop (leave the clip out)"
+    )
+    assert not (tmp_path / "out").exists()
+
+    a, b, d = rows[0][0], rows[2][0], rows[4][0]
+    first = build_list(
+        dataset, root, tmp_path / "first", annotations=ann, conflicting_labels="first"
+    )
+    train = lines(first.lists["train"])
+    assert train[:2] == [f"{a} 2 0", f"{b} 2 0"] and train[2].split()[1:] == ["2", "1"]
+    assert len(train) == 3 and lines(first.lists["val"]) == [f"{d} 2 0"]
+    assert (first.num_duplicates, first.num_overlaps, first.num_conflicts) == (1, 1, 1)
+    assert lines(first.duplicates_file)[2] == (
+        f"val\t{c_val}\tlabelled {classes[0]!r} ({c_val_at}), first {classes[1]!r} "
+        f"({c_train_at}); kept the first"
+    )
+
+    drop = build_list(dataset, root, tmp_path / "drop", annotations=ann, conflicting_labels="drop")
+    assert lines(drop.lists["train"]) == [f"{a} 2 0", f"{b} 2 0"]
+    assert lines(drop.lists["val"]) == [f"{d} 2 0"]
+    both = f"labelled {classes[1]!r} ({c_train_at}), {classes[0]!r} ({c_val_at}); left out"
+    assert lines(drop.duplicates_file) == [
+        f"train\t{a}\tlisted again ({rows[1][1]}) after {rows[0][1]}",
+        f"train\t{c_train}\t{both}",
+        f"val\t{b}\talso in train ({rows[2][1]}); left out of val",
+        f"val\t{c_val}\t{both}",
+    ]
+    assert (drop.num_duplicates, drop.num_overlaps, drop.num_conflicts) == (1, 1, 1)
+
+
+def test_cli_reports_repeats_and_refuses_two_labels_in_one_line(tmp_path):
+    ann, root, rows, classes = _repeats_case(tmp_path, "jester", _ROWS + _CONFLICT)
+    command = [
+        "build-list",
+        "--dataset",
+        "jester",
+        "--root",
+        str(root),
+        "--annotations",
+        str(ann),
+        "--out",
+        str(tmp_path / "out"),
+    ]
+
+    refused = CliRunner().invoke(cli, command)
+    assert refused.exit_code == 1
+    assert refused.output.splitlines() == [
+        f"error: clip 102: labelled {classes[1]!r} ({rows[5][1]}) and {classes[0]!r} "
+        f"({rows[6][1]}); fix the annotations, or pass --conflicting-labels first (keep the "
+        "first label) or drop (leave the clip out)"
+    ]
+
+    kept = CliRunner().invoke(cli, [*command, "--conflicting-labels", "first"])
+    assert kept.exit_code == 0, kept.output
+    assert kept.output.splitlines()[-1] == (
+        "repeated clips: 1 listed twice in a split, 1 also in an earlier split (left out of "
+        f"the later one), 1 with two labels (kept the first label): see "
+        f"{tmp_path / 'out' / 'duplicates.txt'}"
+    )
+    assert (
+        "--conflicting-labels [error|first|drop]"
+        in CliRunner().invoke(cli, ["build-list", "--help"]).output
+    )
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("dataset", "file", "body"),
+    [
+        ("kinetics400", "kinetics_train.csv", b"label,youtube_id,time_start,time_end\nabseiling,"),
+        ("jester", "jester-v1-train.csv", b"1;Swiping Left\n2;Swiping Left\n3;"),
+        ("sthv2", "something-something-v2-train.json", b'[{"id": "1",\n"template": "'),
+    ],
+)
+def test_an_annotation_file_that_is_not_utf8_names_the_line_and_byte(tmp_path, dataset, file, body):
+    (tmp_path / file).write_bytes(b"\xef\xbb\xbf" + body + b"caf\xe9\n")  # BOM, then Latin-1
+    offset = 3 + len(body) + 3
+    with pytest.raises(DataError) as caught:
+        build_list(dataset, tmp_path, tmp_path / "out")
+    line = body.count(b"\n") + 1
+    assert str(caught.value) == (
+        f"{tmp_path / file}:{line}: not UTF-8 text (byte 0xe9 at offset {offset}); "
+        "re-save the file as UTF-8"
+    )
+
+
+@pytest.mark.parametrize(
+    ("start", "end"), [("inf", "10"), ("nan", "10"), ("-1", "9"), ("abc", "10"), ("0", "1e999")]
+)
+def test_kinetics_times_that_cannot_name_a_clip_are_refused(tmp_path, start, end):
+    (tmp_path / "kinetics_train.csv").write_text(
+        "label,youtube_id,time_start,time_end\n"
+        "abseiling,0wR5jVB-WPk,417,427\n"
+        f"abseiling,aaaaaaaaaaa,{start},{end}\n"
+    )
+    with pytest.raises(DataError) as caught:
+        build_list("kinetics400", tmp_path, tmp_path / "out")
+    assert str(caught.value) == (
+        f"{tmp_path / 'kinetics_train.csv'}:3: time_start/time_end must be seconds (finite "
+        f"numbers >= 0), got {start!r}, {end!r}; fix or remove this row"
+    )
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"id": "7", "template": 12}, '"template" is a JSON number, not a string'),
+        (
+            {"id": "7", "template": ["Holding [something]"]},
+            '"template" is a JSON array, not a string',
+        ),
+        ({"id": ["7"], "template": "Holding something"}, '"id" is a JSON array, not a string'),
+        ("7;Holding something", "is a JSON string, not an object with"),
+    ],
+)
+def test_sthv2_json_of_the_wrong_types_is_one_clear_error(tmp_path, entry, message):
+    (tmp_path / "something-something-v2-train.json").write_text(
+        json.dumps([{"id": "1", "template": "Holding something"}, entry])
+    )
+    with pytest.raises(DataError) as caught:
+        build_list("sthv2", tmp_path, tmp_path / "out")
+    text = str(caught.value)
+    assert text.startswith(f"{tmp_path / 'something-something-v2-train.json'}: entry 1")
+    assert message in text and text.endswith("download the annotation file again")
+
+
+@pytest.mark.parametrize(
+    ("template", "problem"),
+    [
+        ("00001.jpg", "no {} field for the frame number"),
+        ("{}{}.jpg", "2 fields"),
+        ("img_{:s}.jpg", "the field {:s} is not a plain integer field such as {:05d}"),
+        ("img_{name}.jpg", "the field {name} is not a plain integer field such as {:05d}"),
+        ("img_{!r}.jpg", "the field {!r} is not a plain integer field such as {:05d}"),
+        ("img_{:.2f}.jpg", "the field {:.2f} is not a plain integer field such as {:05d}"),
+        ("{:05d}/x.jpg", "a path separator; frames sit directly in their folder"),
+        ("img_{:05d.jpg", "not a format string: unmatched '{' in format spec"),
+    ],
+)
+def test_a_bad_template_is_a_usage_error_before_any_work(tmp_path, template, problem):
+    # 00001.jpg used to loop forever counting frames: every frame had the same name.
+    frames(tmp_path / "data" / "a" / "clip", 2, "{:05d}.jpg")
+    with pytest.raises(UsageError) as caught:
+        build_list("folder", tmp_path / "data", tmp_path / "out", template=template)
+    assert str(caught.value) == (
+        f"--template {template!r} is not a frame file name with one integer field ({problem}); "
+        "use e.g. 'img_{:05d}.jpg'"
+    )
+    assert not (tmp_path / "out").exists()
+
+    result = CliRunner().invoke(
+        cli,
+        [
+            "build-list",
+            "--dataset",
+            "folder",
+            "--root",
+            str(tmp_path / "data"),
+            "--out",
+            str(tmp_path / "out"),
+            "--template",
+            template,
+        ],
+    )
+    assert result.exit_code == 2
+    assert result.output.splitlines() == [f"error: {caught.value}"]
+
+
+@pytest.mark.parametrize("template", ["img_{:05d}.jpg", "{:06d}.jpg", "{}.png", "f{0:4d}.jpg"])
+def test_good_templates_pass_unchanged(template):
+    assert check_frame_template(template) == template
+
+
+@pytest.mark.parametrize("under_a_file", [False, True])
+def test_an_out_path_that_is_or_is_under_a_file_is_refused_before_any_work(
+    tmp_path, monkeypatch, under_a_file
+):
+    _folder_dataset(tmp_path / "data", {"a": 2, "b": 2})
+    (tmp_path / "lists").write_text("mine")
+    out = tmp_path / "lists" / "k400" if under_a_file else tmp_path / "lists"
+    measured = []
+    monkeypatch.setattr(adapters, "_measure", lambda *args: measured.append(args) or (2, ""))
+    result = CliRunner().invoke(
+        cli,
+        ["build-list", "--dataset", "folder", "--root", str(tmp_path / "data"), "--out", str(out)],
+    )
+    assert result.exit_code == 2
+    expected = (
+        f"--out {out}: {tmp_path / 'lists'} is not a folder, so nothing can be made under it; "
+        "give another path"
+        if under_a_file
+        else f"--out {out} is a file, not a folder; give a folder path or move the file away"
+    )
+    assert result.output.splitlines() == [f"error: {expected}"]
+    assert measured == [] and (tmp_path / "lists").read_text() == "mine"
+
+
+def test_ctrl_c_in_the_middle_stops_at_once_and_cancels_the_clips_not_started(
+    tmp_path, monkeypatch, deadline
+):
+    """KeyboardInterrupt from the first clip ends build_list while the clips the other
+    threads run are blocked (until the test lets them go); the queued clips never start."""
+    _folder_dataset(tmp_path / "data", {"a": 20, "b": 20})
+    started, release = [], threading.Event()
+
+    def measure(path, source, template):
+        if path.name == "clip00" and path.parent.name == "a":
+            raise KeyboardInterrupt
+        started.append(path)
+        release.wait()
+        return 2, ""
+
+    monkeypatch.setattr(adapters, "_measure", measure)
+    try:
+        with deadline(30), pytest.raises(KeyboardInterrupt):
+            build_list("folder", tmp_path / "data", tmp_path / "out", workers=3)
+        assert len(started) <= 3  # at most one clip per thread was running
+    finally:
+        release.set()
     assert not (tmp_path / "out").exists()

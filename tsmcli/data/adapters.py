@@ -10,6 +10,10 @@ Entries whose video or frame folder is missing, empty or unreadable are left out
 and written to ``OUT/missing.txt`` (``<split>\\t<name>\\t<reason>``), as the official TSM
 scripts do, instead of being dropped silently (mmaction2) or failing mid-training.
 
+A clip annotated twice is written once: a repeat within a split, or a clip already in an
+earlier split (train, then val, then test), is left out and listed in ``OUT/duplicates.txt``;
+a clip under two different labels is refused unless ``conflicting_labels`` says which to keep.
+
 Unlabelled test sets (Kinetics with withheld labels, SSv1, SSv2, Jester) are not written:
 a list line needs a label and every consumer of ``test.txt`` scores against it. Their count
 is reported in ``BuildListResult.unlabeled``.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import io
 import json
 import logging
 import math
@@ -35,7 +40,13 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
-from tsmcli.data.decode import VIDEO_EXTENSIONS, count_frames, is_video, open_video
+from tsmcli.data.decode import (
+    VIDEO_EXTENSIONS,
+    check_frame_template,
+    count_frames,
+    is_video,
+    open_video,
+)
 from tsmcli.data.lists import (
     CLASSES_FILE,
     ListEntry,
@@ -45,6 +56,7 @@ from tsmcli.data.lists import (
     write_list,
 )
 from tsmcli.errors import DataError, UsageError
+from tsmcli.fileio import check_output_dir
 from tsmcli.resources import ZOO_REGISTRY, datasets_dir
 
 log = logging.getLogger(__name__)
@@ -52,9 +64,12 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 SOURCES = ("frames", "videos")
 LABEL_ORDERS = ("official", "sorted")
+# What build_list does with a clip annotated with two different labels.
+CONFLICT_POLICIES = ("error", "first", "drop")
 # Frame names seen in the wild, tried (after the manifest's) when --template is not given.
 KNOWN_TEMPLATES = ("img_{:05d}.jpg", "{:05d}.jpg", "{:06d}.jpg", "image_{:05d}.jpg")
 MISSING_FILE = "missing.txt"
+DUPLICATES_FILE = "duplicates.txt"
 SCAN_DEPTH = 4
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -184,7 +199,7 @@ def _parse_manifest(name: str, path: Path, raw: Any) -> DatasetManifest:
         labels=raw["labels"],
         label_orders=tuple(raw["label_orders"]),
         annotations=annotations,
-        frame_template=str(raw["frame_template"]),
+        frame_template=check_frame_template(str(raw["frame_template"]), f"{path}: frame_template"),
         flip=raw["flip"],
         flip_pairs=pairs,
         test_protocol=protocol,
@@ -207,6 +222,10 @@ class BuildListResult:
     num_classes: int
     num_missing: int
     missing_file: Path
+    duplicates_file: Path  # every annotation row left out as a repeat, and why
+    num_duplicates: int = 0  # rows repeating a clip earlier in the same split
+    num_overlaps: int = 0  # rows of a clip already in an earlier split (train, val, test)
+    num_conflicts: int = 0  # clips annotated with two different labels (conflicting_labels)
     unlabeled: dict[str, int] = field(default_factory=dict)  # split -> rows without a label
 
 
@@ -218,6 +237,7 @@ class _Record:
     key: Hashable  # what the clip is found by under the root
     label: int
     name: str  # how missing.txt names it
+    origin: str  # where it was read ("file:line"), for duplicates.txt and errors
     hints: tuple[str, ...] = ()  # folder names that pick one of several matches
 
 
@@ -261,12 +281,26 @@ def _split_files(manifest: DatasetManifest, dirs: list[Path]) -> Iterator[tuple[
             yield role, path
 
 
+def _read_text(path: Path) -> str:
+    """An annotation file's text, a BOM dropped; bytes that are not UTF-8 are a DataError
+    naming the line and the byte, as every annotation file of the supported datasets is
+    UTF-8 (or ASCII) as published."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        undecoded = exc.object  # the bytes after the BOM, if any
+        offset = len(data) - len(undecoded) + exc.start
+        line = undecoded.count(b"\n", 0, exc.start) + 1
+        raise DataError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[offset]:02x} at offset {offset}); "
+            "re-save the file as UTF-8"
+        ) from exc
+
+
 def _read_lines(path: Path) -> list[str]:
     """Text lines without their line ends (LF or CRLF); a BOM is dropped."""
-    try:
-        return path.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text; is this the right annotation file?") from exc
+    return _read_text(path).splitlines()
 
 
 def _class_lookup(
@@ -333,43 +367,53 @@ def _kinetics(
     out = _Annotations()
     lookup = _class_lookup(classes, _kinetics_aliases)
     for role, path in _split_files(manifest, dirs):
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            header = [h.strip() for h in reader.fieldnames or []]
-            reader.fieldnames = header
-            need = [c for c in ("youtube_id", "time_start", "time_end") if c not in header]
-            if need:
+        reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
+        header = [h.strip() for h in reader.fieldnames or []]
+        reader.fieldnames = header
+        need = [c for c in ("youtube_id", "time_start", "time_end") if c not in header]
+        if need:
+            raise DataError(
+                f"{path}: no {need[0]!r} column in the header {header}; "
+                "is this a Kinetics annotation CSV?"
+            )
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            yid = (row["youtube_id"] or "").strip()
+            start, end = _seconds(row["time_start"]), _seconds(row["time_end"])
+            if start is None or end is None:
                 raise DataError(
-                    f"{path}: no {need[0]!r} column in the header {header}; "
-                    "is this a Kinetics annotation CSV?"
+                    f"{where}: time_start/time_end must be seconds (finite numbers >= 0), got "
+                    f"{row['time_start']!r}, {row['time_end']!r}; fix or remove this row"
                 )
-            for row in reader:
-                where = f"{path}:{reader.line_num}"
-                yid = (row["youtube_id"] or "").strip()
-                try:
-                    start, end = int(float(row["time_start"])), int(float(row["time_end"]))
-                except (TypeError, ValueError) as exc:
-                    raise DataError(
-                        f"{where}: time_start/time_end must be numbers; the CSV row is malformed"
-                    ) from exc
-                if not yid:
-                    raise DataError(f"{where}: empty youtube_id; the CSV row is malformed")
-                label = (row.get("label") or "").strip()
-                if not label:
-                    out.unlabeled[role] += 1
-                    continue
-                if label not in lookup:
-                    raise _unknown_class(where, label, classes, manifest.name)
-                out.records.append(
-                    _Record(
-                        role,
-                        (yid, start),
-                        lookup[label],
-                        f"{yid}_{start:06d}_{end:06d}",
-                        (label, *_kinetics_aliases(label)),
-                    )
+            if not yid:
+                raise DataError(f"{where}: empty youtube_id; the CSV row is malformed")
+            label = (row.get("label") or "").strip()
+            if not label:
+                out.unlabeled[role] += 1
+                continue
+            if label not in lookup:
+                raise _unknown_class(where, label, classes, manifest.name)
+            out.records.append(
+                _Record(
+                    role,
+                    (yid, start),
+                    lookup[label],
+                    f"{yid}_{start:06d}_{end:06d}",
+                    where,
+                    (label, *_kinetics_aliases(label)),
                 )
+            )
     return out
+
+
+def _seconds(text: str | None) -> int | None:
+    """A Kinetics time column as whole seconds (``"417"``, ``"3.0"``); None when it is not a
+    finite number >= 0 (a clip name cannot hold ``inf``, ``nan`` or a minus sign)."""
+    try:
+        value = float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return int(value) if math.isfinite(value) and value >= 0 else None
 
 
 def _sth_csv(
@@ -394,13 +438,13 @@ def _sth_csv(
                 continue
             if label not in lookup:
                 raise _unknown_class(f"{path}:{number}", label, classes, manifest.name)
-            out.records.append(_Record(role, vid, lookup[label], vid))
+            out.records.append(_Record(role, vid, lookup[label], vid, f"{path}:{number}"))
     return out
 
 
 def _load_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))
+        return json.loads(_read_text(path))
     except json.JSONDecodeError as exc:
         raise DataError(
             f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); download the annotation file again"
@@ -428,20 +472,52 @@ def _sthv2_json(
         if not isinstance(entries, list):
             raise DataError(f'{path}: expected a JSON array of {{"id": ..., "template": ...}}')
         for position, entry in enumerate(entries):
-            vid = str(entry.get("id", "")).strip() if isinstance(entry, dict) else ""
+            where = f"{path}: entry {position}"
+            if not isinstance(entry, dict):
+                raise DataError(
+                    f"{where} is a JSON {_json_type(entry)}, not an object with "
+                    '"id" and "template"; download the annotation file again'
+                )
+            raw_id = entry.get("id")
+            if isinstance(raw_id, bool) or not isinstance(raw_id, str | int):
+                raise DataError(
+                    f'{where}: "id" is a JSON {_json_type(raw_id)}, not a string; '
+                    "download the annotation file again"
+                )
+            vid = str(raw_id).strip()
             if not vid:
-                raise DataError(f'{path}: entry {position} has no "id"; download the file again')
+                raise DataError(f'{where} has no "id"; download the annotation file again')
+            where = f"{where} (id {vid})"
             template = entry.get("template")
+            if template is not None and not isinstance(template, str):
+                raise DataError(
+                    f'{where}: "template" is a JSON {_json_type(template)}, not a string; '
+                    "download the annotation file again"
+                )
             if not template:
                 out.unlabeled[role] += 1
                 continue
             name = template.replace("[", "").replace("]", "")
             if name not in lookup:
-                raise _unknown_class(
-                    f"{path}: entry {position} (id {vid})", name, classes, manifest.name
-                )
-            out.records.append(_Record(role, vid, lookup[name], vid))
+                raise _unknown_class(where, name, classes, manifest.name)
+            out.records.append(_Record(role, vid, lookup[name], vid, where))
     return out
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type, for messages."""
+    if value is None:
+        return "null"
+    for kind, name in (
+        (bool, "boolean"),
+        (str, "string"),
+        (int | float, "number"),
+        (list, "array"),
+        (dict, "object"),
+    ):
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
 
 
 def _ucf101(
@@ -487,7 +563,9 @@ def _ucf101(
                 )
             stem = Path(file_name).stem
             out.records.append(
-                _Record(role, stem, lookup[class_name], f"{class_name}/{stem}", (class_name,))
+                _Record(
+                    role, stem, lookup[class_name], f"{class_name}/{stem}", where, (class_name,)
+                )
             )
     return out
 
@@ -516,7 +594,14 @@ def _hmdb51(
             stem = Path(parts[0]).stem
             role = "train" if parts[1] == "1" else "val"
             out.records.append(
-                _Record(role, stem, lookup[class_name], f"{class_name}/{stem}", (class_name,))
+                _Record(
+                    role,
+                    stem,
+                    lookup[class_name],
+                    f"{class_name}/{stem}",
+                    f"{path}:{number}",
+                    (class_name,),
+                )
             )
     if absent and len(absent) < len(classes):
         raise DataError(
@@ -648,6 +733,7 @@ def build_list(
     template: str | None = None,
     label_order: str = "official",
     workers: int | None = None,
+    conflicting_labels: str = "error",
 ) -> BuildListResult:
     """Write ``train.txt``, ``val.txt`` (``test.txt`` for a labelled test set), ``classes.txt``
     and ``missing.txt`` under ``out`` for the frames or videos under ``root``.
@@ -659,6 +745,12 @@ def build_list(
     for SSv1 and Jester, whose two codebases disagree (see labels/README.md). ``workers``
     threads count frames and open videos (default: up to 8); both wait on I/O or decord's C
     code, which runs without the GIL.
+
+    A clip annotated twice is written once: a repeat in the same split is a duplicate, a
+    clip also in an earlier split (train, val, test) leaves the later one; both are counted
+    and listed in ``duplicates.txt``. A clip with two different labels is a ``DataError``
+    unless ``conflicting_labels`` is ``"first"`` (keep the first label read) or ``"drop"``
+    (leave the clip out).
     """
     manifest = load_manifest(dataset)
     root, out = Path(root), Path(out)
@@ -670,6 +762,15 @@ def build_list(
         raise UsageError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
     if split not in (1, 2, 3):
         raise UsageError(f"split must be 1, 2 or 3, got {split}")
+    if conflicting_labels not in CONFLICT_POLICIES:
+        raise UsageError(
+            f"conflicting_labels must be one of {', '.join(CONFLICT_POLICIES)}, "
+            f"got {conflicting_labels!r}"
+        )
+    if template is not None:
+        check_frame_template(template, "--template", UsageError)
+    check_output_dir(out, "--out")
+    repeats = _Repeats()
     unlabeled: dict[str, int] = {}
     if manifest.adapter == "folder":
         if not 0.0 <= val_fraction < 1.0:
@@ -697,7 +798,8 @@ def build_list(
                 f"{', '.join(names)}); pass --annotations FOLDER"
             )
         unlabeled = {k: v for k, v in found.unlabeled.items() if v}
-        rows, source = _match(root, found.records, source, manifest.adapter == "kinetics")
+        records, repeats = _drop_repeats(found.records, classes, conflicting_labels)
+        rows, source = _match(root, records, source, manifest.adapter == "kinetics")
     if source == "frames":
         template = template or _detect_template(
             root, [r[1] for r in rows if r[1]], manifest.frame_template
@@ -717,7 +819,8 @@ def build_list(
 
     entries: dict[str, list[ListEntry]] = defaultdict(list)
     missing: list[str] = []
-    with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
+    pool = ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1))
+    try:
         measured = tqdm(
             pool.map(measure, rows),
             total=len(rows),
@@ -733,6 +836,10 @@ def build_list(
                 entries[split_name].append(ListEntry(rel or "", num_frames, label))
             else:
                 missing.append(f"{split_name}\t{name}\t{reason}")
+    finally:
+        # On Ctrl-C (or any error) the clips not started are cancelled and the ones running
+        # are not waited for here: a `with` block would wait for every queued clip.
+        pool.shutdown(wait=False, cancel_futures=True)
     if not any(entries.values()):
         raise DataError(
             f"{root}: none of the {len(rows)} annotated clips was found here as "
@@ -755,6 +862,14 @@ def build_list(
     atomic_write_text(missing_file, "".join(f"{line}\n" for line in missing))
     if missing:
         log.warning("%d annotated clips are missing or empty; see %s", len(missing), missing_file)
+    duplicates_file = out / DUPLICATES_FILE
+    atomic_write_text(duplicates_file, "".join(f"{line}\n" for line in repeats.lines))
+    if repeats.lines:
+        log.warning(
+            "%d annotation rows repeat a clip and were left out; see %s",
+            len(repeats.lines),
+            duplicates_file,
+        )
     for split_name, count in unlabeled.items():
         log.info(
             "%s: %d entries have no label (withheld by the dataset); not written", split_name, count
@@ -769,6 +884,10 @@ def build_list(
         num_classes=len(classes),
         num_missing=len(missing),
         missing_file=missing_file,
+        duplicates_file=duplicates_file,
+        num_duplicates=repeats.duplicates,
+        num_overlaps=repeats.overlaps,
+        num_conflicts=repeats.conflicts,
         unlabeled=unlabeled,
     )
 
@@ -776,6 +895,65 @@ def build_list(
 # A row: (split, path relative to root or None when not found, label, name, reason).
 _Row = tuple[str, str | None, int, str, str]
 _UNSPLIT = "unsplit"  # the folder dataset's split is drawn after the clips are checked
+
+
+@dataclass(frozen=True)
+class _Repeats:
+    """The annotation rows ``_drop_repeats`` left out (``duplicates.txt`` lines) and counts."""
+
+    lines: tuple[str, ...] = ()
+    duplicates: int = 0
+    overlaps: int = 0
+    conflicts: int = 0
+
+
+def _drop_repeats(
+    records: list[_Record], classes: list[str], conflicting_labels: str
+) -> tuple[list[_Record], _Repeats]:
+    """Each clip once, in split order (train, val, test) and then file order.
+
+    A clip listed again in its split is a duplicate; a clip listed again in a later split
+    leaves that split, so no clip is trained on and also scored. A clip with two different
+    labels is a DataError naming both rows (``conflicting_labels="error"``), keeps its first
+    label (``"first"``) or is left out (``"drop"``). Clips are compared by the key they are
+    found by under the root, the identity every adapter defines."""
+    ordered = sorted(records, key=lambda r: SPLITS.index(r.split))  # stable: keeps file order
+    groups: dict[Hashable, list[_Record]] = defaultdict(list)
+    for record in ordered:
+        groups[record.key].append(record)
+    conflicting = {key for key, group in groups.items() if len({r.label for r in group}) > 1}
+    if conflicting and conflicting_labels == "error":
+        group = next(g for g in groups.values() if g[0].key in conflicting)
+        first, other = group[0], next(r for r in group if r.label != group[0].label)
+        raise DataError(
+            f"clip {first.name}: labelled {classes[first.label]!r} ({first.origin}) and "
+            f"{classes[other.label]!r} ({other.origin}); fix the annotations, or pass "
+            "--conflicting-labels first (keep the first label) or drop (leave the clip out)"
+        )
+    kept: list[_Record] = []
+    lines: list[str] = []
+    duplicates = overlaps = 0
+    for record in ordered:
+        first = groups[record.key][0]
+        if record.key in conflicting and conflicting_labels == "drop":
+            labels = ", ".join(f"{classes[r.label]!r} ({r.origin})" for r in groups[record.key])
+            why = f"labelled {labels}; left out"
+        elif record is first:
+            kept.append(record)
+            continue
+        elif record.label != first.label:
+            why = (
+                f"labelled {classes[record.label]!r} ({record.origin}), first "
+                f"{classes[first.label]!r} ({first.origin}); kept the first"
+            )
+        elif record.split == first.split:
+            duplicates += 1
+            why = f"listed again ({record.origin}) after {first.origin}"
+        else:
+            overlaps += 1
+            why = f"also in {first.split} ({first.origin}); left out of {record.split}"
+        lines.append(f"{record.split}\t{record.name}\t{why}")
+    return kept, _Repeats(tuple(lines), duplicates, overlaps, len(conflicting))
 
 
 def _match(

@@ -28,7 +28,14 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from tsmcli.data import transforms
-from tsmcli.data.decode import BACKENDS, FRAME_TEMPLATE, FrameFolder, FrameSource, open_video
+from tsmcli.data.decode import (
+    BACKENDS,
+    FRAME_TEMPLATE,
+    FrameFolder,
+    FrameSource,
+    check_frame_template,
+    open_video,
+)
 from tsmcli.data.lists import ListEntry, classes_for_list, read_list
 from tsmcli.data.sampling import MODES, sample_indices
 from tsmcli.errors import DataError, UsageError
@@ -149,6 +156,8 @@ def find_missing(
     large list is quick."""
     if source not in SOURCES:
         raise UsageError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
+    if source == "frames":
+        check_frame_template(template)
     root = Path(root)
     missing = []
     for entry in entries:
@@ -245,7 +254,7 @@ class VideoClipDataset(Dataset):
         self.mode = mode
         self.source = source
         self.backend = backend
-        self.template = template
+        self.template = check_frame_template(template) if source == "frames" else template
         self.input_size = input_size
         self.scale_size = scale_size
         self.scales = tuple(scales)

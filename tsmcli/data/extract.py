@@ -5,11 +5,14 @@ A frame folder is written under a hidden temporary name beside its final place
 final name is always complete: a killed run leaves nothing that looks finished, and the next
 run skips finished folders, removes the temporary folders of dead runs and does the rest.
 A video that cannot be read completely (empty, truncated, not a video) is recorded in
-``DST/failures.csv`` and the run goes on.
+``DST/failures.csv`` and the run goes on; so is a video whose worker process dies (a decoder
+crash, the out-of-memory killer): the worker is replaced and the other videos are done.
+A run holds ``DST/.tsm-extract.lock`` while it writes, so two runs never share a DST.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -17,20 +20,25 @@ import math
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
+from multiprocessing import connection
 from pathlib import Path
 
 import torch
 
 from tsmcli.data.decode import FRAME_TEMPLATE, VIDEO_EXTENSIONS, DecordVideo, is_video, probe_video
 from tsmcli.errors import DataError, UsageError
+from tsmcli.fileio import check_output_dir
 
 log = logging.getLogger(__name__)
 
 FAILURES_CSV = "failures.csv"
+LOCK_FILE = ".tsm-extract.lock"  # hidden: never the frame folder of a video (those are skipped)
 _BATCH = 16  # frames resized and encoded together
 
 
@@ -83,24 +91,32 @@ def extract(
     """
     src, dst = Path(src), Path(dst)
     _check_options(short_side, fps, quality, workers)
+    check_output_dir(dst, "DST")
+    failures_csv = dst / FAILURES_CSV
+    if failures_csv.is_dir():
+        raise DataError(
+            f"{failures_csv}: a folder where this run writes its report (the frames of a video "
+            "named failures.csv.*?); move it away"
+        )
     options = _Options(short_side, fps, quality)
     started = time.perf_counter()
     videos = find_videos(src)
-    jobs, skipped, failures, folders = _plan(src, dst, videos, overwrite)
     dst.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials({folder.parent for folder in folders})
+    with _lock(dst):
+        jobs, skipped, failures, folders = _plan(src, dst, videos, overwrite)
+        _remove_stale_partials({folder.parent for folder in folders})
 
-    done = frames = 0
-    workers = min(workers or os.cpu_count() or 1, max(1, len(jobs)))
-    for job, count, reason in _run(jobs, options, workers):
-        if reason is None:
-            done += 1
-            frames += count
-        else:
-            log.warning("%s: %s", job.video, reason)
-            failures.append((job.video, reason))
-    failures_csv = dst / FAILURES_CSV
-    _write_failures(failures_csv, failures)
+        done = frames = 0
+        workers = min(workers or os.cpu_count() or 1, max(1, len(jobs)))
+        with contextlib.closing(_run(jobs, options, workers)) as outcomes:
+            for job, count, reason in outcomes:
+                if reason is None:
+                    done += 1
+                    frames += count
+                else:
+                    log.warning("%s: %s", job.video, reason)
+                    failures.append((job.video, reason))
+        _write_failures(failures_csv, failures)
     seconds = time.perf_counter() - started
     log.info(
         "extracted %d videos (%d frames) in %.1f s, %d skipped, %d failed",
@@ -155,6 +171,11 @@ def _plan(
         if folder in owner:
             failures.append((video, f"same frame folder as {owner[folder]}; rename one of them"))
             continue
+        if folder == dst / FAILURES_CSV:
+            failures.append(
+                (video, f"its frame folder would be {folder}, this run's report; rename it")
+            )
+            continue
         owner[folder] = video
         if folder.exists() and not folder.is_dir():
             failures.append((video, f"{folder} exists and is not a folder; move it away"))
@@ -165,28 +186,137 @@ def _plan(
     return jobs, skipped, failures, list(owner)
 
 
-def _run(
-    jobs: list[_Job], options: _Options, workers: int
-) -> Iterator[tuple[_Job, int, str | None]]:
-    """Extract ``jobs`` in ``workers`` processes (in this one when 1), yielding
-    (job, frames written, failure reason or None) as each video finishes."""
+_Outcome = tuple[_Job, int, str | None]  # (job, frames written, failure reason or None)
+
+
+def _run(jobs: list[_Job], options: _Options, workers: int) -> Generator[_Outcome, None, None]:
+    """Extract ``jobs`` in ``workers`` processes (in this one when 1), yielding each
+    outcome as its video finishes."""
     from tqdm import tqdm
 
     bar = tqdm(total=len(jobs), desc="extract", unit="video", disable=not sys.stderr.isatty())
     started = time.perf_counter()
+    if workers <= 1:
+        outcomes: Generator[_Outcome, None, None] = (_extract_job(job, options) for job in jobs)
+    else:
+        outcomes = _in_processes(jobs, options, workers)
     try:
-        if workers <= 1:
-            outcomes: Iterator[tuple[_Job, int, str | None]] = (
-                _extract_job(job, options) for job in jobs
-            )
-            yield from _with_progress(outcomes, bar, started)
-            return
-        context = _process_context()
-        with context.Pool(workers, initializer=_init_worker) as pool:
-            outcomes = pool.imap_unordered(_extract_job_star, [(job, options) for job in jobs])
-            yield from _with_progress(outcomes, bar, started)
+        yield from _with_progress(outcomes, bar, started)
     finally:
         bar.close()
+        outcomes.close()  # stops the workers now, also when the caller stopped early
+
+
+class _Worker:
+    """One process that extracts the jobs it is sent one at a time over its own pipe, so
+    the video a dead worker held is known exactly."""
+
+    def __init__(self, context, work: Callable[[_Job, _Options], _Outcome], options: _Options):
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_serve, args=(child, work, options), daemon=True)
+        self.process.start()
+        child.close()
+        self.job: _Job | None = None
+
+    def send(self, job: _Job) -> None:
+        self.job = job
+        with contextlib.suppress(OSError):  # a dead worker is found by its sentinel
+            self.conn.send(job)
+
+    def receive(self) -> _Outcome | None:
+        """The outcome of the job sent, or None when the process ended without one."""
+        try:
+            return self.conn.recv() if self.conn.poll() else None
+        except (EOFError, OSError):
+            return None
+
+    def stop(self) -> None:
+        """End the process (killing it mid-video if it is busy), reap it and remove what
+        its job left half-written."""
+        if self.job is None and self.process.is_alive():
+            with contextlib.suppress(OSError):
+                self.conn.send(None)
+            self.process.join(5)
+        if self.process.is_alive():
+            self.process.terminate()
+        self.process.join()
+        self.conn.close()
+        if self.job is not None and self.process.pid is not None:
+            _remove_temps(self.job.folder, self.process.pid)
+
+
+def _serve(conn, work: Callable[[_Job, _Options], _Outcome], options: _Options) -> None:
+    """A worker's loop: a job in, its outcome out, until told to stop or orphaned."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the main process stops workers
+    _init_worker()
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:  # the main process is gone
+            return
+        if job is None:
+            return
+        conn.send(work(job, options))
+
+
+def _in_processes(
+    jobs: list[_Job], options: _Options, workers: int
+) -> Generator[_Outcome, None, None]:
+    """Extract ``jobs`` in ``workers`` processes. A worker that dies (a decoder segfault,
+    the out-of-memory killer) is replaced and its video tried once more in a fresh
+    process; dying twice makes it a failure. Whatever ends this generator (the last video,
+    an error, Ctrl-C, close()), every worker is stopped and nothing half-written is left."""
+    context = _process_context()
+    work = _extract_job  # looked up here so that a test can substitute it
+    todo = deque(jobs)
+    deaths: dict[Path, int] = {}
+    pool: list[_Worker] = []
+    try:
+        for _ in range(min(workers, len(todo))):
+            pool.append(_Worker(context, work, options))
+            pool[-1].send(todo.popleft())
+        while any(worker.job is not None for worker in pool):
+            busy = [worker for worker in pool if worker.job is not None]
+            connection.wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
+            for worker in busy:
+                outcome = worker.receive()
+                if outcome is None and worker.process.is_alive():
+                    continue  # still working
+                job, code = worker.job, worker.process.exitcode
+                assert job is not None
+                if outcome is None:  # the process died holding its job
+                    worker.stop()  # reaps it and removes the job's half-written folder
+                    deaths[job.video] = deaths.get(job.video, 0) + 1
+                    if deaths[job.video] < 2:
+                        todo.appendleft(job)
+                    else:
+                        outcome = (job, 0, _death_reason(code))
+                worker.job = None
+                if todo:
+                    if not worker.process.is_alive():
+                        place = pool.index(worker)
+                        worker = pool[place] = _Worker(context, work, options)
+                    worker.send(todo.popleft())
+                if outcome is not None:
+                    yield outcome
+    finally:
+        for worker in pool:
+            worker.stop()
+
+
+def _death_reason(exitcode: int | None) -> str:
+    """The failures.csv reason of a video whose worker died on it twice."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            how = f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            how = f"killed by signal {-exitcode}"
+    else:
+        how = f"exit code {exitcode}"
+    return (
+        f"worker died ({how}) twice on this video: the decoder crashes on it or the machine "
+        "runs out of memory; re-encode it, or extract with fewer --workers"
+    )
 
 
 def _with_progress(
@@ -215,10 +345,6 @@ def _process_context() -> multiprocessing.context.BaseContext:
 
 def _init_worker() -> None:
     torch.set_num_threads(1)  # parallelism comes from the processes
-
-
-def _extract_job_star(args: tuple[_Job, _Options]) -> tuple[_Job, int, str | None]:
-    return _extract_job(*args)
 
 
 def _extract_job(job: _Job, options: _Options) -> tuple[_Job, int, str | None]:
@@ -348,6 +474,42 @@ def _publish(temp: Path, folder: Path, replace: bool) -> None:
         os.replace(temp, folder)
 
 
+@contextlib.contextmanager
+def _lock(dst: Path) -> Iterator[None]:
+    """Hold ``dst/.tsm-extract.lock`` for a run, so that a second run into the same DST is
+    refused instead of rewriting failures.csv. The kernel releases the lock when its process
+    dies, so the lock file of a killed run is simply taken over; the file holds the PID of
+    the holder, for the message."""
+    import fcntl
+
+    path = dst / LOCK_FILE
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise DataError(
+                f"{path}: another tsm extract (PID {holder}) is writing to {dst}; wait for it "
+                "to finish or choose another DST"
+            ) from None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:  # the holder removed it as we opened it
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # before the unlock: a waiting run then locks a new file
+        os.close(fd)
+
+
 def _remove_stale_partials(parents: set[Path]) -> None:
     """Remove the temporary folders (``.name.partial-<pid>``, ``.name.old-<pid>``) that a
     killed run left; those of a process still running (another extract) are kept."""
@@ -355,19 +517,39 @@ def _remove_stale_partials(parents: set[Path]) -> None:
         if not parent.is_dir():
             continue
         for entry in parent.iterdir():
-            pid = _temp_owner(entry.name)
-            if pid is not None and not _alive(pid):
+            owner = _temp_owner(entry.name)
+            if owner is not None and not _alive(owner[1]):
                 log.info("removing %s left by an interrupted run", entry)
-                shutil.rmtree(entry, ignore_errors=True)
+                _remove_temps(parent / owner[0], owner[1])
 
 
-def _temp_owner(name: str) -> int | None:
+def _remove_temps(folder: Path, pid: int) -> None:
+    """Remove what process ``pid``, now dead, left of ``folder``: its half-written
+    ``.name.partial-<pid>``, and its ``.name.old-<pid>`` (the finished folder that
+    --overwrite moved aside), which goes back in place if the new one never arrived."""
+    _remove(folder.with_name(f".{folder.name}.partial-{pid}"))
+    old = folder.with_name(f".{folder.name}.old-{pid}")
+    if old.is_dir() and not folder.exists():
+        os.replace(old, folder)
+    else:
+        _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _temp_owner(name: str) -> tuple[str, int] | None:
+    """(final name, pid) of a temporary entry ``.<final name>.partial-<pid>`` or ``.old-``."""
     if not name.startswith("."):
         return None
     for marker in (".partial-", ".old-"):
         head, found, pid = name.rpartition(marker)
-        if found and head and pid.isdigit():
-            return int(pid)
+        if found and len(head) > 1 and pid.isdigit():
+            return head[1:], int(pid)
     return None
 
 
@@ -399,8 +581,10 @@ def _reason(message: str, video: Path) -> str:
 
 
 def _check_options(short_side: int, fps: float | None, quality: int, workers: int | None) -> None:
-    if short_side < 0:
-        raise UsageError(f"--short-side must be 0 (keep) or a positive size, got {short_side}")
+    if short_side < 0 or short_side == 1:  # a 1-pixel side trips an assert inside PyTorch
+        raise UsageError(
+            f"--short-side must be 0 (keep the size) or at least 2 pixels, got {short_side}"
+        )
     if fps is not None and not fps > 0:
         raise UsageError(f"--fps must be positive, got {fps}")
     if not 1 <= quality <= 100:
