@@ -1,4 +1,5 @@
-"""check_output_dir: an output folder that cannot be written is one line before any work."""
+"""check_output_dir: an output folder that cannot be written is one line before any work;
+atomic_write_text: a reader sees the old file or the new one, never half of it."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 import pytest
 
 from tsmcli.errors import DataError, UsageError
-from tsmcli.fileio import check_output_dir
+from tsmcli.fileio import atomic_write_text, check_output_dir
 
 
 def test_a_new_or_existing_folder_passes_and_nothing_is_created(tmp_path):
@@ -47,3 +48,19 @@ def test_a_folder_without_write_permission_is_refused(tmp_path, monkeypatch):
     )
     with pytest.raises(UsageError, match=r"no permission to write in .*readonly; give a folder"):
         check_output_dir(denied / "run", "--out")
+
+
+def test_atomic_write_text_replaces_the_whole_file_or_leaves_the_old_one(tmp_path, monkeypatch):
+    path = tmp_path / "sub" / "list.txt"
+    atomic_write_text(path, "a 1 0\n")
+    atomic_write_text(path, "b 2 1\r\n")  # written as given: no newline translation
+    assert path.read_bytes() == b"b 2 1\r\n"
+
+    def refuse(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_text(path, "c 3 2\n")
+    assert path.read_bytes() == b"b 2 1\r\n"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["list.txt"]  # no temp file left
