@@ -313,7 +313,9 @@ def test_hmdb51_split_files_ids_and_missing_split_file(tmp_path, make_video):
     assert result.num_missing == 0
 
     (ann / "wave_test_split1.txt").unlink()
-    with pytest.raises(DataError, match=r"testTrainMulti_7030_splits/wave_test_split1.txt: split file is missing"):
+    with pytest.raises(
+        DataError, match=r"testTrainMulti_7030_splits/wave_test_split1.txt: split file is missing"
+    ):
         build_list("hmdb51", root, tmp_path / "out", annotations=ann)
 
 

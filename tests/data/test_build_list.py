@@ -363,7 +363,9 @@ def test_an_out_path_that_is_or_is_under_a_file_is_refused_before_any_work(
     (tmp_path / "lists").write_text("mine")
     out = tmp_path / "lists" / "k400" if under_a_file else tmp_path / "lists"
     measured = []
-    monkeypatch.setattr(build_list_module, "_measure", lambda *args: measured.append(args) or (2, ""))
+    monkeypatch.setattr(
+        build_list_module, "_measure", lambda *args: measured.append(args) or (2, "")
+    )
     result = CliRunner().invoke(
         cli,
         ["build-list", "--dataset", "folder", "--root", str(tmp_path / "data"), "--out", str(out)],

@@ -19,9 +19,7 @@ def _dead_pid() -> int:
     return dead.pid
 
 
-def test_a_video_becomes_frames_from_one_and_replacing_swaps_the_whole_folder(
-    tmp_path, make_video
-):
+def test_a_video_becomes_frames_from_one_and_replacing_swaps_the_whole_folder(tmp_path, make_video):
     video = make_video(tmp_path / "clip.mp4", num_frames=6, size=32)
     folder = tmp_path / "frames" / "clip"
     assert extract_video(video, folder, short_side=16) == 6

@@ -116,16 +116,24 @@ def unknown_class(where: str, name: str, classes: list[str], dataset: str) -> Da
     )
 
 
-def check_label_file(path: Path, names: list[str], official: list[str], dataset: str) -> None:
-    """The dataset's own class file must agree with the shipped one, or indices would drift."""
+def check_own_labels(
+    manifest: DatasetManifest, dirs: list[Path], read_names: Callable[[Path], list[str]]
+) -> None:
+    """The dataset's own class file (the manifest's ``labels`` annotation), when it is there,
+    must list the shipped classes in the shipped order, or label indices would drift.
+    ``read_names`` reads the class names from it, in its order."""
+    path = find_file(dirs, manifest.annotations.get("labels", ()))
+    if path is None:
+        return
+    names, official = read_names(path), manifest.classes("official")
     for number, (got, want) in enumerate(zip(names, official, strict=False), start=1):
         if got != want:
             raise DataError(
-                f"{path}:{number}: class {got!r} where the official {dataset} order "
+                f"{path}:{number}: class {got!r} where the official {manifest.name} order "
                 f"has {want!r}; use the dataset's original label file"
             )
     if len(names) != len(official):
         raise DataError(
-            f"{path}: {len(names)} classes, {dataset} has {len(official)}; "
+            f"{path}: {len(names)} classes, {manifest.name} has {len(official)}; "
             "use the dataset's original label file"
         )

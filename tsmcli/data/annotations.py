@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tsmcli.data.annotation_files import (
-    check_label_file,
+    check_own_labels,
     class_lookup,
     find_file,
     json_type,
@@ -208,10 +208,9 @@ def _sth_csv(
     manifest: DatasetManifest, dirs: list[Path], split: int, classes: list[str]
 ) -> AnnotationSet:
     """SSv1 and Jester: ``<id>;<class>`` lines, no header, split once on the first ``;``."""
-    label_file = find_file(dirs, manifest.annotations.get("labels", ()))
-    if label_file is not None:
-        names = [line.strip() for line in read_lines(label_file) if line.strip()]
-        check_label_file(label_file, names, manifest.classes("official"), manifest.name)
+    check_own_labels(
+        manifest, dirs, lambda path: [line.strip() for line in read_lines(path) if line.strip()]
+    )
     out = AnnotationSet()
     lookup = class_lookup(classes)
     for role, path in split_files(manifest, dirs):
@@ -235,16 +234,7 @@ def _sthv2_json(
     manifest: DatasetManifest, dirs: list[Path], split: int, classes: list[str]
 ) -> AnnotationSet:
     """SSv2: the class is the entry's ``template`` with ``[`` and ``]`` deleted."""
-    label_file = find_file(dirs, manifest.annotations.get("labels", ()))
-    if label_file is not None:
-        mapping = load_json(label_file)
-        if not isinstance(mapping, dict):
-            raise DataError(f"{label_file}: expected a JSON object of class name -> index")
-        try:
-            names = [name for name, _ in sorted(mapping.items(), key=lambda kv: int(kv[1]))]
-        except (TypeError, ValueError) as exc:
-            raise DataError(f"{label_file}: class indices must be integers (as strings)") from exc
-        check_label_file(label_file, names, manifest.classes("official"), manifest.name)
+    check_own_labels(manifest, dirs, _sthv2_label_names)
     out = AnnotationSet()
     lookup = class_lookup(classes)
     for role, path in split_files(manifest, dirs):
@@ -261,6 +251,17 @@ def _sthv2_json(
                 raise unknown_class(where, name, classes, manifest.name)
             out.records.append(Record(role, vid, lookup[name], vid, where))
     return out
+
+
+def _sthv2_label_names(path: Path) -> list[str]:
+    """SSv2's labels JSON: an object of class name -> index (as a string)."""
+    mapping = load_json(path)
+    if not isinstance(mapping, dict):
+        raise DataError(f"{path}: expected a JSON object of class name -> index")
+    try:
+        return [name for name, _ in sorted(mapping.items(), key=lambda kv: int(kv[1]))]
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{path}: class indices must be integers (as strings)") from exc
 
 
 def _sthv2_entry(entry: Any, where: str) -> tuple[str, str | None, str]:
@@ -295,19 +296,7 @@ def _ucf101(
 ) -> AnnotationSet:
     """UCF101 split files: ``<Class>/<video>.avi [1-based label]``; the class is the folder."""
     official = manifest.classes("official")
-    class_ind = find_file(dirs, manifest.annotations.get("labels", ()))
-    if class_ind is not None:
-        names = []
-        for number, line in enumerate(read_lines(class_ind), start=1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 2 or not parts[0].isdigit() or int(parts[0]) != len(names) + 1:
-                raise DataError(
-                    f"{class_ind}:{number}: expected '{len(names) + 1} <ClassName>', got {line!r}"
-                )
-            names.append(parts[1])
-        check_label_file(class_ind, names, official, manifest.name)
+    check_own_labels(manifest, dirs, _class_ind_names)
     out = AnnotationSet()
     lookup = class_lookup(classes)
     for role in ("train", "val"):
@@ -334,6 +323,21 @@ def _ucf101(
             name = f"{class_name}/{stem}"
             out.records.append(Record(role, stem, lookup[class_name], name, where, (class_name,)))
     return out
+
+
+def _class_ind_names(path: Path) -> list[str]:
+    """UCF101's classInd.txt: ``<1-based index> <ClassName>`` lines, in order."""
+    names: list[str] = []
+    for number, line in enumerate(read_lines(path), start=1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or not parts[0].isdigit() or int(parts[0]) != len(names) + 1:
+            raise DataError(
+                f"{path}:{number}: expected '{len(names) + 1} <ClassName>', got {line!r}"
+            )
+        names.append(parts[1])
+    return names
 
 
 @annotation_format("hmdb51")

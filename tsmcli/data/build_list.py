@@ -274,7 +274,9 @@ def _measure_all(
     """Each clip's frame count, in threads: ``(split -> list entries, missing.txt lines)``."""
 
     def measure(row: Row) -> tuple[int, str]:
-        return _measure(root / row.rel, clips.source, template or "") if row.rel else (0, row.reason)
+        if not row.rel:
+            return 0, row.reason
+        return _measure(root / row.rel, clips.source, template or "")
 
     entries: dict[str, list[ListEntry]] = defaultdict(list)
     missing: list[str] = []

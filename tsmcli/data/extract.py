@@ -222,10 +222,11 @@ def _died(job: Job, exitcode: int | None) -> Outcome:
             how = f"killed by signal {-exitcode}"
     else:
         how = f"exit code {exitcode}"
-    return job, 0, (
+    reason = (
         f"worker died ({how}) twice on this video: the decoder crashes on it or the machine "
         "runs out of memory; re-encode it, or extract with fewer --workers"
     )
+    return job, 0, reason
 
 
 def _with_progress(outcomes: Iterator[Outcome], bar, started: float) -> Iterator[Outcome]:
