@@ -51,23 +51,63 @@ def test_a_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
+class FullDisk:
+    """A file on a disk with ``left`` bytes free."""
+
+    def __init__(self, handle, code: int, left: int = 10):
+        self.handle, self.code, self.left = handle, code, left
+
+    def write(self, data):
+        if len(data) > self.left:
+            raise OSError(self.code, os.strerror(self.code))
+        self.left -= len(data)
+        return self.handle.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self.handle.__exit__(*exc)
+
+
+def swallows_the_errno(handle):
+    """A writer that reports a failed write as its own error, as torch.save does on a full
+    disk ("[enforce fail at inline_container.cc:672] . unexpected pos ...")."""
+    try:
+        handle.write(b"x" * 100)
+    except OSError:
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos") from None
+
+
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
-def test_a_full_disk_is_one_line_naming_the_folder(tmp_path, code):
+@pytest.mark.parametrize("writer", ["plain", "errno dropped"])
+def test_a_full_disk_is_one_line_naming_the_folder(tmp_path, monkeypatch, code, writer):
     path = fileio.atomic_write(tmp_path / "last.pt", b"old")
-
-    def full(handle):
-        handle.write(b"half")
-        raise OSError(code, os.strerror(code))
-
+    fdopen = os.fdopen
+    monkeypatch.setattr(os, "fdopen", lambda *a, **k: FullDisk(fdopen(*a, **k), code))
+    write = swallows_the_errno if writer == "errno dropped" else (lambda h: h.write(b"x" * 100))
     with pytest.raises(OutputError) as info:
-        fileio.atomic_write_with(path, full)
+        fileio.atomic_write_with(path, write)
     what = "no space left on" if code == errno.ENOSPC else "disk quota exceeded on"
     assert str(info.value) == (f"{what} {tmp_path.resolve()} while writing last.pt; free some "
                                "space and run again (the previous last.pt, if any, is unchanged)")
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
-    with pytest.raises(PermissionError):  # other OS errors stay what they are
-        fileio.atomic_write_with(path, lambda h: (_ for _ in ()).throw(PermissionError(13, "no")))
+
+
+def test_other_failures_stay_what_they_are(tmp_path, monkeypatch):
+    path = fileio.atomic_write(tmp_path / "last.pt", b"old")
+    fdopen = os.fdopen
+    monkeypatch.setattr(os, "fdopen", lambda *a, **k: FullDisk(fdopen(*a, **k), errno.EIO))
+    with pytest.raises(OSError) as info:
+        fileio.atomic_write_with(path, lambda h: h.write(b"x" * 100))
+    assert info.value.errno == errno.EIO and not isinstance(info.value, OutputError)
+    with pytest.raises(OSError, match="Input/output error"):  # the errno a writer dropped
+        fileio.atomic_write_with(path, swallows_the_errno)
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
 def test_atomic_link_gives_a_second_name_that_survives_a_replace(tmp_path):

@@ -53,7 +53,13 @@ def atomic_write_with(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Pa
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode: 0666 & ~umask
         try:
             with os.fdopen(fd, "wb") as handle:
-                write(handle)
+                recorder = _WriteErrors(handle)
+                try:
+                    write(recorder)
+                except Exception as exc:
+                    if recorder.error is None or exc is recorder.error:
+                        raise
+                    raise recorder.error from exc  # the errno the writer's own error dropped
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)
@@ -63,6 +69,26 @@ def atomic_write_with(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Pa
             raise
     _sync_dir(path.parent)
     return path
+
+
+class _WriteErrors:
+    """A binary file that remembers the ``OSError`` of a failed write. Some writers raise
+    their own error instead: ``torch.save`` on a full disk says "[enforce fail at
+    inline_container.cc] unexpected pos", dropping the errno that says what happened."""
+
+    def __init__(self, handle: IO[bytes]):
+        self._handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._handle.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handle, name)
 
 
 def atomic_link(source: str | Path, target: str | Path) -> Path:

@@ -158,7 +158,8 @@ def _load_torchscript(path: Path) -> StepFn:
         try:
             return torch.jit.load(str(path), map_location="cpu").eval()
         except (RuntimeError, ValueError, OSError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            text = str(exc).strip()
+            first = text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
             raise ExportError(f"{path}: not a readable TorchScript file ({first}); convert the "
                               "checkpoint again with tsm convert-online") from exc
 

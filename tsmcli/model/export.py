@@ -1,12 +1,16 @@
-"""``tsm convert-online``: a checkpoint to a verified streaming model (TorchScript + ONNX).
+"""``tsm convert-online``: a checkpoint to a verified streaming model (weights, TorchScript, ONNX).
 
-Nothing is written until every export has been checked: the PyTorch streaming model, the
+A model dir holds ``online_weights.pt`` (a plain checkpoint of the one-way model: what
+``tsm stream`` and ``tsm eval --online`` rebuild and run, so nothing from the dir executes),
+and the deployment exports ``online.pt`` and ``online.onnx``. Nothing is written until every
+one has been checked: the PyTorch streaming model, the one rebuilt from the saved weights, the
 saved-and-reloaded TorchScript file and the ONNX file run in onnxruntime are each fed a random
 clip frame by frame and compared with the offline one-way model on the whole clip (per-frame
 logits, their average against the clip logits; for PyTorch also per-frame features, for the
-exports also the buffers after the last frame). A difference above the tolerance is an
+files also the buffers after the last frame). A difference above the tolerance is an
 ``ExportError`` naming the worst output; the files are staged in a temp dir beside
-``out_dir`` and renamed into place only at the end.
+``out_dir`` and moved into place only at the end (into an existing dir, only the names in
+``OUTPUTS``).
 
 Exporters (torch 2.14): ONNX goes through ``torch.onnx.export(dynamo=True)`` (torch.export,
 translated by onnxscript), the default and maintained path; the TorchScript-based exporter
