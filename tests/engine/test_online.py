@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -144,8 +145,10 @@ def hostile_dir(model_dir, tmp_path):
     shutil.copytree(out, hostile)
     target = tmp_path / "outside" / "pwned.pt"
     target.parent.mkdir()
-    torch.jit.save(torch.jit.script(WritesAFile(str(target), len(CLASSES))),
-                   str(hostile / "online.pt"))
+    with warnings.catch_warnings():  # TorchScript is deprecated in torch 2.x, still loadable
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(WritesAFile(str(target), len(CLASSES))),
+                       str(hostile / "online.pt"))
     return hostile, target
 
 
