@@ -56,7 +56,7 @@ from tsmcli.data.lists import (
     write_list,
 )
 from tsmcli.errors import DataError, UsageError
-from tsmcli.fileio import check_output_dir
+from tsmcli.fileio import check_writable_dir
 from tsmcli.resources import ZOO_REGISTRY, datasets_dir
 
 log = logging.getLogger(__name__)
@@ -769,7 +769,7 @@ def build_list(
         )
     if template is not None:
         check_frame_template(template, "--template", UsageError)
-    check_output_dir(out, "--out")
+    check_writable_dir(out, "--out")
     repeats = _Repeats()
     unlabeled: dict[str, int] = {}
     if manifest.adapter == "folder":

@@ -33,7 +33,7 @@ import torch
 
 from tsmcli.data.decode import FRAME_TEMPLATE, VIDEO_EXTENSIONS, DecordVideo, is_video, probe_video
 from tsmcli.errors import DataError, UsageError
-from tsmcli.fileio import check_output_dir
+from tsmcli.fileio import check_writable_dir
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def extract(
     """
     src, dst = Path(src), Path(dst)
     _check_options(short_side, fps, quality, workers)
-    check_output_dir(dst, "DST")
+    check_writable_dir(dst, "DST")
     failures_csv = dst / FAILURES_CSV
     if failures_csv.is_dir():
         raise DataError(
