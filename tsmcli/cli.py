@@ -42,12 +42,29 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
+        except BrokenPipeError:
+            # the reader went away (tsm stream ... | head): stop quietly, as a pipe stage should
+            _silence_stdout()
+            ctx.exit(0)
         except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - this is the error boundary
             if os.environ.get("TSM_DEBUG", "") not in ("", "0"):
                 raise
             message, code = _friendly(exc)
             click.echo(f"error: {message}", err=True)
             ctx.exit(code)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush of what is still
+    buffered for a closed pipe does not print an error on the way out."""
+    import sys
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real stdout (tests): nothing to flush
+        pass
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -203,9 +220,10 @@ def train(recipe, overrides, out, resume) -> None:
 @click.option("--shift-div", type=click.IntRange(min=2), default=None, help="Official/mmaction2 checkpoints: 1/N of the channels shift each way.")
 @click.option("--shift-place", type=click.Choice(["blockres", "block"]), default=None, help="Official/mmaction2 checkpoints: where the shift sits.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="Where the model runs (auto: CUDA when available).")
+@click.option("--trust-torchscript", is_flag=True, help="--online: run the dir's online.pt (TorchScript, which can run code) instead of the model rebuilt from online_weights.pt.")
 def evaluate(checkpoint, online, list_file, root, protocol, clips, crops, full_res, twice_sample,
              dense, average, batch_size, workers, json_path, out_dir, source, backend, arch,
-             num_segments, shift, shift_div, shift_place, device) -> None:
+             num_segments, shift, shift_div, shift_place, device, trust_torchscript) -> None:
     """Top-1 / top-5 / mean class accuracy of a checkpoint on a list.
 
     Under torchrun (python -m torch.distributed.run ... -m tsmcli eval ...) each process scores
@@ -215,12 +233,15 @@ def evaluate(checkpoint, online, list_file, root, protocol, clips, crops, full_r
 
     if (checkpoint is None) == (online is None):
         raise UsageError("give exactly one of --checkpoint CKPT or --online MODEL_DIR")
+    if trust_torchscript and online is None:
+        raise UsageError("--trust-torchscript applies to --online only; drop it")
     if online is not None:
         if json_path is not None or out_dir is not None:
             raise UsageError("--json and --out apply to --checkpoint only; drop them with --online")
         from tsmcli.engine.online import evaluate_online
 
-        online_result = evaluate_online(online, list_file, root, source=source, backend=backend)
+        online_result = evaluate_online(online, list_file, root, source=source, backend=backend,
+                                        trust_torchscript=trust_torchscript)
         rows = [("model", str(online)), ("top-1", f"{online_result.top1:.2f} %"),
                 ("top-5", f"{online_result.top5:.2f} %"),
                 ("mean class", f"{online_result.mean_class_accuracy:.2f} %"),
@@ -253,7 +274,7 @@ def evaluate(checkpoint, online, list_file, root, protocol, clips, crops, full_r
 
 @cli.command("convert-online")
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help="Checkpoint to convert (ours, official TSM or mmaction2).")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Model dir for online.pt, online.onnx, report.json.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Model dir for online_weights.pt, online.pt, online.onnx, report.json.")
 @click.option("--height", type=click.IntRange(min=16), default=None, help="Frame height (default: the recipe's input size, else 224).")
 @click.option("--width", type=click.IntRange(min=16), default=None, help="Frame width (default: the recipe's input size, else 224).")
 @click.option("--val-list", type=click.Path(path_type=Path), default=None, help="Report top-1 before and after conversion on this list.")
@@ -261,7 +282,7 @@ def evaluate(checkpoint, online, list_file, root, protocol, clips, crops, full_r
 @click.option("--finetune-epochs", type=click.IntRange(min=0), default=0, show_default=True, help="Fine-tune one-way on the recipe's training data first.")
 @click.option("--distill-weight", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Fine-tuning: share of the loss from the checkpoint's own (two-way) outputs; 0 for labels only.")
 @click.option("--distill-temperature", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True, help="Fine-tuning: softmax temperature of the distillation.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing model dir.")
+@click.option("--overwrite", is_flag=True, help="Replace the files a conversion writes in an existing model dir (never a dir that holds an input).")
 @click.option("--arch", default=None, help="Official/mmaction2 checkpoints: backbone, e.g. resnet50.")
 @click.option("--segments", "num_segments", type=click.IntRange(min=1), default=None, help="Official/mmaction2 checkpoints: frames per clip in training.")
 @click.option("--shift", type=click.Choice(["none", "bidirectional", "unidirectional"]), default=None, help="Official/mmaction2 checkpoints: temporal shift in training.")
@@ -300,11 +321,12 @@ def convert_online(checkpoint, out, height, width, val_list, root, finetune_epoc
 @click.argument("video", type=click.Path(path_type=Path))
 @click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="Online model dir from tsm convert-online.")
 @click.option("--topk", type=click.IntRange(min=1), default=5, show_default=True, help="Classes shown per frame.")
-def stream(video, model_dir, topk) -> None:
+@click.option("--trust-torchscript", is_flag=True, help="Run the dir's online.pt (TorchScript, which can run code) instead of the model rebuilt from online_weights.pt.")
+def stream(video, model_dir, topk, trust_torchscript) -> None:
     """Run a video through an online model frame by frame, printing the running top-k."""
     from tsmcli.engine.online import stream as run_stream
 
-    for step in run_stream(video, model_dir, topk=topk):
+    for step in run_stream(video, model_dir, topk=topk, trust_torchscript=trust_torchscript):
         best = "  ".join(f"{label} {score:.3f}" for label, score in zip(step.labels, step.scores, strict=True))
         click.echo(f"frame {step.index:5d}  {step.latency_ms:7.2f} ms  {best}")
 

@@ -42,7 +42,7 @@ import yaml
 from tqdm import tqdm
 
 from tsmcli.errors import CheckpointError, DataError, UsageError
-from tsmcli.fileio import atomic_write_text
+from tsmcli.fileio import atomic_write
 from tsmcli.resources import datasets_dir, labels_dir, zoo_registry_path
 
 logger = logging.getLogger(__name__)
@@ -470,8 +470,8 @@ def _record_hash(folder: Path, file: str, digest: str) -> None:
     with _exclusive(folder / RECORDED_HASHES):  # read-modify-write: one process at a time
         hashes = _recorded_hashes(folder)
         hashes[file] = digest
-        atomic_write_text(folder / RECORDED_HASHES,
-                          json.dumps(hashes, indent=1, sort_keys=True) + "\n")
+        atomic_write(folder / RECORDED_HASHES,
+                     json.dumps(hashes, indent=1, sort_keys=True) + "\n")
 
 
 def _warn_unpublished(entry: ZooEntry, digest: str, folder: Path) -> None:

@@ -372,10 +372,9 @@ def test_an_out_path_that_is_or_is_under_a_file_is_refused_before_any_work(
     )
     assert result.exit_code == 2
     expected = (
-        f"--out {out}: {tmp_path / 'lists'} is not a folder, so nothing can be made under it; "
-        "give another path"
+        f"--out {out}: {tmp_path / 'lists'} is a file, not a folder; choose another path"
         if under_a_file
-        else f"--out {out} is a file, not a folder; give a folder path or move the file away"
+        else f"--out {out}: is a file, not a folder; choose a folder"
     )
     assert result.output.splitlines() == [f"error: {expected}"]
     assert measured == [] and (tmp_path / "lists").read_text() == "mine"

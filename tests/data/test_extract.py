@@ -391,10 +391,9 @@ def test_a_dst_that_is_or_is_under_a_file_is_a_usage_error_before_any_work(
     result = CliRunner().invoke(cli, ["extract", str(tmp_path / "src"), str(dst)])
     assert result.exit_code == 2
     expected = (
-        f"DST {dst}: {tmp_path / 'notes.txt'} is not a folder, so nothing can be made under "
-        "it; give another path"
+        f"DST {dst}: {tmp_path / 'notes.txt'} is a file, not a folder; choose another path"
         if under_a_file
-        else f"DST {dst} is a file, not a folder; give a folder path or move the file away"
+        else f"DST {dst}: is a file, not a folder; choose a folder"
     )
     assert result.output.splitlines() == [f"error: {expected}"]
     assert (tmp_path / "notes.txt").read_text() == "mine"

@@ -206,10 +206,9 @@ def test_an_out_that_is_or_is_under_a_file_is_refused_before_any_video(tmp_path,
     result = CliRunner().invoke(cli, ["synth", str(out), "--per-class", "1", "--frames", "4"])
     assert result.exit_code == 2
     expected = (
-        f"OUT {out}: {tmp_path / 'notes.txt'} is not a folder, so nothing can be made under "
-        "it; give another path"
+        f"OUT {out}: {tmp_path / 'notes.txt'} is a file, not a folder; choose another path"
         if under_a_file
-        else f"OUT {out} is a file, not a folder; give a folder path or move the file away"
+        else f"OUT {out}: is a file, not a folder; choose a folder"
     )
     assert result.output.splitlines() == [f"error: {expected}"]
     assert (tmp_path / "notes.txt").read_text() == "mine"

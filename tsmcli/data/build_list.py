@@ -40,7 +40,7 @@ from tsmcli.data.lists import CLASSES_FILE, ListEntry, write_classes, write_list
 from tsmcli.data.manifest import SPLITS, DatasetManifest, load_manifest
 from tsmcli.data.root_index import UNSPLIT, Row, detect_template, folder_rows, match
 from tsmcli.errors import DataError, UsageError
-from tsmcli.fileio import atomic_write_text, check_output_dir
+from tsmcli.fileio import atomic_write, check_writable_dir
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def _check_arguments(
         )
     if template is not None:
         check_frame_template(template, "--template", UsageError)
-    check_output_dir(out, "--out")
+    check_writable_dir(out, "--out")
 
 
 # ---------------------------------------------------------------------------- collect
@@ -372,12 +372,12 @@ def _write(
     }
     classes_file = write_classes(out / CLASSES_FILE, clips.classes)
     missing_file = out / MISSING_FILE
-    atomic_write_text(missing_file, "".join(f"{line}\n" for line in missing))
+    atomic_write(missing_file, "".join(f"{line}\n" for line in missing))
     if missing:
         log.warning("%d annotated clips are missing or empty; see %s", len(missing), missing_file)
     repeats = clips.repeats
     duplicates_file = out / DUPLICATES_FILE
-    atomic_write_text(duplicates_file, "".join(f"{line}\n" for line in repeats.lines))
+    atomic_write(duplicates_file, "".join(f"{line}\n" for line in repeats.lines))
     if repeats.lines:
         log.warning(
             "%d annotation rows repeat a clip and were left out; see %s",

@@ -29,7 +29,7 @@ from tsmcli.data.extract_job import FrameOptions, Job, Outcome, remove_stale_par
 from tsmcli.data.layout import VIDEO_EXTENSIONS, is_video
 from tsmcli.data.process_pool import run_in_processes
 from tsmcli.errors import DataError, UsageError
-from tsmcli.fileio import atomic_write_text, check_output_dir
+from tsmcli.fileio import atomic_write, check_writable_dir
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def extract(
     """
     src, dst = Path(src), Path(dst)
     _check_options(short_side, fps, quality, workers)
-    check_output_dir(dst, "DST")
+    check_writable_dir(dst, "DST")
     failures_csv = dst / FAILURES_CSV
     if failures_csv.is_dir():
         raise DataError(
@@ -282,4 +282,4 @@ def _write_failures(path: Path, failures: list[tuple[Path, str]]) -> None:
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["path", "reason"])
     writer.writerows((str(video), reason) for video, reason in sorted(failures))
-    atomic_write_text(path, text.getvalue())
+    atomic_write(path, text.getvalue())

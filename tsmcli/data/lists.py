@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tsmcli.errors import DataError
-from tsmcli.fileio import atomic_write_text
+from tsmcli.fileio import atomic_write
 
 CLASSES_FILE = "classes.txt"
 
@@ -77,7 +77,7 @@ def write_list(path: str | Path, entries: Iterable[ListEntry]) -> Path:
                 "list format splits on whitespace); rename the file or folder"
             )
         lines.append(f"{entry.path} {int(entry.num_frames)} {int(entry.label)}\n")
-    atomic_write_text(path, "".join(lines))
+    atomic_write(path, "".join(lines))
     return path
 
 
@@ -115,7 +115,7 @@ def write_classes(path: str | Path, classes: Iterable[str]) -> Path:
             raise DataError(
                 f"{path}: class name {name!r} is empty or spans lines; fix the label map"
             )
-    atomic_write_text(path, "".join(f"{name}\n" for name in names))
+    atomic_write(path, "".join(f"{name}\n" for name in names))
     return path
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from tsmcli.errors import DataError, UsageError
-from tsmcli.fileio import check_output_dir
+from tsmcli.fileio import check_writable_dir
 
 log = logging.getLogger(__name__)
 
@@ -303,7 +303,7 @@ def synth(
     out = Path(out)
     classes = tuple(dict.fromkeys(classes))  # each class once, in the order given
     _check_options(classes, per_class, size, num_frames, fps)
-    check_output_dir(out, "OUT")
+    check_writable_dir(out, "OUT")
     existing = [out / name for name in classes if (out / name).exists()]
     if existing and not overwrite:
         raise DataError(
