@@ -33,7 +33,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_vocabulary_matches_the_model_the_evaluator_and_the_recipes():
-    from tsmcli.data.adapters import LABEL_ORDERS
+    from tsmcli.data.manifest import LABEL_ORDERS
     from tsmcli.engine import evaluate
     from tsmcli.engine.metrics import AVERAGE_MODES
     from tsmcli.model.backbones import SHIFT_MODES, SHIFT_PLACES, list_backbones
@@ -49,13 +49,13 @@ def test_vocabulary_matches_the_model_the_evaluator_and_the_recipes():
 
 
 def test_every_shipped_entry_is_consistent():
-    from tsmcli.data.adapters import list_manifests, load_manifest
+    from tsmcli.data.manifest import list_manifests, load_manifest
     from tsmcli.engine.evaluate import resolve_protocol
     from tsmcli.recipe import load_recipe
 
     entries = zoo.list_entries()
     assert len(entries) == len({e.name for e in entries}) == 20
-    assert "zoo" not in list_manifests()  # the registry beside the manifests is not one
+    assert "zoo" not in list_manifests()  # the model zoo registry is not a dataset manifest
     for entry in entries:
         manifest = load_manifest(entry.dataset)
         names = entry.class_names()

@@ -1,6 +1,6 @@
 """The model zoo: the published TSM checkpoints by name, and downloads a user can trust.
 
-The registry is data shipped with the package (``datasets/zoo.yaml``), read strictly into
+The registry is data shipped with the package (``tsmcli/zoo.yaml``), read strictly into
 frozen ``ZooEntry`` objects: each names its file, URLs, publisher's hash, architecture,
 class list and the published top-1 with the test protocol behind it and its source.
 
@@ -14,8 +14,8 @@ download is recorded in ``sha256.json`` beside the files, with a warning, and ev
 use is checked against it. A cached file needs no network.
 
 This module sits at the bottom of the package: it imports the standard library, yaml, tqdm,
-``errors`` and ``resources`` only. The names it accepts for ``arch``, ``shift`` and test
-protocols are constants here; the tests hold them equal to the model's and the evaluator's.
+``errors``, ``resources`` and ``fileio`` only. The names it accepts for ``arch``, ``shift`` and
+test protocols are constants here; the tests hold them equal to the model's and the evaluator's.
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ import yaml
 from tqdm import tqdm
 
 from tsmcli.errors import CheckpointError, DataError, UsageError
+from tsmcli.fileio import atomic_write
 from tsmcli.resources import datasets_dir, labels_dir, zoo_registry_path
 
 logger = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ class ZooResult:
 
 @dataclass(frozen=True)
 class ZooEntry:
-    """One published checkpoint (see the header of ``datasets/zoo.yaml`` for each field)."""
+    """One published checkpoint (see the header of ``tsmcli/zoo.yaml`` for each field)."""
 
     name: str
     publisher: str
@@ -314,8 +315,7 @@ def _parse_result(check: _Checker, raw: Any, where: str) -> ZooResult:
 
 
 def _datasets() -> tuple[str, ...]:
-    return tuple(sorted(p.stem for p in datasets_dir().glob("*.yaml")
-                        if p.name != zoo_registry_path().name))
+    return tuple(sorted(p.stem for p in datasets_dir().glob("*.yaml")))
 
 
 def _check_labels(check: _Checker, where: str, dataset: str, labels: str, order: str) -> None:
@@ -470,28 +470,14 @@ def _record_hash(folder: Path, file: str, digest: str) -> None:
     with _exclusive(folder / RECORDED_HASHES):  # read-modify-write: one process at a time
         hashes = _recorded_hashes(folder)
         hashes[file] = digest
-        _atomic_write_text(folder / RECORDED_HASHES,
-                           json.dumps(hashes, indent=1, sort_keys=True) + "\n")
+        atomic_write(folder / RECORDED_HASHES,
+                     json.dumps(hashes, indent=1, sort_keys=True) + "\n")
 
 
 def _warn_unpublished(entry: ZooEntry, digest: str, folder: Path) -> None:
     logger.warning("%s: the publisher gives no hash for %s; its SHA-256 %s is recorded in %s "
                    "and checked on every later use", entry.name, entry.file, digest,
                    folder / RECORDED_HASHES)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write to a temp file beside ``path``, fsync, rename over it."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _promote(part: Path, dest: Path) -> None:

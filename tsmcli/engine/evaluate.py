@@ -10,7 +10,7 @@ never guessed from the file name.
 Test protocols (presets; any explicit option overrides one field of the preset). The crop
 sizes are those of a 224 recipe (``data.input_size`` 224, ``data.scale_size`` 256); other
 recipes scale the same way. Each accuracy is the published top-1 of one official TSM
-ResNet-50 8-frame checkpoint (named as in the model zoo, ``datasets/zoo.yaml``, which gives
+ResNet-50 8-frame checkpoint (named as in the model zoo, ``tsmcli/zoo.yaml``, which gives
 the source of every number): a number belongs to a checkpoint and a protocol together.
 
 =========  =====  =====  ======================================  ============================

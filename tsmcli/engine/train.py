@@ -182,7 +182,7 @@ class _Run:
             check_list(list_file, self.num_classes, root, d.source, d.frame_template)
         flip_pairs: list[tuple[int, int]] = []
         if d.flip == "swap":
-            from tsmcli.data.adapters import load_manifest
+            from tsmcli.data.manifest import load_manifest
 
             manifest = load_manifest(d.dataset)
             # matched by class name, so a list built in another label order swaps the right labels
