@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +53,29 @@ def one_thread():
 def make_video():
     """``make_video(path, num_frames=16, size=32)`` writes a tiny H.264 video."""
     return write_video
+
+
+@pytest.fixture
+def deadline():
+    """``with deadline(seconds):`` raises TimeoutError in the block if it is still running
+    after ``seconds``, so a regression that hangs fails its test instead of the whole suite.
+    A watchdog, not a timing check: give it many times what the block needs (main thread,
+    POSIX)."""
+
+    @contextlib.contextmanager
+    def limit(seconds: float):
+        def expire(signum, frame):
+            raise TimeoutError(f"still running after {seconds} s: it hangs")
+
+        previous = signal.signal(signal.SIGALRM, expire)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+    return limit
 
 
 def pytest_collection_modifyitems(config, items):

@@ -11,7 +11,8 @@ from tsmcli.errors import RecipeError
 from tsmcli.recipe import Recipe, apply_overrides, load_recipe, shipped_recipes
 from tsmcli.resources import recipes_dir
 
-SHIPPED = ["demo", "kinetics_r50", "kinetics_r50_online", "sthv2_r50", "ucf101_r50_finetune"]
+SHIPPED = ["demo", "kinetics_r50", "kinetics_r50_dense", "kinetics_r50_online", "sthv2_r50",
+           "ucf101_r50_finetune"]
 
 
 def _write(tmp_path: Path, text: str, name: str = "mine.yaml") -> Path:
@@ -174,6 +175,18 @@ def test_ranges_are_checked():
     assert "data.flip" in _error("demo", ["data.flip=swap"])  # swap needs a manifest
 
 
+@pytest.mark.parametrize(
+    ("template", "problem"),
+    [("00001.jpg", "no {} field for the frame number"), ("img_{}_{}.jpg", "2 fields")],
+)
+def test_a_frame_template_without_one_integer_field_names_the_key(template, problem):
+    # the check build-list's --template uses, reported as the recipe key
+    assert _error("demo", [f"data.frame_template={template}"]).endswith(
+        f"data.frame_template {template!r} is not a frame file name with one integer field "
+        f"({problem}); use e.g. 'img_{{:05d}}.jpg'"
+    )
+
+
 def test_recipe_is_frozen_and_yaml_round_trips(tmp_path):
     recipe = load_recipe("kinetics_r50", ["optim.fc_lr5=false"])
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -182,3 +195,44 @@ def test_recipe_is_frozen_and_yaml_round_trips(tmp_path):
     assert load_recipe(saved) == recipe  # the run dir's recipe.yaml rebuilds the same recipe
     assert apply_overrides(recipe, ["train.epochs=3"]).train.epochs == 3
     assert recipe.to_dict()["data"]["scales"] == [1.0, 0.875, 0.75, 0.66]  # plain builtins
+
+
+def test_set_errors_blame_the_set_and_file_errors_the_file(tmp_path):
+    demo = recipes_dir() / "demo.yaml"
+    assert _error("demo", ["model.num_segments=0"]) == (
+        "--set model.num_segments=0: model.num_segments must be at least 1, got 0")
+    # a range error that only the combination makes: the --set that made it is named
+    path = _write(tmp_path, "optim:\n  warmup_epochs: 5\ntrain:\n  epochs: 10\n")
+    assert _error(path, ["optim.lr=0.1", "train.epochs=2"]) == (
+        "--set train.epochs=2: optim.warmup_epochs must not exceed train.epochs, got 5.0")
+    # a file wrong on its own is the file's fault, whatever is set after it
+    bad = _write(tmp_path, "model:\n  dropout: 1.5\n", "bad.yaml")
+    assert _error(bad, ["optim.lr=0.1"]) == f"{bad}: model.dropout must be in [0, 1), got 1.5"
+    # a file only the overrides complete is fine
+    swap = _write(tmp_path, "data:\n  flip: swap\n", "swap.yaml")
+    assert load_recipe(swap, ["data.dataset=sthv2"]).data.flip == "swap"
+    assert _error(demo, ["data.flip=swap"]).startswith("--set data.flip=swap: data.flip swap")
+
+
+def test_text_keys_keep_the_text_as_typed():
+    recipe = load_recipe("demo", ["data.root=2024", "data.val_list=0123", "name=2024",
+                                  "model.init_from=1.50", "data.train_list=true"])
+    assert (recipe.data.root, recipe.data.val_list, recipe.name) == ("2024", "0123", "2024")
+    assert (recipe.model.init_from, recipe.data.train_list) == ("1.50", "true")
+    recipe = load_recipe("demo", ["data.val_list=", "train.epochs=3"])
+    assert recipe.data.val_list is None and recipe.train.epochs == 3  # typed keys stay typed
+    assert "train.epochs must be an integer" in _error("demo", ["train.epochs=three"])
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "../up", "back\\slash", "/abs"])
+def test_recipe_name_is_one_folder_name(tmp_path, name):
+    message = _error("demo", [f"name={name}"])
+    assert message.startswith(f"--set name={name}: name must be a single folder name")
+    path = _write(tmp_path, f"name: '{name}'\n")
+    assert _error(path).startswith(f"{path}: name must be a single folder name")
+
+
+def test_non_utf8_recipe_is_named(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("model:\n  arch: résnet50\n".encode("latin-1"))
+    assert _error(path) == f"{path}: not UTF-8 text (byte 16); save the recipe as UTF-8"

@@ -17,12 +17,14 @@ _API = {
     "load_model": "tsmcli.model.checkpoint",
     "load_recipe": "tsmcli.recipe",
     "extract": "tsmcli.data.extract",
-    "build_list": "tsmcli.data.adapters",
+    "build_list": "tsmcli.data.build_list",
     "synth": "tsmcli.data.synth",
     "train": "tsmcli.engine.train",
     "evaluate": "tsmcli.engine.evaluate",
     "convert_online": "tsmcli.model.export",
     "demo": "tsmcli.demo",
+    "download_checkpoint": "tsmcli.zoo",
+    "resolve_checkpoint": "tsmcli.zoo",
 }
 
 __all__ = ["__version__", *_API]

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from tsmcli import __version__
+from tsmcli.data.layout import FRAME_TEMPLATE, SOURCES
 from tsmcli.errors import TSMError
 
 
@@ -41,12 +42,29 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
+        except BrokenPipeError:
+            # the reader went away (tsm stream ... | head): stop quietly, as a pipe stage should
+            _silence_stdout()
+            ctx.exit(0)
         except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - this is the error boundary
             if os.environ.get("TSM_DEBUG", "") not in ("", "0"):
                 raise
             message, code = _friendly(exc)
             click.echo(f"error: {message}", err=True)
             ctx.exit(code)
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush of what is still
+    buffered for a closed pipe does not print an error on the way out."""
+    import sys
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # no real stdout (tests): nothing to flush
+        pass
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -69,14 +87,18 @@ def _setup_logging() -> None:
 @cli.command()
 @click.argument("src", type=click.Path(path_type=Path))
 @click.argument("dst", type=click.Path(path_type=Path))
-@click.option("--short-side", default=256, show_default=True, help="Resize so the short side is N (0 keeps the size).")
+@click.option("--short-side", default=256, show_default=True, help="Resize so the short side is N >= 2 (0 keeps the size).")
 @click.option("--fps", type=float, default=None, help="Frames per second to keep (default: every frame).")
 @click.option("--quality", default=90, show_default=True, help="JPEG quality (1-100).")
 @click.option("--workers", type=int, default=None, help="Processes (default: the core count).")
 @click.option("--overwrite", is_flag=True, help="Extract again even where a finished folder exists.")
 @click.option("--strict", is_flag=True, help="Exit 1 if any video fails.")
 def extract(src, dst, short_side, fps, quality, workers, overwrite, strict) -> None:
-    """Decode every video under SRC into a folder of JPEG frames under DST."""
+    """Decode every video under SRC into a folder of JPEG frames under DST.
+
+    Videos that cannot be decoded (or whose worker process dies) are listed in
+    DST/failures.csv and the run goes on. One run at a time per DST (DST/.tsm-extract.lock).
+    """
     from tsmcli.data.extract import extract as run_extract
 
     result = run_extract(src, dst, short_side=short_side, fps=fps, quality=quality,
@@ -91,21 +113,29 @@ def extract(src, dst, short_side, fps, quality, workers, overwrite, strict) -> N
 @click.option("--root", required=True, type=click.Path(path_type=Path), help="Folder of frame folders or videos.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for train.txt, val.txt, classes.txt.")
 @click.option("--annotations", type=click.Path(path_type=Path), default=None, help="Folder of the dataset's annotation files.")
-@click.option("--source", type=click.Choice(["frames", "videos"]), default=None, help="What ROOT holds (default: detected).")
+@click.option("--source", type=click.Choice(SOURCES), default=None, help="What ROOT holds (default: detected).")
 @click.option("--split", type=click.IntRange(1, 3), default=1, show_default=True, help="UCF101/HMDB51 split.")
 @click.option("--val-fraction", type=float, default=0.25, show_default=True, help="folder: share of each class kept for val.")
 @click.option("--seed", type=int, default=0, show_default=True, help="folder: seed of the train/val split.")
-@click.option("--template", default=None, help="Frame file name template, e.g. 'img_{:05d}.jpg' (default: detected).")
+@click.option("--template", default=None, help=f"Frame file name template, e.g. '{FRAME_TEMPLATE}' (default: detected).")
 @click.option("--label-order", type=click.Choice(["official", "sorted"]), default="official", show_default=True,
               help="sthv1/jester: labels CSV order (mmaction2) or sorted (official TSM checkpoints).")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Threads counting frames / opening videos (default: up to 8).")
-def build_list(dataset, root, out, annotations, source, split, val_fraction, seed, template, label_order, workers) -> None:
-    """Write TSN list files (train.txt, val.txt, classes.txt) for a dataset."""
-    from tsmcli.data.adapters import build_list as build
+@click.option("--conflicting-labels", type=click.Choice(["error", "first", "drop"]), default="error", show_default=True,
+              help="A clip annotated with two different labels: stop and name it (error), keep the label read "
+                   "first, train before val before test (first), or leave the clip out (drop).")
+def build_list(dataset, root, out, annotations, source, split, val_fraction, seed, template, label_order, workers,
+               conflicting_labels) -> None:
+    """Write TSN list files (train.txt, val.txt, classes.txt) for a dataset.
+
+    A clip listed twice in a split, or also in an earlier split (train, val, test), is written
+    once; the rows left out are counted and listed in OUT/duplicates.txt.
+    """
+    from tsmcli.data.build_list import build_list as build
 
     result = build(dataset, root, out, annotations=annotations, source=source, split=split,
                    val_fraction=val_fraction, seed=seed, template=template, label_order=label_order,
-                   workers=workers)
+                   workers=workers, conflicting_labels=conflicting_labels)
     for name, path in result.lists.items():
         click.echo(f"{path.name}: {result.counts[name]} {result.source}")
     click.echo(f"{result.classes_file.name}: {result.num_classes} classes (written to {out})")
@@ -115,6 +145,13 @@ def build_list(dataset, root, out, annotations, source, split, val_fraction, see
         click.echo(f"{name}: {count} entries without labels, not written")
     if result.num_missing:
         click.echo(f"{result.num_missing} annotated clips missing or empty: see {result.missing_file}")
+    if result.num_duplicates or result.num_overlaps or result.num_conflicts:
+        counts = [f"{result.num_duplicates} listed twice in a split",
+                  f"{result.num_overlaps} also in an earlier split (left out of the later one)"]
+        if result.num_conflicts:
+            resolved = "kept the first label" if conflicting_labels == "first" else "left out"
+            counts.append(f"{result.num_conflicts} with two labels ({resolved})")
+        click.echo(f"repeated clips: {', '.join(counts)}: see {result.duplicates_file}")
 
 
 @cli.command()
@@ -175,7 +212,7 @@ def train(recipe, overrides, out, resume) -> None:
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader processes (default: up to 4).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write top1, top5, mean_class_accuracy, ... to this JSON file.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None, help="Write per-class accuracy, confusion matrix and per-video predictions here.")
-@click.option("--source", type=click.Choice(["frames", "videos"]), default=None, help="What ROOT holds (default: from the checkpoint's recipe).")
+@click.option("--source", type=click.Choice(SOURCES), default=None, help="What ROOT holds (default: from the checkpoint's recipe).")
 @click.option("--backend", type=click.Choice(["decord", "pyav"]), default=None, help="Video decoder (default: from the recipe, else decord).")
 @click.option("--arch", default=None, help="Official/mmaction2 checkpoints: backbone, e.g. resnet50.")
 @click.option("--segments", "num_segments", type=click.IntRange(min=1), default=None, help="Frames per clip: required for official/mmaction2 checkpoints; overrides the recipe's for ours.")
@@ -183,9 +220,10 @@ def train(recipe, overrides, out, resume) -> None:
 @click.option("--shift-div", type=click.IntRange(min=2), default=None, help="Official/mmaction2 checkpoints: 1/N of the channels shift each way.")
 @click.option("--shift-place", type=click.Choice(["blockres", "block"]), default=None, help="Official/mmaction2 checkpoints: where the shift sits.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="Where the model runs (auto: CUDA when available).")
+@click.option("--trust-torchscript", is_flag=True, help="--online: run the dir's online.pt (TorchScript, which can run code) instead of the model rebuilt from online_weights.pt.")
 def evaluate(checkpoint, online, list_file, root, protocol, clips, crops, full_res, twice_sample,
              dense, average, batch_size, workers, json_path, out_dir, source, backend, arch,
-             num_segments, shift, shift_div, shift_place, device) -> None:
+             num_segments, shift, shift_div, shift_place, device, trust_torchscript) -> None:
     """Top-1 / top-5 / mean class accuracy of a checkpoint on a list.
 
     Under torchrun (python -m torch.distributed.run ... -m tsmcli eval ...) each process scores
@@ -195,12 +233,15 @@ def evaluate(checkpoint, online, list_file, root, protocol, clips, crops, full_r
 
     if (checkpoint is None) == (online is None):
         raise UsageError("give exactly one of --checkpoint CKPT or --online MODEL_DIR")
+    if trust_torchscript and online is None:
+        raise UsageError("--trust-torchscript applies to --online only; drop it")
     if online is not None:
         if json_path is not None or out_dir is not None:
             raise UsageError("--json and --out apply to --checkpoint only; drop them with --online")
         from tsmcli.engine.online import evaluate_online
 
-        online_result = evaluate_online(online, list_file, root, source=source, backend=backend)
+        online_result = evaluate_online(online, list_file, root, source=source, backend=backend,
+                                        trust_torchscript=trust_torchscript)
         rows = [("model", str(online)), ("top-1", f"{online_result.top1:.2f} %"),
                 ("top-5", f"{online_result.top5:.2f} %"),
                 ("mean class", f"{online_result.mean_class_accuracy:.2f} %"),
@@ -233,7 +274,7 @@ def evaluate(checkpoint, online, list_file, root, protocol, clips, crops, full_r
 
 @cli.command("convert-online")
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path), help="Checkpoint to convert (ours, official TSM or mmaction2).")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Model dir for online.pt, online.onnx, report.json.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Model dir for online_weights.pt, online.pt, online.onnx, report.json.")
 @click.option("--height", type=click.IntRange(min=16), default=None, help="Frame height (default: the recipe's input size, else 224).")
 @click.option("--width", type=click.IntRange(min=16), default=None, help="Frame width (default: the recipe's input size, else 224).")
 @click.option("--val-list", type=click.Path(path_type=Path), default=None, help="Report top-1 before and after conversion on this list.")
@@ -241,7 +282,7 @@ def evaluate(checkpoint, online, list_file, root, protocol, clips, crops, full_r
 @click.option("--finetune-epochs", type=click.IntRange(min=0), default=0, show_default=True, help="Fine-tune one-way on the recipe's training data first.")
 @click.option("--distill-weight", type=click.FloatRange(0, 1), default=0.5, show_default=True, help="Fine-tuning: share of the loss from the checkpoint's own (two-way) outputs; 0 for labels only.")
 @click.option("--distill-temperature", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True, help="Fine-tuning: softmax temperature of the distillation.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing model dir.")
+@click.option("--overwrite", is_flag=True, help="Replace the files a conversion writes in an existing model dir (never a dir that holds an input).")
 @click.option("--arch", default=None, help="Official/mmaction2 checkpoints: backbone, e.g. resnet50.")
 @click.option("--segments", "num_segments", type=click.IntRange(min=1), default=None, help="Official/mmaction2 checkpoints: frames per clip in training.")
 @click.option("--shift", type=click.Choice(["none", "bidirectional", "unidirectional"]), default=None, help="Official/mmaction2 checkpoints: temporal shift in training.")
@@ -280,11 +321,12 @@ def convert_online(checkpoint, out, height, width, val_list, root, finetune_epoc
 @click.argument("video", type=click.Path(path_type=Path))
 @click.option("--model", "model_dir", required=True, type=click.Path(path_type=Path), help="Online model dir from tsm convert-online.")
 @click.option("--topk", type=click.IntRange(min=1), default=5, show_default=True, help="Classes shown per frame.")
-def stream(video, model_dir, topk) -> None:
+@click.option("--trust-torchscript", is_flag=True, help="Run the dir's online.pt (TorchScript, which can run code) instead of the model rebuilt from online_weights.pt.")
+def stream(video, model_dir, topk, trust_torchscript) -> None:
     """Run a video through an online model frame by frame, printing the running top-k."""
     from tsmcli.engine.online import stream as run_stream
 
-    for step in run_stream(video, model_dir, topk=topk):
+    for step in run_stream(video, model_dir, topk=topk, trust_torchscript=trust_torchscript):
         best = "  ".join(f"{label} {score:.3f}" for label, score in zip(step.labels, step.scores, strict=True))
         click.echo(f"frame {step.index:5d}  {step.latency_ms:7.2f} ms  {best}")
 
@@ -302,6 +344,37 @@ def demo(out, per_class, epochs, overrides) -> None:
     result = run_demo(out, per_class=per_class, epochs=epochs, overrides=overrides)
     click.echo(result.table())
     click.echo(f"report: {result.report} ({result.seconds / 60:.1f} min)")
+
+
+@cli.group()
+def zoo() -> None:
+    """Published TSM checkpoints by name: list them, download one (into $TSM_HOME)."""
+
+
+@zoo.command("list")
+def zoo_list() -> None:
+    """Print every published checkpoint with its protocol and published top-1."""
+    from tsmcli.zoo import is_cached, list_entries
+
+    rows = [("name", "dataset", "frames", "protocol", "top-1", "downloaded")]
+    for entry in list_entries():
+        result = entry.published
+        rows.append((entry.name, entry.dataset, "-" if entry.segments is None else str(entry.segments),
+                     "-" if result is None else str(result.protocol),
+                     "-" if result is None else f"{result.top1:g}",
+                     "yes" if is_cached(entry) else "no"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+@zoo.command("download")
+@click.argument("name")
+def zoo_download(name) -> None:
+    """Download NAME (verified against its hash) and print the path of the file."""
+    from tsmcli.zoo import download_checkpoint
+
+    click.echo(str(download_checkpoint(name)))
 
 
 def main() -> None:

@@ -69,7 +69,7 @@ def demo(out: str | Path = "demo_out", *, per_class: int | None = None, epochs: 
     ``overrides`` are extra ``--set key=value`` items for the three training runs.
     """
     from tsmcli.data import synth as synth_module
-    from tsmcli.data.adapters import build_list
+    from tsmcli.data.build_list import build_list
     from tsmcli.data.extract import extract
 
     started = time.perf_counter()
@@ -190,10 +190,11 @@ def _evaluate_once(checkpoint: Path, lists: Path, frames: Path, eval_dir: Path) 
 
 
 def _convert_once(checkpoint: Path, online_dir: Path) -> dict[str, Any]:
-    from tsmcli.model.export import convert_online
+    from tsmcli.model.export import WEIGHTS_FILE, convert_online
 
     report = online_dir / "report.json"
-    if report.exists() and report.stat().st_mtime >= checkpoint.stat().st_mtime:
+    if ((online_dir / WEIGHTS_FILE).exists() and report.exists()
+            and report.stat().st_mtime >= checkpoint.stat().st_mtime):
         return json.loads(report.read_text())
     convert_online(checkpoint, online_dir, overwrite=True)
     return json.loads(report.read_text())

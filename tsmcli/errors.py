@@ -37,3 +37,7 @@ class TrainingError(TSMError):
 
 class ExportError(TSMError):
     """An exported model does not reproduce the PyTorch model it came from."""
+
+
+class OutputError(TSMError):
+    """An output cannot be written (a full disk); what was there before is kept."""

@@ -16,6 +16,7 @@ as ``false``) means ``"off"``, and ``1e-4`` (which YAML reads as a string) is a 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import re
@@ -28,6 +29,7 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 
+from tsmcli.data.decode import check_frame_template
 from tsmcli.errors import RecipeError
 from tsmcli.resources import recipes_dir
 
@@ -115,12 +117,7 @@ class DataConfig:
             "swap needs data.dataset (the manifest with the left/right label pairs)",
             self.flip,
         )
-        _require(
-            "{" in self.frame_template,
-            "data.frame_template",
-            "must contain a {} field, e.g. img_{:05d}.jpg",
-            self.frame_template,
-        )
+        check_frame_template(self.frame_template, "data.frame_template", RecipeError)
 
 
 @dataclass(frozen=True)
@@ -223,9 +220,13 @@ class Recipe:
 
     def __post_init__(self) -> None:
         _require(
-            isinstance(self.name, str) and bool(self.name.strip()) and "/" not in self.name,
+            isinstance(self.name, str)
+            and bool(self.name.strip())
+            and self.name not in (".", "..")
+            and not any(ch in self.name for ch in "/\\\0"),
             "name",
-            "must be a non-empty string without '/' (it names the run dir)",
+            "must be a single folder name, not '.' or '..' and without '/' or '\\' (it names "
+            "the run dir inside train.out_dir)",
             self.name,
         )
         for section, cls in _SECTION_TYPES.items():
@@ -268,7 +269,12 @@ def load_recipe(name_or_path: str | Path, overrides: Iterable[str] = ()) -> Reci
     ``overrides`` (``"optim.lr=0.01"``; the value is read as YAML) with the same checks."""
     path = find_recipe(name_or_path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{path}: not UTF-8 text (byte {exc.start}); save the recipe as "
+                          "UTF-8") from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
@@ -279,17 +285,38 @@ def load_recipe(name_or_path: str | Path, overrides: Iterable[str] = ()) -> Reci
         raise RecipeError(f"{path}: a recipe must be a mapping with sections {', '.join(SECTIONS)}")
     raw = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in raw.items()}
     raw.setdefault("name", path.stem)
-    for item in overrides:
-        _apply_override(raw, item)
-    return Recipe.from_dict(raw, source=str(path))
+    return _with_overrides(raw, list(overrides), str(path))
 
 
 def apply_overrides(recipe: Recipe, overrides: Iterable[str]) -> Recipe:
     """A copy of ``recipe`` with ``key=value`` overrides applied (same checks as ``--set``)."""
-    raw = recipe.to_dict()
+    return _with_overrides(recipe.to_dict(), list(overrides), "recipe")
+
+
+def _with_overrides(raw: dict[str, Any], overrides: list[str], source: str) -> Recipe:
+    """The recipe ``raw`` with ``overrides`` applied. An error names what caused it: the
+    recipe (``source``) when it is wrong on its own, else the first ``--set`` that makes it
+    wrong (``--set train.epochs=2: optim.warmup_epochs must not exceed train.epochs``). A
+    recipe only the overrides complete (``flip: swap`` plus ``--set data.dataset=...``) is
+    fine."""
+    combined = copy.deepcopy(raw)
     for item in overrides:
-        _apply_override(raw, item)
-    return Recipe.from_dict(raw, source="--set")
+        _apply_override(combined, item)
+    try:
+        return _from_mapping(combined)
+    except RecipeError as exc:
+        error = exc
+    partial = copy.deepcopy(raw)
+    blame = source
+    for item in [None, *overrides]:
+        if item is not None:
+            _apply_override(partial, item)
+            blame = f"--set {item}"
+        try:
+            _from_mapping(partial)
+        except RecipeError as exc:
+            raise RecipeError(f"{blame}: {exc}") from None
+    raise RecipeError(f"{source}: {error}") from None
 
 
 def shipped_recipes() -> list[str]:
@@ -351,7 +378,7 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         value = text
     if key == "name":
         try:
-            raw["name"] = _coerce("name", value, str)
+            raw["name"] = _coerce("name", _as_typed(value, text, str), str)
         except RecipeError as exc:
             raise RecipeError(f"{source}: {exc}") from None
         return
@@ -367,7 +394,7 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
             )
         raise RecipeError(f"{source}: {_unknown_key_message(key, section)}")
     try:
-        value = _coerce(key, value, hints[leaf])
+        value = _coerce(key, _as_typed(value, text, hints[leaf]), hints[leaf])
     except RecipeError as exc:
         raise RecipeError(f"{source}: {exc}") from None
     section_values = raw.get(section)
@@ -375,6 +402,16 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
         section_values = {}
         raw[section] = section_values
     section_values[leaf] = value
+
+
+def _as_typed(value: Any, text: str, tp: Any) -> Any:
+    """For a free-text key (a path, a name), the text as typed when YAML read it as something
+    else: ``--set data.root=2024`` is the folder ``2024``, not the integer."""
+    is_text = tp is str or (typing.get_origin(tp) in (typing.Union, types.UnionType)
+                            and str in typing.get_args(tp))
+    if is_text and value is not None and not isinstance(value, str | list | dict):
+        return text.strip()
+    return value
 
 
 def _unknown_key_message(key: str, section: str | None) -> str:

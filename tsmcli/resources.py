@@ -1,7 +1,9 @@
-"""Where the shipped recipes and dataset manifests live, installed or in a checkout.
+"""Where the shipped recipes, dataset manifests and model zoo registry live.
 
-In a checkout they are the top-level ``recipes/`` and ``datasets/`` folders; a wheel
-installs the same folders inside the package (see ``package-dir`` in pyproject.toml).
+In a checkout the recipes and manifests are the top-level ``recipes/`` and ``datasets/``
+folders; a wheel installs the same folders inside the package (see ``package-dir`` in
+pyproject.toml). The model zoo registry is not a dataset: it sits beside ``zoo.py``, which
+reads it, in the package itself.
 """
 
 from __future__ import annotations
@@ -31,3 +33,8 @@ def datasets_dir() -> Path:
 def labels_dir() -> Path:
     """Folder of the shipped class lists, one class name a line."""
     return datasets_dir() / "labels"
+
+
+def zoo_registry_path() -> Path:
+    """The shipped model zoo registry (``tsmcli/zoo.yaml``)."""
+    return _PACKAGE / "zoo.yaml"

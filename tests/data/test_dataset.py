@@ -180,6 +180,21 @@ def test_find_missing_uses_first_and_last_frame(tiny):
     assert find_missing(read_list(videos / "list.txt"), videos, "videos") == ["v0.mp4"]
 
 
+def test_a_frame_template_without_a_field_is_refused_before_any_frame_is_read(tiny):
+    message = (
+        "frame template 'img_00001.jpg' is not a frame file name with one integer field "
+        "(no {} field for the frame number); use e.g. 'img_{:05d}.jpg'"
+    )
+    frames = tiny / "frames"
+    with pytest.raises(DataError) as caught:
+        find_missing(read_list(frames / "list.txt"), frames, "frames", "img_00001.jpg")
+    assert str(caught.value) == message
+    with pytest.raises(DataError) as caught:
+        make(tiny, template="img_00001.jpg")
+    assert str(caught.value) == message
+    assert make(tiny, source="videos", template="img_00001.jpg").template == "img_00001.jpg"
+
+
 def test_bad_options_and_labels_are_refused(tiny):
     with pytest.raises(UsageError, match="flip 'swap' needs"):
         make(tiny, flip="swap")

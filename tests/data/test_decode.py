@@ -158,3 +158,24 @@ def test_count_frames_counts_the_consecutive_run_from_one(tmp_path):
     (tmp_path / "clip" / "notes.txt").write_text("x")
     assert count_frames(tmp_path / "clip") == 3
     assert count_frames(tmp_path / "clip" / "sub") == 1
+
+
+def test_frame_folder_counts_with_its_own_template(tmp_path):
+    _write_frames(tmp_path / "clip", [1, 2, 3])
+    for k in (1, 2):
+        (tmp_path / "clip" / f"{k:05d}.jpg").write_bytes(b"")
+    assert FrameFolder(tmp_path / "clip").num_frames == 3
+    assert FrameFolder(tmp_path / "clip", template="{:05d}.jpg").num_frames == 2
+
+
+def test_a_template_without_a_field_is_refused_and_counting_it_cannot_loop(tmp_path, deadline):
+    _write_frames(tmp_path / "clip", [1, 2, 3])
+    message = (
+        "frame template 'img_00001.jpg' is not a frame file name with one integer field "
+        "(no {} field for the frame number); use e.g. 'img_{:05d}.jpg'"
+    )
+    with pytest.raises(DataError) as caught:
+        FrameFolder(tmp_path / "clip", template="img_00001.jpg")
+    assert str(caught.value) == message
+    with deadline(30):  # every frame number names the same file: this used to never end
+        assert count_frames(tmp_path / "clip", "img_00001.jpg") == 1

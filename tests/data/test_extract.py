@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import av
@@ -16,7 +19,7 @@ from click.testing import CliRunner
 from torchvision.io import decode_jpeg, read_file
 
 from tsmcli.cli import cli
-from tsmcli.data import extract as extract_module
+from tsmcli.data import extract_job
 from tsmcli.data.extract import extract
 from tsmcli.errors import DataError, UsageError
 
@@ -138,20 +141,20 @@ def test_a_video_failing_mid_write_leaves_no_folder_and_a_rerun_completes_it(
     make_video(tmp_path / "src" / "long.mp4", num_frames=40)
     make_video(tmp_path / "src" / "short.mp4", num_frames=8)
     dst = tmp_path / "dst"
-    real_write = extract_module._write_jpegs
+    real_write = extract_job._write_jpegs
 
     def write_then_die(images, folder, start, quality):
         if start > 0:  # the second batch of the 40-frame video
             raise RuntimeError("disk on fire")
         return real_write(images, folder, start, quality)
 
-    monkeypatch.setattr(extract_module, "_write_jpegs", write_then_die)
+    monkeypatch.setattr(extract_job, "_write_jpegs", write_then_die)
     first = extract(tmp_path / "src", dst, short_side=0, workers=1)
     assert (first.done, first.failed) == (1, 1)
     assert "disk on fire" in _failures(dst)["long.mp4"]
     assert not (dst / "long").exists() and _hidden(dst) == []
 
-    monkeypatch.setattr(extract_module, "_write_jpegs", real_write)
+    monkeypatch.setattr(extract_job, "_write_jpegs", real_write)
     second = extract(tmp_path / "src", dst, short_side=0, workers=1)
     assert (second.done, second.skipped, second.failed) == (1, 1, 0)
     assert {p.name for p in (dst / "long").iterdir()} == _names(40)
@@ -227,7 +230,10 @@ def test_two_workers_write_the_same_frames_as_one(tmp_path, make_video):
             ).read_bytes()
 
 
-@pytest.mark.parametrize("kwargs", [{"short_side": -1}, {"fps": 0}, {"quality": 0}, {"workers": 0}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"short_side": -1}, {"short_side": 1}, {"fps": 0}, {"quality": 0}, {"workers": 0}],
+)
 def test_bad_options_are_refused_before_any_work(tmp_path, make_video, kwargs):
     make_video(tmp_path / "src" / "clip.mp4")
     with pytest.raises(UsageError):
@@ -239,3 +245,155 @@ def test_a_folder_without_videos_is_a_data_error(tmp_path):
     (tmp_path / "src").mkdir()
     with pytest.raises(DataError, match="no videos"):
         extract(tmp_path / "src", tmp_path / "dst")
+
+
+# ---------------------------------------------------------------------------- faults
+
+_REAL_RUN_JOB = extract_job.run_job
+
+
+def _job_with_faults(job, options):
+    """Runs in a worker process in place of extract_job.run_job. After the first frames of a video
+    named crash.mp4 the worker SIGKILLs itself, as a decoder segfault or the out-of-memory
+    killer would; flaky.mp4 does that only the first time; hang.mp4 never finishes."""
+    stem, marker = job.video.stem, job.video.with_name(f"{job.video.name}.died")
+    fault = stem == "crash" or stem == "hang" or (stem == "flaky" and not marker.exists())
+    real_write = extract_job._write_jpegs
+
+    def write_then_fail(images, folder, start, quality):
+        written = real_write(images, folder, start, quality)
+        if stem == "hang":
+            time.sleep(3600)
+        marker.touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+        return written
+
+    if fault:
+        extract_job._write_jpegs = write_then_fail  # this worker's copy of the module
+    try:
+        return _REAL_RUN_JOB(job, options)
+    finally:
+        extract_job._write_jpegs = real_write
+
+
+def test_a_worker_killed_mid_video_is_a_failure_row_and_the_run_ends(
+    tmp_path, make_video, monkeypatch, deadline
+):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for name in ("a", "b", "crash", "c", "flaky", "d"):
+        make_video(src / f"{name}.mp4", num_frames=40)  # 3 batches: killed after the first
+    monkeypatch.setattr(extract_job, "run_job", _job_with_faults)
+
+    with deadline(240):  # it used to hang here forever
+        result = extract(src, dst, short_side=0, workers=2)
+
+    assert (result.done, result.failed, result.frames) == (5, 1, 5 * 40)
+    assert _failures(dst) == {
+        "crash.mp4": "worker died (killed by SIGKILL) twice on this video: the decoder crashes "
+        "on it or the machine runs out of memory; re-encode it, or extract with fewer --workers"
+    }
+    assert (src / "flaky.mp4.died").exists()  # flaky died once and was done by a new worker
+    assert sorted(p.name for p in dst.iterdir()) == ["a", "b", "c", "d", "failures.csv", "flaky"]
+    for name in ("a", "b", "c", "d", "flaky"):
+        assert {p.name for p in (dst / name).iterdir()} == _names(40)
+    assert _hidden(dst) == []  # no .crash.partial-PID, no lock
+
+
+def test_ctrl_c_stops_the_workers_at_once_and_leaves_nothing_half_written(
+    tmp_path, make_video, monkeypatch, deadline
+):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    for name in ("hang", "a", "b"):
+        make_video(src / f"{name}.mp4", num_frames=40)
+    monkeypatch.setattr(extract_job, "run_job", _job_with_faults)
+    partial: list[Path] = []
+
+    def interrupt_when_hanging() -> None:
+        while not partial:
+            partial.extend(dst.glob(".hang.partial-*"))
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C reaches this (the main) process
+
+    watcher = threading.Thread(target=interrupt_when_hanging, daemon=True)
+    watcher.start()
+    with deadline(240), pytest.raises(KeyboardInterrupt):
+        extract(src, dst, short_side=0, workers=2)
+    watcher.join()
+
+    worker = int(partial[0].name.rpartition("-")[2])
+    assert not extract_job.pid_alive(worker)  # stopped, not left decoding
+    assert _hidden(dst) == []  # its half-written folder and the lock are gone
+    assert not (dst / "hang").exists()
+
+
+def test_a_second_run_into_the_same_dst_is_refused_while_the_first_holds_the_lock(
+    tmp_path, make_video
+):
+    import fcntl
+
+    make_video(tmp_path / "src" / "clip.mp4")
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    lock = dst / ".tsm-extract.lock"
+    with open(lock, "w") as held:  # a running extract, as far as the lock tells
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write("4242\n")
+        held.flush()
+        result = CliRunner().invoke(cli, ["extract", str(tmp_path / "src"), str(dst)])
+    assert result.exit_code == 1
+    assert result.output.splitlines() == [
+        f"error: {lock}: another tsm extract (PID 4242) is writing to {dst}; wait for it to "
+        "finish or choose another DST"
+    ]
+    assert sorted(p.name for p in dst.iterdir()) == [".tsm-extract.lock"]  # nothing rewritten
+
+
+def test_the_lock_of_a_killed_run_is_taken_over(tmp_path, make_video):
+    make_video(tmp_path / "src" / "clip.mp4")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / "dst").mkdir()
+    (tmp_path / "dst" / ".tsm-extract.lock").write_text(f"{dead.pid}\n")
+    result = extract(tmp_path / "src", tmp_path / "dst", short_side=0, workers=1)
+    assert result.done == 1 and _hidden(tmp_path / "dst") == []
+
+
+def test_a_video_named_like_the_report_fails_and_the_report_is_kept(tmp_path, make_video):
+    make_video(tmp_path / "src" / "failures.csv.mp4")
+    make_video(tmp_path / "src" / "clip.mp4")
+    (tmp_path / "src" / "empty.mp4").write_bytes(b"")
+    dst = tmp_path / "dst"
+    result = extract(tmp_path / "src", dst, short_side=0, workers=1)
+    assert (result.done, result.failed) == (1, 2)
+    reasons = _failures(dst)
+    assert reasons["failures.csv.mp4"] == (
+        f"its frame folder would be {dst / 'failures.csv'}, this run's report; rename it"
+    )
+    assert "0 bytes" in reasons["empty.mp4"]
+
+    (dst / "failures.csv").unlink()
+    (dst / "failures.csv").mkdir()  # frames of failures.csv.mp4 from an older tsmcli
+    with pytest.raises(DataError) as caught:
+        extract(tmp_path / "src", dst, short_side=0, workers=1)
+    assert str(caught.value) == (
+        f"{dst / 'failures.csv'}: a folder where this run writes its report (the frames of a "
+        "video named failures.csv.*?); move it away"
+    )
+
+
+@pytest.mark.parametrize("under_a_file", [False, True])
+def test_a_dst_that_is_or_is_under_a_file_is_a_usage_error_before_any_work(
+    tmp_path, make_video, under_a_file
+):
+    make_video(tmp_path / "src" / "clip.mp4")
+    (tmp_path / "notes.txt").write_text("mine")
+    dst = tmp_path / "notes.txt" / "frames" if under_a_file else tmp_path / "notes.txt"
+    result = CliRunner().invoke(cli, ["extract", str(tmp_path / "src"), str(dst)])
+    assert result.exit_code == 2
+    expected = (
+        f"DST {dst}: {tmp_path / 'notes.txt'} is a file, not a folder; choose another path"
+        if under_a_file
+        else f"DST {dst}: is a file, not a folder; choose a folder"
+    )
+    assert result.output.splitlines() == [f"error: {expected}"]
+    assert (tmp_path / "notes.txt").read_text() == "mine"

@@ -187,3 +187,28 @@ def test_cli_writes_the_dataset_and_prints_one_line(tmp_path):
         "rotating_counterclockwise/rotating_counterclockwise_0000.mp4",
         "rotating_counterclockwise/rotating_counterclockwise_0001.mp4",
     ]
+
+
+@pytest.mark.parametrize("classes", [",", " , ,"])
+def test_classes_naming_no_class_is_a_usage_error(tmp_path, classes):
+    result = CliRunner().invoke(cli, ["synth", str(tmp_path / "out"), "--classes", classes])
+    assert result.exit_code == 2
+    assert result.output.splitlines() == [
+        f"error: --classes names no class; give one or more of {', '.join(CLASSES)}"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("under_a_file", [False, True])
+def test_an_out_that_is_or_is_under_a_file_is_refused_before_any_video(tmp_path, under_a_file):
+    (tmp_path / "notes.txt").write_text("mine")
+    out = tmp_path / "notes.txt" / "synth" if under_a_file else tmp_path / "notes.txt"
+    result = CliRunner().invoke(cli, ["synth", str(out), "--per-class", "1", "--frames", "4"])
+    assert result.exit_code == 2
+    expected = (
+        f"OUT {out}: {tmp_path / 'notes.txt'} is a file, not a folder; choose another path"
+        if under_a_file
+        else f"OUT {out}: is a file, not a folder; choose a folder"
+    )
+    assert result.output.splitlines() == [f"error: {expected}"]
+    assert (tmp_path / "notes.txt").read_text() == "mine"

@@ -404,6 +404,10 @@ def test_cli_checkpoint_and_online_are_exclusive(tmp_path):
         assert result.exit_code == 2
         assert result.output.strip().splitlines() == [
             "error: give exactly one of --checkpoint CKPT or --online MODEL_DIR"]
+    result = CliRunner().invoke(cli, [*base, "--checkpoint", "a.pt", "--trust-torchscript"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "error: --trust-torchscript applies to --online only; drop it"]
 
 
 def test_cli_online_calls_the_streaming_evaluation(tmp_path, monkeypatch):
@@ -424,7 +428,8 @@ def test_cli_online_calls_the_streaming_evaluation(tmp_path, monkeypatch):
     result = CliRunner().invoke(cli, ["eval", "--online", str(tmp_path / "m"), "--list",
                                       str(tmp_path / "l.txt"), "--root", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert calls == [(tmp_path / "m", tmp_path / "l.txt", tmp_path, {"source": None, "backend": None})]
+    assert calls == [(tmp_path / "m", tmp_path / "l.txt", tmp_path,
+                      {"source": None, "backend": None, "trust_torchscript": False})]
     rows = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in result.output.splitlines())
     assert rows["top-1"] == "50.00 %" and rows["top-1 at 25%"] == "25.00 %"
     assert rows["frames"] == "16" and rows["latency"] == "1.50 ms/frame"
@@ -440,3 +445,43 @@ def test_cli_one_line_error_for_bad_input(table_setup, tmp_path):
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {list_file}:2:")
+
+
+def test_an_error_in_a_data_worker_is_the_original_one_line(table_setup):
+    from tsmcli.cli import cli
+
+    root, list_file, checkpoint, model = table_setup
+    for frame in (root / "v2").iterdir():
+        frame.write_bytes(b"not a jpeg")
+    result = CliRunner().invoke(cli, ["eval", "--checkpoint", str(checkpoint), "--list",
+                                      str(list_file), "--root", str(root), "--workers", "1"])
+    assert result.exit_code == 1, result.output
+    line, = result.output.strip().splitlines()
+    assert line.startswith(f"error: {root / 'v2' / 'img_0000'}")
+    assert "DataLoader worker" not in line and "Traceback" not in line
+
+
+def test_unwritable_json_or_out_is_refused_before_evaluating(table_setup, tmp_path):
+    from tsmcli.cli import cli
+
+    root, list_file, checkpoint, model = table_setup
+    (tmp_path / "file").write_text("x")
+    base = ["eval", "--checkpoint", str(checkpoint), "--list", str(list_file), "--root", str(root),
+            "--workers", "0"]
+    cases = {
+        ("--json", tmp_path / "file" / "eval.json"):
+            f"--json {tmp_path / 'file' / 'eval.json'}: {tmp_path / 'file'} is a file, not a "
+            "folder; choose another path",
+        ("--json", tmp_path): f"--json {tmp_path}: is a folder; give a file name",
+        ("--out", tmp_path / "file"): f"--out {tmp_path / 'file'}: is a file, not a folder; "
+                                      "choose a folder",
+        ("--out", tmp_path / "file" / "reports"):
+            f"--out {tmp_path / 'file' / 'reports'}: {tmp_path / 'file'} is a file, not a "
+            "folder; choose another path",
+    }
+    for (option, path), expected in cases.items():
+        result = CliRunner().invoke(cli, [*base, option, str(path)])
+        assert result.exit_code == 2, result.output
+        assert result.output.strip().splitlines() == [f"error: {expected}"]
+    assert model.shapes == []  # refused before a single clip was scored
+    assert (tmp_path / "file").read_text() == "x"

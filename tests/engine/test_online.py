@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import warnings
 
 import pytest
 import torch
@@ -113,3 +115,158 @@ def test_stream_yields_the_running_top_k_of_every_frame(model_dir, videos):
     lines = printed.output.strip().splitlines()
     assert len(lines) == VIDEO_FRAMES[0] and all(line.startswith("frame ") for line in lines)
     assert lines[-1].split()[4] in CLASSES  # "frame 4  1.23 ms  <label> <score>"
+
+
+# ---------------------------------------------------------------------------------------------
+# nothing in a model dir runs without --trust-torchscript
+
+
+class WritesAFile(torch.nn.Module):
+    """A hostile online.pt: a scripted step that saves a file wherever it likes (here outside
+    the model dir), then answers like the real one so that nothing looks wrong."""
+
+    def __init__(self, target: str, num_classes: int):
+        super().__init__()
+        self.target = target
+        self.num_classes = num_classes
+
+    def forward(self, frame: torch.Tensor, b0: torch.Tensor, b1: torch.Tensor,
+                b2: torch.Tensor, b3: torch.Tensor, b4: torch.Tensor, b5: torch.Tensor,
+                b6: torch.Tensor, b7: torch.Tensor):
+        torch.save(frame, self.target)
+        return torch.zeros(1, self.num_classes), b0, b1, b2, b3, b4, b5, b6, b7
+
+
+@pytest.fixture
+def hostile_dir(model_dir, tmp_path):
+    """A copy of the model dir whose online.pt writes ``tmp_path/outside/pwned.pt``."""
+    out, _ = model_dir
+    hostile = tmp_path / "hostile"
+    shutil.copytree(out, hostile)
+    target = tmp_path / "outside" / "pwned.pt"
+    target.parent.mkdir()
+    with warnings.catch_warnings():  # TorchScript is deprecated in torch 2.x, still loadable
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.save(torch.jit.script(WritesAFile(str(target), len(CLASSES))),
+                       str(hostile / "online.pt"))
+    return hostile, target
+
+
+def _one_line_error(result, code: int = 1) -> str:
+    assert result.exit_code == code, result.output
+    line, = result.output.strip().splitlines()
+    assert line.startswith("error: ")
+    return line[len("error: "):]
+
+
+def test_a_hostile_online_pt_does_not_run_without_the_flag(model_dir, hostile_dir, videos):
+    out, _ = model_dir
+    hostile, target = hostile_dir
+    runner = CliRunner()
+    streamed = runner.invoke(cli, ["stream", str(videos / "v2.mp4"), "--model", str(hostile)])
+    evaluated = runner.invoke(cli, ["eval", "--online", str(hostile), "--list",
+                                    str(videos / "val.txt"), "--root", str(videos)])
+    assert streamed.exit_code == 0 and evaluated.exit_code == 0, streamed.output + evaluated.output
+    assert not target.exists()  # online.pt was never loaded
+    genuine = runner.invoke(cli, ["stream", str(videos / "v2.mp4"), "--model", str(out)])
+    # the same model as the genuine dir's: the same top-k on every line (latencies differ)
+    assert [line.split()[4:] for line in streamed.output.splitlines()] == [
+        line.split()[4:] for line in genuine.output.splitlines()]
+    assert evaluate_online(hostile, videos / "val.txt", videos).scores.equal(
+        evaluate_online(out, videos / "val.txt", videos).scores)
+    assert not target.exists()
+    # the flag is what loads online.pt (so this test would see it run without one)
+    trusted = runner.invoke(cli, ["stream", str(videos / "v0.mp4"), "--model", str(hostile),
+                                  "--trust-torchscript"])
+    assert trusted.exit_code == 0, trusted.output
+    assert target.exists()
+
+
+def test_the_rebuilt_model_equals_the_torchscript_one(model_dir, videos):
+    out, _ = model_dir
+    rebuilt = evaluate_online(out, videos / "val.txt", videos)
+    scripted = evaluate_online(out, videos / "val.txt", videos, trust_torchscript=True)
+    assert (rebuilt.scores - scripted.scores).abs().max() < 1e-5
+    assert rebuilt.top1 == scripted.top1 and rebuilt.num_frames == scripted.num_frames
+    steps = list(stream(videos / "v1.mp4", out, topk=3))
+    trusted = list(stream(videos / "v1.mp4", out, topk=3, trust_torchscript=True))
+    assert [s.labels for s in steps] == [s.labels for s in trusted]
+    assert [s.scores for s in steps] == [pytest.approx(s.scores, abs=1e-6) for s in trusted]
+
+
+def test_old_or_damaged_model_dirs_are_one_line_errors(model_dir, videos, tmp_path):
+    out, _ = model_dir
+    runner = CliRunner()
+    video = str(videos / "v0.mp4")
+
+    def copy(name: str):
+        target = tmp_path / name
+        shutil.copytree(out, target)
+        return target
+
+    old = copy("old")
+    (old / "online_weights.pt").unlink()  # a model dir from before online_weights.pt
+    message = _one_line_error(runner.invoke(cli, ["stream", video, "--model", str(old)]))
+    assert message == (
+        f"{old / 'online_weights.pt'}: missing (a model dir from an older tsmcli holds only "
+        "TorchScript, which can run code); run tsm convert-online again, or pass "
+        f"--trust-torchscript if you trust {old / 'online.pt'}")
+    assert runner.invoke(cli, ["stream", video, "--model", str(old),
+                               "--trust-torchscript"]).exit_code == 0
+
+    corrupt = copy("corrupt")
+    (corrupt / "online.pt").write_bytes(b"\x00garbage" * 100)
+    assert runner.invoke(cli, ["stream", video, "--model", str(corrupt)]).exit_code == 0
+    message = _one_line_error(runner.invoke(cli, ["stream", video, "--model", str(corrupt),
+                                                  "--trust-torchscript"]))
+    assert message.startswith(f"{corrupt / 'online.pt'}: not a readable TorchScript file (")
+    assert message.endswith("convert the checkpoint again with tsm convert-online")
+    (corrupt / "online_weights.pt").write_bytes(b"\x00garbage" * 100)
+    message = _one_line_error(runner.invoke(cli, ["stream", video, "--model", str(corrupt)]))
+    assert message.startswith(f"{corrupt / 'online_weights.pt'}: not a checkpoint")
+
+    report = json.loads((out / "report.json").read_text())
+    edits = {
+        "not json": ("{ height: 32", "not valid JSON"),
+        "list": ("[1, 2]", "holds a list, not the report object"),
+        "height": ({**report, "height": "32"}, "height must be an integer of at least 16, got '32'"),
+        "scale": ({**report, "scale_size": 8}, "scale_size must be an integer of at least 32"),
+        "shapes": ({**report, "buffer_shapes": [[1, -8]]}, "buffer_shapes must be a list of"),
+        "resized": ({**report, "height": 48, "width": 48, "scale_size": 48},
+                    "buffer_shapes do not match"),
+    }
+    for name, (content, expected) in edits.items():
+        edited = copy(name)
+        text = content if isinstance(content, str) else json.dumps(content)
+        (edited / "report.json").write_text(text)
+        for command in (["stream", video, "--model", str(edited)],
+                        ["eval", "--online", str(edited), "--list", str(videos / "val.txt"),
+                         "--root", str(videos)]):
+            message = _one_line_error(runner.invoke(cli, command))
+            assert message.startswith(f"{edited / 'report.json'}: ") and expected in message
+            assert "convert" in message
+    # trusting the TorchScript of an edited report: the step fails, in one line
+    message = _one_line_error(runner.invoke(cli, ["stream", video, "--model",
+                                                  str(tmp_path / "resized"),
+                                                  "--trust-torchscript"]))
+    assert message.startswith(f"{tmp_path / 'resized' / 'online.pt'}: failed on a 48x48 frame")
+
+
+def test_stream_into_a_closed_pipe_exits_quietly(model_dir, videos):
+    """``tsm stream ... | head``: the reader is gone before the first line; no traceback, no
+    'internal error', exit 0."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out, _ = model_dir
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env.pop("TSM_DEBUG", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tsmcli", "stream", str(videos / "v2.mp4"), "--model", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    process.stdout.close()  # as head does once it has its lines
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr.decode()
+    assert "error" not in stderr.decode().lower()  # no "internal error", no BrokenPipeError

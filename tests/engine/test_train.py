@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -357,3 +358,218 @@ def test_a_teacher_of_another_dataset_is_refused(tiny_data, tmp_path):
                 "state_dict": other.state_dict(), "epoch": 1}, path)
     with pytest.raises(CheckpointError, match=r"five_classes.pt: the teacher .* 5 classes"):
         train(tiny_recipe(tiny_data, f"train.distill_from={path}"), out_dir=tmp_path / "run")
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input and faults: one line naming the cause, nothing lost
+
+
+def _cli_error(args: list[str], code: int = 1) -> str:
+    """Run the CLI; it must exit ``code`` printing exactly one line, the error."""
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == code, result.output
+    line, = result.output.strip().splitlines()
+    assert line.startswith("error: ")
+    return line[len("error: "):]
+
+
+def _recipe_file(tmp_path: Path, recipe: Recipe) -> str:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(recipe.to_yaml())
+    return str(path)
+
+
+def _with_broken_video(tiny_data: Path, folder: Path) -> Path:
+    """tiny_data's train list with its last video replaced by bytes that are not a video."""
+    lines = (tiny_data / "train.txt").read_text().splitlines()[:5]
+    (folder / "broken.mp4").write_bytes(b"not a video at all" * 64)
+    listed = folder / "train.txt"
+    listed.write_text(
+        "\n".join(lines + [f"{os.path.relpath(folder / 'broken.mp4', tiny_data)} 8 1"]) + "\n")
+    (folder / "classes.txt").write_text((tiny_data / "classes.txt").read_text())
+    return listed
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_an_error_in_a_data_worker_is_the_original_one_line(tiny_data, tmp_path):
+    listed = _with_broken_video(tiny_data, tmp_path)
+    recipe = tiny_recipe(tiny_data, f"data.train_list={listed}", "data.val_list=",
+                         "train.epochs=1", "train.workers=1")
+    message = _cli_error(["train", "--recipe", _recipe_file(tmp_path, recipe),
+                          "--out", str(tmp_path / "run")])
+    video = tiny_data / os.path.relpath(tmp_path / "broken.mp4", tiny_data)  # as listed
+    assert message.startswith(f"{video}: cannot open video (")
+    assert "DataLoader worker" not in message and "Traceback" not in message
+
+
+def test_a_killed_data_worker_is_one_line(tiny_data, tmp_path):
+    """A worker killed with SIGKILL (what the out-of-memory killer sends) mid-epoch."""
+    import subprocess
+    import sys
+
+    recipe = _recipe_file(tmp_path, tiny_recipe(tiny_data, "train.workers=1", "train.epochs=1"))
+    script = (
+        "import os, signal, sys\n"
+        "from torch.utils.data import get_worker_info\n"
+        "import tsmcli.data.dataset as dataset\n"
+        "load = dataset.VideoClipDataset.__getitem__\n"
+        "def dying(self, index):\n"
+        "    if get_worker_info() is not None and index == 3:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return load(self, index)\n"
+        "dataset.VideoClipDataset.__getitem__ = dying\n"
+        "from tsmcli.cli import main\n"
+        f"sys.argv = ['tsm', 'train', '--recipe', {recipe!r}, '--out', {str(tmp_path / 'run')!r}]\n"
+        "main()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env.pop("TSM_DEBUG", None)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    # torch sees the death from its SIGCHLD handler (then it knows the signal) or from a
+    # worker gone silent, whichever comes first
+    assert re.fullmatch(r"error: a data loading worker process died( \(signal: Killed\))?, most "
+                        r"likely out of memory; lower train\.workers \(or the batch size\) and "
+                        r"run again", done.stderr.strip().splitlines()[-1]), done.stderr
+
+
+def test_out_dir_that_cannot_be_a_folder_is_refused_before_any_work(tiny_data, tmp_path):
+    recipe = _recipe_file(tmp_path, tiny_recipe(tiny_data))
+    (tmp_path / "file").write_text("x")
+    message = _cli_error(["train", "--recipe", recipe, "--out", str(tmp_path / "file")], code=2)
+    assert message == f"--out {tmp_path / 'file'}: is a file, not a folder; choose a folder"
+    message = _cli_error(["train", "--recipe", recipe, "--out", str(tmp_path / "file" / "run")],
+                         code=2)
+    assert message == (f"--out {tmp_path / 'file' / 'run'}: {tmp_path / 'file'} is a file, not "
+                       "a folder; choose another path")
+    message = _cli_error(["train", "--recipe", recipe, "--set",
+                          f"train.out_dir={tmp_path / 'file'}"])  # from the recipe: exit 1
+    assert message.startswith(f"train.out_dir {tmp_path / 'file' / 'demo'}: ")
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_unknown_arch_names_the_key_and_the_choices(tiny_data, tmp_path):
+    message = _cli_error(["train", "--recipe", _recipe_file(tmp_path, tiny_recipe(tiny_data)),
+                          "--set", "model.arch=resnet9", "--out", str(tmp_path / "run")])
+    assert message == ("model.arch: unknown arch 'resnet9'; did you mean 'resnet50'? choose one "
+                       "of mobilenet_v2, resnet101, resnet152, resnet18, resnet34, resnet50")
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_refuses_what_is_not_this_runs_training_checkpoint(tiny_data, straight_run,
+                                                                  tmp_path):
+    from tsmcli.model.checkpoint import checkpoint_dict, save_checkpoint
+
+    recipe = _recipe_file(tmp_path, tiny_recipe(tiny_data, "train.epochs=3"))
+    resume = ["train", "--recipe", recipe, "--resume", "--out"]
+    weights_only = tmp_path / "weights_only"
+    weights_only.mkdir()
+    torch.save(_weights(straight_run.last_checkpoint), weights_only / "last.pt")  # a state dict
+    assert _cli_error([*resume, str(weights_only)]) == (
+        f"{weights_only / 'last.pt'}: not a training checkpoint (it is not a tsmcli checkpoint), "
+        "so it cannot be resumed; start a new run with --out (model.init_from=FILE fine-tunes "
+        "from a model's weights)")
+    model_only = tmp_path / "model_only"
+    model_only.mkdir()
+    save_checkpoint(checkpoint_dict(straight_run.model), model_only / "last.pt")
+    assert "(it has no optimizer, epoch)" in _cli_error([*resume, str(model_only)])
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name, data in _files(straight_run.run_dir).items():
+        (run / name).write_bytes(data)
+    before = _files(run)
+    three = tmp_path / "three"
+    three.mkdir()
+    (three / "classes.txt").write_text("dark\nbright\nother\n")
+    (three / "train.txt").write_text((tiny_data / "train.txt").read_text())
+    message = _cli_error([*resume, str(run), "--set", f"data.train_list={three / 'train.txt'}"])
+    assert message == (f"{run / 'last.pt'}: was trained with 2 classes, but "
+                       f"{three / 'classes.txt'} now gives 3; restore it to resume, or start a "
+                       "new run with --out")
+    assert _files(run) == before  # recipe.yaml, last.pt, metrics.jsonl: as they were
+
+
+def test_recipe_yaml_changes_only_with_a_checkpoint(tiny_data, straight_run, tmp_path):
+    """A resume with a changed key that fails before its first save leaves recipe.yaml saying
+    what last.pt was trained with; a resume that saves writes both."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for name, data in _files(straight_run.run_dir).items():
+        (run / name).write_bytes(data)
+    before = _files(run)
+    listed = _with_broken_video(tiny_data, tmp_path)
+    failing = tiny_recipe(tiny_data, "train.epochs=3", "optim.lr=0.01",
+                          f"data.train_list={listed}", "data.val_list=")
+    with pytest.raises(DataError, match="broken.mp4"):
+        train(failing, out_dir=run, resume=True)
+    assert _files(run) == before
+    resumed = tiny_recipe(tiny_data, "train.epochs=3", "optim.lr=0.01")
+    train(resumed, out_dir=run, resume=True)
+    assert load_recipe(run / "recipe.yaml") == resumed
+    assert torch.load(run / "last.pt", weights_only=True)["recipe"] == resumed.to_dict()
+
+
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(tiny_data, straight_run, tmp_path,
+                                                              monkeypatch):
+    import errno
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name, data in _files(straight_run.run_dir).items():
+        (run / name).write_bytes(data)
+    stale = [run / ".last.pt.0badf00d.tmp", run / ".curves.png.12345678.tmp"]
+    kept = [run / ".last.pt.tmp", run / "notes.0badf00d.tmp", run / ".other.pt.0badf00d.tmp"]
+    for path in stale + kept:  # what a kill during a save leaves, and files not ours
+        path.write_bytes(b"x" * 1000)
+    before = _files(run)
+
+    class FullDisk:
+        """A file on a disk with 4 KiB left. torch.save itself meets the error (and, as on a
+        real full disk, reports it as a RuntimeError of its zip writer)."""
+
+        def __init__(self, handle):
+            self.handle, self.left = handle, 4096
+
+        def write(self, data):
+            if len(data) > self.left:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.left -= len(data)
+            return self.handle.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.handle.__exit__(*exc)
+
+    fdopen = os.fdopen
+    monkeypatch.setattr(os, "fdopen", lambda *args, **kwargs: FullDisk(fdopen(*args, **kwargs)))
+    message = _cli_error(["train", "--recipe", _recipe_file(tmp_path, tiny_recipe(
+        tiny_data, "train.epochs=3")), "--resume", "--out", str(run)])
+    assert message == (f"no space left on {run.resolve()} while writing last.pt; free some space "
+                       "and run again (the previous last.pt, if any, is unchanged)")
+    after = _files(run)
+    assert sorted(after) == sorted([p.name for p in kept] + [  # the stale temps are gone
+        "best.pt", "curves.png", "last.pt", "metrics.jsonl", "recipe.yaml"])
+    assert {name: after[name] for name in after} == {
+        name: before[name] for name in after}  # every file left is as it was
+
+
+def test_run_files_follow_the_umask(tiny_data, tmp_path):
+    previous = os.umask(0o027)
+    try:
+        run = train(tiny_recipe(tiny_data, "train.epochs=1"), out_dir=tmp_path / "run").run_dir
+    finally:
+        os.umask(previous)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in run.iterdir()}
+    assert modes == dict.fromkeys(
+        ["best.pt", "curves.png", "last.pt", "metrics.jsonl", "recipe.yaml"], 0o640)

@@ -34,7 +34,8 @@ def test_registry_lists_the_torchvision_architectures():
 def test_unknown_arch_suggests_the_closest():
     with pytest.raises(UsageError) as info:
         get_backbone("resnet5")
-    assert str(info.value) == "Unknown arch 'resnet5'; did you mean 'resnet50'?"
+    assert str(info.value) == ("unknown arch 'resnet5'; did you mean 'resnet50'? choose one of "
+                               "mobilenet_v2, resnet101, resnet152, resnet18, resnet34, resnet50")
     with pytest.raises(UsageError, match="choose one of mobilenet_v2, resnet101"):
         get_backbone("vgg")
 

@@ -14,7 +14,7 @@ import torch
 import torchvision
 from torch import nn
 
-from tsmcli.errors import CheckpointError
+from tsmcli.errors import CheckpointError, OutputError
 from tsmcli.model.checkpoint import (
     checkpoint_dict,
     load_checkpoint,
@@ -295,8 +295,14 @@ def test_unreadable_files_are_checkpoint_errors(tmp_path):
         load_checkpoint(tmp_path / "missing.pth")
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"this is not a checkpoint")
-    with pytest.raises(CheckpointError, match="garbage.pth: not a readable PyTorch checkpoint"):
+    with pytest.raises(CheckpointError, match="garbage.pth: not a checkpoint"):
         load_checkpoint(garbage)
+    noise = tmp_path / "noise.pt"  # random bytes: the safe unpickler fails on an opcode
+    noise.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(noise)
+    assert str(info.value).startswith(f"{noise}: not a checkpoint (")
+    assert "Python objects" not in str(info.value) and "safe loader" not in str(info.value)
     unsafe = tmp_path / "unsafe.pth"
     torch.save({"state_dict": {}, "args": Args(lr=0.1)}, unsafe)  # a pickled Python object
     with pytest.raises(CheckpointError, match="refused by the safe loader") as info:
@@ -343,8 +349,13 @@ def test_failed_save_leaves_the_old_file_intact(tmp_path, monkeypatch, failure):
         monkeypatch.setattr(torch, "save", broken_save)
     else:
         monkeypatch.setattr(os, "fsync", broken_fsync)
-    with pytest.raises(OSError):
+    # a full disk is one line naming the folder; any other OSError stays what it is
+    expected = OutputError if failure == "save" else OSError
+    with pytest.raises(expected) as info:
         save_checkpoint({"epoch": 2, "w": torch.zeros(1000)}, path)
+    if failure == "save":
+        assert str(info.value).startswith(f"no space left on {tmp_path.resolve()} while "
+                                          "writing last.pth;")
     assert path.read_bytes() == old
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]  # no temp file left behind
     monkeypatch.undo()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -63,15 +64,15 @@ def test_writes_the_files_and_a_report_of_what_was_verified(converted):
     checkpoint, result = converted
     out = result.out_dir
     assert sorted(p.name for p in out.iterdir()) == [
-        "classes.txt", "online.onnx", "online.pt", "report.json"]
+        "classes.txt", "online.onnx", "online.pt", "online_weights.pt", "report.json"]
     report = json.loads((out / "report.json").read_text())
     assert (report["height"], report["width"]) == (SIZE, SIZE)  # from the stored recipe
     assert report["num_buffers"] == 8 == len(report["buffer_shapes"])
     assert report["buffer_shapes"][0] == [1, 8, 8, 8] and report["buffer_shapes"][-1] == [1, 64, 1, 1]
     assert report["cache_bytes"] == 4 * sum(int(np.prod(s)) for s in report["buffer_shapes"])
-    assert set(report["max_abs_diff"]) == {"pytorch", "torchscript", "onnx"}
+    assert set(report["max_abs_diff"]) == {"pytorch", "weights", "torchscript", "onnx"}
     assert all(0 <= d <= TOL for d in report["max_abs_diff"].values())
-    assert {"pytorch features", "onnx frame logits", "onnx buffers",
+    assert {"pytorch features", "onnx frame logits", "onnx buffers", "weights buffers",
             "torchscript clip logits"} <= set(report["diffs"])
     assert report["latency_ms"]["streaming"] > 0 and report["latency_ms"]["backbone_2d"] > 0
     assert report["converted_from_bidirectional"] is False
@@ -216,3 +217,94 @@ def test_trained_two_way_run_to_fine_tuned_online_model(tmp_path):
         streamed = run_stream(step, frames[0], StreamingTSM(model).initial_buffers(32, 32)).outputs
         offline = rebuild(model, num_segments=4).frame_logits(frames)[0]
     assert (streamed - offline).abs().max() < TOL
+
+
+# ---------------------------------------------------------------------------------------------
+# --overwrite: only the files a conversion writes, never a folder holding an input
+
+
+@pytest.fixture
+def fast_onnx(converted, monkeypatch):
+    """The verified ONNX file of the same checkpoint stands in for a fresh (slow) export."""
+    _, good = converted
+    monkeypatch.setattr(export, "_export_onnx",
+                        lambda *args: shutil.copyfile(good.out_dir / "online.onnx", args[3]))
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_never_touches_a_folder_that_holds_an_input(converted, tmp_path, monkeypatch):
+    """The reported data loss: --out the run dir of the checkpoint, with --overwrite."""
+    run = tmp_path / "runs" / "x"
+    checkpoint = write_checkpoint(run / "best.pt", "unidirectional")
+    (run / "classes.txt").write_text("wave\nclap\njump\n")
+    (run / "val.txt").write_text("v.mp4 4 0\n")
+    before = _snapshot(tmp_path)
+    cases = [([], run), (["--val-list", str(run / "val.txt"), "--root", str(tmp_path)], run),
+             (["--val-list", str(tmp_path / "v.txt"), "--root", str(run)], run),
+             ([], tmp_path / "runs")]
+    for extra, out in cases:
+        result = CliRunner().invoke(cli, ["convert-online", "--checkpoint", str(checkpoint),
+                                          "--out", str(out), "--overwrite", *extra])
+        assert result.exit_code == 2, result.output
+        line, = result.output.strip().splitlines()
+        assert line.startswith(f"error: --out {out}: holds ") and "an input of this command" in line
+    assert _snapshot(tmp_path) == before  # nothing deleted, nothing written
+    monkeypatch.chdir(run)  # the current folder, or one above it, is never a model dir
+    for out in (".", "..", str(run)):
+        for flags in ([], ["--overwrite"]):
+            with pytest.raises(UsageError, match=r"is the current folder or holds it"):
+                convert_online(checkpoint, out, **FAST, overwrite=bool(flags))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError, match=r"--out .*file: is a file, not a folder"):
+        convert_online(checkpoint, tmp_path / "file", **FAST)
+    assert _snapshot(tmp_path) == {**before, Path("file"): b"x"}
+
+
+def test_overwrite_replaces_only_the_files_a_conversion_writes(converted, fast_onnx, tmp_path):
+    checkpoint, _ = converted
+    out = tmp_path / "online"
+    convert_online(checkpoint, out, **FAST)
+    (out / "notes.txt").write_text("mine")
+    (out / "finetune").mkdir()  # as left by an earlier conversion with --finetune-epochs
+    (out / "finetune" / "last.pt").write_bytes(b"old")
+    for name in ("report.json", "online.pt", "online_weights.pt", "classes.txt"):
+        (out / name).write_text("stale")
+    with pytest.raises(UsageError, match="not empty"):
+        convert_online(checkpoint, out, **FAST)
+    convert_online(checkpoint, out, overwrite=True, **FAST)
+    assert sorted(p.name for p in out.iterdir()) == [  # finetune/ was not produced: removed
+        "classes.txt", "notes.txt", "online.onnx", "online.pt", "online_weights.pt",
+        "report.json"]
+    assert (out / "notes.txt").read_text() == "mine"  # not ours: kept
+    assert json.loads((out / "report.json").read_text())["height"] == SIZE  # ours: replaced
+    assert (out / "classes.txt").read_text().split() == CLASSES
+    assert load_online_model(out).step.num_buffers == 8
+    assert load_online_model(out, trust_torchscript=True).step is not None
+    assert [p.name for p in tmp_path.iterdir()] == ["online"]  # no staging dir left behind
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert convert_online(checkpoint, empty, **FAST).out_dir == empty  # an empty dir is fine
+
+
+def test_streaming_model_rebuilt_from_the_weights_file_equals_the_exports(converted):
+    """online_weights.pt holds a plain checkpoint of the one-way model: loading it runs no
+    code, and the rebuilt streaming model computes what online.pt computes."""
+    _, result = converted
+    weights = result.out_dir / "online_weights.pt"
+    saved = torch.load(weights, weights_only=True)
+    assert saved["format"] == "tsmcli" and saved["classes"] == CLASSES
+    assert saved["model_config"]["shift"] == "unidirectional"
+    rebuilt = export.load_streaming_model(weights)
+    scripted = load_online_model(result.out_dir, trust_torchscript=True).step
+    frames = torch.randn(5, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(11))
+    buffers = rebuilt.initial_buffers(SIZE, SIZE)
+    with torch.no_grad():
+        mine, my_state = run_stream(rebuilt, frames, buffers)
+        theirs, their_state = run_stream(scripted, frames, buffers)
+    assert (mine - theirs).abs().max() < 1e-5
+    for a, b in zip(my_state, their_state, strict=True):
+        assert (a - b).abs().max() < 1e-5
+    assert (mine[1:] - mine[:-1]).abs().max() > 100 * TOL  # frames differ

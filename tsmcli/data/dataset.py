@@ -16,9 +16,11 @@ and reports it in ``ClipBatch.skipped``. No other frame or video is ever substit
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Iterable, Sequence
+import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -28,10 +30,17 @@ import torch
 from torch.utils.data import Dataset, get_worker_info
 
 from tsmcli.data import transforms
-from tsmcli.data.decode import BACKENDS, FRAME_TEMPLATE, FrameFolder, FrameSource, open_video
+from tsmcli.data.decode import (
+    BACKENDS,
+    FRAME_TEMPLATE,
+    FrameFolder,
+    FrameSource,
+    check_frame_template,
+    open_video,
+)
 from tsmcli.data.lists import ListEntry, classes_for_list, read_list
 from tsmcli.data.sampling import MODES, sample_indices
-from tsmcli.errors import DataError, UsageError
+from tsmcli.errors import DataError, TSMError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +158,8 @@ def find_missing(
     large list is quick."""
     if source not in SOURCES:
         raise UsageError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
+    if source == "frames":
+        check_frame_template(template)
     root = Path(root)
     missing = []
     for entry in entries:
@@ -245,7 +256,7 @@ class VideoClipDataset(Dataset):
         self.mode = mode
         self.source = source
         self.backend = backend
-        self.template = template
+        self.template = check_frame_template(template) if source == "frames" else template
         self.input_size = input_size
         self.scale_size = scale_size
         self.scales = tuple(scales)
@@ -366,3 +377,47 @@ class VideoClipDataset(Dataset):
             if inverse is not None:
                 clip = clip[torch.from_numpy(inverse)]
         return Sample(clip, draw.label, index, flip=draw.flip, resize_to=self.input_size)
+
+
+@contextlib.contextmanager
+def loader_errors(workers_key: str) -> Iterator[None]:
+    """Wrap every use of a DataLoader: errors of its worker processes become one line.
+
+    A ``TSMError`` raised in a worker (a corrupt video) reaches this process rebuilt by torch
+    around the worker's whole traceback ("Caught DataError in DataLoader worker process 0.
+    Original Traceback ..."); it is raised again as the original one-line error (the long
+    form stays chained, for ``TSM_DEBUG=1``). A worker that died (killed by the out-of-memory
+    killer, a crashing decoder) is one ``DataError`` naming ``workers_key``, the setting to
+    lower. Torch reports a dead worker from its SIGCHLD handler, wherever this process is at
+    the time, so the block should hold the whole loop, not only the ``next(batch)``.
+    """
+    try:
+        yield
+    except TSMError as exc:
+        original = _worker_error_line(exc)
+        if original is None:
+            raise
+        raise type(exc)(original) from exc
+    except RuntimeError as exc:
+        text = str(exc)
+        if not text.startswith("DataLoader worker (pid"):
+            raise
+        killed = re.search(r"killed by signal: ([^.]+)", text)
+        code = re.search(r"exit code (-?\d+)", text)
+        how = (f" (signal: {killed[1].strip()})" if killed
+               else f" (exit code {code[1]})" if code else "")
+        raise DataError(f"a data loading worker process died{how}, most likely out of "
+                        f"memory; lower {workers_key} (or the batch size) and run again"
+                        ) from exc
+
+
+def _worker_error_line(exc: TSMError) -> str | None:
+    """The message a worker raised ``exc`` with, when ``exc`` is torch's rebuilt copy of it;
+    None for an error raised in this process."""
+    text = str(exc)
+    if not text.startswith(f"Caught {type(exc).__name__} in DataLoader worker process"):
+        return None
+    cls = type(exc)
+    last = text.rstrip().splitlines()[-1]  # "tsmcli.errors.DataError: <the message>"
+    prefix = f"{cls.__module__}.{cls.__qualname__}: "
+    return last[len(prefix):] if last.startswith(prefix) else None

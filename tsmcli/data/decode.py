@@ -26,10 +26,9 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from tsmcli.data.layout import FRAME_TEMPLATE, check_frame_template
 from tsmcli.errors import DataError
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov")
-FRAME_TEMPLATE = "img_{:05d}.jpg"
 BACKENDS = ("decord", "pyav")
 
 
@@ -280,12 +279,12 @@ class FrameFolder:
         start_index: int = 1,
     ):
         self.path = Path(path)
-        self.template = template
+        self.template = check_frame_template(template)
         self.start_index = start_index
         if num_frames is None:
             if not self.path.is_dir():
                 raise DataError(f"{self.path}: frame folder does not exist; run tsm extract")
-            num_frames = count_frames(self.path)
+            num_frames = count_frames(self.path, self.template, self.start_index)
         if num_frames <= 0:
             raise DataError(f"{self.path}: frame folder is empty; run tsm extract again")
         self._num_frames = num_frames
@@ -330,14 +329,15 @@ class FrameFolder:
 
 
 def count_frames(folder: Path, template: str = FRAME_TEMPLATE, start_index: int = 1) -> int:
-    """Number of consecutive frames ``template.format(start_index + k)`` present in ``folder``."""
+    """Number of consecutive frames ``template.format(start_index + k)`` present in ``folder``.
+    The count stops at the number of files, so even an unchecked template cannot loop."""
     prefix, _, _ = template.partition("{")
     suffix = template.rpartition("}")[2]
     names = {
         p.name for p in folder.iterdir() if p.name.startswith(prefix) and p.name.endswith(suffix)
     }
     count = 0
-    while template.format(start_index + count) in names:
+    while count < len(names) and template.format(start_index + count) in names:
         count += 1
     return count
 
@@ -397,10 +397,6 @@ def probe_video(path: str | Path) -> VideoProbe:
             f"{path}: not a readable video ({_first_line(exc)}); "
             "the file is corrupt or not a video, remove or replace it"
         ) from exc
-
-
-def is_video(path: Path) -> bool:
-    return path.suffix.lower() in VIDEO_EXTENSIONS
 
 
 def _first_line(exc: BaseException) -> str:

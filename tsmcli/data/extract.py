@@ -5,33 +5,36 @@ A frame folder is written under a hidden temporary name beside its final place
 final name is always complete: a killed run leaves nothing that looks finished, and the next
 run skips finished folders, removes the temporary folders of dead runs and does the rest.
 A video that cannot be read completely (empty, truncated, not a video) is recorded in
-``DST/failures.csv`` and the run goes on.
+``DST/failures.csv`` and the run goes on; so is a video whose worker process dies (a decoder
+crash, the out-of-memory killer): the worker is replaced and the other videos are done.
+A run holds ``DST/.tsm-extract.lock`` while it writes, so two runs never share a DST.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
-import math
-import multiprocessing
 import os
-import shutil
+import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from tsmcli.data.decode import FRAME_TEMPLATE, VIDEO_EXTENSIONS, DecordVideo, is_video, probe_video
+from tsmcli.data import extract_job
+from tsmcli.data.extract_job import FrameOptions, Job, Outcome, remove_stale_partials
+from tsmcli.data.layout import VIDEO_EXTENSIONS, is_video
+from tsmcli.data.process_pool import run_in_processes
 from tsmcli.errors import DataError, UsageError
+from tsmcli.fileio import atomic_write, check_writable_dir
 
 log = logging.getLogger(__name__)
 
 FAILURES_CSV = "failures.csv"
-_BATCH = 16  # frames resized and encoded together
+LOCK_FILE = ".tsm-extract.lock"  # hidden: never the frame folder of a video (those are skipped)
 
 
 @dataclass(frozen=True)
@@ -47,20 +50,6 @@ class ExtractResult:
     seconds: float
     failures_csv: Path  # rewritten every run: this run's failures only
     failures: tuple[tuple[Path, str], ...]
-
-
-@dataclass(frozen=True)
-class _Options:
-    short_side: int
-    fps: float | None
-    quality: int
-
-
-@dataclass(frozen=True)
-class _Job:
-    video: Path
-    folder: Path  # the finished frame folder
-    replace: bool  # a finished folder exists and is to be replaced (--overwrite)
 
 
 def extract(
@@ -83,24 +72,32 @@ def extract(
     """
     src, dst = Path(src), Path(dst)
     _check_options(short_side, fps, quality, workers)
-    options = _Options(short_side, fps, quality)
+    check_writable_dir(dst, "DST")
+    failures_csv = dst / FAILURES_CSV
+    if failures_csv.is_dir():
+        raise DataError(
+            f"{failures_csv}: a folder where this run writes its report (the frames of a video "
+            "named failures.csv.*?); move it away"
+        )
+    options = FrameOptions(short_side, fps, quality)
     started = time.perf_counter()
     videos = find_videos(src)
-    jobs, skipped, failures, folders = _plan(src, dst, videos, overwrite)
     dst.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials({folder.parent for folder in folders})
+    with _lock(dst):
+        jobs, skipped, failures, folders = _plan(src, dst, videos, overwrite)
+        remove_stale_partials({folder.parent for folder in folders})
 
-    done = frames = 0
-    workers = min(workers or os.cpu_count() or 1, max(1, len(jobs)))
-    for job, count, reason in _run(jobs, options, workers):
-        if reason is None:
-            done += 1
-            frames += count
-        else:
-            log.warning("%s: %s", job.video, reason)
-            failures.append((job.video, reason))
-    failures_csv = dst / FAILURES_CSV
-    _write_failures(failures_csv, failures)
+        done = frames = 0
+        workers = min(workers or os.cpu_count() or 1, max(1, len(jobs)))
+        with contextlib.closing(_run(jobs, options, workers)) as outcomes:
+            for job, count, reason in outcomes:
+                if reason is None:
+                    done += 1
+                    frames += count
+                else:
+                    log.warning("%s: %s", job.video, reason)
+                    failures.append((job.video, reason))
+        _write_failures(failures_csv, failures)
     seconds = time.perf_counter() - started
     log.info(
         "extracted %d videos (%d frames) in %.1f s, %d skipped, %d failed",
@@ -118,6 +115,19 @@ def extract(
     return ExtractResult(
         src, dst, done, skipped, len(failures), frames, seconds, failures_csv, tuple(failures)
     )
+
+
+def _check_options(short_side: int, fps: float | None, quality: int, workers: int | None) -> None:
+    if short_side < 0 or short_side == 1:  # a 1-pixel side trips an assert inside PyTorch
+        raise UsageError(
+            f"--short-side must be 0 (keep the size) or at least 2 pixels, got {short_side}"
+        )
+    if fps is not None and not fps > 0:
+        raise UsageError(f"--fps must be positive, got {fps}")
+    if not 1 <= quality <= 100:
+        raise UsageError(f"--quality must be between 1 and 100, got {quality}")
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {workers}")
 
 
 def find_videos(src: Path) -> list[Path]:
@@ -142,10 +152,10 @@ def find_videos(src: Path) -> list[Path]:
 
 def _plan(
     src: Path, dst: Path, videos: list[Path], overwrite: bool
-) -> tuple[list[_Job], int, list[tuple[Path, str]], list[Path]]:
+) -> tuple[list[Job], int, list[tuple[Path, str]], list[Path]]:
     """The videos to extract, how many are finished already, the videos refused up front
     (two videos that would share one frame folder) and every frame folder planned."""
-    jobs: list[_Job] = []
+    jobs: list[Job] = []
     failures: list[tuple[Path, str]] = []
     skipped = 0
     owner: dict[Path, Path] = {}
@@ -155,43 +165,71 @@ def _plan(
         if folder in owner:
             failures.append((video, f"same frame folder as {owner[folder]}; rename one of them"))
             continue
+        if folder == dst / FAILURES_CSV:
+            failures.append(
+                (video, f"its frame folder would be {folder}, this run's report; rename it")
+            )
+            continue
         owner[folder] = video
         if folder.exists() and not folder.is_dir():
             failures.append((video, f"{folder} exists and is not a folder; move it away"))
         elif folder.is_dir() and not overwrite:
             skipped += 1
         else:
-            jobs.append(_Job(video, folder, replace=folder.exists()))
+            jobs.append(Job(video, folder, replace=folder.exists()))
     return jobs, skipped, failures, list(owner)
 
 
-def _run(
-    jobs: list[_Job], options: _Options, workers: int
-) -> Iterator[tuple[_Job, int, str | None]]:
-    """Extract ``jobs`` in ``workers`` processes (in this one when 1), yielding
-    (job, frames written, failure reason or None) as each video finishes."""
+# The modules a worker needs, imported once by the fork server (see process_pool).
+_PRELOAD = ("tsmcli.data.extract_job", "torchvision.io", "decord", "av")
+
+
+def _run(jobs: list[Job], options: FrameOptions, workers: int) -> Generator[Outcome, None, None]:
+    """Extract ``jobs`` in ``workers`` processes (in this one when 1), yielding each
+    outcome as its video finishes. A worker that dies (a decoder segfault, the out-of-memory
+    killer) is replaced and its video tried once more; dying twice makes it a failure."""
     from tqdm import tqdm
 
     bar = tqdm(total=len(jobs), desc="extract", unit="video", disable=not sys.stderr.isatty())
     started = time.perf_counter()
+    work = extract_job.run_job  # looked up here so that a test can substitute it
+    if workers <= 1:
+        outcomes: Generator[Outcome, None, None] = (work(job, options) for job in jobs)
+    else:
+        outcomes = run_in_processes(
+            jobs,
+            work,
+            options,
+            workers,
+            died=_died,
+            cleanup=extract_job.discard,
+            initializer=extract_job.init_worker,
+            preload=_PRELOAD,
+        )
     try:
-        if workers <= 1:
-            outcomes: Iterator[tuple[_Job, int, str | None]] = (
-                _extract_job(job, options) for job in jobs
-            )
-            yield from _with_progress(outcomes, bar, started)
-            return
-        context = _process_context()
-        with context.Pool(workers, initializer=_init_worker) as pool:
-            outcomes = pool.imap_unordered(_extract_job_star, [(job, options) for job in jobs])
-            yield from _with_progress(outcomes, bar, started)
+        yield from _with_progress(outcomes, bar, started)
     finally:
         bar.close()
+        outcomes.close()  # stops the workers now, also when the caller stopped early
 
 
-def _with_progress(
-    outcomes: Iterator[tuple[_Job, int, str | None]], bar, started: float
-) -> Iterator[tuple[_Job, int, str | None]]:
+def _died(job: Job, exitcode: int | None) -> Outcome:
+    """The failure of a video whose worker died on it twice, as failures.csv words it."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            how = f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            how = f"killed by signal {-exitcode}"
+    else:
+        how = f"exit code {exitcode}"
+    reason = (
+        f"worker died ({how}) twice on this video: the decoder crashes on it or the machine "
+        "runs out of memory; re-encode it, or extract with fewer --workers"
+    )
+    return job, 0, reason
+
+
+def _with_progress(outcomes: Iterator[Outcome], bar, started: float) -> Iterator[Outcome]:
     frames = 0
     for outcome in outcomes:
         frames += outcome[1]
@@ -202,183 +240,40 @@ def _with_progress(
         yield outcome
 
 
-def _process_context() -> multiprocessing.context.BaseContext:
-    """Workers fork from a server that has imported torch, torchvision and the decoders once
-    (importing torchvision alone takes about a second per process), and no process with
-    running thread pools is forked; spawn where there is no fork server."""
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__, "torchvision.io", "decord", "av"])
-        return context
-    return multiprocessing.get_context("spawn")
+@contextlib.contextmanager
+def _lock(dst: Path) -> Iterator[None]:
+    """Hold ``dst/.tsm-extract.lock`` for a run, so that a second run into the same DST is
+    refused instead of rewriting failures.csv. The kernel releases the lock when its process
+    dies, so the lock file of a killed run is simply taken over; the file holds the PID of
+    the holder, for the message."""
+    import fcntl
 
-
-def _init_worker() -> None:
-    torch.set_num_threads(1)  # parallelism comes from the processes
-
-
-def _extract_job_star(args: tuple[_Job, _Options]) -> tuple[_Job, int, str | None]:
-    return _extract_job(*args)
-
-
-def _extract_job(job: _Job, options: _Options) -> tuple[_Job, int, str | None]:
-    """Extract one video; every error becomes a failure reason, so one bad file (or one
-    decoder crash) never stops the run."""
+    path = dst / LOCK_FILE
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise DataError(
+                f"{path}: another tsm extract (PID {holder}) is writing to {dst}; wait for it "
+                "to finish or choose another DST"
+            ) from None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:  # the holder removed it as we opened it
+            same = False
+        if same:
+            break
+        os.close(fd)
     try:
-        return (
-            job,
-            extract_video(
-                job.video,
-                job.folder,
-                options.short_side,
-                options.fps,
-                options.quality,
-                replace=job.replace,
-            ),
-            None,
-        )
-    except DataError as exc:
-        return job, 0, _reason(str(exc), job.video)
-    except Exception as exc:  # noqa: BLE001 - a decoder crash on one file must not stop the run
-        log.debug("extracting %s failed", job.video, exc_info=True)
-        return job, 0, f"{type(exc).__name__}: {_reason(str(exc), job.video)}"
-
-
-def extract_video(
-    video: Path,
-    folder: Path,
-    short_side: int = 256,
-    fps: float | None = None,
-    quality: int = 90,
-    replace: bool = False,
-) -> int:
-    """Write ``video``'s frames to ``folder`` (which must not exist unless ``replace``) and
-    return how many; raises ``DataError`` when the video cannot be decoded completely."""
-    if video.stat().st_size == 0:
-        raise DataError(f"{video}: empty file (0 bytes); download it again or remove it")
-    probe = probe_video(video)  # a clean DataError for non-videos, and the reference count
-    source = DecordVideo(video, num_threads=1)
-    keep_ratio = None  # output frames per decoded frame; None keeps every frame
-    if fps is not None:
-        if not source.fps > 0:
-            raise DataError(f"{video}: the frame rate is unknown; extract it without --fps")
-        keep_ratio = fps / source.fps
-
-    temp = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
-    shutil.rmtree(temp, ignore_errors=True)
-    temp.mkdir(parents=True)
-    try:
-        decoded = written = 0
-        for batch in source.iter_frames(batch_size=_BATCH):  # (n, 3, H, W) uint8
-            keep = [i for i in range(len(batch)) if _kept(decoded + i, keep_ratio)]
-            decoded += len(batch)
-            if keep:
-                images = _resize(batch[keep], short_side)  # (k, 3, h, w) uint8
-                written = _write_jpegs(images, temp, written, quality)
-        _check_complete(
-            video,
-            decoded,
-            max(source.num_frames, probe.num_frames or 0),
-            exact=probe.exact or probe.num_frames is None,
-        )
-        if written == 0:
-            raise DataError(f"{video}: no frame could be decoded; the file is corrupt")
-        _publish(temp, folder, replace)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        yield
     finally:
-        shutil.rmtree(temp, ignore_errors=True)
-    return written
-
-
-def _kept(index: int, ratio: float | None) -> bool:
-    """Whether frame ``index`` starts a new output frame at ``ratio`` output frames per input
-    frame: a streaming rule, so the kept count is ceil(N * ratio) with no look-ahead."""
-    if ratio is None or ratio >= 1:
-        return True
-    return index == 0 or math.floor(index * ratio + 1e-9) != math.floor((index - 1) * ratio + 1e-9)
-
-
-def _resize(frames: torch.Tensor, short_side: int) -> torch.Tensor:
-    """Resize uint8 ``(n, 3, H, W)`` so the short side is ``short_side`` (antialiased)."""
-    height, width = frames.shape[-2:]
-    if short_side <= 0 or min(height, width) == short_side:
-        return frames
-    scale = short_side / min(height, width)
-    size = (
-        (short_side, round(width * scale))
-        if height <= width
-        else (round(height * scale), short_side)
-    )
-    return torch.nn.functional.interpolate(
-        frames, size=size, mode="bilinear", antialias=True, align_corners=False
-    )  # (n, 3, h, w) uint8
-
-
-def _write_jpegs(images: torch.Tensor, folder: Path, start: int, quality: int) -> int:
-    """Encode ``(k, 3, h, w)`` as ``img_<start+1>.jpg``...; returns the new frame count."""
-    from torchvision.io import encode_jpeg
-
-    for offset, data in enumerate(encode_jpeg(list(images), quality=quality)):
-        (folder / FRAME_TEMPLATE.format(start + offset + 1)).write_bytes(data.numpy().tobytes())
-    return start + len(images)
-
-
-def _check_complete(video: Path, decoded: int, expected: int, exact: bool) -> None:
-    """Refuse a video that decoded to fewer frames than its container reports. Exact counts
-    allow 2 missing frames (decoders may drop one or two at an edit list); counts estimated
-    from a duration allow 5% (the duration can include a longer audio track)."""
-    allowed = 2 if exact else max(2, round(0.05 * expected))
-    if decoded < expected - allowed:
-        raise DataError(
-            f"{video}: decoded {decoded} of the {expected} frames the container "
-            "reports; the video is truncated, download it again"
-        )
-    if decoded < expected:
-        log.debug("%s: decoded %d of %d reported frames", video, decoded, expected)
-
-
-def _publish(temp: Path, folder: Path, replace: bool) -> None:
-    """Move a complete temporary folder to its final name. A folder being replaced is first
-    moved aside, so at no moment does an incomplete folder carry the final name."""
-    if replace and folder.exists():
-        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-        os.replace(folder, old)
-        os.replace(temp, folder)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(temp, folder)
-
-
-def _remove_stale_partials(parents: set[Path]) -> None:
-    """Remove the temporary folders (``.name.partial-<pid>``, ``.name.old-<pid>``) that a
-    killed run left; those of a process still running (another extract) are kept."""
-    for parent in parents:
-        if not parent.is_dir():
-            continue
-        for entry in parent.iterdir():
-            pid = _temp_owner(entry.name)
-            if pid is not None and not _alive(pid):
-                log.info("removing %s left by an interrupted run", entry)
-                shutil.rmtree(entry, ignore_errors=True)
-
-
-def _temp_owner(name: str) -> int | None:
-    if not name.startswith("."):
-        return None
-    for marker in (".partial-", ".old-"):
-        head, found, pid = name.rpartition(marker)
-        if found and head and pid.isdigit():
-            return int(pid)
-    return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        path.unlink(missing_ok=True)  # before the unlock: a waiting run then locks a new file
+        os.close(fd)
 
 
 def _write_failures(path: Path, failures: list[tuple[Path, str]]) -> None:
@@ -387,23 +282,4 @@ def _write_failures(path: Path, failures: list[tuple[Path, str]]) -> None:
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["path", "reason"])
     writer.writerows((str(video), reason) for video, reason in sorted(failures))
-    temp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    temp.write_text(text.getvalue(), encoding="utf-8")
-    os.replace(temp, path)
-
-
-def _reason(message: str, video: Path) -> str:
-    """A DataError's message without the leading path (the CSV has it in its own column)."""
-    prefix = f"{video}: "
-    return message[len(prefix) :] if message.startswith(prefix) else message
-
-
-def _check_options(short_side: int, fps: float | None, quality: int, workers: int | None) -> None:
-    if short_side < 0:
-        raise UsageError(f"--short-side must be 0 (keep) or a positive size, got {short_side}")
-    if fps is not None and not fps > 0:
-        raise UsageError(f"--fps must be positive, got {fps}")
-    if not 1 <= quality <= 100:
-        raise UsageError(f"--quality must be between 1 and 100, got {quality}")
-    if workers is not None and workers < 1:
-        raise UsageError(f"--workers must be at least 1, got {workers}")
+    atomic_write(path, text.getvalue())

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from tsmcli.errors import DataError, UsageError
+from tsmcli.fileio import check_writable_dir
 
 log = logging.getLogger(__name__)
 
@@ -302,6 +303,7 @@ def synth(
     out = Path(out)
     classes = tuple(dict.fromkeys(classes))  # each class once, in the order given
     _check_options(classes, per_class, size, num_frames, fps)
+    check_writable_dir(out, "OUT")
     existing = [out / name for name in classes if (out / name).exists()]
     if existing and not overwrite:
         raise DataError(
@@ -330,6 +332,8 @@ def synth(
 def _check_options(
     classes: Sequence[str], per_class: int, size: int, num_frames: int, fps: float
 ) -> None:
+    if not classes:
+        raise UsageError(f"--classes names no class; give one or more of {', '.join(CLASSES)}")
     unknown = [name for name in classes if name not in CLASSES]
     if unknown:
         raise UsageError(

@@ -9,17 +9,23 @@ never guessed from the file name.
 
 Test protocols (presets; any explicit option overrides one field of the preset). The crop
 sizes are those of a 224 recipe (``data.input_size`` 224, ``data.scale_size`` 256); other
-recipes scale the same way. The accuracies are the official TSM ResNet-50 8-frame results.
+recipes scale the same way. Each accuracy is the published top-1 of one official TSM
+ResNet-50 8-frame checkpoint (named as in the model zoo, ``tsmcli/zoo.yaml``, which gives
+the source of every number): a number belongs to a checkpoint and a protocol together.
 
-=========  =====  =====  ===============================================  =================
-protocol   clips  crops  views of a video                                 paper top-1
-=========  =====  =====  ===============================================  =================
-single     1      1      segment centres; short side 256, centre 224      Kinetics-400 71.2
-kinetics   10     3      dense (T frames, stride 64/T, 10 starts);        Kinetics-400 74.1
-                         short side 256, three 256x256 crops (full res)
-sthv2      1 x2   3      segment centres + starts (twice-sample);         SSv2 61.2
-                         short side 256, three 256x256 crops (full res)
-=========  =====  =====  ===============================================  =================
+=========  =====  =====  ======================================  ============================
+protocol   clips  crops  views of a video                        published top-1 (checkpoint)
+=========  =====  =====  ======================================  ============================
+single     1      1      segment centres; short side 256,        K400 71.2, 72.8 with
+                         centre 224                              crops=10 (tsm-k400-r50-8f:
+                                                                 uniform, 50 epochs)
+kinetics   10     3      dense (T frames, stride 64/T, 10        K400 74.1
+                         starts); short side 256, three          (tsm-k400-r50-8f-dense:
+                         256x256 crops (full res)                dense, 100 epochs)
+sthv2      1 x2   3      segment centres + starts (twice-        SSv2 61.2
+                         sample); short side 256, three          (tsm-sthv2-r50-8f)
+                         256x256 crops (full res)
+=========  =====  =====  ======================================  ============================
 
 Views: single 1, kinetics 30, sthv2 6. Without ``protocol`` the preset is ``single``, made
 dense when the checkpoint's recipe trained with dense sampling.
@@ -37,7 +43,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -48,13 +53,7 @@ import torch
 from torch import Tensor
 
 from tsmcli import errors
-from tsmcli.data.lists import (
-    CLASSES_FILE,
-    ListEntry,
-    atomic_write_text,
-    classes_for_list,
-    read_list,
-)
+from tsmcli.data.lists import CLASSES_FILE, ListEntry, classes_for_list, read_list
 from tsmcli.engine import distributed
 from tsmcli.engine.metrics import (
     AVERAGE_MODES,
@@ -67,6 +66,7 @@ from tsmcli.engine.metrics import (
     topk_accuracy,
 )
 from tsmcli.errors import CheckpointError, DataError, TSMError, UsageError
+from tsmcli.fileio import atomic_write, atomic_write_with, check_writable_dir, check_writable_file
 from tsmcli.model.checkpoint import (
     REQUIRED_FOR_IMPORT,
     checkpoint_format,
@@ -218,6 +218,10 @@ def evaluate(checkpoint: str | Path, list_file: str | Path, root: str | Path, *,
         raise UsageError(f"--device must be auto, cpu or cuda, got {device!r}")
     resolve_protocol(protocol, clips=clips, crops=crops, full_res=full_res,
                      twice_sample=twice_sample, dense=dense, average=average)  # fail fast
+    if out_dir is not None:  # found now, not after the whole evaluation
+        check_writable_dir(out_dir, "--out")
+    if json_path is not None:
+        check_writable_file(json_path, "--json")
     ctx = distributed.setup(device or "auto")
     try:
         return _evaluate(
@@ -280,7 +284,7 @@ def _evaluate(ctx: distributed.DistContext, checkpoint: Path, list_file: Path, r
         if out_dir is not None:
             write_reports(result, out_dir)
         if json_path is not None:
-            atomic_write_text(Path(json_path), json.dumps(result.summary(), indent=2) + "\n")
+            atomic_write(Path(json_path), json.dumps(result.summary(), indent=2) + "\n")
         log.info("top-1 %.2f  top-5 %.2f  mean class %.2f  (%d videos, %d views)", result.top1,
                  result.top5, result.mean_class_accuracy, result.num_videos, result.views)
     return result
@@ -379,10 +383,12 @@ def _score_shard(model: torch.nn.Module, loader, total: int, average: AverageMod
     gather, so every rank raises it instead of the others waiting forever in the collective."""
     from tqdm import tqdm
 
+    from tsmcli.data.dataset import loader_errors
+
     indices, scores, views = [], [], None
     bar = tqdm(total=total, desc="eval", unit="video", disable=True if not ctx.is_main else None)
     try:
-        with torch.inference_mode(), bar:
+        with torch.inference_mode(), bar, loader_errors("--workers"):
             for batch in loader:
                 clips = batch.model_input(ctx.device)  # (B, V, T, 3, S, S)
                 b, v = clips.shape[:2]
@@ -482,7 +488,7 @@ def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
+    atomic_write(path, buffer.getvalue())
     return path
 
 
@@ -502,7 +508,7 @@ def _write_top_confusions(path: Path, confusion: Tensor, classes: list[str]) -> 
     for true, pred, count in top_confusions(confusion):
         share = 100.0 * count / int(support[true])
         lines.append(f"{count}\t{share:.1f}%\t{classes[true]} -> {classes[pred]}")
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    atomic_write(path, "\n".join(lines) + "\n")
     return path
 
 
@@ -533,12 +539,4 @@ def _write_heatmap(path: Path, confusion: Tensor, classes: list[str]) -> Path:
                     ax.text(p, t, str(int(confusion[t, p])), ha="center", va="center", fontsize=7,
                             color="white" if share[t, p] > 50 else "black")
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_with(path, lambda handle: fig.savefig(handle, format="png", dpi=100))

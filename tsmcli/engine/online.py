@@ -1,9 +1,14 @@
 """Streaming evaluation of an exported online model, and ``tsm stream``.
 
-An online model dir (written by ``tsm convert-online``) holds ``online.pt`` (TorchScript:
-``(frame, *buffers) -> (logits, *new_buffers)``), ``report.json`` (input size, test scale,
-buffer shapes) and, when known, ``classes.txt``. Here frames are fed one at a time, as a
-camera would give them, and the prediction is the running average of the per-frame logits.
+An online model dir (written by ``tsm convert-online``) holds ``online_weights.pt`` (the
+one-way model's config and weights), ``report.json`` (input size, test scale, buffer shapes),
+when known ``classes.txt``, and the deployment exports ``online.pt`` (TorchScript) and
+``online.onnx``. The model run here is rebuilt from the package's own code with the weights
+read by ``weights_only=True``: a model dir from elsewhere cannot run code. ``online.pt`` can
+(a scripted module may write files), so it is loaded only when asked with
+``trust_torchscript=True`` (``--trust-torchscript``). Either way the step is
+``(frame, *buffers) -> (logits, *new_buffers)``. Frames are fed one at a time, as a camera
+would give them, and the prediction is the running average of the per-frame logits.
 
 Frames: every frame of the video, in order (``stride=1``), by default. That is what a live
 stream gives and what the streaming model is exact for; ``stride=k`` keeps every k-th frame
@@ -32,14 +37,17 @@ from tsmcli.data.decode import FrameFolder, FrameSource, open_video
 from tsmcli.data.lists import ListEntry, read_classes, read_list
 from tsmcli.engine.metrics import mean_class_accuracy, predict, topk_accuracy
 from tsmcli.errors import DataError, ExportError, UsageError
+from tsmcli.model.export import (
+    CLASSES_FILE,
+    REPORT_FILE,
+    TORCHSCRIPT_FILE,
+    WEIGHTS_FILE,
+    load_streaming_model,
+)
 from tsmcli.model.streaming import StepFn
 
 logger = logging.getLogger(__name__)
 
-MODEL_FILE = "online.pt"
-ONNX_FILE = "online.onnx"
-REPORT_FILE = "report.json"
-CLASSES_FILE = "classes.txt"
 SEEN_PERCENTS = (25, 50, 100)
 DECODE_CHUNK = 16  # frames decoded at once: bounded memory for long videos
 
@@ -54,6 +62,7 @@ class OnlineModel:
     scale_size: int  # short side of the frame before the centre crop
     buffer_shapes: list[tuple[int, ...]]
     classes: list[str] | None = None
+    source: str = "the online model"  # named when a step fails
 
     def initial_buffers(self) -> list[Tensor]:
         """Zero buffers: the state at the start of every stream."""
@@ -73,28 +82,86 @@ class OnlineModel:
         return self.classes[index] if self.classes and index < len(self.classes) else str(index)
 
 
-def load_online_model(model_dir: str | Path) -> OnlineModel:
-    """Load ``online.pt`` with the input size and buffer shapes recorded in ``report.json``."""
+def load_online_model(model_dir: str | Path, *, trust_torchscript: bool = False) -> OnlineModel:
+    """The streaming model of a model dir, with the input size recorded in ``report.json``.
+
+    By default it is rebuilt from ``online_weights.pt`` (no code from the dir runs).
+    ``trust_torchscript=True`` loads ``online.pt`` instead: only for a dir you trust, since
+    loading and running TorchScript runs whatever code it holds.
+    """
     model_dir = Path(model_dir)
-    report_path, model_path = model_dir / REPORT_FILE, model_dir / MODEL_FILE
-    for path in (report_path, model_path):
+    report_path = model_dir / REPORT_FILE
+    if not report_path.is_file():
+        raise ExportError(f"{report_path}: missing; {model_dir} is not an online model dir "
+                          "(make one with tsm convert-online)")
+    height, width, scale_size, shapes = _read_report(report_path)
+    if trust_torchscript:
+        path = model_dir / TORCHSCRIPT_FILE
+        step, source = _load_torchscript(path), str(path)
+    else:
+        path = model_dir / WEIGHTS_FILE
         if not path.is_file():
-            raise ExportError(f"{path}: missing; {model_dir} is not an online model dir "
-                              "(make one with tsm convert-online)")
-    try:
-        report = json.loads(report_path.read_text(encoding="utf-8"))
-        height, width = int(report["height"]), int(report["width"])
-        scale_size = int(report["scale_size"])
-        shapes = [tuple(int(d) for d in shape) for shape in report["buffer_shapes"]]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ExportError(f"{report_path}: unreadable or incomplete ({exc}); "
-                          "convert the checkpoint again with tsm convert-online") from exc
-    with warnings.catch_warnings():  # TorchScript is deprecated in torch 2.x, still the format
-        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
-        step = torch.jit.load(str(model_path), map_location="cpu").eval()
+            raise ExportError(
+                f"{path}: missing (a model dir from an older tsmcli holds only TorchScript, "
+                "which can run code); run tsm convert-online again, or pass "
+                f"--trust-torchscript if you trust {model_dir / TORCHSCRIPT_FILE}")
+        step = load_streaming_model(path)
+        expected = step.buffer_shapes(height, width)
+        if expected != shapes:
+            raise ExportError(
+                f"{report_path}: its buffer_shapes do not match {path} at {height}x{width}; "
+                "the report was edited or belongs to another model: convert again with tsm "
+                "convert-online")
+        source = str(path)
     classes_path = model_dir / CLASSES_FILE
     classes = read_classes(classes_path) if classes_path.is_file() else None
-    return OnlineModel(step, height, width, scale_size, shapes, classes)
+    return OnlineModel(step, height, width, scale_size, shapes, classes, source)
+
+
+def _read_report(path: Path) -> tuple[int, int, int, list[tuple[int, ...]]]:
+    """(height, width, scale_size, buffer_shapes) from report.json, checked."""
+
+    def fail(what: str) -> ExportError:
+        return ExportError(f"{path}: {what}; convert the checkpoint again with tsm "
+                           "convert-online")
+
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise fail(f"not valid JSON ({str(exc).splitlines()[0]})") from None
+
+    def size(key: str, least: int) -> int:
+        value = report.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise fail(f"{key} must be an integer of at least {least}, got {value!r}")
+        return value
+
+    if not isinstance(report, dict):
+        raise fail(f"holds a {type(report).__name__}, not the report object")
+    height, width = size("height", 16), size("width", 16)
+    scale_size = size("scale_size", max(height, width))
+    shapes = report.get("buffer_shapes")
+    if not isinstance(shapes, list) or not all(
+            isinstance(shape, list) and shape and all(
+                isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+            for shape in shapes):
+        raise fail("buffer_shapes must be a list of shapes (lists of positive integers)")
+    return height, width, scale_size, [tuple(shape) for shape in shapes]
+
+
+def _load_torchscript(path: Path) -> StepFn:
+    if not path.is_file():
+        raise ExportError(f"{path}: missing; convert the checkpoint again with tsm "
+                          "convert-online")
+    with warnings.catch_warnings():  # TorchScript is deprecated in torch 2.x, still the format
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
+        try:
+            return torch.jit.load(str(path), map_location="cpu").eval()
+        except (RuntimeError, ValueError, OSError) as exc:
+            text = str(exc).strip()
+            first = text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
+            raise ExportError(f"{path}: not a readable TorchScript file ({first}); convert the "
+                              "checkpoint again with tsm convert-online") from exc
 
 
 @dataclass(frozen=True)
@@ -125,13 +192,16 @@ class StreamStep:
 def evaluate_online(model_dir: str | Path, list_file: str | Path, root: str | Path, *,
                     source: str | None = None, backend: str | None = None,
                     frame_template: str = "img_{:05d}.jpg", stride: int = 1,
-                    max_videos: int | None = None) -> OnlineEvalResult:
+                    max_videos: int | None = None,
+                    trust_torchscript: bool = False) -> OnlineEvalResult:
     """Evaluate an exported online model frame by frame on a TSN list (``tsm eval --online``).
 
     ``source`` is ``frames`` or ``videos`` (None: a folder is frames, a file is a video);
-    ``backend`` the video decoder (decord by default).
+    ``backend`` the video decoder (decord by default); ``trust_torchscript`` runs
+    ``online.pt`` instead of the model rebuilt from its weights (``load_online_model``).
     """
-    return evaluate_stream(load_online_model(model_dir), list_file, root, source=source,
+    model = load_online_model(model_dir, trust_torchscript=trust_torchscript)
+    return evaluate_stream(model, list_file, root, source=source,
                            backend=backend, frame_template=frame_template, stride=stride,
                            max_videos=max_videos)
 
@@ -176,10 +246,12 @@ def evaluate_stream(model: OnlineModel, list_file: str | Path, root: str | Path,
 
 
 def stream(video: str | Path, model_dir: str | Path, topk: int = 5, *,
-           backend: str | None = None, stride: int = 1) -> Iterator[StreamStep]:
+           backend: str | None = None, stride: int = 1,
+           trust_torchscript: bool = False) -> Iterator[StreamStep]:
     """Run a video (file or frame folder) through an online model one frame at a time,
-    yielding the running top-k after each frame (``tsm stream``)."""
-    model = load_online_model(model_dir)
+    yielding the running top-k after each frame (``tsm stream``; ``trust_torchscript`` as
+    in ``load_online_model``)."""
+    model = load_online_model(model_dir, trust_torchscript=trust_torchscript)
     source = _open(Path(video), None, None, backend, "img_{:05d}.jpg")
     indices = list(range(0, source.num_frames, max(1, stride)))
     for count, mean_logits, latency in _running_average(model, source, indices):
@@ -203,7 +275,14 @@ def _running_average(model: OnlineModel, video: FrameSource,
             frames = model.prepare(video.get(indices[start:start + DECODE_CHUNK]))  # (n, 3, H, W)
             for frame in frames:
                 begin = time.perf_counter()
-                logits, *buffers = model.step(frame.unsqueeze(0), *buffers)  # (1, K)
+                try:
+                    logits, *buffers = model.step(frame.unsqueeze(0), *buffers)  # (1, K)
+                except (RuntimeError, ValueError) as exc:  # a model that does not fit its report
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                    raise ExportError(
+                        f"{model.source}: failed on a {model.height}x{model.width} frame with "
+                        f"{len(buffers)} buffers ({type(exc).__name__}: {first[:200]}); "
+                        "convert the checkpoint again with tsm convert-online") from exc
                 latency = time.perf_counter() - begin
                 total = logits if total is None else total + logits
                 count += 1

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from tsmcli.fileio import atomic_write_with
 
 
 def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
@@ -44,13 +44,4 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     if evaluated:
         acc_axes.legend(loc="lower right")
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        figure.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_with(path, lambda handle: figure.savefig(handle, format="png"))

@@ -9,9 +9,7 @@ Ctrl-C into "finish this step, save a resumable checkpoint, stop".
 from __future__ import annotations
 
 import logging
-import os
 import random
-import shutil
 import signal
 import threading
 import time
@@ -101,17 +99,17 @@ def check_resume_recipe(
     return changed
 
 
-def replace_with_link(source: Path, target: Path) -> None:
-    """Make ``target`` a second name of ``source``'s file, atomically (a copy where links are
-    not supported). The next ``last.pt`` is a new file renamed into place, so ``best.pt``
-    keeps this epoch's bytes without writing them twice."""
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+def check_resumable(state: dict[str, Any], path: Path) -> None:
+    """Refuse, in one line, a readable file that is not one of our training checkpoints (a
+    state dict, an exported model, a checkpoint without its optimiser state)."""
+    kinds = {"state_dict": dict, "optimizer": dict, "model_config": dict, "epoch": int}
+    missing = [key for key, kind in kinds.items() if not isinstance(state.get(key), kind)]
+    if state.get("format") != FORMAT or missing:
+        what = (f"it has no {', '.join(missing)}" if state.get("format") == FORMAT
+                else "it is not a tsmcli checkpoint")
+        raise TrainingError(
+            f"{path}: not a training checkpoint ({what}), so it cannot be resumed; start a "
+            "new run with --out (model.init_from=FILE fine-tunes from a model's weights)")
 
 
 def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

@@ -42,17 +42,18 @@ from tsmcli.engine.state import (
     StopOnSignal,
     check_resume_recipe,
     checkpoint_dict,
-    replace_with_link,
     restore_rng,
     seed_everything,
 )
-from tsmcli.errors import CheckpointError, TrainingError
+from tsmcli.errors import CheckpointError, RecipeError, TrainingError, UsageError
+from tsmcli.fileio import atomic_link, atomic_write, check_writable_dir, remove_stale_temps
 from tsmcli.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
 LAST, BEST = "last.pt", "best.pt"
 RECIPE_FILE, METRICS_FILE, CURVES_FILE = "recipe.yaml", "metrics.jsonl", "curves.png"
+RUN_FILES = (LAST, BEST, RECIPE_FILE, METRICS_FILE, CURVES_FILE)  # what a run writes
 
 
 @dataclass(frozen=True)
@@ -75,14 +76,28 @@ def train(recipe: Recipe, out_dir: Path | None = None, resume: bool = False) -> 
     ``resume`` continues from ``last.pt`` there; without it a run dir that already holds a
     ``last.pt`` is refused rather than overwritten. Under torchrun every process calls this.
     """
+    _check_arch(recipe)
+    run_dir = _run_dir(recipe, out_dir)
+    check_writable_dir(run_dir, "--out" if out_dir is not None else "train.out_dir",
+                       UsageError if out_dir is not None else RecipeError)
     ctx = distributed.setup(recipe.train.device)
     previous_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
-        run = _Run(recipe, _run_dir(recipe, out_dir), resume, ctx)
+        run = _Run(recipe, run_dir, resume, ctx)
         with StopOnSignal(announce=ctx.is_main) as stop:
             return run.fit(stop)
     finally:
         torch.use_deterministic_algorithms(previous_deterministic)
+
+
+def _check_arch(recipe: Recipe) -> None:
+    """An unknown backbone is a recipe error naming ``model.arch`` (before any work)."""
+    from tsmcli.model.backbones import get_backbone
+
+    try:
+        get_backbone(recipe.model.arch)
+    except UsageError as exc:
+        raise RecipeError(f"model.arch: {exc}") from None
 
 
 def _run_dir(recipe: Recipe, out_dir: Path | None) -> Path:
@@ -103,6 +118,9 @@ class _Run:
         self.device = ctx.device
         self.cuda = ctx.device.type == "cuda"
         self._check_run_dir(resume)
+        if ctx.is_main:  # a kill during a save leaves its temp file (a checkpoint's size)
+            for stale in remove_stale_temps(run_dir, RUN_FILES):
+                log.info("removed %s, left by an interrupted save", stale)
         self._configure_backends()
         self._prepare_data()
         self._build_model(load_init_weights=not resume)  # resuming: the weights come from last.pt
@@ -114,7 +132,7 @@ class _Run:
         if resume:
             self._resume()
         self.tensorboard = self._open_tensorboard()
-        self._write_run_files()
+        self._write_run_files(resume)
 
     # ------------------------------------------------------------------ set-up
 
@@ -163,7 +181,7 @@ class _Run:
             check_list(list_file, self.num_classes, root, d.source, d.frame_template)
         flip_pairs: list[tuple[int, int]] = []
         if d.flip == "swap":
-            from tsmcli.data.adapters import load_manifest
+            from tsmcli.data.manifest import load_manifest
 
             manifest = load_manifest(d.dataset)
             # matched by class name, so a list built in another label order swaps the right labels
@@ -291,19 +309,33 @@ class _Run:
             )
 
     def _resume(self) -> None:
-        from tsmcli.model.checkpoint import load_checkpoint
+        from tsmcli.engine.state import check_resumable
+        from tsmcli.model.checkpoint import load_checkpoint, load_state_dict_strict
 
         path = self.run_dir / LAST
         state = load_checkpoint(path)
+        check_resumable(state, path)
         changed = check_resume_recipe(
             state.get("recipe") or {}, self.recipe, path, self.run_dir / RECIPE_FILE
         )
         if changed and self.ctx.is_main:
             log.warning("resuming with changed recipe keys: %s", ", ".join(changed))
-        self.model.load_state_dict(state["state_dict"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
+        saved_classes = int(state["model_config"].get("num_classes", self.num_classes))
+        if saved_classes != self.num_classes:
+            source = ("model.num_classes" if self.recipe.model.num_classes else
+                      str(Path(self.recipe.data.train_list).expanduser().parent / "classes.txt"))
+            raise TrainingError(
+                f"{path}: was trained with {saved_classes} classes, but {source} now gives "
+                f"{self.num_classes}; restore it to resume, or start a new run with --out")
+        load_state_dict_strict(self.model, state["state_dict"], str(path))
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+            if state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"{path}: its optimizer state does not fit this model ({exc}); the file is "
+                "damaged or from another run: start a new run with --out") from None
         self.start_epoch = int(state["epoch"])
         self.start_iteration = int(state.get("iteration", 0))
         self.partial = dict(state.get("partial") or {})
@@ -330,38 +362,39 @@ class _Run:
 
         return SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
 
-    def _write_run_files(self) -> None:
+    def _write_run_files(self, resume: bool) -> None:
+        """recipe.yaml says what last.pt was trained with: a new run writes it now (there is
+        no last.pt to contradict), a resumed one with its next checkpoint (a resume that
+        fails before then leaves both as they were)."""
         if not self.ctx.is_main:
             return
-        from tsmcli.data.lists import atomic_write_text
-
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.run_dir / RECIPE_FILE, self.recipe.to_yaml())
-        # metrics.jsonl always matches the checkpoint's history (an epoch logged after the last
-        # save is dropped on resume, as its weights were).
-        atomic_write_text(
+        if not resume:
+            atomic_write(self.run_dir / RECIPE_FILE, self.recipe.to_yaml())
+        self._write_metrics()
+
+    def _write_metrics(self) -> None:
+        """metrics.jsonl, rewritten whole: it always matches the checkpoint's history (an epoch
+        logged after the last save is dropped on resume, as its weights were)."""
+        atomic_write(
             self.run_dir / METRICS_FILE, "".join(json.dumps(row) + "\n" for row in self.history)
         )
+
+    def _save(self, state: dict[str, Any]) -> None:
+        """last.pt, then the recipe it was trained with beside it (rank 0)."""
+        from tsmcli.model.checkpoint import save_checkpoint
+
+        save_checkpoint(state, self.run_dir / LAST)
+        atomic_write(self.run_dir / RECIPE_FILE, self.recipe.to_yaml())
 
     # ------------------------------------------------------------------ the loop
 
     def fit(self, stop: StopOnSignal) -> TrainResult:
-        t = self.recipe.train
+        from tsmcli.data.dataset import loader_errors
+
         try:
-            for epoch in range(self.start_epoch, t.epochs):
-                row = self._train_epoch(epoch, self.start_iteration, stop)
-                self.start_iteration, self.partial = 0, {}
-                if self.val_set is not None and (
-                    (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs
-                ):
-                    row.update(self._validate())
-                else:
-                    row.update(top1=None, top5=None, val_videos=0)
-                self._end_epoch(epoch, row)
-                if epoch + 1 < t.epochs and self._everywhere(stop.requested):
-                    if self.ctx.is_main:  # Ctrl-C during validation: last.pt is this epoch's
-                        log.warning("stopped after epoch %d; continue with --resume", epoch + 1)
-                    raise Interrupted
+            with loader_errors("train.workers"):  # a dead worker may be reported anywhere
+                self._epochs(stop)
         except Interrupted:
             raise KeyboardInterrupt from None
         finally:
@@ -382,6 +415,23 @@ class _Run:
             history=list(self.history),
             model=self.model,
         )
+
+    def _epochs(self, stop: StopOnSignal) -> None:
+        t = self.recipe.train
+        for epoch in range(self.start_epoch, t.epochs):
+            row = self._train_epoch(epoch, self.start_iteration, stop)
+            self.start_iteration, self.partial = 0, {}
+            if self.val_set is not None and (
+                (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs
+            ):
+                row.update(self._validate())
+            else:
+                row.update(top1=None, top5=None, val_videos=0)
+            self._end_epoch(epoch, row)
+            if epoch + 1 < t.epochs and self._everywhere(stop.requested):
+                if self.ctx.is_main:  # Ctrl-C during validation: last.pt is this epoch's
+                    log.warning("stopped after epoch %d; continue with --resume", epoch + 1)
+                raise Interrupted
 
     def _train_epoch(self, epoch: int, start: int, stop: StopOnSignal) -> dict[str, Any]:
         from tqdm import tqdm
@@ -544,13 +594,10 @@ class _Run:
         self.history.append(row)
         state = self._checkpoint(epoch + 1, 0, {})  # collective (gathers every rank's RNG)
         if self.ctx.is_main:
-            from tsmcli.model.checkpoint import save_checkpoint
-
-            with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(row) + "\n")
-            save_checkpoint(state, self.run_dir / LAST)
+            self._save(state)
+            self._write_metrics()
             if is_best:
-                replace_with_link(self.run_dir / LAST, self.run_dir / BEST)
+                atomic_link(self.run_dir / LAST, self.run_dir / BEST)
             plot_curves(self.history, self.run_dir / CURVES_FILE)
             if self.tensorboard is not None:
                 for key in ("loss", "lr", "top1", "top5", "clips_per_s", "data_wait_share"):
@@ -575,9 +622,7 @@ class _Run:
     def _save_interrupted(self, epoch: int, iteration: int, acc: dict[str, float]) -> None:
         state = self._checkpoint(epoch, iteration, acc)
         if self.ctx.is_main:
-            from tsmcli.model.checkpoint import save_checkpoint
-
-            save_checkpoint(state, self.run_dir / LAST)
+            self._save(state)
             log.warning(
                 "saved %s at epoch %d step %d/%d; continue with --resume",
                 self.run_dir / LAST,

@@ -69,8 +69,8 @@ def get_backbone(name: str) -> BackboneSpec:
     if spec is not None:
         return spec
     close = difflib.get_close_matches(str(name), list(_REGISTRY), n=1)
-    hint = f"did you mean {close[0]!r}?" if close else f"choose one of {', '.join(list_backbones())}"
-    raise UsageError(f"Unknown arch {name!r}; {hint}")
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise UsageError(f"unknown arch {name!r}; {hint}choose one of {', '.join(list_backbones())}")
 
 
 def build_backbone(arch: str, *, num_segments: int, shift: str = "bidirectional",

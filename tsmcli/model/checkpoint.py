@@ -18,11 +18,8 @@ it by keyword and reads the number of classes from the head's weights.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import re
-import secrets
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -33,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from tsmcli.errors import CheckpointError, UsageError
+from tsmcli.fileio import atomic_write_with
 from tsmcli.model.backbones import BackboneSpec, get_backbone, shifted_module_names
 from tsmcli.model.tsn import TSN, build_model
 
@@ -54,32 +52,12 @@ _PLAIN_TYPES = (type(None), bool, int, float, complex, str, bytes, torch.dtype, 
 
 
 def save_checkpoint(obj: Mapping[str, Any], path: str | Path) -> Path:
-    """Write ``obj`` to ``path`` atomically: a temp file in the same folder, flushed and
-    fsynced, then renamed over ``path``. On any failure the old file is left untouched and the
-    temp file is removed. ``obj`` may hold only tensors and plain values (checked first), so
-    that ``load_checkpoint`` can read it back with ``weights_only=True``."""
-    path = Path(path)
+    """Write ``obj`` to ``path`` atomically (``fileio.atomic_write_with``): on any failure,
+    a full disk included, the old file is left untouched. ``obj`` may hold only tensors and
+    plain values (checked first), so that ``load_checkpoint`` can read it back with
+    ``weights_only=True``."""
     _check_plain(obj, "checkpoint")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode honours the umask
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(dict(obj), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable where the OS allows
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    return path
+    return atomic_write_with(path, lambda handle: torch.save(dict(obj), handle))
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -91,17 +69,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        text = str(exc).strip()
-        if "Weights only load failed" in text:
-            culprit = next((line.strip() for line in text.splitlines()
-                            if "Unsupported global" in line), "it holds Python objects")
+        # The safe loader names the class it refused ("Unsupported global: GLOBAL
+        # argparse.Namespace ..."); anything else it cannot read is not a checkpoint at all.
+        culprit = next((line.strip() for line in str(exc).splitlines()
+                        if "Unsupported global" in line), None)
+        if culprit is not None:
             raise CheckpointError(
                 f"{path}: refused by the safe loader (weights_only=True): {culprit}; if you "
                 "trust the file, re-save only its tensors: torch.save(torch.load(path, "
                 "weights_only=False)['state_dict'], 'weights.pth')") from exc
-        first = text.splitlines()[0] if text else type(exc).__name__
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({first}); "
-                              "re-download or re-save it") from exc
+        raise CheckpointError(f"{path}: not a checkpoint (not a file written by torch.save, "
+                              "or damaged); check the path, or re-download or re-save it"
+                              ) from exc
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a dict of weights; "
                               "save a state dict or a checkpoint dict instead")

@@ -1,12 +1,16 @@
-"""``tsm convert-online``: a checkpoint to a verified streaming model (TorchScript + ONNX).
+"""``tsm convert-online``: a checkpoint to a verified streaming model (weights, TorchScript, ONNX).
 
-Nothing is written until every export has been checked: the PyTorch streaming model, the
+A model dir holds ``online_weights.pt`` (a plain checkpoint of the one-way model: what
+``tsm stream`` and ``tsm eval --online`` rebuild and run, so nothing from the dir executes),
+and the deployment exports ``online.pt`` and ``online.onnx``. Nothing is written until every
+one has been checked: the PyTorch streaming model, the one rebuilt from the saved weights, the
 saved-and-reloaded TorchScript file and the ONNX file run in onnxruntime are each fed a random
 clip frame by frame and compared with the offline one-way model on the whole clip (per-frame
 logits, their average against the clip logits; for PyTorch also per-frame features, for the
-exports also the buffers after the last frame). A difference above the tolerance is an
+files also the buffers after the last frame). A difference above the tolerance is an
 ``ExportError`` naming the worst output; the files are staged in a temp dir beside
-``out_dir`` and renamed into place only at the end.
+``out_dir`` and moved into place only at the end (into an existing dir, only the names in
+``OUTPUTS``).
 
 Exporters (torch 2.14): ONNX goes through ``torch.onnx.export(dynamo=True)`` (torch.export,
 translated by onnxscript), the default and maintained path; the TorchScript-based exporter
@@ -37,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from tsmcli.errors import ExportError, UsageError
+from tsmcli.fileio import atomic_write, check_writable_dir
 from tsmcli.model.streaming import FrameModel, StepFn, StreamingTSM, run_stream
 
 logger = logging.getLogger(__name__)
@@ -44,6 +49,14 @@ logger = logging.getLogger(__name__)
 TOLERANCE = 1e-4
 DEFAULT_SIZE = 224
 DEFAULT_OPSET = 18
+# what a model dir holds; --overwrite replaces these names and no others (report.json last)
+WEIGHTS_FILE = "online_weights.pt"  # what tsm stream / eval --online run (rebuilt, no code)
+TORCHSCRIPT_FILE = "online.pt"  # deployment artifact; runs code when loaded
+ONNX_FILE = "online.onnx"
+CLASSES_FILE = "classes.txt"
+FINETUNE_DIR = "finetune"
+REPORT_FILE = "report.json"
+OUTPUTS = (FINETUNE_DIR, WEIGHTS_FILE, TORCHSCRIPT_FILE, ONNX_FILE, CLASSES_FILE, REPORT_FILE)
 FUTURE_WARNING = ("this model was trained with the bidirectional shift (it saw the future "
                   "frame); the online model shifts one way only, so expect lower accuracy "
                   "unless it is fine-tuned one-way (--finetune-epochs N)")
@@ -98,19 +111,21 @@ def convert_online(checkpoint: str | Path, out_dir: str | Path, *,
     from tsmcli.model.checkpoint import load_checkpoint, load_model
 
     checkpoint, out_dir = Path(checkpoint), Path(out_dir)
-    if out_dir.exists() and not (overwrite or (out_dir.is_dir() and not any(out_dir.iterdir()))):
-        raise UsageError(f"{out_dir}: already exists and is not empty; choose another --out "
-                         "or pass --overwrite")
     if (val_list is None) != (root is None):
         raise UsageError("give --val-list and --root together (or neither)")
     if verify_frames < 2:
         raise UsageError(f"verify_frames must be at least 2 to check the buffers, got {verify_frames}")
+    _check_out_dir(out_dir, overwrite, [checkpoint, val_list, root])
     raw = load_checkpoint(checkpoint)
     recipe = raw.get("recipe") if isinstance(raw, dict) else None
     if finetune_epochs > 0 and not recipe:
         raise UsageError(f"{checkpoint}: --finetune-epochs needs the training recipe, which only "
                          "tsmcli checkpoints carry; fine-tune with tsm train --set "
                          "model.shift=unidirectional --set model.init_from=CKPT instead")
+    if finetune_epochs > 0:  # the fine-tuning run reads the recipe's data too
+        data = recipe.get("data") or {}
+        _check_out_dir(out_dir, overwrite, [data.get(key) for key in
+                                            ("root", "train_list", "val_list")])
     classes = _classes(raw, val_list)
     del raw  # load_model reads the file itself; do not hold two copies of the weights
     model = load_model(checkpoint, **arch_overrides)
@@ -139,18 +154,18 @@ def convert_online(checkpoint: str | Path, out_dir: str | Path, *,
                     val_list, root, source, backend)
             one_way, finetuned = _finetune(checkpoint, recipe, finetune_epochs,
                                            finetune_lr_scale, distill_weight,
-                                           distill_temperature, staged / "finetune")
+                                           distill_temperature, staged / FINETUNE_DIR)
             finetuned_checkpoint = out_dir / finetuned.relative_to(staged)
         streaming = StreamingTSM(one_way).eval()
-        checks, traced = _export_and_verify(streaming, one_way, staged, height, width,
-                                            verify_frames, opset, seed)
+        checks, reloaded = _export_and_verify(streaming, one_way, staged, height, width,
+                                              verify_frames, opset, seed, classes)
         diffs = {name: diff for name, (diff, _) in checks.items()}
         shapes = streaming.buffer_shapes(height, width)
         latency = _latency_ms(streaming, FrameModel(one_way).eval(), height, width, latency_reps)
-        if val_list is not None:
+        if val_list is not None:  # the model tsm eval --online and tsm stream will run
             key = "after_finetune" if finetune_epochs > 0 else "after"
-            accuracy[key] = _online_accuracy(traced, height, width, scale_size, shapes, classes,
-                                             val_list, root, source, backend)
+            accuracy[key] = _online_accuracy(reloaded, height, width, scale_size, shapes,
+                                             classes, val_list, root, source, backend)
         result = ConvertResult(
             out_dir=out_dir, checkpoint=checkpoint, arch=str(config.get("arch")),
             height=height, width=width, scale_size=scale_size, num_buffers=streaming.num_buffers,
@@ -167,6 +182,37 @@ def convert_online(checkpoint: str | Path, out_dir: str | Path, *,
     logger.info("wrote %s (%d buffers, %d cache bytes)", out_dir, result.num_buffers,
                 result.cache_bytes)
     return result
+
+
+def load_streaming_model(path: str | Path) -> StreamingTSM:
+    """The streaming model of a model dir's ``online_weights.pt``, rebuilt from this package's
+    code (``build_model`` from the recorded config, weights read with ``weights_only=True``):
+    nothing in the file can run. It computes what ``online.pt`` computes."""
+    from tsmcli.model.checkpoint import load_model
+
+    return StreamingTSM(load_model(path)).eval()
+
+
+def _check_out_dir(out_dir: Path, overwrite: bool, inputs: list[str | Path | None]) -> None:
+    """Refuse a model dir that would lose something: a file, the current folder (or one above
+    it), a non-empty folder without ``--overwrite``, or, with it, a folder that holds one of
+    ``inputs`` (``--overwrite`` replaces the files the command writes, which could be inputs:
+    classes.txt beside a val list, a checkpoint named online.pt)."""
+    check_writable_dir(out_dir, "--out")
+    target, here = out_dir.resolve(), Path.cwd().resolve()
+    if target == here or target in here.parents:
+        raise UsageError(f"--out {out_dir}: is the current folder or holds it; give the model "
+                         "dir a folder of its own, e.g. --out online/")
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    if not overwrite:
+        raise UsageError(f"{out_dir}: already exists and is not empty; choose another --out "
+                         "or pass --overwrite")
+    for given in inputs:
+        if given is not None and target in (Path(given).resolve(), *Path(given).resolve().parents):
+            raise UsageError(f"--out {out_dir}: holds {given}, an input of this command; "
+                             "--overwrite replaces files in the model dir, so give it a folder "
+                             "of its own, e.g. --out online/")
 
 
 def rebuild(model: nn.Module, **changes: Any) -> nn.Module:
@@ -211,15 +257,20 @@ def _classes(raw: Any, val_list: str | Path | None) -> list[str] | None:
 
 def _export_and_verify(streaming: StreamingTSM, one_way: nn.Module, staged: Path,
                        height: int, width: int, frames: int, opset: int, seed: int,
-                       ) -> tuple[dict[str, tuple[float, float]], torch.jit.ScriptModule]:
-    """Write online.pt and online.onnx into ``staged`` and compare each with the offline model.
+                       classes: list[str] | None,
+                       ) -> tuple[dict[str, tuple[float, float]], StreamingTSM]:
+    """Write online_weights.pt, online.pt and online.onnx into ``staged`` and compare each,
+    read back from its file, with the offline model.
 
     Logits must match to ``TOLERANCE``; features and buffers, activations of any scale, to
     ``TOLERANCE`` times their largest magnitude (when above 1): float32 rounding grows with
     the values. Buffers of an export are compared with the PyTorch streaming model's, whose
     outputs match the offline model. Returns ``{output: (max abs difference, tolerance)}``
-    and the reloaded TorchScript module; raises ``ExportError`` naming the worst output.
+    and the streaming model rebuilt from online_weights.pt; raises ``ExportError`` naming the
+    worst output.
     """
+    from tsmcli.model.checkpoint import checkpoint_dict, save_checkpoint
+
     generator = torch.Generator().manual_seed(seed)
     clip = torch.randn(1, frames, 3, height, width, generator=generator)  # (1, T, 3, H, W)
     offline = rebuild(one_way, num_segments=frames)  # its own shift: one-way, or none
@@ -251,9 +302,13 @@ def _export_and_verify(streaming: StreamingTSM, one_way: nn.Module, staged: Path
         final_state = compare("pytorch", streaming)
         features = run_stream(streaming.forward_features, clip[0], buffers).outputs  # (T, D)
         check("pytorch features", features, reference_features, scaled=True)
-        traced = _export_torchscript(streaming, clip[0, :1], buffers, staged / "online.pt")
+        weights = save_checkpoint(checkpoint_dict(one_way, classes=classes),
+                                  staged / WEIGHTS_FILE)
+        reloaded = load_streaming_model(weights)
+        compare("weights", reloaded)
+        traced = _export_torchscript(streaming, clip[0, :1], buffers, staged / TORCHSCRIPT_FILE)
         compare("torchscript", traced)
-        onnx_path = staged / "online.onnx"
+        onnx_path = staged / ONNX_FILE
         _export_onnx(streaming, clip[0, :1], buffers, onnx_path, opset)
         compare("onnx", _onnx_step(onnx_path, streaming.num_buffers))
     worst = max(checks, key=lambda name: checks[name][0] / checks[name][1])
@@ -262,7 +317,7 @@ def _export_and_verify(streaming: StreamingTSM, one_way: nn.Module, staged: Path
         raise ExportError(f"{worst} differ from the reference by {diff:.3g} (tolerance "
                           f"{limit:.3g}): the export is wrong and nothing was written; please "
                           "report it with the checkpoint's architecture")
-    return checks, traced
+    return checks, reloaded
 
 
 def _max_diff(a: Tensor, b: Tensor) -> float:
@@ -436,14 +491,27 @@ def _write_report(staged: Path, result: ConvertResult, config: dict[str, Any]) -
         buffer_shapes=[list(shape) for shape in result.buffer_shapes],
         inputs=["frame", *buffer_names], outputs=["logits", *new_buffer_names],
         model_config=config, torch=torch.__version__)
-    (staged / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    atomic_write(staged / REPORT_FILE, json.dumps(report, indent=2) + "\n")
     if result.classes:
-        (staged / "classes.txt").write_text("".join(f"{name}\n" for name in result.classes),
-                                            encoding="utf-8")
+        atomic_write(staged / CLASSES_FILE, "".join(f"{name}\n" for name in result.classes))
 
 
 def _publish(staged: Path, out_dir: Path, work: Path) -> None:
-    """Rename the staged dir into place; an existing ``out_dir`` is moved aside first."""
-    if out_dir.exists():
-        os.rename(out_dir, work / "previous")
-    os.rename(staged, out_dir)
+    """Move the staged model into place. A new ``out_dir`` is the staged dir renamed. In an
+    existing one (empty, or ``--overwrite``) only the names this command writes (``OUTPUTS``)
+    are replaced, and those this conversion did not produce (classes.txt, finetune/) are
+    removed; any other file there is left alone. report.json goes last."""
+    if not out_dir.exists():
+        os.rename(staged, out_dir)
+        return
+    previous = work / "previous"
+    previous.mkdir()
+    for name in OUTPUTS:
+        new, target = staged / name, out_dir / name
+        if new.is_file() and target.is_file() and not target.is_symlink():
+            os.replace(new, target)
+            continue
+        if target.exists() or target.is_symlink():
+            os.rename(target, previous / name)  # deleted with the work dir
+        if new.exists():
+            os.rename(new, target)

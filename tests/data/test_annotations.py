@@ -1,5 +1,6 @@
-"""build_list on tiny copies of each dataset's annotation files (the formats of DATASETS.md)
-and tiny frame folders: exact list contents, official label indices, missing clips, splits."""
+"""Each dataset family's annotation files, read through build_list on tiny copies of them
+(the formats of DATASETS.md) and tiny frame folders: exact list contents, official label
+indices, missing clips, and one clear line for each kind of bad input."""
 
 from __future__ import annotations
 
@@ -7,33 +8,18 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
-from click.testing import CliRunner
-from torchvision.io import encode_jpeg
+from annotated_clips import frames, labels, lines
 
-from tsmcli.cli import cli
-from tsmcli.data.adapters import build_list, load_manifest
+from tsmcli.data.annotations import FOLDER, FORMATS
+from tsmcli.data.build_list import build_list
 from tsmcli.data.lists import read_classes
+from tsmcli.data.manifest import list_manifests, load_manifest
 from tsmcli.errors import DataError, UsageError
-from tsmcli.resources import labels_dir
-
-_JPEG = bytes(encode_jpeg(torch.full((3, 8, 8), 128, dtype=torch.uint8)).numpy())
 
 
-def frames(folder: Path, count: int, template: str = "img_{:05d}.jpg") -> Path:
-    """A frame folder of ``count`` tiny JPEGs."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for k in range(1, count + 1):
-        (folder / template.format(k)).write_bytes(_JPEG)
-    return folder
-
-
-def labels(name: str) -> list[str]:
-    return read_classes(labels_dir() / name)
-
-
-def lines(path: Path) -> list[str]:
-    return path.read_text().splitlines()
+def test_every_shipped_manifest_names_a_registered_family():
+    adapters = {load_manifest(name).adapter for name in list_manifests()}
+    assert adapters - {FOLDER} == set(FORMATS)  # no manifest without a reader, no idle reader
 
 
 # ---------------------------------------------------------------------------- Kinetics
@@ -327,98 +313,70 @@ def test_hmdb51_split_files_ids_and_missing_split_file(tmp_path, make_video):
     assert result.num_missing == 0
 
     (ann / "wave_test_split1.txt").unlink()
-    with pytest.raises(DataError, match=r"testTrainMulti_7030_splits/wave_test_split1.txt: split file is missing"):
+    with pytest.raises(
+        DataError, match=r"testTrainMulti_7030_splits/wave_test_split1.txt: split file is missing"
+    ):
         build_list("hmdb51", root, tmp_path / "out", annotations=ann)
 
 
-# ---------------------------------------------------------------------------- folder
+# ---------------------------------------------------------------------------- bad input
 
 
-def _folder_dataset(root: Path, sizes: dict[str, int]) -> None:
-    for name, count in sizes.items():
-        for k in range(count):
-            frames(root / name / f"clip{k:02d}", 2)
-
-
-def test_folder_split_is_stratified_seeded_and_stable(tmp_path):
-    root = tmp_path / "data"
-    _folder_dataset(root, {"walk": 8, "jump": 4, "sit": 1})
-    (root / "walk" / "clip99").mkdir()  # empty: reported, not split
-    result = build_list("folder", root, tmp_path / "a", seed=3)
-    assert read_classes(result.classes_file) == ["jump", "sit", "walk"]
-    train, val = lines(result.lists["train"]), lines(result.lists["val"])
-    per_class = {
-        c: (sum(x.endswith(f" {i}") for x in train), sum(x.endswith(f" {i}") for x in val))
-        for i, c in enumerate(["jump", "sit", "walk"])
-    }
-    assert per_class == {
-        "jump": (3, 1),
-        "sit": (1, 0),
-        "walk": (6, 2),
-    }  # round(n / 4), n >= 2: >= 1
-    assert lines(result.missing_file) == [
-        "unsplit\twalk/clip99\tempty frame folder (no img_00001.jpg)"
-    ]
-    assert sorted(train + val) == sorted(
-        [f"jump/clip{k:02d} 2 0" for k in range(4)]
-        + ["sit/clip00 2 1"]
-        + [f"walk/clip{k:02d} 2 2" for k in range(8)]
+@pytest.mark.parametrize(
+    ("dataset", "file", "body"),
+    [
+        ("kinetics400", "kinetics_train.csv", b"label,youtube_id,time_start,time_end\nabseiling,"),
+        ("jester", "jester-v1-train.csv", b"1;Swiping Left\n2;Swiping Left\n3;"),
+        ("sthv2", "something-something-v2-train.json", b'[{"id": "1",\n"template": "'),
+    ],
+)
+def test_an_annotation_file_that_is_not_utf8_names_the_line_and_byte(tmp_path, dataset, file, body):
+    (tmp_path / file).write_bytes(b"\xef\xbb\xbf" + body + b"caf\xe9\n")  # BOM, then Latin-1
+    offset = 3 + len(body) + 3
+    with pytest.raises(DataError) as caught:
+        build_list(dataset, tmp_path, tmp_path / "out")
+    line = body.count(b"\n") + 1
+    assert str(caught.value) == (
+        f"{tmp_path / file}:{line}: not UTF-8 text (byte 0xe9 at offset {offset}); "
+        "re-save the file as UTF-8"
     )
 
-    again = build_list("folder", root, tmp_path / "b", seed=3)
-    assert lines(again.lists["val"]) == val
-    others = [
-        lines(build_list("folder", root, tmp_path / f"s{s}", seed=s).lists["val"]) for s in range(4)
-    ]
-    assert len({tuple(v) for v in others}) > 1
 
-    _folder_dataset(root, {"aaa_new": 3})  # a new class shifts labels, not the other splits
-    grown = build_list("folder", root, tmp_path / "c", seed=3)
-    walk_val = {x.split()[0] for x in lines(grown.lists["val"]) if x.startswith("walk/")}
-    assert walk_val == {x.split()[0] for x in val if x.startswith("walk/")}
-
-
-def test_folder_of_videos_counts_decoded_frames(tmp_path, make_video):
-    root = tmp_path / "videos"
-    make_video(root / "a" / "x.mp4", num_frames=5, size=16)
-    make_video(root / "b" / "y.mp4", num_frames=3, size=16)
-    (root / "b" / "notes.txt").write_text("not a video")
-    result = build_list("folder", root, tmp_path / "out", val_fraction=0.0)
-    assert result.source == "videos"
-    assert lines(result.lists["train"]) == ["a/x.mp4 5 0", "b/y.mp4 3 1"]
-    assert lines(result.lists["val"]) == []
-
-
-# ---------------------------------------------------------------------------- errors, CLI
-
-
-def test_errors_name_what_to_fix(tmp_path):
-    with pytest.raises(
-        UsageError, match="unknown dataset 'kinetic400'; did you mean 'kinetics400'"
-    ):
-        build_list("kinetic400", tmp_path, tmp_path / "out")
-    with pytest.raises(DataError, match=r"no ucf101 annotation file here .*trainlist01.txt"):
-        build_list("ucf101", tmp_path, tmp_path / "out")
-    (tmp_path / "jester-v1-train.csv").write_text("1;Swiping Left\n")
-    with pytest.raises(DataError, match=r"none of the 1 annotated clips was found"):
-        build_list("jester", tmp_path, tmp_path / "out")
-
-
-def test_cli_build_list_prints_a_summary(tmp_path):
-    root = tmp_path / "data"
-    _folder_dataset(root, {"a": 2, "b": 2})
-    out = tmp_path / "lists"
-    result = CliRunner().invoke(
-        cli, ["build-list", "--dataset", "folder", "--root", str(root), "--out", str(out)]
+@pytest.mark.parametrize(
+    ("start", "end"), [("inf", "10"), ("nan", "10"), ("-1", "9"), ("abc", "10"), ("0", "1e999")]
+)
+def test_kinetics_times_that_cannot_name_a_clip_are_refused(tmp_path, start, end):
+    (tmp_path / "kinetics_train.csv").write_text(
+        "label,youtube_id,time_start,time_end\n"
+        "abseiling,0wR5jVB-WPk,417,427\n"
+        f"abseiling,aaaaaaaaaaa,{start},{end}\n"
     )
-    assert result.exit_code == 0, result.output
-    assert "train.txt: 2" in result.output and "val.txt: 2" in result.output
-    assert lines(out / "train.txt")[0].endswith(" 2 0")
+    with pytest.raises(DataError) as caught:
+        build_list("kinetics400", tmp_path, tmp_path / "out")
+    assert str(caught.value) == (
+        f"{tmp_path / 'kinetics_train.csv'}:3: time_start/time_end must be seconds (finite "
+        f"numbers >= 0), got {start!r}, {end!r}; fix or remove this row"
+    )
 
 
-def test_paths_with_spaces_are_refused_before_any_work(tmp_path):
-    # mmaction2's download.py names class folders with spaces until rename_classnames.sh runs
-    _folder_dataset(tmp_path / "data", {"air drumming": 2})
-    with pytest.raises(DataError, match=r"air drumming/clip0\d: list paths cannot contain spaces"):
-        build_list("folder", tmp_path / "data", tmp_path / "out")
-    assert not (tmp_path / "out").exists()
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"id": "7", "template": 12}, '"template" is a JSON number, not a string'),
+        (
+            {"id": "7", "template": ["Holding [something]"]},
+            '"template" is a JSON array, not a string',
+        ),
+        ({"id": ["7"], "template": "Holding something"}, '"id" is a JSON array, not a string'),
+        ("7;Holding something", "is a JSON string, not an object with"),
+    ],
+)
+def test_sthv2_json_of_the_wrong_types_is_one_clear_error(tmp_path, entry, message):
+    (tmp_path / "something-something-v2-train.json").write_text(
+        json.dumps([{"id": "1", "template": "Holding something"}, entry])
+    )
+    with pytest.raises(DataError) as caught:
+        build_list("sthv2", tmp_path, tmp_path / "out")
+    text = str(caught.value)
+    assert text.startswith(f"{tmp_path / 'something-something-v2-train.json'}: entry 1")
+    assert message in text and text.endswith("download the annotation file again")
