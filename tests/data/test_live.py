@@ -399,6 +399,17 @@ def test_breaking_out_joins_the_reader_and_closes_the_container(tmp_path, make_v
         next(iter(source))
 
 
+def test_closing_inside_the_loop_ends_it(tmp_path, make_video, deadline):
+    path = make_video(tmp_path / "clip.mp4", num_frames=30)
+    with deadline(30), open_source(path) as source:
+        indices = []
+        for frame in source:
+            indices.append(frame.index)
+            source.close()  # frames are waiting, yet none comes after this
+    assert indices == [0] and reader_threads() == []
+    assert source.summary.ending == "closed" and source.summary.delivered == 1
+
+
 def test_ctrl_c_in_the_loop_joins_the_reader_and_closes_the_device(deadline):
     opener = Opener(FakeDevice(rate=100))
     source = open_source(camera=0, opener=opener)
@@ -415,11 +426,11 @@ def test_closing_wakes_a_reader_waiting_for_a_frames_time(deadline):
     """A paced source waits for each frame's time; closing must not sit out that wait."""
     device = FakeDevice(rate=1000, tick=Fraction(19, 10))  # frames 1.9 s apart on its clock
     source = open_source("fake.mkv", realtime=True, opener=Opener(device))
-    for _ in source:
-        break  # the reader is now waiting 1.9 s for frame 1
-    with deadline(1.5):
-        source.close()
+    with deadline(1.5):  # a watchdog: closing takes milliseconds, sitting out the wait 1.9 s
+        for _ in source:
+            break  # the reader is now waiting for frame 1, due 1.9 s after frame 0
     assert reader_threads() == [] and device.closed
+    assert source.summary.decoded == 1 and source.summary.ending == "closed"
 
 
 def test_an_error_in_the_reader_that_is_not_the_sources_is_raised(deadline):

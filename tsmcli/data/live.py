@@ -117,7 +117,7 @@ class LiveFrame:
     """One decoded frame, as the consumer receives it."""
 
     index: int  # 0-based position among the frames decoded; dropped frames leave gaps
-    time: float  # presentation time in seconds on the stream's clock (see LiveSource._hand_on)
+    time: float  # presentation time in seconds, the stream's clock (no pts: index / fps)
     image: torch.Tensor  # uint8 (3, H, W): a channels-last view of the decoded (H, W, 3) pixels
 
 
@@ -190,7 +190,7 @@ def _open(opener, name, file, fmt, options, timeout, is_camera):
         container = opener(file, format=fmt, options=options, timeout=timeout)
     except (av.FFmpegError, OSError, ValueError) as exc:
         if isinstance(exc, ValueError) and fmt and f"'{fmt}'" in str(exc):
-            why = f"this PyAV build has no {fmt} input; install a PyAV built with libavdevice"
+            why = f"this PyAV build has no {fmt} input: use a PyAV built with its devices"
         elif isinstance(exc, av.ExitError) and timeout:
             why = f"no answer within {timeout:g} s"
         else:
@@ -269,11 +269,13 @@ class _Slot:
             self.cond.notify_all()
 
     def get(self):
-        """The next waiting frame, or the ``_End`` once the reader has finished and all its
-        frames were taken. Waits in short steps so a KeyboardInterrupt is never held up."""
+        """The next waiting frame; the ``_End`` once the reader has finished and all its frames
+        were taken; None once closed. Waits in short steps so Ctrl-C is never held up."""
         with self.cond:
-            while not self.items and self.end is None:
+            while not self.items and self.end is None and not self.closed:
                 self.cond.wait(_POLL)
+            if self.closed:
+                return None
             if not self.items:
                 return self.end
             self.delivered += 1
@@ -345,19 +347,18 @@ class LiveSource:
         self._started = time.monotonic()
         self._thread.start()
         try:
-            while not isinstance(item := self._slot.get(), _End):
+            while isinstance(item := self._slot.get(), tuple):  # None: closed meanwhile
                 index, stream_time, frame = item
                 pixels = frame.to_ndarray(format="rgb24")  # (H, W, 3), converted only if taken
                 yield LiveFrame(index, stream_time, torch.from_numpy(pixels).permute(2, 0, 1))
-            if item.error is not None:
+            if isinstance(item, _End) and item.error is not None:
                 self._ending, self._reason = "failed", f"the reader failed ({item.error!r})"
-            elif item.failure is not None:
-                self._ending, self._reason = "failed", item.failure
-            else:
-                self._ending, self._reason = "finished", "reached the end of the stream"
+            elif isinstance(item, _End):
+                self._ending = "finished" if item.failure is None else "failed"
+                self._reason = item.failure or "reached the end of the stream"
         finally:
             self.close()
-        if item.error is not None:  # a bug in the reader, not a property of the source
+        if isinstance(item, _End) and item.error is not None:  # a bug, not the source's fault
             raise item.error
 
     def close(self) -> LiveSummary:
