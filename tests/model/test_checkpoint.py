@@ -15,15 +15,9 @@ import torchvision
 from torch import nn
 
 from tsmcli.errors import CheckpointError, OutputError
-from tsmcli.model.checkpoint import (
-    checkpoint_dict,
-    load_checkpoint,
-    load_model,
-    load_state_dict_strict,
-    load_weights_for_finetune,
-    save_checkpoint,
-)
+from tsmcli.model.checkpoint import checkpoint_dict, load_model, load_weights_for_finetune
 from tsmcli.model.tsn import build_model
+from tsmcli.model.weights import load_checkpoint, load_state_dict_strict, save_checkpoint
 
 SEGMENTS, SIZE = 4, 32
 

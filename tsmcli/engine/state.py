@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from tsmcli.engine.distributed import DistContext
 from tsmcli.errors import TrainingError
-from tsmcli.model.checkpoint import FORMAT, FORMAT_VERSION
+from tsmcli.model.checkpoint import checkpoint_dict as model_checkpoint_dict
+from tsmcli.model.tsn import TSN
+from tsmcli.model.weights import FORMAT
 from tsmcli.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,7 @@ _RESUMABLE_MODEL_CHANGES = {"pretrained", "init_from"}
 
 def checkpoint_dict(
     *,
-    model: nn.Module,
-    model_config: dict[str, Any],
+    model: TSN,
     recipe: Recipe,
     classes: Sequence[str] | None,
     optimizer: torch.optim.Optimizer,
@@ -52,31 +52,29 @@ def checkpoint_dict(
     ctx: DistContext,
     cuda: bool,
 ) -> dict[str, Any]:
-    """The checkpoint dict: tensors and builtins only, so ``weights_only=True`` loads it.
+    """A run's checkpoint: ``model.checkpoint.checkpoint_dict`` (the one header) plus the
+    training state. Tensors and builtins only, so ``weights_only=True`` loads it.
 
     ``epoch`` is the number of finished epochs; ``iteration`` the steps already taken in
     the next one (0 at an epoch boundary). Collective: every rank must call it, as it
     gathers every rank's RNG state.
     """
     rng = _gather(_rng_state(cuda), ctx)
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "model_config": model_config,
-        "recipe": recipe.to_dict(),
-        "classes": list(classes) if classes else None,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),
-        "epoch": epoch,
-        "iteration": iteration,
-        "partial": dict(partial),
-        "global_batch": global_batch,
-        "world_size": ctx.world_size,
-        "rng": rng,
-        "best_top1": best_top1,
-        "history": list(history),
-    }
+    return model_checkpoint_dict(
+        model,
+        recipe=recipe.to_dict(),
+        classes=list(classes) if classes else None,
+        optimizer=optimizer.state_dict(),
+        scaler=scaler.state_dict(),
+        epoch=epoch,
+        iteration=iteration,
+        partial=dict(partial),
+        global_batch=global_batch,
+        world_size=ctx.world_size,
+        rng=rng,
+        best_top1=best_top1,
+        history=list(history),
+    )
 
 
 def check_resume_recipe(

@@ -35,6 +35,14 @@ from torch import Tensor, nn
 Direction = Literal["bidirectional", "unidirectional"]
 DIRECTIONS: tuple[str, ...] = ("bidirectional", "unidirectional")
 
+# The smallest shift_div (fold_div) of a model: fold = C // shift_div channels move each way,
+# and at 1 every channel moves, so none of a frame's own features stay in place. 2 is the least
+# that keeps channels in place for the one-way shift (the bidirectional shift then moves both
+# halves: allowed, as recipes always have, so that the checkpoints trained so still load).
+# build_model, recipes and the CLI hold this bound; temporal_shift itself takes any
+# fold_div >= 1, as the seed's code does.
+MIN_SHIFT_DIV = 2
+
 # (start, stop, offset): output channels [start, stop) of frame t come from frame t + offset.
 Plan = tuple[tuple[int, int, int], ...]
 

@@ -5,13 +5,29 @@ key for key: ``base_model`` (backbone), ``new_fc`` (the video head).
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
-from tsmcli.errors import UsageError
-from tsmcli.model.backbones import SHIFT_MODES, SHIFT_PLACES, build_backbone
+from tsmcli.errors import CheckpointError, UsageError
+from tsmcli.model.backbones import (
+    SHIFT_MODES,
+    SHIFT_PLACES,
+    build_backbone,
+    shifted_module_names,
+)
+from tsmcli.model.shift import MIN_SHIFT_DIV
+from tsmcli.model.weights import (
+    imagenet_state_dict,
+    load_checkpoint,
+    load_state_dict_strict,
+    raw_state_dict,
+)
+
+logger = logging.getLogger(__name__)
 
 
 class TSN(nn.Module):
@@ -101,7 +117,8 @@ def build_model(arch: str, num_classes: int, num_segments: int = 8, shift: str =
     checks = [
         (isinstance(num_classes, int) and num_classes >= 1, "num_classes", "at least 1"),
         (isinstance(num_segments, int) and num_segments >= 1, "num_segments", "at least 1"),
-        (isinstance(shift_div, int) and shift_div >= 1, "shift_div", "at least 1"),
+        (isinstance(shift_div, int) and shift_div >= MIN_SHIFT_DIV, "shift_div",
+         f"at least {MIN_SHIFT_DIV}"),
         (isinstance(dropout, int | float) and 0.0 <= dropout < 1.0, "dropout", "in [0, 1)"),
         (shift in SHIFT_MODES, "shift", f"one of {', '.join(SHIFT_MODES)}"),
         (shift_place in SHIFT_PLACES, "shift_place", f"one of {', '.join(SHIFT_PLACES)}"),
@@ -114,7 +131,25 @@ def build_model(arch: str, num_classes: int, num_segments: int = 8, shift: str =
     model = TSN(arch, num_classes, num_segments=num_segments, shift=shift, shift_div=shift_div,
                 shift_place=shift_place, dropout=float(dropout), partial_bn=bool(partial_bn))
     if pretrained is not None:
-        from tsmcli.model.checkpoint import load_pretrained_backbone
-
         load_pretrained_backbone(model, pretrained)
     return model
+
+
+def load_pretrained_backbone(model: TSN, path: str | Path) -> None:
+    """Load a torchvision ImageNet state dict (``layer1.0.conv1.weight``, ``fc.weight``) into
+    ``model.base_model``: keys are mapped onto the shift wrappers (``conv1.net.weight``) and
+    the ImageNet classifier is ignored."""
+    path = Path(path)
+    state = raw_state_dict(load_checkpoint(path))
+    if state is None:
+        raise CheckpointError(f"{path}: not a state dict of tensors; give a torchvision "
+                              "ImageNet state dict (e.g. resnet50-11ad3fa6.pth)")
+    load_imagenet_weights(model, state, path)
+
+
+def load_imagenet_weights(model: TSN, state: Mapping[str, Tensor], path: str | Path) -> None:
+    """``load_pretrained_backbone`` for the tensors of a file already read."""
+    mapped = imagenet_state_dict(state, head=model.spec.head,
+                                 wrapped=shifted_module_names(model.base_model))
+    load_state_dict_strict(model.base_model, mapped, f"{path} (ImageNet {model.arch} weights)")
+    logger.info("loaded ImageNet weights from %s into %s", path, model.arch)
