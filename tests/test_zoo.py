@@ -34,7 +34,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def test_vocabulary_matches_the_model_the_evaluator_and_the_recipes():
     from tsmcli.data.adapters import LABEL_ORDERS
-    from tsmcli.engine import evaluate
+    from tsmcli.data.transforms import TEST_CROPS
+    from tsmcli.engine import views
     from tsmcli.engine.metrics import AVERAGE_MODES
     from tsmcli.model.backbones import SHIFT_MODES, SHIFT_PLACES, list_backbones
     from tsmcli.recipe import DataConfig
@@ -43,14 +44,14 @@ def test_vocabulary_matches_the_model_the_evaluator_and_the_recipes():
     ours = (zoo.ARCHS, zoo.SHIFTS, zoo.SHIFT_PLACES, zoo.LABEL_ORDERS, zoo.PROTOCOL_PRESETS,
             zoo.TEST_CROPS, zoo.AVERAGE_MODES, zoo.SAMPLINGS)
     theirs = (tuple(list_backbones()), SHIFT_MODES, SHIFT_PLACES, LABEL_ORDERS,
-              tuple(evaluate.PROTOCOLS), evaluate.TEST_CROPS, AVERAGE_MODES,
+              tuple(views.PROTOCOLS), TEST_CROPS, AVERAGE_MODES,
               typing.get_args(sampling))
     assert ours == theirs
 
 
 def test_every_shipped_entry_is_consistent():
     from tsmcli.data.adapters import list_manifests, load_manifest
-    from tsmcli.engine.evaluate import resolve_protocol
+    from tsmcli.engine.views import resolve_protocol
     from tsmcli.recipe import load_recipe
 
     entries = zoo.list_entries()

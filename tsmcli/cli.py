@@ -216,7 +216,7 @@ def train(recipe, overrides, out, resume) -> None:
 @click.option("--arch", default=None, help="Official/mmaction2 checkpoints: backbone, e.g. resnet50.")
 @click.option("--segments", "num_segments", type=click.IntRange(min=1), default=None, help="Frames per clip: required for official/mmaction2 checkpoints; overrides the recipe's for ours.")
 @click.option("--shift", type=click.Choice(["none", "bidirectional", "unidirectional"]), default=None, help="Official/mmaction2 checkpoints: temporal shift.")
-@click.option("--shift-div", type=click.IntRange(min=2), default=None, help="Official/mmaction2 checkpoints: 1/N of the channels shift each way.")
+@click.option("--shift-div", type=int, default=None, help="Official/mmaction2 checkpoints: 1/N of the channels shift each way.")
 @click.option("--shift-place", type=click.Choice(["blockres", "block"]), default=None, help="Official/mmaction2 checkpoints: where the shift sits.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="Where the model runs (auto: CUDA when available).")
 @click.option("--trust-torchscript", is_flag=True, help="--online: run the dir's online.pt (TorchScript, which can run code) instead of the model rebuilt from online_weights.pt.")
@@ -228,36 +228,26 @@ def evaluate(checkpoint, online, list_file, root, protocol, clips, crops, full_r
     Under torchrun (python -m torch.distributed.run ... -m tsmcli eval ...) each process scores
     a share of the list and the numbers equal a single process's.
     """
-    from tsmcli.errors import UsageError
+    from tsmcli.engine.distributed import env_rank
+    from tsmcli.engine.evaluate import run_eval
+    from tsmcli.engine.views import ViewRequest
+    from tsmcli.model.checkpoint import ArchOverrides
 
-    if (checkpoint is None) == (online is None):
-        raise UsageError("give exactly one of --checkpoint CKPT or --online MODEL_DIR")
-    if trust_torchscript and online is None:
-        raise UsageError("--trust-torchscript applies to --online only; drop it")
+    views = ViewRequest(protocol, clips, None if crops is None else int(crops), full_res,
+                        twice_sample, dense, average)
+    arch = ArchOverrides(arch, num_segments, shift, shift_div, shift_place)
+    result = run_eval(list_file, root, checkpoint=checkpoint, online_dir=online, views=views,
+                      arch=arch, source=source, backend=backend, batch_size=batch_size,
+                      workers=workers, device=device, out_dir=out_dir, json_path=json_path,
+                      trust_torchscript=trust_torchscript)
     if online is not None:
-        if json_path is not None or out_dir is not None:
-            raise UsageError("--json and --out apply to --checkpoint only; drop them with --online")
-        from tsmcli.engine.online import evaluate_online
-
-        online_result = evaluate_online(online, list_file, root, source=source, backend=backend,
-                                        trust_torchscript=trust_torchscript)
-        rows = [("model", str(online)), ("top-1", f"{online_result.top1:.2f} %"),
-                ("top-5", f"{online_result.top5:.2f} %"),
-                ("mean class", f"{online_result.mean_class_accuracy:.2f} %"),
-                *((f"top-1 at {p}%", f"{acc:.2f} %") for p, acc in sorted(online_result.top1_at.items())),
-                ("videos", str(online_result.num_videos)), ("frames", str(online_result.num_frames)),
-                ("latency", f"{online_result.latency_ms:.2f} ms/frame")]
+        rows = [("model", str(online)), ("top-1", f"{result.top1:.2f} %"),
+                ("top-5", f"{result.top5:.2f} %"),
+                ("mean class", f"{result.mean_class_accuracy:.2f} %"),
+                *((f"top-1 at {p}%", f"{acc:.2f} %") for p, acc in sorted(result.top1_at.items())),
+                ("videos", str(result.num_videos)), ("frames", str(result.num_frames)),
+                ("latency", f"{result.latency_ms:.2f} ms/frame")]
     else:
-        from tsmcli.engine.distributed import env_rank
-        from tsmcli.engine.evaluate import evaluate as run_evaluate
-
-        result = run_evaluate(
-            checkpoint, list_file, root, protocol=protocol, clips=clips,
-            crops=None if crops is None else int(crops), full_res=full_res,
-            twice_sample=twice_sample, dense=dense, average=average, batch_size=batch_size,
-            workers=workers, source=source, backend=backend, arch=arch,
-            num_segments=num_segments, shift=shift, shift_div=shift_div,
-            shift_place=shift_place, out_dir=out_dir, json_path=json_path, device=device)
         if env_rank() != 0:
             return
         rows = [("checkpoint", str(checkpoint)), ("protocol", result.protocol.name),
@@ -289,7 +279,7 @@ def convert_online(checkpoint, out, height, width, val_list, root, finetune_epoc
                    distill_weight, distill_temperature, overwrite, arch, num_segments,
                    shift) -> None:
     """Build, export and verify a streaming model with cached shift buffers."""
-    from tsmcli.model.export import convert_online as run_convert
+    from tsmcli.engine.convert import convert_online as run_convert
 
     given = {"arch": arch, "num_segments": num_segments, "shift": shift}
     r = run_convert(checkpoint, out, height=height, width=width, val_list=val_list, root=root,

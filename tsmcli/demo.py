@@ -164,7 +164,7 @@ def _train_once(recipe, run_dir: Path) -> Path:
     that picked the best epoch, so reporting the best epoch would flatter every model.
     """
     from tsmcli.engine.train import train
-    from tsmcli.model.checkpoint import load_checkpoint
+    from tsmcli.model.weights import load_checkpoint
 
     last = run_dir / "last.pt"
     if last.exists():
@@ -184,13 +184,14 @@ def _evaluate_once(checkpoint: Path, lists: Path, frames: Path, eval_dir: Path) 
         found = json.loads(summary.read_text())
         if found.get("checkpoint") == str(checkpoint):
             return found
-    result = evaluate(checkpoint, lists / "val.txt", frames, protocol="single", out_dir=eval_dir,
+    result = evaluate(checkpoint, lists / "val.txt", frames, views="single", out_dir=eval_dir,
                       json_path=summary, batch_size=8)
     return result.summary()
 
 
 def _convert_once(checkpoint: Path, online_dir: Path) -> dict[str, Any]:
-    from tsmcli.model.export import WEIGHTS_FILE, convert_online
+    from tsmcli.engine.convert import convert_online
+    from tsmcli.model.export import WEIGHTS_FILE
 
     report = online_dir / "report.json"
     if ((online_dir / WEIGHTS_FILE).exists() and report.exists()
@@ -215,20 +216,16 @@ def _evaluate_online_once(online_dir: Path, lists: Path, frames: Path, stride: i
 
 def _row(name: str, title: str, checkpoint: Path, result: dict[str, Any],
          cache_bytes: int | None, streaming_top1: float | None) -> DemoRow:
-    from tsmcli.model.checkpoint import load_model
+    from tsmcli.model.checkpoint import load_model, read_checkpoint
+    from tsmcli.recipe import Recipe
 
-    model = load_model(checkpoint)
-    size = _input_size(checkpoint)
+    info = read_checkpoint(checkpoint)
+    model = load_model(info)
+    size = Recipe.from_stored(info.recipe, str(checkpoint)).data.input_size
     params = sum(p.numel() for p in model.parameters())
     gflops, latency = measure_clip_cost(model, size)
     return DemoRow(name, title, result["top1"], result["top5"], params, gflops, latency,
                    cache_bytes, streaming_top1)
-
-
-def _input_size(checkpoint: Path) -> int:
-    from tsmcli.model.checkpoint import load_checkpoint
-
-    return int(load_checkpoint(checkpoint)["recipe"]["data"]["input_size"])
 
 
 def measure_clip_cost(model, size: int, reps: int = 5) -> tuple[float, float]:

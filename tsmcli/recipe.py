@@ -29,8 +29,9 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 
-from tsmcli.data.decode import check_frame_template
+from tsmcli.data.decode import FRAME_TEMPLATE, check_frame_template
 from tsmcli.errors import RecipeError
+from tsmcli.model.shift import MIN_SHIFT_DIV
 from tsmcli.resources import recipes_dir
 
 SECTIONS = ("model", "data", "optim", "train")
@@ -72,7 +73,8 @@ class ModelConfig:
         _require(
             self.num_segments >= 1, "model.num_segments", "must be at least 1", self.num_segments
         )
-        _require(self.shift_div >= 2, "model.shift_div", "must be at least 2", self.shift_div)
+        _require(self.shift_div >= MIN_SHIFT_DIV, "model.shift_div",
+                 f"must be at least {MIN_SHIFT_DIV}", self.shift_div)
         _require(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)", self.dropout)
 
 
@@ -88,7 +90,7 @@ class DataConfig:
     val_list: str | None = None  # None: no validation
     source: Literal["frames", "videos"] = "frames"
     backend: Literal["decord", "pyav"] = "decord"
-    frame_template: str = "img_{:05d}.jpg"
+    frame_template: str = FRAME_TEMPLATE
     input_size: int = 224
     scale_size: int = 256  # val: short side resized to this, then a centre crop of input_size
     scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)  # train multi-scale crop
@@ -258,6 +260,15 @@ class Recipe:
             return _from_mapping(raw)
         except RecipeError as exc:
             raise RecipeError(f"{source}: {exc}") from None
+
+    @classmethod
+    def from_stored(cls, raw: Mapping[str, Any] | None, source: str) -> Recipe | None:
+        """The recipe stored in a checkpoint (``CheckpointInfo.recipe``), typed; None when
+        there is none. A recipe stored by an older tsmcli lacks the keys added since: their
+        defaults fill them, as in a recipe file that leaves them out."""
+        if raw is None:
+            return None
+        return cls.from_dict(raw, source=f"{source} (stored recipe)")
 
     def to_yaml(self) -> str:
         """The recipe as YAML text, keys in declaration order."""

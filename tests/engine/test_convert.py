@@ -14,13 +14,15 @@ import torch
 from click.testing import CliRunner
 
 from tsmcli.cli import cli
+from tsmcli.engine.convert import convert_online
 from tsmcli.engine.online import load_online_model
 from tsmcli.errors import ExportError, UsageError
 from tsmcli.model import export
-from tsmcli.model.checkpoint import load_model, save_checkpoint
-from tsmcli.model.export import convert_online, rebuild
+from tsmcli.model.checkpoint import load_model
+from tsmcli.model.export import rebuild
 from tsmcli.model.streaming import StreamingTSM, run_stream
 from tsmcli.model.tsn import build_model
+from tsmcli.model.weights import save_checkpoint
 from tsmcli.recipe import DataConfig, ModelConfig, Recipe
 
 TOL = 1e-4

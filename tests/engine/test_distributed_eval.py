@@ -57,7 +57,7 @@ def _write_checkpoint(path: Path) -> Path:
 def _evaluate(checkpoint: Path, list_file: Path, out: Path | None = None):
     from tsmcli.engine.evaluate import evaluate
 
-    return evaluate(checkpoint, list_file, list_file.parent, protocol="sthv2", batch_size=1,
+    return evaluate(checkpoint, list_file, list_file.parent, views="sthv2", batch_size=1,
                     workers=0, device="cpu", json_path=None if out is None else out / "eval.json")
 
 

@@ -18,8 +18,10 @@ from PIL import Image
 
 from tsmcli.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from tsmcli.engine import evaluate as evaluate_module
-from tsmcli.engine.evaluate import JSON_KEYS, PROTOCOLS, evaluate, resolve_protocol
+from tsmcli.engine.evaluate import JSON_KEYS, evaluate
+from tsmcli.engine.views import PROTOCOLS, ViewRequest, resolve_protocol
 from tsmcli.errors import CheckpointError, DataError, UsageError
+from tsmcli.model.checkpoint import ArchOverrides
 from tsmcli.recipe import DataConfig, ModelConfig, Recipe
 
 SIZE = 32
@@ -131,7 +133,7 @@ def table_setup(tmp_path, monkeypatch):
 def test_numbers_match_the_hand_computed_values(table_setup, tmp_path):
     root, list_file, checkpoint, model = table_setup
     out, json_path = tmp_path / "report", tmp_path / "eval.json"
-    result = evaluate(checkpoint, list_file, root, protocol="sthv2", batch_size=2, workers=0,
+    result = evaluate(checkpoint, list_file, root, views="sthv2", batch_size=2, workers=0,
                       out_dir=out, json_path=json_path)
     assert result.top1 == 40.0  # videos 0 and 1
     assert result.top5 == 80.0  # all but video 3
@@ -189,7 +191,7 @@ def test_scores_are_averaged_over_all_views_before_top_k(tmp_path, monkeypatch):
     list_file.write_text("v0 8 1\n")
     checkpoint = write_checkpoint(tmp_path / "best.pt", num_classes=2)
     use_model(monkeypatch, LevelModel())
-    result = evaluate(checkpoint, list_file, root, protocol="sthv2", workers=0)
+    result = evaluate(checkpoint, list_file, root, views="sthv2", workers=0)
     assert result.views == 6
     # Mean of six views: (50, 55) -> class 1, although the first view alone (60, 55) says 0.
     assert result.scores[0].tolist() == pytest.approx([50.0, 55.0], abs=1.0)
@@ -203,12 +205,12 @@ def test_protocol_presets_and_overrides(table_setup):
     expected_views = {"single": 1, "kinetics": 30, "sthv2": 6}
     for name, views in expected_views.items():
         model.shapes.clear()
-        result = evaluate(checkpoint, list_file, root, protocol=name, batch_size=5, workers=0)
+        result = evaluate(checkpoint, list_file, root, views=name, batch_size=5, workers=0)
         assert result.views == views
         assert model.shapes == [(5 * views, SEGMENTS, 3, SIZE, SIZE)]
         assert result.protocol == PROTOCOLS[name]
         assert result.top1 == 40.0  # the fixed scores do not depend on the views
-    result = evaluate(checkpoint, list_file, root, protocol="kinetics", clips=2, crops=1,
+    result = evaluate(checkpoint, list_file, root, views=ViewRequest("kinetics", clips=2, crops=1),
                       batch_size=5, workers=0)
     assert result.views == 2
     assert result.protocol.name == "kinetics (clips=2, crops=1)"
@@ -231,7 +233,7 @@ def test_dense_recipe_defaults_to_dense_views(tmp_path, monkeypatch):
     checkpoint = write_checkpoint(tmp_path / "best.pt", sampling="dense")
     use_model(monkeypatch, TableModel(TABLE))
     assert evaluate(checkpoint, list_file, root, workers=0).protocol.dense
-    explicit = evaluate(checkpoint, list_file, root, protocol="single", workers=0)
+    explicit = evaluate(checkpoint, list_file, root, views="single", workers=0)
     assert not explicit.protocol.dense
 
 
@@ -338,7 +340,7 @@ def test_real_tsn_scores_equal_the_per_view_mean(tmp_path):
     assert per_view.shape == (3, 6, 3)
     for average, expected in [("score", per_view.mean(dim=1)),
                               ("prob", per_view.softmax(dim=2).mean(dim=1))]:
-        result = evaluate(checkpoint, list_file, root, protocol="sthv2", average=average,
+        result = evaluate(checkpoint, list_file, root, views=ViewRequest("sthv2", average=average),
                           batch_size=1, workers=0)
         assert result.views == 6
         torch.testing.assert_close(result.scores, expected, rtol=1e-5, atol=1e-6)
@@ -360,8 +362,8 @@ def test_official_checkpoint_takes_the_architecture_by_option(tmp_path):
 
     # Official files carry no recipe: 224 after short side 256, source detected (frames).
     expected = evaluate(ours, list_file, root, workers=0)
-    got = evaluate(official, list_file, root, workers=0, arch="resnet18", num_segments=SEGMENTS,
-                   shift="bidirectional")
+    got = evaluate(official, list_file, root, workers=0,
+                   arch=ArchOverrides(arch="resnet18", num_segments=SEGMENTS, shift="bidirectional"))
     assert torch.equal(got.scores, expected.scores)
 
     # The file name says resnet50 / 8 segments: never read, so without options it is an error.

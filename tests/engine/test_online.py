@@ -14,11 +14,13 @@ from click.testing import CliRunner
 from tsmcli.cli import cli
 from tsmcli.data import transforms
 from tsmcli.data.decode import open_video
+from tsmcli.engine.convert import convert_online
 from tsmcli.engine.metrics import topk_accuracy
 from tsmcli.engine.online import evaluate_online, stream
-from tsmcli.model.checkpoint import load_model, save_checkpoint
-from tsmcli.model.export import convert_online, rebuild
+from tsmcli.model.checkpoint import load_model
+from tsmcli.model.export import rebuild
 from tsmcli.model.tsn import build_model
+from tsmcli.model.weights import save_checkpoint
 from tsmcli.recipe import DataConfig, ModelConfig, Recipe
 
 SIZE = 32

@@ -463,7 +463,8 @@ def test_unknown_arch_names_the_key_and_the_choices(tiny_data, tmp_path):
 
 def test_resume_refuses_what_is_not_this_runs_training_checkpoint(tiny_data, straight_run,
                                                                   tmp_path):
-    from tsmcli.model.checkpoint import checkpoint_dict, save_checkpoint
+    from tsmcli.model.checkpoint import checkpoint_dict
+    from tsmcli.model.weights import save_checkpoint
 
     recipe = _recipe_file(tmp_path, tiny_recipe(tiny_data, "train.epochs=3"))
     resume = ["train", "--recipe", recipe, "--resume", "--out"]

@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,11 +33,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from tsmcli.engine import distributed
+from tsmcli.engine.checks import check_train_list, resolve_classes
 from tsmcli.engine.distributed import DistContext, ShardedSampler
 from tsmcli.engine.metrics import average_views, topk_correct
 from tsmcli.engine.optim import LRSchedule, build_optimizer, fc_lr5_enabled, scaled_lr
 from tsmcli.engine.plots import plot_curves
-from tsmcli.engine.preflight import check_list, resolve_classes
 from tsmcli.engine.state import (
     Interrupted,
     StopOnSignal,
@@ -47,6 +48,7 @@ from tsmcli.engine.state import (
 )
 from tsmcli.errors import CheckpointError, RecipeError, TrainingError, UsageError
 from tsmcli.fileio import atomic_link, atomic_write, check_writable_dir, remove_stale_temps
+from tsmcli.model.checkpoint import CheckpointInfo
 from tsmcli.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -70,11 +72,14 @@ class TrainResult:
     model: nn.Module | None = field(default=None, repr=False, compare=False)  # trained, unwrapped
 
 
-def train(recipe: Recipe, out_dir: Path | None = None, resume: bool = False) -> TrainResult:
+def train(recipe: Recipe, out_dir: Path | None = None, resume: bool = False, *,
+          preloaded: Sequence[CheckpointInfo] = ()) -> TrainResult:
     """Train ``recipe`` into ``out_dir`` (default ``train.out_dir/<recipe name>``).
 
     ``resume`` continues from ``last.pt`` there; without it a run dir that already holds a
-    ``last.pt`` is refused rather than overwritten. Under torchrun every process calls this.
+    ``last.pt`` is refused rather than overwritten. ``preloaded`` are checkpoints the caller
+    has read already: ``model.init_from`` or ``train.distill_from`` naming one of their paths
+    takes it instead of reading the file again. Under torchrun every process calls this.
     """
     _check_arch(recipe)
     run_dir = _run_dir(recipe, out_dir)
@@ -83,7 +88,7 @@ def train(recipe: Recipe, out_dir: Path | None = None, resume: bool = False) -> 
     ctx = distributed.setup(recipe.train.device)
     previous_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
-        run = _Run(recipe, run_dir, resume, ctx)
+        run = _Run(recipe, run_dir, resume, ctx, preloaded)
         with StopOnSignal(announce=ctx.is_main) as stop:
             return run.fit(stop)
     finally:
@@ -111,8 +116,10 @@ def _run_dir(recipe: Recipe, out_dir: Path | None) -> Path:
 class _Run:
     """One training run: set up once, then ``fit`` epoch by epoch."""
 
-    def __init__(self, recipe: Recipe, run_dir: Path, resume: bool, ctx: DistContext):
+    def __init__(self, recipe: Recipe, run_dir: Path, resume: bool, ctx: DistContext,
+                 preloaded: Sequence[CheckpointInfo] = ()):
         self.recipe = recipe
+        self.preloaded = {info.path: info for info in preloaded}
         self.run_dir = run_dir
         self.ctx = ctx
         self.device = ctx.device
@@ -179,7 +186,7 @@ class _Run:
         val_list = Path(d.val_list).expanduser() if d.val_list else None
         self.classes, self.num_classes = resolve_classes(train_list, m.num_classes)
         for list_file in [train_list] + ([val_list] if val_list else []):
-            check_list(list_file, self.num_classes, root, d.source, d.frame_template)
+            check_train_list(list_file, self.num_classes, root, d.source, d.frame_template)
         flip_pairs: list[tuple[int, int]] = []
         if d.flip == "swap":
             from tsmcli.data.adapters import load_manifest
@@ -254,8 +261,7 @@ class _Run:
         if m.init_from and load_init_weights:
             from tsmcli.model.checkpoint import load_weights_for_finetune
 
-            load_weights_for_finetune(model, m.init_from)
-        self.model_config = model.config()
+            load_weights_for_finetune(model, self._checkpoint_source(m.init_from))
         if t.sync_bn and self.ctx.distributed and self.cuda:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model.to(self.device)
@@ -281,7 +287,8 @@ class _Run:
             return None
         from tsmcli.model.checkpoint import load_model
 
-        teacher = load_model(t.distill_from, num_segments=self.recipe.model.num_segments)
+        teacher = load_model(self._checkpoint_source(t.distill_from),
+                             num_segments=self.recipe.model.num_segments)
         if teacher.num_classes != self.num_classes:
             raise CheckpointError(
                 f"{t.distill_from}: the teacher (train.distill_from) has {teacher.num_classes} "
@@ -311,7 +318,7 @@ class _Run:
 
     def _resume(self) -> None:
         from tsmcli.engine.state import check_resumable
-        from tsmcli.model.checkpoint import load_checkpoint, load_state_dict_strict
+        from tsmcli.model.weights import load_checkpoint, load_state_dict_strict
 
         path = self.run_dir / LAST
         state = load_checkpoint(path)
@@ -383,7 +390,7 @@ class _Run:
 
     def _save(self, state: dict[str, Any]) -> None:
         """last.pt, then the recipe it was trained with beside it (rank 0)."""
-        from tsmcli.model.checkpoint import save_checkpoint
+        from tsmcli.model.weights import save_checkpoint
 
         save_checkpoint(state, self.run_dir / LAST)
         atomic_write(self.run_dir / RECIPE_FILE, self.recipe.to_yaml())
@@ -640,7 +647,6 @@ class _Run:
         """
         return checkpoint_dict(
             model=self.model,
-            model_config=self.model_config,
             recipe=self.recipe,
             classes=self.classes,
             optimizer=self.optimizer,
@@ -656,6 +662,10 @@ class _Run:
         )
 
     # ------------------------------------------------------------------ helpers
+
+    def _checkpoint_source(self, path: str) -> str | CheckpointInfo:
+        """The checkpoint at ``path``, as the caller read it when it did (``preloaded``)."""
+        return self.preloaded.get(Path(path), path)
 
     def _everywhere(self, flag: bool) -> bool:
         """True if ``flag`` is set on any rank (every rank gets the same answer)."""
