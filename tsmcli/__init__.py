@@ -26,8 +26,8 @@ _API = {
     "stream": "tsmcli.engine.online",
     "convert_online": "tsmcli.engine.convert",
     "demo": "tsmcli.demo",
-    "download_checkpoint": "tsmcli.zoo",
-    "resolve_checkpoint": "tsmcli.zoo",
+    "download_checkpoint": "tsmcli.zoo_cache",
+    "resolve_checkpoint": "tsmcli.zoo_cache",
 }
 
 __all__ = ["__version__", *_API]

@@ -343,7 +343,8 @@ def zoo() -> None:
 @zoo.command("list")
 def zoo_list() -> None:
     """Print every published checkpoint with its protocol and published top-1."""
-    from tsmcli.zoo import is_cached, list_entries
+    from tsmcli.zoo import list_entries
+    from tsmcli.zoo_cache import is_cached
 
     rows = [("name", "dataset", "frames", "protocol", "top-1", "downloaded")]
     for entry in list_entries():
@@ -361,7 +362,7 @@ def zoo_list() -> None:
 @click.argument("name")
 def zoo_download(name) -> None:
     """Download NAME (verified against its hash) and print the path of the file."""
-    from tsmcli.zoo import download_checkpoint
+    from tsmcli.zoo_cache import download_checkpoint
 
     click.echo(str(download_checkpoint(name)))
 
