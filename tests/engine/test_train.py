@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 
 import tsmcli.data.dataset as dataset_module
-import tsmcli.engine.train as train_module
+import tsmcli.engine.train_loop as train_loop
 from tsmcli.cli import cli
 from tsmcli.engine.train import train
 from tsmcli.errors import DataError, TrainingError
@@ -240,9 +240,9 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, 
     run = tmp_path / "run"
     train(tiny_recipe(tiny_data, "train.epochs=1"), out_dir=run)
     before = hashlib.sha256((run / "last.pt").read_bytes()).hexdigest()
-    loss = train_module._loss
+    loss = train_loop._loss
     monkeypatch.setattr(
-        train_module, "_loss", lambda logits, labels, *rest: loss(logits, labels, *rest) * float("nan")
+        train_loop, "_loss", lambda logits, labels, *rest: loss(logits, labels, *rest) * float("nan")
     )
     with pytest.raises(
         TrainingError, match=r"non-finite loss .* epoch 2 step 1.*last good checkpoint"
@@ -319,11 +319,11 @@ def test_distillation_loss_by_hand():
     p_teacher = (teacher / temperature).softmax(1)
     kl = (p_teacher * (p_teacher.log() - (logits / temperature).log_softmax(1))).sum(1).mean()
     expected = (1 - weight) * hard + weight * temperature**2 * kl
-    got = train_module._loss(logits, labels, teacher, weight, temperature)
+    got = train_loop._loss(logits, labels, teacher, weight, temperature)
     assert torch.allclose(got, expected, atol=1e-6)
-    assert torch.equal(train_module._loss(logits, labels, teacher, 0.0), hard)
-    assert torch.equal(train_module._loss(logits, labels), hard)
-    same = train_module._loss(logits, labels, logits.clone(), weight, temperature)
+    assert torch.equal(train_loop._loss(logits, labels, teacher, 0.0), hard)
+    assert torch.equal(train_loop._loss(logits, labels), hard)
+    same = train_loop._loss(logits, labels, logits.clone(), weight, temperature)
     assert torch.allclose(same, (1 - weight) * hard, atol=1e-6)  # KL of a model with itself
 
 
