@@ -191,7 +191,7 @@ def _evaluate_once(checkpoint: Path, lists: Path, frames: Path, eval_dir: Path) 
 
 def _convert_once(checkpoint: Path, online_dir: Path) -> dict[str, Any]:
     from tsmcli.engine.convert import convert_online
-    from tsmcli.model.export import WEIGHTS_FILE
+    from tsmcli.model.model_dir import WEIGHTS_FILE
 
     report = online_dir / "report.json"
     if ((online_dir / WEIGHTS_FILE).exists() and report.exists()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import difflib
 import re
 import urllib.parse
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
@@ -195,10 +195,7 @@ def load_registry(path: str | Path) -> dict[str, ZooEntry]:
     return entries
 
 
-_ENTRY_KEYS = ("name", "publisher", "description", "file", "urls", "sha256", "arch", "segments",
-               "shift", "shift_div", "shift_place", "dataset", "labels", "label_order",
-               "input_size", "sampling", "epochs", "recipe", "recipe_overrides", "results",
-               "note")
+_ENTRY_KEYS = tuple(f.name for f in fields(ZooEntry))  # every key is required
 _PROTOCOL_KEYS = ("preset", "clips", "crops", "full_res", "twice_sample", "dense", "average")
 
 

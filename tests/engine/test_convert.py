@@ -17,7 +17,7 @@ from tsmcli.cli import cli
 from tsmcli.engine.convert import convert_online
 from tsmcli.engine.online import load_online_model
 from tsmcli.errors import ExportError, UsageError
-from tsmcli.model import export
+from tsmcli.model import export, model_dir
 from tsmcli.model.checkpoint import load_model
 from tsmcli.model.export import rebuild
 from tsmcli.model.streaming import StreamingTSM, run_stream
@@ -299,7 +299,7 @@ def test_streaming_model_rebuilt_from_the_weights_file_equals_the_exports(conver
     saved = torch.load(weights, weights_only=True)
     assert saved["format"] == "tsmcli" and saved["classes"] == CLASSES
     assert saved["model_config"]["shift"] == "unidirectional"
-    rebuilt = export.load_streaming_model(weights)
+    rebuilt = model_dir.load_streaming_model(weights)
     scripted = load_online_model(result.out_dir, trust_torchscript=True).step
     frames = torch.randn(5, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(11))
     buffers = rebuilt.initial_buffers(SIZE, SIZE)

@@ -1,5 +1,6 @@
-"""``tsm convert-online``: a checkpoint to a verified streaming model dir (``model.export``),
-with top-1 before and after conversion, an optional one-way fine-tuning, and latency.
+"""``tsm convert-online``: a checkpoint to a verified streaming model dir (``model.export``
+into a ``model.model_dir``), with top-1 before and after conversion, an optional one-way
+fine-tuning, and latency.
 
 The checkpoint is read once (``read_checkpoint``); the model, the offline accuracy and the
 fine-tuning run (its init and its distillation teacher) all take that one ``CheckpointInfo``.
@@ -20,13 +21,11 @@ from torch import nn
 
 from tsmcli.errors import UsageError
 from tsmcli.model.checkpoint import ArchOverrides, CheckpointInfo, load_model, read_checkpoint
-from tsmcli.model.export import (
-    DEFAULT_OPSET,
+from tsmcli.model.export import DEFAULT_OPSET, export_and_verify, rebuild
+from tsmcli.model.model_dir import (
     FINETUNE_DIR,
     check_out_dir,
-    export_and_verify,
     publish,
-    rebuild,
     staged_model_dir,
     write_report,
 )
@@ -65,7 +64,7 @@ class ConvertResult:
     finetuned_checkpoint: Path | None = None  # out_dir/finetune/...: the one-way weights exported
 
     def report_fields(self) -> dict[str, Any]:
-        """The fields as JSON values, for ``report.json`` (``model.export.write_report``)."""
+        """The fields as JSON values, for ``report.json`` (``model.model_dir.write_report``)."""
         fields = asdict(self)
         del fields["out_dir"]
         fields.update(checkpoint=str(self.checkpoint),
@@ -91,6 +90,25 @@ class _ValData:
     root: str | Path
     source: str | None
     backend: str | None
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One conversion: the checkpoint (read once), its model, what to do with it."""
+
+    info: CheckpointInfo
+    recipe: Recipe | None
+    model: nn.Module
+    out_dir: Path
+    size: tuple[int, int, int]  # height, width, scale_size
+    classes: list[str] | None
+    val: _ValData | None
+    finetune: _Finetune
+    arch_overrides: dict[str, Any]
+    verify_frames: int
+    opset: int
+    seed: int
+    latency_reps: int
 
 
 def convert_online(checkpoint: str | Path, out_dir: str | Path, *,
@@ -124,14 +142,13 @@ def convert_online(checkpoint: str | Path, out_dir: str | Path, *,
     recipe = Recipe.from_stored(info.recipe, str(checkpoint))
     finetune = _Finetune(finetune_epochs, finetune_lr_scale, distill_weight, distill_temperature)
     _check_finetune(finetune, recipe, checkpoint, out_dir, overwrite)
-    val = None if val_list is None else _ValData(val_list, root, source, backend)
     classes = _classes(info, val_list)
     model = load_model(info, **arch_overrides)
-    size = _input_size(recipe, height, width)
+    job = _Job(info, recipe, model, out_dir, _input_size(recipe, height, width), classes,
+               None if val_list is None else _ValData(val_list, root, source, backend),
+               finetune, arch_overrides, verify_frames, opset, seed, latency_reps)
     with staged_model_dir(out_dir) as staged:
-        result = _convert(info, recipe, model, staged, out_dir, size, classes, val, finetune,
-                          arch_overrides, verify_frames=verify_frames, opset=opset, seed=seed,
-                          latency_reps=latency_reps)
+        result = _convert(job, staged)
         write_report(staged, result.report_fields(), num_buffers=result.num_buffers,
                      model_config=model.config(), classes=classes)
         publish(staged, out_dir)
@@ -140,40 +157,38 @@ def convert_online(checkpoint: str | Path, out_dir: str | Path, *,
     return result
 
 
-def _convert(info: CheckpointInfo, recipe: Recipe | None, model: nn.Module, staged: Path,
-             out_dir: Path, size: tuple[int, int, int], classes: list[str] | None,
-             val: _ValData | None, finetune: _Finetune, arch_overrides: dict[str, Any], *,
-             verify_frames: int, opset: int, seed: int, latency_reps: int) -> ConvertResult:
+def _convert(job: _Job, staged: Path) -> ConvertResult:
     """The steps: accuracy as trained, (fine-tune one-way,) export and verify, latency,
     accuracy of what was exported."""
-    height, width, scale_size = size
-    from_bidirectional = model.config().get("shift") == "bidirectional"
+    height, width, _ = job.size
+    from_bidirectional = job.model.config().get("shift") == "bidirectional"
     if from_bidirectional:
-        logger.warning("%s: %s", info.path, FUTURE_WARNING)
-    one_way = rebuild(model, shift="unidirectional") if from_bidirectional else model
-    accuracy = None if val is None else {"before": _offline_accuracy(info, val, arch_overrides)}
+        logger.warning("%s: %s", job.info.path, FUTURE_WARNING)
+    one_way = rebuild(job.model, shift="unidirectional") if from_bidirectional else job.model
+    accuracy = None if job.val is None else {"before": _offline_accuracy(job)}
     finetuned = None
-    if finetune.epochs > 0:
-        if val is not None:  # what conversion alone gives, to show what is recovered
-            accuracy["after"] = _online_accuracy(StreamingTSM(one_way).eval(), size, classes, val)
-        one_way, best = _finetune(info, recipe, finetune, staged / FINETUNE_DIR)
-        finetuned = out_dir / best.relative_to(staged)
+    if job.finetune.epochs > 0:
+        if job.val is not None:  # what conversion alone gives, to show what is recovered
+            accuracy["after"] = _online_accuracy(StreamingTSM(one_way).eval(), job)
+        one_way, best = _finetune(job, staged / FINETUNE_DIR)
+        finetuned = job.out_dir / best.relative_to(staged)
     streaming = StreamingTSM(one_way).eval()
     verified = export_and_verify(streaming, one_way, staged, height=height, width=width,
-                                 frames=verify_frames, opset=opset, seed=seed, classes=classes)
-    shapes = streaming.buffer_shapes(height, width)
-    latency = _latency_ms(streaming, FrameModel(one_way).eval(), height, width, latency_reps)
-    if val is not None:  # the model tsm eval --online and tsm stream will run
-        key = "after_finetune" if finetune.epochs > 0 else "after"
-        accuracy[key] = _online_accuracy(verified.reloaded, size, classes, val)
+                                 frames=job.verify_frames, opset=job.opset, seed=job.seed,
+                                 classes=job.classes)
+    latency = _latency_ms(streaming, FrameModel(one_way).eval(), height, width, job.latency_reps)
+    if job.val is not None:  # the model tsm eval --online and tsm stream will run
+        key = "after_finetune" if job.finetune.epochs > 0 else "after"
+        accuracy[key] = _online_accuracy(verified.reloaded, job)
     return ConvertResult(
-        out_dir=out_dir, checkpoint=info.path, arch=str(model.config().get("arch")),
-        height=height, width=width, scale_size=scale_size, num_buffers=streaming.num_buffers,
-        buffer_shapes=shapes, cache_bytes=streaming.cache_bytes(height, width),
+        out_dir=job.out_dir, checkpoint=job.info.path, arch=str(job.model.config().get("arch")),
+        height=height, width=width, scale_size=job.size[2], num_buffers=streaming.num_buffers,
+        buffer_shapes=streaming.buffer_shapes(height, width),
+        cache_bytes=streaming.cache_bytes(height, width),
         max_abs_diff=verified.worst_per_export(), diffs=verified.diffs,
         tolerances=verified.tolerances, latency_ms=latency,
-        converted_from_bidirectional=from_bidirectional, classes=classes, opset=opset,
-        accuracy=accuracy, finetune_epochs=finetune.epochs, finetuned_checkpoint=finetuned)
+        converted_from_bidirectional=from_bidirectional, classes=job.classes, opset=job.opset,
+        accuracy=accuracy, finetune_epochs=job.finetune.epochs, finetuned_checkpoint=finetuned)
 
 
 def _check_finetune(finetune: _Finetune, recipe: Recipe | None, checkpoint: Path,
@@ -243,39 +258,39 @@ def _latency_ms(streaming: StreamingTSM, plain: nn.Module, height: int, width: i
     return out
 
 
-def _offline_accuracy(info: CheckpointInfo, val: _ValData,
-                      arch_overrides: dict[str, Any]) -> dict[str, Any]:
+def _offline_accuracy(job: _Job) -> dict[str, Any]:
     """The checkpoint as trained (offline, its own shift), single centre-crop view."""
     from tsmcli.engine.evaluate import evaluate
 
-    result = evaluate(info, val.list_file, val.root, views="single", source=val.source,
-                      backend=val.backend, workers=0, arch=ArchOverrides(**arch_overrides))
+    val = job.val
+    result = evaluate(job.info, val.list_file, val.root, views="single", source=val.source,
+                      backend=val.backend, workers=0, arch=ArchOverrides(**job.arch_overrides))
     return {"top1": result.top1, "top5": result.top5, "num_videos": result.num_videos,
             "how": "offline, as trained, one centre-crop clip"}
 
 
-def _online_accuracy(streaming: StreamingTSM, size: tuple[int, int, int],
-                     classes: list[str] | None, val: _ValData) -> dict[str, Any]:
+def _online_accuracy(streaming: StreamingTSM, job: _Job) -> dict[str, Any]:
     """The streaming model fed every frame, running average of per-frame logits."""
     from tsmcli.engine.online import OnlineModel, evaluate_stream
 
-    height, width, scale_size = size
+    height, width, scale_size = job.size
+    val = job.val
     online = OnlineModel(streaming, height, width, scale_size,
-                         streaming.buffer_shapes(height, width), classes)
+                         streaming.buffer_shapes(height, width), job.classes)
     result = evaluate_stream(online, val.list_file, val.root, source=val.source,
                              backend=val.backend)
     return {"top1": result.top1, "top5": result.top5, "top1_at": result.top1_at,
             "num_videos": result.num_videos, "how": "streaming one-way, frame by frame"}
 
 
-def _finetune(info: CheckpointInfo, recipe: Recipe, finetune: _Finetune,
-              run_dir: Path) -> tuple[nn.Module, Path]:
+def _finetune(job: _Job, run_dir: Path) -> tuple[nn.Module, Path]:
     """Fine-tune one-way on the recipe's training data: the recipe the checkpoint was trained
     with, unidirectional shift, initialised from the checkpoint, ``epochs`` epochs at
     ``lr_scale`` times its learning rate (a converged model needs small steps), distilling
     from the checkpoint as trained when ``distill_weight`` > 0."""
     from tsmcli.engine.train import train
 
+    info, recipe, finetune = job.info, job.recipe, job.finetune
     checkpoint = str(info.path)
     derived = replace(
         recipe, name=f"{recipe.name}_online",

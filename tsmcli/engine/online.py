@@ -1,7 +1,7 @@
 """Streaming evaluation of an exported online model, and ``tsm stream``.
 
 An online model dir (written by ``tsm convert-online``; its layout and loading are
-``model.export``'s) is run here as ``load_model_dir`` gives it: rebuilt from the package's own
+``model.model_dir``'s) is run here as ``load_model_dir`` gives it: rebuilt from the package's own
 code with the weights read by ``weights_only=True`` (a model dir from elsewhere cannot run
 code), or ``online.pt`` when asked with ``trust_torchscript=True`` (``--trust-torchscript``).
 Either way the step is ``(frame, *buffers) -> (logits, *new_buffers)``. Frames are fed one at
@@ -29,12 +29,13 @@ import torch
 from torch import Tensor
 
 from tsmcli.data import transforms
+from tsmcli.data.dataset import SOURCES
 from tsmcli.data.decode import FRAME_TEMPLATE, FrameFolder, FrameSource, open_video
 from tsmcli.data.lists import ListEntry, read_classes
 from tsmcli.engine.checks import EVAL_HINT, check_labels, read_entries
 from tsmcli.engine.metrics import mean_class_accuracy, predict, topk_accuracy
 from tsmcli.errors import DataError, ExportError, UsageError
-from tsmcli.model.export import load_model_dir
+from tsmcli.model.model_dir import load_model_dir
 from tsmcli.model.streaming import StepFn
 
 logger = logging.getLogger(__name__)
@@ -74,7 +75,7 @@ class OnlineModel:
 
 
 def load_online_model(model_dir: str | Path, *, trust_torchscript: bool = False) -> OnlineModel:
-    """The streaming model of a model dir (``model.export.load_model_dir``: rebuilt from its
+    """The streaming model of a model dir (``model.model_dir.load_model_dir``: rebuilt from its
     weights, or ``online.pt`` with ``trust_torchscript``), with its class names."""
     loaded = load_model_dir(model_dir, trust_torchscript=trust_torchscript)
     classes = read_classes(loaded.classes_file) if loaded.classes_file is not None else None
@@ -219,7 +220,7 @@ def _open(path: Path, num_frames: int | None, source: str | None, backend: str |
           frame_template: str) -> FrameSource:
     """A frame folder or a video file; with ``source=None`` a folder is frames. The list's
     frame count, when there is one, spares PyAV a counting pass (as in the clip dataset)."""
-    if source not in (None, "frames", "videos"):
+    if source is not None and source not in SOURCES:
         raise DataError(f"unknown source {source!r}; choose frames or videos")
     if source == "frames" or (source is None and path.is_dir()):
         return FrameFolder(path, num_frames, template=frame_template)
