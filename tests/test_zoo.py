@@ -23,7 +23,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def test_vocabulary_matches_the_model_the_evaluator_and_the_recipes():
-    from tsmcli.data.adapters import LABEL_ORDERS
+    from tsmcli.data.manifest import LABEL_ORDERS
     from tsmcli.data.transforms import TEST_CROPS
     from tsmcli.engine import views
     from tsmcli.engine.metrics import AVERAGE_MODES
@@ -40,14 +40,14 @@ def test_vocabulary_matches_the_model_the_evaluator_and_the_recipes():
 
 
 def test_every_shipped_entry_is_consistent():
-    from tsmcli.data.adapters import list_manifests, load_manifest
+    from tsmcli.data.manifest import list_manifests, load_manifest
     from tsmcli.engine.views import resolve_protocol
     from tsmcli.model.backbones import list_backbones
     from tsmcli.recipe import load_recipe
 
     entries = zoo.list_entries()
     assert len(entries) == len({e.name for e in entries}) == 20
-    assert "zoo" not in list_manifests()  # the registry beside the manifests is not one
+    assert "zoo" not in list_manifests()  # the model zoo registry is not a dataset manifest
     for entry in entries:
         assert entry.arch in list_backbones(), entry.name  # the registry reads arch as text
         manifest = load_manifest(entry.dataset)

@@ -17,7 +17,7 @@ _API = {
     "load_model": "tsmcli.model.checkpoint",
     "load_recipe": "tsmcli.recipe",
     "extract": "tsmcli.data.extract",
-    "build_list": "tsmcli.data.adapters",
+    "build_list": "tsmcli.data.build_list",
     "synth": "tsmcli.data.synth",
     "train": "tsmcli.engine.train",
     "evaluate": "tsmcli.engine.evaluate",

@@ -69,7 +69,7 @@ def demo(out: str | Path = "demo_out", *, per_class: int | None = None, epochs: 
     ``overrides`` are extra ``--set key=value`` items for the three training runs.
     """
     from tsmcli.data import synth as synth_module
-    from tsmcli.data.adapters import build_list
+    from tsmcli.data.build_list import build_list
     from tsmcli.data.extract import extract
 
     started = time.perf_counter()

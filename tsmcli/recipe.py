@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 
-from tsmcli.data.decode import FRAME_TEMPLATE, check_frame_template
+from tsmcli.data.layout import FRAME_TEMPLATE, SOURCES, check_frame_template
 from tsmcli.errors import RecipeError
 from tsmcli.model.shift import MIN_SHIFT_DIV
 from tsmcli.resources import recipes_dir
@@ -88,7 +88,7 @@ class DataConfig:
     root: str = "."
     train_list: str = "train.txt"
     val_list: str | None = None  # None: no validation
-    source: Literal["frames", "videos"] = "frames"
+    source: Literal[SOURCES] = "frames"
     backend: Literal["decord", "pyav"] = "decord"
     frame_template: str = FRAME_TEMPLATE
     input_size: int = 224

@@ -1,7 +1,9 @@
-"""Where the shipped recipes and dataset manifests live, installed or in a checkout.
+"""Where the shipped recipes, dataset manifests and model zoo registry live.
 
-In a checkout they are the top-level ``recipes/`` and ``datasets/`` folders; a wheel
-installs the same folders inside the package (see ``package-dir`` in pyproject.toml).
+In a checkout the recipes and manifests are the top-level ``recipes/`` and ``datasets/``
+folders; a wheel installs the same folders inside the package (see ``package-dir`` in
+pyproject.toml). The model zoo registry is not a dataset: it sits beside ``zoo.py``, which
+reads it, in the package itself.
 """
 
 from __future__ import annotations
@@ -33,10 +35,6 @@ def labels_dir() -> Path:
     return datasets_dir() / "labels"
 
 
-# the model zoo registry sits beside the dataset manifests (it ships the same way) but is not one
-ZOO_REGISTRY = "zoo.yaml"
-
-
 def zoo_registry_path() -> Path:
-    """The shipped model zoo registry (``datasets/zoo.yaml``)."""
-    return datasets_dir() / ZOO_REGISTRY
+    """The shipped model zoo registry (``tsmcli/zoo.yaml``)."""
+    return _PACKAGE / "zoo.yaml"

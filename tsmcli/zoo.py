@@ -1,6 +1,6 @@
 """The model zoo registry: the published TSM checkpoints by name.
 
-The registry is data shipped with the package (``datasets/zoo.yaml``), read strictly into
+The registry is data shipped with the package (``tsmcli/zoo.yaml``), read strictly into
 frozen ``ZooEntry`` objects: each names its file, URLs, publisher's hash, architecture,
 class list and the published top-1 with the test protocol behind it and its source. Getting
 the files (verified, resumable downloads into ``$TSM_HOME``) is ``zoo_cache``'s.
@@ -103,7 +103,7 @@ class ZooResult:
 
 @dataclass(frozen=True)
 class ZooEntry:
-    """One published checkpoint (see the header of ``datasets/zoo.yaml`` for each field)."""
+    """One published checkpoint (see the header of ``tsmcli/zoo.yaml`` for each field)."""
 
     name: str
     publisher: str
@@ -307,8 +307,7 @@ def _parse_result(check: _Checker, raw: Any, where: str) -> ZooResult:
 
 
 def _datasets() -> tuple[str, ...]:
-    return tuple(sorted(p.stem for p in datasets_dir().glob("*.yaml")
-                        if p.name != zoo_registry_path().name))
+    return tuple(sorted(p.stem for p in datasets_dir().glob("*.yaml")))
 
 
 def _check_labels(check: _Checker, where: str, dataset: str, labels: str, order: str) -> None:

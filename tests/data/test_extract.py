@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from torchvision.io import decode_jpeg, read_file
 
 from tsmcli.cli import cli
-from tsmcli.data import extract as extract_module
+from tsmcli.data import extract_job
 from tsmcli.data.extract import extract
 from tsmcli.errors import DataError, UsageError
 
@@ -141,20 +141,20 @@ def test_a_video_failing_mid_write_leaves_no_folder_and_a_rerun_completes_it(
     make_video(tmp_path / "src" / "long.mp4", num_frames=40)
     make_video(tmp_path / "src" / "short.mp4", num_frames=8)
     dst = tmp_path / "dst"
-    real_write = extract_module._write_jpegs
+    real_write = extract_job._write_jpegs
 
     def write_then_die(images, folder, start, quality):
         if start > 0:  # the second batch of the 40-frame video
             raise RuntimeError("disk on fire")
         return real_write(images, folder, start, quality)
 
-    monkeypatch.setattr(extract_module, "_write_jpegs", write_then_die)
+    monkeypatch.setattr(extract_job, "_write_jpegs", write_then_die)
     first = extract(tmp_path / "src", dst, short_side=0, workers=1)
     assert (first.done, first.failed) == (1, 1)
     assert "disk on fire" in _failures(dst)["long.mp4"]
     assert not (dst / "long").exists() and _hidden(dst) == []
 
-    monkeypatch.setattr(extract_module, "_write_jpegs", real_write)
+    monkeypatch.setattr(extract_job, "_write_jpegs", real_write)
     second = extract(tmp_path / "src", dst, short_side=0, workers=1)
     assert (second.done, second.skipped, second.failed) == (1, 1, 0)
     assert {p.name for p in (dst / "long").iterdir()} == _names(40)
@@ -249,16 +249,16 @@ def test_a_folder_without_videos_is_a_data_error(tmp_path):
 
 # ---------------------------------------------------------------------------- faults
 
-_REAL_EXTRACT_JOB = extract_module._extract_job
+_REAL_RUN_JOB = extract_job.run_job
 
 
 def _job_with_faults(job, options):
-    """Runs in a worker process in place of _extract_job. After the first frames of a video
+    """Runs in a worker process in place of extract_job.run_job. After the first frames of a video
     named crash.mp4 the worker SIGKILLs itself, as a decoder segfault or the out-of-memory
     killer would; flaky.mp4 does that only the first time; hang.mp4 never finishes."""
     stem, marker = job.video.stem, job.video.with_name(f"{job.video.name}.died")
     fault = stem == "crash" or stem == "hang" or (stem == "flaky" and not marker.exists())
-    real_write = extract_module._write_jpegs
+    real_write = extract_job._write_jpegs
 
     def write_then_fail(images, folder, start, quality):
         written = real_write(images, folder, start, quality)
@@ -269,11 +269,11 @@ def _job_with_faults(job, options):
         return written
 
     if fault:
-        extract_module._write_jpegs = write_then_fail  # this worker's copy of the module
+        extract_job._write_jpegs = write_then_fail  # this worker's copy of the module
     try:
-        return _REAL_EXTRACT_JOB(job, options)
+        return _REAL_RUN_JOB(job, options)
     finally:
-        extract_module._write_jpegs = real_write
+        extract_job._write_jpegs = real_write
 
 
 def test_a_worker_killed_mid_video_is_a_failure_row_and_the_run_ends(
@@ -282,7 +282,7 @@ def test_a_worker_killed_mid_video_is_a_failure_row_and_the_run_ends(
     src, dst = tmp_path / "src", tmp_path / "dst"
     for name in ("a", "b", "crash", "c", "flaky", "d"):
         make_video(src / f"{name}.mp4", num_frames=40)  # 3 batches: killed after the first
-    monkeypatch.setattr(extract_module, "_extract_job", _job_with_faults)
+    monkeypatch.setattr(extract_job, "run_job", _job_with_faults)
 
     with deadline(240):  # it used to hang here forever
         result = extract(src, dst, short_side=0, workers=2)
@@ -305,7 +305,7 @@ def test_ctrl_c_stops_the_workers_at_once_and_leaves_nothing_half_written(
     src, dst = tmp_path / "src", tmp_path / "dst"
     for name in ("hang", "a", "b"):
         make_video(src / f"{name}.mp4", num_frames=40)
-    monkeypatch.setattr(extract_module, "_extract_job", _job_with_faults)
+    monkeypatch.setattr(extract_job, "run_job", _job_with_faults)
     partial: list[Path] = []
 
     def interrupt_when_hanging() -> None:
@@ -321,7 +321,7 @@ def test_ctrl_c_stops_the_workers_at_once_and_leaves_nothing_half_written(
     watcher.join()
 
     worker = int(partial[0].name.rpartition("-")[2])
-    assert not extract_module._alive(worker)  # stopped, not left decoding
+    assert not extract_job.pid_alive(worker)  # stopped, not left decoding
     assert _hidden(dst) == []  # its half-written folder and the lock are gone
     assert not (dst / "hang").exists()
 

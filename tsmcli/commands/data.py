@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from tsmcli.data.layout import FRAME_TEMPLATE, SOURCES
+
 
 @click.command()
 @click.argument("src", type=click.Path(path_type=Path))
@@ -36,11 +38,11 @@ def extract(src, dst, short_side, fps, quality, workers, overwrite, strict) -> N
 @click.option("--root", required=True, type=click.Path(path_type=Path), help="Folder of frame folders or videos.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Folder for train.txt, val.txt, classes.txt.")
 @click.option("--annotations", type=click.Path(path_type=Path), default=None, help="Folder of the dataset's annotation files.")
-@click.option("--source", type=click.Choice(["frames", "videos"]), default=None, help="What ROOT holds (default: detected).")
+@click.option("--source", type=click.Choice(SOURCES), default=None, help="What ROOT holds (default: detected).")
 @click.option("--split", type=click.IntRange(1, 3), default=1, show_default=True, help="UCF101/HMDB51 split.")
 @click.option("--val-fraction", type=float, default=0.25, show_default=True, help="folder: share of each class kept for val.")
 @click.option("--seed", type=int, default=0, show_default=True, help="folder: seed of the train/val split.")
-@click.option("--template", default=None, help="Frame file name template, e.g. 'img_{:05d}.jpg' (default: detected).")
+@click.option("--template", default=None, help=f"Frame file name template, e.g. '{FRAME_TEMPLATE}' (default: detected).")
 @click.option("--label-order", type=click.Choice(["official", "sorted"]), default="official", show_default=True,
               help="sthv1/jester: labels CSV order (mmaction2) or sorted (official TSM checkpoints).")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Threads counting frames / opening videos (default: up to 8).")
@@ -54,7 +56,7 @@ def build_list(dataset, root, out, annotations, source, split, val_fraction, see
     A clip listed twice in a split, or also in an earlier split (train, val, test), is written
     once; the rows left out are counted and listed in OUT/duplicates.txt.
     """
-    from tsmcli.data.adapters import build_list as build
+    from tsmcli.data.build_list import build_list as build
 
     result = build(dataset, root, out, annotations=annotations, source=source, split=split,
                    val_fraction=val_fraction, seed=seed, template=template, label_order=label_order,

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from tsmcli.commands import print_rows
+from tsmcli.data.layout import SOURCES
 
 
 @click.command("eval")
@@ -25,7 +26,7 @@ from tsmcli.commands import print_rows
 @click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader processes (default: up to 4).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, help="Write top1, top5, mean_class_accuracy, ... to this JSON file.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None, help="Write per-class accuracy, confusion matrix and per-video predictions here.")
-@click.option("--source", type=click.Choice(["frames", "videos"]), default=None, help="What ROOT holds (default: from the checkpoint's recipe).")
+@click.option("--source", type=click.Choice(SOURCES), default=None, help="What ROOT holds (default: from the checkpoint's recipe).")
 @click.option("--backend", type=click.Choice(["decord", "pyav"]), default=None, help="Video decoder (default: from the recipe, else decord).")
 @click.option("--arch", default=None, help="Official/mmaction2 checkpoints: backbone, e.g. resnet50.")
 @click.option("--segments", "num_segments", type=click.IntRange(min=1), default=None, help="Frames per clip: required for official/mmaction2 checkpoints; overrides the recipe's for ours.")

@@ -18,9 +18,6 @@ them one at a time, so every width decodes to the same pixels as PyAV.
 from __future__ import annotations
 
 import itertools
-import os
-import re
-import string
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,47 +26,10 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from tsmcli.errors import DataError, TSMError
+from tsmcli.data.layout import FRAME_TEMPLATE, check_frame_template
+from tsmcli.errors import DataError
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov")
-FRAME_TEMPLATE = "img_{:05d}.jpg"
 BACKENDS = ("decord", "pyav")
-_INTEGER_SPEC = re.compile(r"0?\d*d?")  # format specs of a plain integer: "", "d", "5d", "05d"
-
-
-def check_frame_template(
-    template: str, what: str = "frame template", error: type[TSMError] = DataError
-) -> str:
-    """Return ``template`` if it names the frame files of a folder by one integer field
-    (``img_{:05d}.jpg``); otherwise raise ``error``, naming ``what`` (``--template``,
-    ``data.frame_template``) and the fault. The one check of every template that comes in:
-    a template without a field names every frame alike, and counting frames never ends."""
-    problem = _template_problem(template)
-    if problem is not None:
-        raise error(
-            f"{what} {template!r} is not a frame file name with one integer field ({problem}); "
-            "use e.g. 'img_{:05d}.jpg'"
-        )
-    return template
-
-
-def _template_problem(template: str) -> str | None:
-    try:
-        parts = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        return f"not a format string: {exc}"
-    fields = [(name, spec, conv) for _, name, spec, conv in parts if name is not None]
-    if not fields:
-        return "no {} field for the frame number"
-    if len(fields) > 1:
-        return f"{len(fields)} fields"
-    name, spec, conv = fields[0]
-    if name not in ("", "0") or conv is not None or not _INTEGER_SPEC.fullmatch(spec):
-        text = "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
-        return f"the field {text} is not a plain integer field such as {{:05d}}"
-    if any(sep in template for sep in ("/", os.sep, os.altsep) if sep):
-        return "a path separator; frames sit directly in their folder"
-    return None
 
 
 class FrameSource(Protocol):
@@ -437,10 +397,6 @@ def probe_video(path: str | Path) -> VideoProbe:
             f"{path}: not a readable video ({_first_line(exc)}); "
             "the file is corrupt or not a video, remove or replace it"
         ) from exc
-
-
-def is_video(path: Path) -> bool:
-    return path.suffix.lower() in VIDEO_EXTENSIONS
 
 
 def _first_line(exc: BaseException) -> str:

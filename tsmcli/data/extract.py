@@ -16,30 +16,25 @@ import contextlib
 import csv
 import io
 import logging
-import math
-import multiprocessing
 import os
-import shutil
 import signal
 import sys
 import time
-from collections import deque
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
-from multiprocessing import connection
 from pathlib import Path
 
-import torch
-
-from tsmcli.data.decode import FRAME_TEMPLATE, VIDEO_EXTENSIONS, DecordVideo, is_video, probe_video
+from tsmcli.data import extract_job
+from tsmcli.data.extract_job import FrameOptions, Job, Outcome, remove_stale_partials
+from tsmcli.data.layout import VIDEO_EXTENSIONS, is_video
+from tsmcli.data.process_pool import run_in_processes
 from tsmcli.errors import DataError, UsageError
-from tsmcli.fileio import check_writable_dir
+from tsmcli.fileio import atomic_write, check_writable_dir
 
 log = logging.getLogger(__name__)
 
 FAILURES_CSV = "failures.csv"
 LOCK_FILE = ".tsm-extract.lock"  # hidden: never the frame folder of a video (those are skipped)
-_BATCH = 16  # frames resized and encoded together
 
 
 @dataclass(frozen=True)
@@ -55,20 +50,6 @@ class ExtractResult:
     seconds: float
     failures_csv: Path  # rewritten every run: this run's failures only
     failures: tuple[tuple[Path, str], ...]
-
-
-@dataclass(frozen=True)
-class _Options:
-    short_side: int
-    fps: float | None
-    quality: int
-
-
-@dataclass(frozen=True)
-class _Job:
-    video: Path
-    folder: Path  # the finished frame folder
-    replace: bool  # a finished folder exists and is to be replaced (--overwrite)
 
 
 def extract(
@@ -98,13 +79,13 @@ def extract(
             f"{failures_csv}: a folder where this run writes its report (the frames of a video "
             "named failures.csv.*?); move it away"
         )
-    options = _Options(short_side, fps, quality)
+    options = FrameOptions(short_side, fps, quality)
     started = time.perf_counter()
     videos = find_videos(src)
     dst.mkdir(parents=True, exist_ok=True)
     with _lock(dst):
         jobs, skipped, failures, folders = _plan(src, dst, videos, overwrite)
-        _remove_stale_partials({folder.parent for folder in folders})
+        remove_stale_partials({folder.parent for folder in folders})
 
         done = frames = 0
         workers = min(workers or os.cpu_count() or 1, max(1, len(jobs)))
@@ -136,6 +117,19 @@ def extract(
     )
 
 
+def _check_options(short_side: int, fps: float | None, quality: int, workers: int | None) -> None:
+    if short_side < 0 or short_side == 1:  # a 1-pixel side trips an assert inside PyTorch
+        raise UsageError(
+            f"--short-side must be 0 (keep the size) or at least 2 pixels, got {short_side}"
+        )
+    if fps is not None and not fps > 0:
+        raise UsageError(f"--fps must be positive, got {fps}")
+    if not 1 <= quality <= 100:
+        raise UsageError(f"--quality must be between 1 and 100, got {quality}")
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {workers}")
+
+
 def find_videos(src: Path) -> list[Path]:
     """Every file under ``src`` (recursively, hidden temporary files aside) with a video
     extension, sorted; ``src`` may also be one video file."""
@@ -158,10 +152,10 @@ def find_videos(src: Path) -> list[Path]:
 
 def _plan(
     src: Path, dst: Path, videos: list[Path], overwrite: bool
-) -> tuple[list[_Job], int, list[tuple[Path, str]], list[Path]]:
+) -> tuple[list[Job], int, list[tuple[Path, str]], list[Path]]:
     """The videos to extract, how many are finished already, the videos refused up front
     (two videos that would share one frame folder) and every frame folder planned."""
-    jobs: list[_Job] = []
+    jobs: list[Job] = []
     failures: list[tuple[Path, str]] = []
     skipped = 0
     owner: dict[Path, Path] = {}
@@ -182,24 +176,36 @@ def _plan(
         elif folder.is_dir() and not overwrite:
             skipped += 1
         else:
-            jobs.append(_Job(video, folder, replace=folder.exists()))
+            jobs.append(Job(video, folder, replace=folder.exists()))
     return jobs, skipped, failures, list(owner)
 
 
-_Outcome = tuple[_Job, int, str | None]  # (job, frames written, failure reason or None)
+# The modules a worker needs, imported once by the fork server (see process_pool).
+_PRELOAD = ("tsmcli.data.extract_job", "torchvision.io", "decord", "av")
 
 
-def _run(jobs: list[_Job], options: _Options, workers: int) -> Generator[_Outcome, None, None]:
+def _run(jobs: list[Job], options: FrameOptions, workers: int) -> Generator[Outcome, None, None]:
     """Extract ``jobs`` in ``workers`` processes (in this one when 1), yielding each
-    outcome as its video finishes."""
+    outcome as its video finishes. A worker that dies (a decoder segfault, the out-of-memory
+    killer) is replaced and its video tried once more; dying twice makes it a failure."""
     from tqdm import tqdm
 
     bar = tqdm(total=len(jobs), desc="extract", unit="video", disable=not sys.stderr.isatty())
     started = time.perf_counter()
+    work = extract_job.run_job  # looked up here so that a test can substitute it
     if workers <= 1:
-        outcomes: Generator[_Outcome, None, None] = (_extract_job(job, options) for job in jobs)
+        outcomes: Generator[Outcome, None, None] = (work(job, options) for job in jobs)
     else:
-        outcomes = _in_processes(jobs, options, workers)
+        outcomes = run_in_processes(
+            jobs,
+            work,
+            options,
+            workers,
+            died=_died,
+            cleanup=extract_job.discard,
+            initializer=extract_job.init_worker,
+            preload=_PRELOAD,
+        )
     try:
         yield from _with_progress(outcomes, bar, started)
     finally:
@@ -207,105 +213,8 @@ def _run(jobs: list[_Job], options: _Options, workers: int) -> Generator[_Outcom
         outcomes.close()  # stops the workers now, also when the caller stopped early
 
 
-class _Worker:
-    """One process that extracts the jobs it is sent one at a time over its own pipe, so
-    the video a dead worker held is known exactly."""
-
-    def __init__(self, context, work: Callable[[_Job, _Options], _Outcome], options: _Options):
-        self.conn, child = context.Pipe()
-        self.process = context.Process(target=_serve, args=(child, work, options), daemon=True)
-        self.process.start()
-        child.close()
-        self.job: _Job | None = None
-
-    def send(self, job: _Job) -> None:
-        self.job = job
-        with contextlib.suppress(OSError):  # a dead worker is found by its sentinel
-            self.conn.send(job)
-
-    def receive(self) -> _Outcome | None:
-        """The outcome of the job sent, or None when the process ended without one."""
-        try:
-            return self.conn.recv() if self.conn.poll() else None
-        except (EOFError, OSError):
-            return None
-
-    def stop(self) -> None:
-        """End the process (killing it mid-video if it is busy), reap it and remove what
-        its job left half-written."""
-        if self.job is None and self.process.is_alive():
-            with contextlib.suppress(OSError):
-                self.conn.send(None)
-            self.process.join(5)
-        if self.process.is_alive():
-            self.process.terminate()
-        self.process.join()
-        self.conn.close()
-        if self.job is not None and self.process.pid is not None:
-            _remove_temps(self.job.folder, self.process.pid)
-
-
-def _serve(conn, work: Callable[[_Job, _Options], _Outcome], options: _Options) -> None:
-    """A worker's loop: a job in, its outcome out, until told to stop or orphaned."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the main process stops workers
-    _init_worker()
-    while True:
-        try:
-            job = conn.recv()
-        except EOFError:  # the main process is gone
-            return
-        if job is None:
-            return
-        conn.send(work(job, options))
-
-
-def _in_processes(
-    jobs: list[_Job], options: _Options, workers: int
-) -> Generator[_Outcome, None, None]:
-    """Extract ``jobs`` in ``workers`` processes. A worker that dies (a decoder segfault,
-    the out-of-memory killer) is replaced and its video tried once more in a fresh
-    process; dying twice makes it a failure. Whatever ends this generator (the last video,
-    an error, Ctrl-C, close()), every worker is stopped and nothing half-written is left."""
-    context = _process_context()
-    work = _extract_job  # looked up here so that a test can substitute it
-    todo = deque(jobs)
-    deaths: dict[Path, int] = {}
-    pool: list[_Worker] = []
-    try:
-        for _ in range(min(workers, len(todo))):
-            pool.append(_Worker(context, work, options))
-            pool[-1].send(todo.popleft())
-        while any(worker.job is not None for worker in pool):
-            busy = [worker for worker in pool if worker.job is not None]
-            connection.wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
-            for worker in busy:
-                outcome = worker.receive()
-                if outcome is None and worker.process.is_alive():
-                    continue  # still working
-                job, code = worker.job, worker.process.exitcode
-                assert job is not None
-                if outcome is None:  # the process died holding its job
-                    worker.stop()  # reaps it and removes the job's half-written folder
-                    deaths[job.video] = deaths.get(job.video, 0) + 1
-                    if deaths[job.video] < 2:
-                        todo.appendleft(job)
-                    else:
-                        outcome = (job, 0, _death_reason(code))
-                worker.job = None
-                if todo:
-                    if not worker.process.is_alive():
-                        place = pool.index(worker)
-                        worker = pool[place] = _Worker(context, work, options)
-                    worker.send(todo.popleft())
-                if outcome is not None:
-                    yield outcome
-    finally:
-        for worker in pool:
-            worker.stop()
-
-
-def _death_reason(exitcode: int | None) -> str:
-    """The failures.csv reason of a video whose worker died on it twice."""
+def _died(job: Job, exitcode: int | None) -> Outcome:
+    """The failure of a video whose worker died on it twice, as failures.csv words it."""
     if exitcode is not None and exitcode < 0:
         try:
             how = f"killed by {signal.Signals(-exitcode).name}"
@@ -313,15 +222,14 @@ def _death_reason(exitcode: int | None) -> str:
             how = f"killed by signal {-exitcode}"
     else:
         how = f"exit code {exitcode}"
-    return (
+    reason = (
         f"worker died ({how}) twice on this video: the decoder crashes on it or the machine "
         "runs out of memory; re-encode it, or extract with fewer --workers"
     )
+    return job, 0, reason
 
 
-def _with_progress(
-    outcomes: Iterator[tuple[_Job, int, str | None]], bar, started: float
-) -> Iterator[tuple[_Job, int, str | None]]:
+def _with_progress(outcomes: Iterator[Outcome], bar, started: float) -> Iterator[Outcome]:
     frames = 0
     for outcome in outcomes:
         frames += outcome[1]
@@ -330,148 +238,6 @@ def _with_progress(
             f"{frames / max(time.perf_counter() - started, 1e-9):.0f} frames/s", refresh=False
         )
         yield outcome
-
-
-def _process_context() -> multiprocessing.context.BaseContext:
-    """Workers fork from a server that has imported torch, torchvision and the decoders once
-    (importing torchvision alone takes about a second per process), and no process with
-    running thread pools is forked; spawn where there is no fork server."""
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([__name__, "torchvision.io", "decord", "av"])
-        return context
-    return multiprocessing.get_context("spawn")
-
-
-def _init_worker() -> None:
-    torch.set_num_threads(1)  # parallelism comes from the processes
-
-
-def _extract_job(job: _Job, options: _Options) -> tuple[_Job, int, str | None]:
-    """Extract one video; every error becomes a failure reason, so one bad file (or one
-    decoder crash) never stops the run."""
-    try:
-        return (
-            job,
-            extract_video(
-                job.video,
-                job.folder,
-                options.short_side,
-                options.fps,
-                options.quality,
-                replace=job.replace,
-            ),
-            None,
-        )
-    except DataError as exc:
-        return job, 0, _reason(str(exc), job.video)
-    except Exception as exc:  # noqa: BLE001 - a decoder crash on one file must not stop the run
-        log.debug("extracting %s failed", job.video, exc_info=True)
-        return job, 0, f"{type(exc).__name__}: {_reason(str(exc), job.video)}"
-
-
-def extract_video(
-    video: Path,
-    folder: Path,
-    short_side: int = 256,
-    fps: float | None = None,
-    quality: int = 90,
-    replace: bool = False,
-) -> int:
-    """Write ``video``'s frames to ``folder`` (which must not exist unless ``replace``) and
-    return how many; raises ``DataError`` when the video cannot be decoded completely."""
-    if video.stat().st_size == 0:
-        raise DataError(f"{video}: empty file (0 bytes); download it again or remove it")
-    probe = probe_video(video)  # a clean DataError for non-videos, and the reference count
-    source = DecordVideo(video, num_threads=1)
-    keep_ratio = None  # output frames per decoded frame; None keeps every frame
-    if fps is not None:
-        if not source.fps > 0:
-            raise DataError(f"{video}: the frame rate is unknown; extract it without --fps")
-        keep_ratio = fps / source.fps
-
-    temp = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
-    shutil.rmtree(temp, ignore_errors=True)
-    temp.mkdir(parents=True)
-    try:
-        decoded = written = 0
-        for batch in source.iter_frames(batch_size=_BATCH):  # (n, 3, H, W) uint8
-            keep = [i for i in range(len(batch)) if _kept(decoded + i, keep_ratio)]
-            decoded += len(batch)
-            if keep:
-                images = _resize(batch[keep], short_side)  # (k, 3, h, w) uint8
-                written = _write_jpegs(images, temp, written, quality)
-        _check_complete(
-            video,
-            decoded,
-            max(source.num_frames, probe.num_frames or 0),
-            exact=probe.exact or probe.num_frames is None,
-        )
-        if written == 0:
-            raise DataError(f"{video}: no frame could be decoded; the file is corrupt")
-        _publish(temp, folder, replace)
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
-    return written
-
-
-def _kept(index: int, ratio: float | None) -> bool:
-    """Whether frame ``index`` starts a new output frame at ``ratio`` output frames per input
-    frame: a streaming rule, so the kept count is ceil(N * ratio) with no look-ahead."""
-    if ratio is None or ratio >= 1:
-        return True
-    return index == 0 or math.floor(index * ratio + 1e-9) != math.floor((index - 1) * ratio + 1e-9)
-
-
-def _resize(frames: torch.Tensor, short_side: int) -> torch.Tensor:
-    """Resize uint8 ``(n, 3, H, W)`` so the short side is ``short_side`` (antialiased)."""
-    height, width = frames.shape[-2:]
-    if short_side <= 0 or min(height, width) == short_side:
-        return frames
-    scale = short_side / min(height, width)
-    size = (
-        (short_side, round(width * scale))
-        if height <= width
-        else (round(height * scale), short_side)
-    )
-    return torch.nn.functional.interpolate(
-        frames, size=size, mode="bilinear", antialias=True, align_corners=False
-    )  # (n, 3, h, w) uint8
-
-
-def _write_jpegs(images: torch.Tensor, folder: Path, start: int, quality: int) -> int:
-    """Encode ``(k, 3, h, w)`` as ``img_<start+1>.jpg``...; returns the new frame count."""
-    from torchvision.io import encode_jpeg
-
-    for offset, data in enumerate(encode_jpeg(list(images), quality=quality)):
-        (folder / FRAME_TEMPLATE.format(start + offset + 1)).write_bytes(data.numpy().tobytes())
-    return start + len(images)
-
-
-def _check_complete(video: Path, decoded: int, expected: int, exact: bool) -> None:
-    """Refuse a video that decoded to fewer frames than its container reports. Exact counts
-    allow 2 missing frames (decoders may drop one or two at an edit list); counts estimated
-    from a duration allow 5% (the duration can include a longer audio track)."""
-    allowed = 2 if exact else max(2, round(0.05 * expected))
-    if decoded < expected - allowed:
-        raise DataError(
-            f"{video}: decoded {decoded} of the {expected} frames the container "
-            "reports; the video is truncated, download it again"
-        )
-    if decoded < expected:
-        log.debug("%s: decoded %d of %d reported frames", video, decoded, expected)
-
-
-def _publish(temp: Path, folder: Path, replace: bool) -> None:
-    """Move a complete temporary folder to its final name. A folder being replaced is first
-    moved aside, so at no moment does an incomplete folder carry the final name."""
-    if replace and folder.exists():
-        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-        os.replace(folder, old)
-        os.replace(temp, folder)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(temp, folder)
 
 
 @contextlib.contextmanager
@@ -510,84 +276,10 @@ def _lock(dst: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _remove_stale_partials(parents: set[Path]) -> None:
-    """Remove the temporary folders (``.name.partial-<pid>``, ``.name.old-<pid>``) that a
-    killed run left; those of a process still running (another extract) are kept."""
-    for parent in parents:
-        if not parent.is_dir():
-            continue
-        for entry in parent.iterdir():
-            owner = _temp_owner(entry.name)
-            if owner is not None and not _alive(owner[1]):
-                log.info("removing %s left by an interrupted run", entry)
-                _remove_temps(parent / owner[0], owner[1])
-
-
-def _remove_temps(folder: Path, pid: int) -> None:
-    """Remove what process ``pid``, now dead, left of ``folder``: its half-written
-    ``.name.partial-<pid>``, and its ``.name.old-<pid>`` (the finished folder that
-    --overwrite moved aside), which goes back in place if the new one never arrived."""
-    _remove(folder.with_name(f".{folder.name}.partial-{pid}"))
-    old = folder.with_name(f".{folder.name}.old-{pid}")
-    if old.is_dir() and not folder.exists():
-        os.replace(old, folder)
-    else:
-        _remove(old)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def _temp_owner(name: str) -> tuple[str, int] | None:
-    """(final name, pid) of a temporary entry ``.<final name>.partial-<pid>`` or ``.old-``."""
-    if not name.startswith("."):
-        return None
-    for marker in (".partial-", ".old-"):
-        head, found, pid = name.rpartition(marker)
-        if found and len(head) > 1 and pid.isdigit():
-            return head[1:], int(pid)
-    return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _write_failures(path: Path, failures: list[tuple[Path, str]]) -> None:
     """Write ``path,reason`` rows (header only when nothing failed), atomically."""
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(["path", "reason"])
     writer.writerows((str(video), reason) for video, reason in sorted(failures))
-    temp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    temp.write_text(text.getvalue(), encoding="utf-8")
-    os.replace(temp, path)
-
-
-def _reason(message: str, video: Path) -> str:
-    """A DataError's message without the leading path (the CSV has it in its own column)."""
-    prefix = f"{video}: "
-    return message[len(prefix) :] if message.startswith(prefix) else message
-
-
-def _check_options(short_side: int, fps: float | None, quality: int, workers: int | None) -> None:
-    if short_side < 0 or short_side == 1:  # a 1-pixel side trips an assert inside PyTorch
-        raise UsageError(
-            f"--short-side must be 0 (keep the size) or at least 2 pixels, got {short_side}"
-        )
-    if fps is not None and not fps > 0:
-        raise UsageError(f"--fps must be positive, got {fps}")
-    if not 1 <= quality <= 100:
-        raise UsageError(f"--quality must be between 1 and 100, got {quality}")
-    if workers is not None and workers < 1:
-        raise UsageError(f"--workers must be at least 1, got {workers}")
+    atomic_write(path, text.getvalue())

@@ -8,13 +8,12 @@ a line; the line number (0-based) is the label.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from tsmcli.errors import DataError
+from tsmcli.fileio import atomic_write
 
 CLASSES_FILE = "classes.txt"
 
@@ -78,7 +77,7 @@ def write_list(path: str | Path, entries: Iterable[ListEntry]) -> Path:
                 "list format splits on whitespace); rename the file or folder"
             )
         lines.append(f"{entry.path} {int(entry.num_frames)} {int(entry.label)}\n")
-    atomic_write_text(path, "".join(lines))
+    atomic_write(path, "".join(lines))
     return path
 
 
@@ -116,7 +115,7 @@ def write_classes(path: str | Path, classes: Iterable[str]) -> Path:
             raise DataError(
                 f"{path}: class name {name!r} is empty or spans lines; fix the label map"
             )
-    atomic_write_text(path, "".join(f"{name}\n" for name in names))
+    atomic_write(path, "".join(f"{name}\n" for name in names))
     return path
 
 
@@ -124,18 +123,3 @@ def classes_for_list(list_path: str | Path) -> list[str] | None:
     """The class names in ``classes.txt`` beside a list file, or None when there is none."""
     candidate = Path(list_path).parent / CLASSES_FILE
     return read_classes(candidate) if candidate.is_file() else None
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write text to a temp file in the same folder, fsync, rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

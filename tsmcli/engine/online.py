@@ -29,8 +29,8 @@ import torch
 from torch import Tensor
 
 from tsmcli.data import transforms
-from tsmcli.data.dataset import SOURCES
-from tsmcli.data.decode import FRAME_TEMPLATE, FrameFolder, FrameSource, open_video
+from tsmcli.data.decode import FrameFolder, FrameSource, open_video
+from tsmcli.data.layout import FRAME_TEMPLATE, SOURCES
 from tsmcli.data.lists import ListEntry, read_classes
 from tsmcli.engine.checks import EVAL_HINT, check_labels, read_entries
 from tsmcli.engine.metrics import mean_class_accuracy, predict, topk_accuracy

@@ -137,7 +137,7 @@ def _flip_pairs(recipe: Recipe, classes: list[str] | None) -> list[tuple[int, in
     d = recipe.data
     if d.flip != "swap":
         return []
-    from tsmcli.data.adapters import load_manifest
+    from tsmcli.data.manifest import load_manifest
 
     manifest = load_manifest(d.dataset)
     # matched by class name, so a list built in another label order swaps the right labels

@@ -1,0 +1,71 @@
+"""One video -> one frame folder: complete under its final name or not there at all, and
+what a killed process left is removed (or put back) by its PID."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tsmcli.data.extract_job import Job, discard, extract_video, remove_stale_partials
+from tsmcli.errors import DataError
+
+
+def _dead_pid() -> int:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    return dead.pid
+
+
+def test_a_video_becomes_frames_from_one_and_replacing_swaps_the_whole_folder(tmp_path, make_video):
+    video = make_video(tmp_path / "clip.mp4", num_frames=6, size=32)
+    folder = tmp_path / "frames" / "clip"
+    assert extract_video(video, folder, short_side=16) == 6
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == [f"img_{k:05d}.jpg" for k in range(1, 7)]
+    before = {p.stat().st_ino for p in folder.iterdir()}
+
+    assert extract_video(video, folder, short_side=0, fps=None, replace=True) == 6
+    assert {p.stat().st_ino for p in folder.iterdir()}.isdisjoint(before)
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["clip"]  # no .clip.old-, .partial-
+
+
+def test_a_video_that_cannot_be_read_leaves_nothing(tmp_path):
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with pytest.raises(DataError) as caught:
+        extract_video(tmp_path / "empty.mp4", tmp_path / "frames" / "empty")
+    assert str(caught.value) == (
+        f"{tmp_path / 'empty.mp4'}: empty file (0 bytes); download it again or remove it"
+    )
+    assert not (tmp_path / "frames").exists()
+
+
+def test_what_dead_processes_left_is_removed_and_a_moved_aside_folder_put_back(tmp_path):
+    dead, alive = _dead_pid(), os.getpid()
+    (tmp_path / f".a.partial-{dead}").mkdir()  # half-written: removed
+    (tmp_path / f".b.old-{dead}").mkdir()  # moved aside by --overwrite, new one never came
+    (tmp_path / f".b.old-{dead}" / "img_00001.jpg").write_bytes(b"old frame")
+    (tmp_path / "c").mkdir()
+    (tmp_path / f".c.old-{dead}").mkdir()  # the new c arrived: the old one goes
+    (tmp_path / f".d.partial-{alive}").mkdir()  # a live extract's: kept
+    (tmp_path / ".notes").write_text("not a temporary entry")
+
+    remove_stale_partials({tmp_path, tmp_path / "absent"})
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f".d.partial-{alive}",
+        ".notes",
+        "b",
+        "c",
+    ]
+    assert (tmp_path / "b" / "img_00001.jpg").read_bytes() == b"old frame"
+
+
+def test_discard_removes_the_half_written_folder_of_one_worker_only(tmp_path):
+    job = Job(tmp_path / "clip.mp4", tmp_path / "clip", replace=False)
+    for pid in (101, 202):
+        (tmp_path / f".clip.partial-{pid}").mkdir()
+    discard(job, 101)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".clip.partial-202"]

@@ -1,0 +1,249 @@
+"""One video -> one folder of JPEG frames, atomically: the job each ``tsm extract`` worker runs.
+
+A frame folder is written under a hidden temporary name beside its final place
+(``.clip.partial-<pid>``) and renamed when the last frame is on disk; a finished folder that
+``--overwrite`` replaces is first moved aside as ``.clip.old-<pid>``. So a folder under its
+final name is always complete, and what a killed process left is known by its PID: the
+functions at the end of this module remove it (or put the old folder back).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tsmcli.data.decode import DecordVideo, probe_video
+from tsmcli.data.layout import FRAME_TEMPLATE
+from tsmcli.errors import DataError
+
+log = logging.getLogger(__name__)
+
+_BATCH = 16  # frames resized and encoded together
+
+
+@dataclass(frozen=True)
+class FrameOptions:
+    """How frames are written: short side in pixels (0 keeps the size), frames kept per
+    second (None keeps every frame), JPEG quality."""
+
+    short_side: int
+    fps: float | None
+    quality: int
+
+
+@dataclass(frozen=True)
+class Job:
+    """One video to extract."""
+
+    video: Path
+    folder: Path  # the finished frame folder
+    replace: bool  # a finished folder exists and is to be replaced (--overwrite)
+
+
+Outcome = tuple[Job, int, str | None]  # (job, frames written, failure reason or None)
+
+
+def init_worker() -> None:
+    """Run once in each worker process."""
+    torch.set_num_threads(1)  # parallelism comes from the processes
+
+
+def run_job(job: Job, options: FrameOptions) -> Outcome:
+    """Extract one video; every error becomes a failure reason, so one bad file (or one
+    decoder crash) never stops the run."""
+    try:
+        return (
+            job,
+            extract_video(
+                job.video,
+                job.folder,
+                options.short_side,
+                options.fps,
+                options.quality,
+                replace=job.replace,
+            ),
+            None,
+        )
+    except DataError as exc:
+        return job, 0, _reason(str(exc), job.video)
+    except Exception as exc:  # noqa: BLE001 - a decoder crash on one file must not stop the run
+        log.debug("extracting %s failed", job.video, exc_info=True)
+        return job, 0, f"{type(exc).__name__}: {_reason(str(exc), job.video)}"
+
+
+def _reason(message: str, video: Path) -> str:
+    """A DataError's message without the leading path (the CSV has it in its own column)."""
+    prefix = f"{video}: "
+    return message[len(prefix) :] if message.startswith(prefix) else message
+
+
+def extract_video(
+    video: Path,
+    folder: Path,
+    short_side: int = 256,
+    fps: float | None = None,
+    quality: int = 90,
+    replace: bool = False,
+) -> int:
+    """Write ``video``'s frames to ``folder`` (which must not exist unless ``replace``) and
+    return how many; raises ``DataError`` when the video cannot be decoded completely."""
+    if video.stat().st_size == 0:
+        raise DataError(f"{video}: empty file (0 bytes); download it again or remove it")
+    probe = probe_video(video)  # a clean DataError for non-videos, and the reference count
+    source = DecordVideo(video, num_threads=1)
+    keep_ratio = None  # output frames per decoded frame; None keeps every frame
+    if fps is not None:
+        if not source.fps > 0:
+            raise DataError(f"{video}: the frame rate is unknown; extract it without --fps")
+        keep_ratio = fps / source.fps
+
+    temp = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
+    shutil.rmtree(temp, ignore_errors=True)
+    temp.mkdir(parents=True)
+    try:
+        decoded = written = 0
+        for batch in source.iter_frames(batch_size=_BATCH):  # (n, 3, H, W) uint8
+            keep = [i for i in range(len(batch)) if _kept(decoded + i, keep_ratio)]
+            decoded += len(batch)
+            if keep:
+                images = _resize(batch[keep], short_side)  # (k, 3, h, w) uint8
+                written = _write_jpegs(images, temp, written, quality)
+        _check_complete(
+            video,
+            decoded,
+            max(source.num_frames, probe.num_frames or 0),
+            exact=probe.exact or probe.num_frames is None,
+        )
+        if written == 0:
+            raise DataError(f"{video}: no frame could be decoded; the file is corrupt")
+        _publish(temp, folder, replace)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    return written
+
+
+def _kept(index: int, ratio: float | None) -> bool:
+    """Whether frame ``index`` starts a new output frame at ``ratio`` output frames per input
+    frame: a streaming rule, so the kept count is ceil(N * ratio) with no look-ahead."""
+    if ratio is None or ratio >= 1:
+        return True
+    return index == 0 or math.floor(index * ratio + 1e-9) != math.floor((index - 1) * ratio + 1e-9)
+
+
+def _resize(frames: torch.Tensor, short_side: int) -> torch.Tensor:
+    """Resize uint8 ``(n, 3, H, W)`` so the short side is ``short_side`` (antialiased)."""
+    height, width = frames.shape[-2:]
+    if short_side <= 0 or min(height, width) == short_side:
+        return frames
+    scale = short_side / min(height, width)
+    size = (
+        (short_side, round(width * scale))
+        if height <= width
+        else (round(height * scale), short_side)
+    )
+    return torch.nn.functional.interpolate(
+        frames, size=size, mode="bilinear", antialias=True, align_corners=False
+    )  # (n, 3, h, w) uint8
+
+
+def _write_jpegs(images: torch.Tensor, folder: Path, start: int, quality: int) -> int:
+    """Encode ``(k, 3, h, w)`` as ``img_<start+1>.jpg``...; returns the new frame count."""
+    from torchvision.io import encode_jpeg
+
+    for offset, data in enumerate(encode_jpeg(list(images), quality=quality)):
+        (folder / FRAME_TEMPLATE.format(start + offset + 1)).write_bytes(data.numpy().tobytes())
+    return start + len(images)
+
+
+def _check_complete(video: Path, decoded: int, expected: int, exact: bool) -> None:
+    """Refuse a video that decoded to fewer frames than its container reports. Exact counts
+    allow 2 missing frames (decoders may drop one or two at an edit list); counts estimated
+    from a duration allow 5% (the duration can include a longer audio track)."""
+    allowed = 2 if exact else max(2, round(0.05 * expected))
+    if decoded < expected - allowed:
+        raise DataError(
+            f"{video}: decoded {decoded} of the {expected} frames the container "
+            "reports; the video is truncated, download it again"
+        )
+    if decoded < expected:
+        log.debug("%s: decoded %d of %d reported frames", video, decoded, expected)
+
+
+def _publish(temp: Path, folder: Path, replace: bool) -> None:
+    """Move a complete temporary folder to its final name. A folder being replaced is first
+    moved aside, so at no moment does an incomplete folder carry the final name."""
+    if replace and folder.exists():
+        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+        os.replace(folder, old)
+        os.replace(temp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(temp, folder)
+
+
+# ---------------------------------------------------------------------------- what a killed job left
+
+
+def discard(job: Job, pid: int) -> None:
+    """Remove what the worker ``pid``, now stopped, left of ``job``."""
+    _remove_temps(job.folder, pid)
+
+
+def remove_stale_partials(parents: set[Path]) -> None:
+    """Remove the temporary folders (``.name.partial-<pid>``, ``.name.old-<pid>``) that a
+    killed run left; those of a process still running (another extract) are kept."""
+    for parent in parents:
+        if not parent.is_dir():
+            continue
+        for entry in parent.iterdir():
+            owner = _temp_owner(entry.name)
+            if owner is not None and not pid_alive(owner[1]):
+                log.info("removing %s left by an interrupted run", entry)
+                _remove_temps(parent / owner[0], owner[1])
+
+
+def _remove_temps(folder: Path, pid: int) -> None:
+    """Remove what process ``pid``, now dead, left of ``folder``: its half-written
+    ``.name.partial-<pid>``, and its ``.name.old-<pid>`` (the finished folder that
+    --overwrite moved aside), which goes back in place if the new one never arrived."""
+    _remove(folder.with_name(f".{folder.name}.partial-{pid}"))
+    old = folder.with_name(f".{folder.name}.old-{pid}")
+    if old.is_dir() and not folder.exists():
+        os.replace(old, folder)
+    else:
+        _remove(old)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _temp_owner(name: str) -> tuple[str, int] | None:
+    """(final name, pid) of a temporary entry ``.<final name>.partial-<pid>`` or ``.old-``."""
+    if not name.startswith("."):
+        return None
+    for marker in (".partial-", ".old-"):
+        head, found, pid = name.rpartition(marker)
+        if found and len(head) > 1 and pid.isdigit():
+            return head[1:], int(pid)
+    return None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists (one of another user counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
