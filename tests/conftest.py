@@ -76,15 +76,3 @@ def deadline():
             signal.signal(signal.SIGALRM, previous)
 
     return limit
-
-
-def pytest_collection_modifyitems(config, items):
-    """Slow end-to-end tests run only with TSM_SLOW_TESTS=1 (make test-all)."""
-    import os
-
-    if os.environ.get("TSM_SLOW_TESTS", "") not in ("", "0"):
-        return
-    skip = pytest.mark.skip(reason="slow end-to-end test; run with TSM_SLOW_TESTS=1")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)
