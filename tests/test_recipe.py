@@ -236,3 +236,17 @@ def test_non_utf8_recipe_is_named(tmp_path):
     path = tmp_path / "latin1.yaml"
     path.write_bytes("model:\n  arch: résnet50\n".encode("latin-1"))
     assert _error(path) == f"{path}: not UTF-8 text (byte 16); save the recipe as UTF-8"
+
+
+def test_a_stored_recipe_reads_back_typed_and_older_ones_take_the_new_defaults():
+    recipe = load_recipe("demo")
+    assert Recipe.from_stored(recipe.to_dict(), "last.pt") == recipe
+    older = {"name": "old", "model": {"arch": "resnet18"}, "data": {"input_size": 112,
+                                                                    "scale_size": 128}}
+    typed = Recipe.from_stored(older, "old.pt")
+    assert typed == Recipe(name="old", model=dataclasses.replace(Recipe().model, arch="resnet18"),
+                           data=dataclasses.replace(Recipe().data, input_size=112,
+                                                    scale_size=128))
+    assert Recipe.from_stored(None, "official.pth") is None
+    with pytest.raises(RecipeError, match=r"^bad.pt \(stored recipe\): unknown key 'data.sise'"):
+        Recipe.from_stored({"data": {"sise": 1}}, "bad.pt")

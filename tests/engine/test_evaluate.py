@@ -19,8 +19,8 @@ from PIL import Image
 from tsmcli.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from tsmcli.engine import evaluate as evaluate_module
 from tsmcli.engine.evaluate import JSON_KEYS, evaluate
-from tsmcli.engine.views import PROTOCOLS, ViewRequest, resolve_protocol
-from tsmcli.errors import CheckpointError, DataError, UsageError
+from tsmcli.engine.views import PROTOCOLS, ViewRequest
+from tsmcli.errors import CheckpointError, DataError
 from tsmcli.model.checkpoint import ArchOverrides
 from tsmcli.recipe import DataConfig, ModelConfig, Recipe
 
@@ -215,16 +215,6 @@ def test_protocol_presets_and_overrides(table_setup):
     assert result.views == 2
     assert result.protocol.name == "kinetics (clips=2, crops=1)"
     assert (result.protocol.dense, result.protocol.full_res) == (True, True)
-
-
-def test_resolve_protocol_validates():
-    assert resolve_protocol() == PROTOCOLS["single"]
-    assert resolve_protocol("sthv2", twice_sample=True) is PROTOCOLS["sthv2"]  # no change
-    assert resolve_protocol(average="prob").name == "single (average=prob)"
-    for bad, match in [({"name": "ucf"}, "unknown protocol 'ucf'"), ({"crops": 5}, "--crops"),
-                       ({"clips": 0}, "--clips"), ({"average": "max"}, "--average")]:
-        with pytest.raises(UsageError, match=match):
-            resolve_protocol(**bad)
 
 
 def test_dense_recipe_defaults_to_dense_views(tmp_path, monkeypatch):
