@@ -69,8 +69,6 @@ def demo(out: str | Path = "demo_out", *, per_class: int | None = None, epochs: 
     ``overrides`` are extra ``--set key=value`` items for the three training runs.
     """
     from tsmcli.data import synth as synth_module
-    from tsmcli.data.build_list import build_list
-    from tsmcli.data.extract import extract
 
     started = time.perf_counter()
     out = Path(out)
@@ -81,6 +79,22 @@ def demo(out: str | Path = "demo_out", *, per_class: int | None = None, epochs: 
         "size": size or synth_module.DEFAULT_SIZE,
         "num_frames": num_frames or synth_module.DEFAULT_NUM_FRAMES,
     }
+    lists, frames = _prepare_data(out, synth_options)
+    rows = []
+    for index, (name, (shift, title)) in enumerate(MODELS.items()):
+        rows.append(_model_row(out, lists, frames, name, shift, title, index, epochs, overrides,
+                               synth_options["num_frames"]))
+
+    _step(8, "writing the report")
+    seconds = time.perf_counter() - started
+    report = write_report(out, rows, seconds)
+    return DemoResult(out, rows, report, seconds)
+
+
+def _prepare_data(out: Path, synth_options: dict[str, Any]) -> tuple[Path, Path]:
+    """Steps 1-3: the synthetic videos, their frames, the lists. Returns (lists, frames)."""
+    from tsmcli.data.build_list import build_list
+    from tsmcli.data.extract import extract
 
     _step(1, "writing the synthetic dataset")
     videos = out / "videos"
@@ -94,35 +108,32 @@ def demo(out: str | Path = "demo_out", *, per_class: int | None = None, epochs: 
 
     _step(3, "building the lists")
     lists = out / "lists"
-    build_list("folder", frames, lists, source="frames", seed=seed)
+    build_list("folder", frames, lists, source="frames", seed=synth_options["seed"])
+    return lists, frames
 
-    rows = []
-    online_dir = out / "online"
-    for index, (name, (shift, title)) in enumerate(MODELS.items()):
-        _step(4 + index, f"training {title}")
-        run_dir = out / "runs" / name
-        extra = list(overrides)
-        if shift == "unidirectional":
-            extra = [f"model.init_from={out / 'runs' / ONLINE_FROM / 'last.pt'}",
-                     f"train.epochs={epochs or ONLINE_FINETUNE_EPOCHS}", *extra]
-        recipe = _demo_recipe(lists, frames, shift, epochs, extra)
-        checkpoint = _train_once(recipe, run_dir)
-        result = _evaluate_once(checkpoint, lists, frames, out / "eval" / name)
-        cache_bytes = streaming_top1 = None
-        if shift == "unidirectional":
-            _step(7, "converting the online model and evaluating it frame by frame")
-            converted = _convert_once(checkpoint, online_dir)
-            cache_bytes = converted["cache_bytes"]
-            # feed frames at the spacing the model was trained on (one per segment)
-            stride = max(1, synth_options["num_frames"] // recipe.model.num_segments)
-            streaming_top1 = _evaluate_online_once(online_dir, lists, frames, stride,
-                                                   out / "eval" / "streaming.json")
-        rows.append(_row(name, title, checkpoint, result, cache_bytes, streaming_top1))
 
-    _step(8, "writing the report")
-    seconds = time.perf_counter() - started
-    report = write_report(out, rows, seconds)
-    return DemoResult(out, rows, report, seconds)
+def _model_row(out: Path, lists: Path, frames: Path, name: str, shift: str, title: str,
+               index: int, epochs: int | None, overrides: Sequence[str],
+               num_frames: int) -> DemoRow:
+    """Steps 4-7 for one model: train, evaluate; for the online one, convert and stream."""
+    _step(4 + index, f"training {title}")
+    extra = list(overrides)
+    if shift == "unidirectional":
+        extra = [f"model.init_from={out / 'runs' / ONLINE_FROM / 'last.pt'}",
+                 f"train.epochs={epochs or ONLINE_FINETUNE_EPOCHS}", *extra]
+    recipe = _demo_recipe(lists, frames, shift, epochs, extra)
+    checkpoint = _train_once(recipe, out / "runs" / name)
+    result = _evaluate_once(checkpoint, lists, frames, out / "eval" / name)
+    cache_bytes = streaming_top1 = None
+    if shift == "unidirectional":
+        _step(7, "converting the online model and evaluating it frame by frame")
+        online_dir = out / "online"
+        cache_bytes = _convert_once(checkpoint, online_dir)["cache_bytes"]
+        # feed frames at the spacing the model was trained on (one per segment)
+        stride = max(1, num_frames // recipe.model.num_segments)
+        streaming_top1 = _evaluate_online_once(online_dir, lists, frames, stride,
+                                               out / "eval" / "streaming.json")
+    return _row(name, title, checkpoint, result, cache_bytes, streaming_top1)
 
 
 def _step(number: int, text: str) -> None:

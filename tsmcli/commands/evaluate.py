@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -12,7 +13,7 @@ from tsmcli.data.layout import SOURCES
 
 @click.command("eval")
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="Checkpoint to evaluate.")
-@click.option("--online", type=click.Path(path_type=Path), default=None, help="Evaluate an exported streaming model dir frame by frame.")
+@click.option("--online", "online_dir", type=click.Path(path_type=Path), default=None, help="Evaluate an exported streaming model dir frame by frame.")
 @click.option("--list", "list_file", required=True, type=click.Path(path_type=Path), help="TSN list file.")
 @click.option("--root", required=True, type=click.Path(path_type=Path), help="Folder the list's paths are relative to.")
 @click.option("--protocol", type=click.Choice(["single", "kinetics", "sthv2"]), default=None, help="Test preset: single (1 view), kinetics (10 dense clips x 3 full-res crops), sthv2 (2 twice-sampled clips x 3 full-res crops). Default: single.")
@@ -35,9 +36,7 @@ from tsmcli.data.layout import SOURCES
 @click.option("--shift-place", type=click.Choice(["blockres", "block"]), default=None, help="Official/mmaction2 checkpoints: where the shift sits.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True, help="Where the model runs (auto: CUDA when available).")
 @click.option("--trust-torchscript", is_flag=True, help="--online: run the dir's online.pt (TorchScript, which can run code) instead of the model rebuilt from online_weights.pt.")
-def evaluate(checkpoint, online, list_file, root, protocol, clips, crops, full_res, twice_sample,
-             dense, average, batch_size, workers, json_path, out_dir, source, backend, arch,
-             num_segments, shift, shift_div, shift_place, device, trust_torchscript) -> None:
+def evaluate(**options: Any) -> None:
     """Top-1 / top-5 / mean class accuracy of a checkpoint on a list.
 
     Under torchrun (python -m torch.distributed.run ... -m tsmcli eval ...) each process scores
@@ -45,20 +44,29 @@ def evaluate(checkpoint, online, list_file, root, protocol, clips, crops, full_r
     """
     from tsmcli.engine.distributed import env_rank
     from tsmcli.engine.evaluate import run_eval
+
+    views, arch = _settings(options)
+    result = run_eval(views=views, arch=arch, **options)
+    if options["online_dir"] is not None:
+        print_rows(_online_rows(options["online_dir"], result))
+    elif env_rank() == 0:  # under torchrun every rank has the numbers; one prints them
+        print_rows(_checkpoint_rows(options["checkpoint"], result, options["json_path"],
+                                    options["out_dir"]))
+
+
+def _settings(options: dict[str, Any]) -> tuple[Any, Any]:
+    """The view options as one ``ViewRequest`` and the model options as one
+    ``ArchOverrides``, taken out of ``options`` (the rest are ``run_eval``'s keywords)."""
     from tsmcli.engine.views import ViewRequest
     from tsmcli.model.checkpoint import ArchOverrides
 
-    views = ViewRequest(protocol, clips, None if crops is None else int(crops), full_res,
-                        twice_sample, dense, average)
-    arch = ArchOverrides(arch, num_segments, shift, shift_div, shift_place)
-    result = run_eval(list_file, root, checkpoint=checkpoint, online_dir=online, views=views,
-                      arch=arch, source=source, backend=backend, batch_size=batch_size,
-                      workers=workers, device=device, out_dir=out_dir, json_path=json_path,
-                      trust_torchscript=trust_torchscript)
-    if online is not None:
-        print_rows(_online_rows(online, result))
-    elif env_rank() == 0:  # under torchrun every rank has the numbers; one prints them
-        print_rows(_checkpoint_rows(checkpoint, result, json_path, out_dir))
+    crops = options.pop("crops")
+    views = ViewRequest(options.pop("protocol"), options.pop("clips"),
+                        None if crops is None else int(crops), options.pop("full_res"),
+                        options.pop("twice_sample"), options.pop("dense"), options.pop("average"))
+    arch = ArchOverrides(options.pop("arch"), options.pop("num_segments"), options.pop("shift"),
+                         options.pop("shift_div"), options.pop("shift_place"))
+    return views, arch
 
 
 def _online_rows(online: Path, result) -> list[tuple[str, str]]:

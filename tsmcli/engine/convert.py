@@ -144,15 +144,20 @@ def convert_online(checkpoint: str | Path, out_dir: str | Path, *,
     _check_finetune(finetune, recipe, checkpoint, out_dir, overwrite)
     classes = _classes(info, val_list)
     model = load_model(info, **arch_overrides)
-    job = _Job(info, recipe, model, out_dir, _input_size(recipe, height, width), classes,
-               None if val_list is None else _ValData(val_list, root, source, backend),
-               finetune, arch_overrides, verify_frames, opset, seed, latency_reps)
-    with staged_model_dir(out_dir) as staged:
+    val = None if val_list is None else _ValData(val_list, root, source, backend)
+    size = _input_size(recipe, height, width)
+    return _write(_Job(info, recipe, model, out_dir, size, classes, val, finetune, arch_overrides,
+                       verify_frames, opset, seed, latency_reps))
+
+
+def _write(job: _Job) -> ConvertResult:
+    """Convert into a staged model dir, then publish it whole."""
+    with staged_model_dir(job.out_dir) as staged:
         result = _convert(job, staged)
         write_report(staged, result.report_fields(), num_buffers=result.num_buffers,
-                     model_config=model.config(), classes=classes)
-        publish(staged, out_dir)
-    logger.info("wrote %s (%d buffers, %d cache bytes)", out_dir, result.num_buffers,
+                     model_config=job.model.config(), classes=job.classes)
+        publish(staged, job.out_dir)
+    logger.info("wrote %s (%d buffers, %d cache bytes)", job.out_dir, result.num_buffers,
                 result.cache_bytes)
     return result
 

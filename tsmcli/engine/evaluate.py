@@ -42,16 +42,8 @@ from tsmcli.engine.checks import (
     eval_class_names,
     read_entries,
 )
-from tsmcli.engine.metrics import (
-    AverageMode,
-    average_views,
-    confusion_matrix,
-    mean_class_accuracy,
-    per_class_accuracy,
-    rank_classes,
-    topk_accuracy,
-)
-from tsmcli.engine.reports import ClassAccuracy, EvalResult, VideoPrediction, write_reports
+from tsmcli.engine.metrics import AverageMode, average_views
+from tsmcli.engine.reports import EvalResult, eval_result, write_reports
 from tsmcli.engine.views import EvalData, Protocol, ViewRequest
 from tsmcli.errors import CheckpointError, TSMError, UsageError
 from tsmcli.fileio import atomic_write, check_writable_dir, check_writable_file
@@ -60,7 +52,6 @@ from tsmcli.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
-TOP_K = 5
 _CLI_OPTION = {"arch": "--arch", "num_segments": "--segments", "shift": "--shift"}
 JSON_KEYS = ("top1", "top5", "mean_class_accuracy", "num_videos", "views", "checkpoint", "protocol")
 Views = ViewRequest | Protocol | str | None
@@ -158,7 +149,7 @@ def _evaluate(ctx: distributed.DistContext, checkpoint: str | Path | CheckpointI
     _, scores, views = _gather(shard, ctx, len(entries))
     elapsed = time.perf_counter() - begin
 
-    result = _result(entries, scores, views, protocol, path, classes,
+    result = eval_result(entries, scores, views, protocol, path, classes,
                      videos_per_s=len(entries) / elapsed if elapsed > 0 else float("inf"))
     if ctx.is_main:
         _write(result, out_dir, json_path)
@@ -280,26 +271,3 @@ def _gather(shard: _Shard, ctx: distributed.DistContext, num_videos: int) -> tup
                            "each video must be scored exactly once")
     views = max(p.views for p in parts if p.views is not None)
     return indices[order], scores[order], views
-
-
-def _result(entries: Sequence[ListEntry], scores: Tensor, views: int, protocol: Protocol,
-            checkpoint: Path, classes: list[str], videos_per_s: float) -> EvalResult:
-    num_classes = scores.shape[1]
-    labels = torch.tensor([e.label for e in entries], dtype=torch.long)
-    accuracy = topk_accuracy(scores, labels, (1, TOP_K))
-    ranked = rank_classes(scores)[:, :TOP_K]  # (N, k)
-    preds = ranked[:, 0]
-    confusion = confusion_matrix(preds, labels, num_classes)
-    support, correct, per_class = per_class_accuracy(confusion)
-    rows = [ClassAccuracy(k, classes[k], int(support[k]), int(correct[k]),
-                          None if support[k] == 0 else float(per_class[k]))
-            for k in range(num_classes)]
-    top_scores = scores.gather(1, ranked)
-    predictions = [VideoPrediction(e.path, e.label, tuple(ranked[i].tolist()),
-                                   tuple(top_scores[i].tolist())) for i, e in enumerate(entries)]
-    return EvalResult(
-        top1=accuracy[1], top5=accuracy[TOP_K],
-        mean_class_accuracy=mean_class_accuracy(preds, labels, num_classes),
-        num_videos=len(entries), views=views, videos_per_s=videos_per_s, protocol=protocol,
-        checkpoint=str(checkpoint), classes=classes, per_class=rows, confusion=confusion,
-        predictions=predictions, scores=scores, labels=labels)

@@ -9,15 +9,26 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
+from tsmcli.data.lists import ListEntry
+from tsmcli.engine.metrics import (
+    confusion_matrix,
+    mean_class_accuracy,
+    per_class_accuracy,
+    rank_classes,
+    topk_accuracy,
+)
 from tsmcli.engine.views import Protocol
 from tsmcli.fileio import atomic_write, atomic_write_with
 
+TOP_K = 5
 HEATMAP_MAX_CLASSES = 60  # above this a heat map is unreadable: list the top confusions instead
 TOP_CONFUSIONS = 50
 
@@ -68,6 +79,30 @@ class EvalResult:
                 "mean_class_accuracy": self.mean_class_accuracy, "num_videos": self.num_videos,
                 "views": self.views, "checkpoint": self.checkpoint,
                 "protocol": self.protocol.to_dict()}
+
+
+def eval_result(entries: Sequence[ListEntry], scores: Tensor, views: int, protocol: Protocol,
+                checkpoint: Path, classes: list[str], videos_per_s: float) -> EvalResult:
+    """The metrics of view-averaged ``scores`` (N, K) of the listed videos, in list order."""
+    num_classes = scores.shape[1]
+    labels = torch.tensor([e.label for e in entries], dtype=torch.long)
+    accuracy = topk_accuracy(scores, labels, (1, TOP_K))
+    ranked = rank_classes(scores)[:, :TOP_K]  # (N, k)
+    preds = ranked[:, 0]
+    confusion = confusion_matrix(preds, labels, num_classes)
+    support, correct, per_class = per_class_accuracy(confusion)
+    rows = [ClassAccuracy(k, classes[k], int(support[k]), int(correct[k]),
+                          None if support[k] == 0 else float(per_class[k]))
+            for k in range(num_classes)]
+    top_scores = scores.gather(1, ranked)
+    predictions = [VideoPrediction(e.path, e.label, tuple(ranked[i].tolist()),
+                                   tuple(top_scores[i].tolist())) for i, e in enumerate(entries)]
+    return EvalResult(
+        top1=accuracy[1], top5=accuracy[TOP_K],
+        mean_class_accuracy=mean_class_accuracy(preds, labels, num_classes),
+        num_videos=len(entries), views=views, videos_per_s=videos_per_s, protocol=protocol,
+        checkpoint=str(checkpoint), classes=classes, per_class=rows, confusion=confusion,
+        predictions=predictions, scores=scores, labels=labels)
 
 
 def write_reports(result: EvalResult, out_dir: str | Path) -> list[Path]:
