@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tsmcli.fileio import atomic_write
+
 log = logging.getLogger(__name__)
 
 # name in the report -> (shift mode, what it is)
@@ -149,7 +151,7 @@ def _synth_once(videos: Path, options: dict[str, Any]) -> None:
         log.info("found %s, reusing it", videos)
         return
     synth(videos, overwrite=True, **options)
-    stamp.write_text(json.dumps(options))  # written last: its presence means finished
+    atomic_write(stamp, json.dumps(options))  # written last: its presence means finished
 
 
 def _demo_recipe(lists: Path, frames: Path, shift: str, epochs: int | None,
@@ -219,8 +221,7 @@ def _evaluate_online_once(online_dir: Path, lists: Path, frames: Path, stride: i
     if summary.exists() and summary.stat().st_mtime >= (online_dir / "report.json").stat().st_mtime:
         return json.loads(summary.read_text())["top1"]
     result = evaluate_online(online_dir, lists / "val.txt", frames, source="frames", stride=stride)
-    summary.parent.mkdir(parents=True, exist_ok=True)
-    summary.write_text(json.dumps({"top1": result.top1, "top5": result.top5,
+    atomic_write(summary, json.dumps({"top1": result.top1, "top5": result.top5,
                                    "top1_at": result.top1_at, "latency_ms": result.latency_ms}))
     return result.top1
 
@@ -310,5 +311,5 @@ def write_report(out: Path, rows: Sequence[DemoRow], seconds: float) -> Path:
     parts += ["## Confusion matrices", ""]
     parts += [f"### {row.title}\n\n![confusion](eval/{row.name}/confusion.png)\n" for row in rows]
     path = out / "report.md"
-    path.write_text("\n".join(parts))
+    atomic_write(path, "\n".join(parts))
     return path
