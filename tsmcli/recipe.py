@@ -175,7 +175,7 @@ class TrainConfig:
     batch_size: int = 16  # per process; the global batch is this times the number of processes
     workers: int = 4  # DataLoader worker processes per training process
     amp: Literal["none", "fp16", "bf16"] = "none"  # CUDA only; ignored (with a log line) on CPU
-    channels_last: bool = False  # CUDA only
+    channels_last: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     deterministic: bool = False  # deterministic kernels (slower); CPU runs are exact without it

@@ -89,13 +89,14 @@ def test_fused_pointwise_conv_equals_shift_then_conv(direction, clips):
     shifted = TemporalShift(conv, 4, 8, direction)
     assert shifted.fused
     x = torch.randn(clips * 4, 24, 3, 5, dtype=torch.float64)
-    expected = conv(REFERENCES[direction](x, 4, 8))
-    assert torch.allclose(shifted(x), expected, rtol=0, atol=1e-12)
-    # float32 and no bias
-    conv32 = nn.Conv2d(24, 7, 1, bias=False)
-    x32 = torch.randn(clips * 4, 24, 6, 6)
-    out = TemporalShift(conv32, 4, 8, direction)(x32)
-    assert torch.allclose(out, conv32(REFERENCES[direction](x32, 4, 8)), rtol=0, atol=1e-5)
+    with torch.no_grad():  # the fused product serves the forward alone
+        expected = conv(REFERENCES[direction](x, 4, 8))
+        assert torch.allclose(shifted(x), expected, rtol=0, atol=1e-12)
+        # float32 and no bias
+        conv32 = nn.Conv2d(24, 7, 1, bias=False)
+        x32 = torch.randn(clips * 4, 24, 6, 6)
+        out = TemporalShift(conv32, 4, 8, direction)(x32)
+        assert torch.allclose(out, conv32(REFERENCES[direction](x32, 4, 8)), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("direction", ["bidirectional", "unidirectional"])
@@ -106,13 +107,56 @@ def test_fused_gradcheck_and_same_gradients_as_plain(direction):
     plan = shift_plan(16, 8, direction)
     assert torch.autograd.gradcheck(
         lambda v, w, b: shifted_pointwise_conv(v, w, b, 3, plan), (x, conv.weight, conv.bias))
-    fused, plain = TemporalShift(conv, 3, 8, direction), TemporalShift(conv, 3, 8, direction, fuse=False)
-    assert fused.fused and not plain.fused
     upstream = torch.randn(6, 3, 2, 2, dtype=torch.float64)
-    grads = [torch.autograd.grad((module(x) * upstream).sum(), (x, conv.weight, conv.bias))
-             for module in (fused, plain)]
+    fused = shifted_pointwise_conv(x, conv.weight, conv.bias, 3, plan)
+    plain = TemporalShift(conv, 3, 8, direction, fuse=False)(x)
+    grads = [torch.autograd.grad((out * upstream).sum(), (x, conv.weight, conv.bias))
+             for out in (fused, plain)]
     for a, b in zip(*grads, strict=True):
         assert torch.allclose(a, b, rtol=0, atol=1e-12)
+
+
+def _count_fused_calls(monkeypatch) -> list[int]:
+    import tsmcli.model.shift as shift_module
+
+    calls = [0]
+    real = shift_module.shifted_pointwise_conv
+
+    def counting(*args, **kwargs):
+        calls[0] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(shift_module, "shifted_pointwise_conv", counting)
+    return calls
+
+
+def test_autograd_takes_the_plain_shift_and_inference_the_fused_product(monkeypatch):
+    calls = _count_fused_calls(monkeypatch)
+    conv = nn.Conv2d(16, 4, 1)
+    shifted = TemporalShift(conv, 4)
+    x = torch.randn(8, 16, 3, 3)
+    train_out = shifted(x)  # grad enabled: its backward is cheaper without the fused product
+    assert calls[0] == 0 and train_out.requires_grad
+    with torch.no_grad():
+        eval_out = shifted(x)
+    assert calls[0] == 1
+    assert torch.allclose(train_out, eval_out, rtol=0, atol=1e-5)
+    assert torch.allclose(train_out, conv(seed_shift(x, 4, 8)), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("direction", ["bidirectional", "unidirectional"])
+def test_channels_last_stays_channels_last_with_the_same_values_and_gradients(direction):
+    x = torch.randn(2 * 3, 16, 3, 2, dtype=torch.float64)
+    x_cl = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    out = temporal_shift(x_cl, 3, 8, direction)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out, REFERENCES[direction](x, 3, 8))
+    assert torch.autograd.gradcheck(lambda v: temporal_shift(v, 3, 8, direction), (x_cl,))
+    upstream = torch.randn_like(x)
+    (grad,) = torch.autograd.grad((out * upstream).sum(), x_cl)
+    plain = x.clone().requires_grad_()
+    (expected,) = torch.autograd.grad((REFERENCES[direction](plain, 3, 8) * upstream).sum(), plain)
+    assert torch.equal(grad, expected)
 
 
 def test_fused_under_cpu_autocast_matches_the_conv():

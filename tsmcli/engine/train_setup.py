@@ -49,7 +49,6 @@ def configure_backends(t: TrainConfig, ctx: DistContext) -> torch.dtype | None:
     elif ctx.is_main:
         for key, value, off in (
             ("train.amp", t.amp, "none"),
-            ("train.channels_last", t.channels_last, False),
             ("train.sync_bn", t.sync_bn, False),
         ):
             if value != off:
@@ -205,7 +204,7 @@ def build_run_model(recipe: Recipe, num_classes: int, ctx: DistContext, *,
     if t.sync_bn and ctx.distributed and cuda:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(ctx.device)
-    if t.channels_last and cuda:
+    if t.channels_last:
         model.to(memory_format=torch.channels_last)
     net: nn.Module = model
     if ctx.distributed:

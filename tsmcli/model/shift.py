@@ -20,9 +20,12 @@ makes a ResNet-50 forward several percent slower than without shift (memory band
 FLOPs; ``bench/shift.py`` measures it). When the shifted layer is a 1x1 convolution
 (ResNet-50/101/152 bottlenecks, MobileNetV2 expansions), the shift is folded into its matrix
 product instead: the convolution is split along its input channels, and each part multiplies
-a strided view of the unshifted input taken one frame earlier or later. No activation is copied; the result
-equals shift-then-convolve up to float rounding. Elsewhere (3x3 ``conv1`` of ResNet-18/34,
-the ``block`` placement, GPUs, ONNX export) the shifted tensor is built once.
+a strided view of the unshifted input taken one frame earlier or later. No activation is
+copied; the result equals shift-then-convolve up to float rounding. That is for the forward
+alone (evaluation, inference): under autograd, and elsewhere (3x3 ``conv1`` of
+ResNet-18/34, the ``block`` placement, channels-last tensors, GPUs, ONNX export), the shifted
+tensor is built once, in the input's memory format, by one autograd function whose backward
+is the opposite shift.
 """
 
 from __future__ import annotations
@@ -75,14 +78,23 @@ def temporal_shift(x: Tensor, num_segments: int, fold_div: int = 8,
 
 
 def _apply_plan(x: Tensor, num_segments: int, plan: Plan) -> Tensor:
-    """The shifted tensor, built by split / pad / cat.
+    """The shifted tensor, in ``x``'s memory format (channels-last stays channels-last).
 
-    The seed zero-fills a full-size tensor and then copies every channel into it; here the
-    unmoved 3/4 are copied once by the concatenation and only the moved ranges pass through
-    a small padded temporary. Autograd's backward is one concatenation plus those small
-    ranges (slice assignment would clone the full gradient per slice), and ONNX export sees
-    plain Split/Pad/Concat.
+    Each channel range is copied once into a fresh tensor, one frame later or earlier, and
+    only the frame that has no neighbour is zeroed: no full-size zero fill (the seed's
+    ``zeros_like``) and no temporary. The backward is the same plan run the other way
+    (the adjoint of a shift is the opposite shift), written as one autograd function: slice
+    assignment under autograd would clone the whole gradient once per range.
+    Graph capture (``torch.jit.trace``, the TorchScript-based ONNX exporter) cannot record an
+    autograd function, so there the same plan is built from split / pad / cat instead.
     """
+    if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return _traceable_plan(x, num_segments, plan)
+    return _PlanShift.apply(x, num_segments, plan)
+
+
+def _traceable_plan(x: Tensor, num_segments: int, plan: Plan) -> Tensor:
+    """``_apply_plan`` from plain ops a graph exporter records (Split / Pad / Concat)."""
     nt, c, h, w = x.shape
     x5 = x.view(-1, num_segments, c, h, w)  # (N, T, C, H, W)
     sizes = [stop - start for start, stop, _ in plan]
@@ -95,6 +107,37 @@ def _apply_plan(x: Tensor, num_segments: int, plan: Plan) -> Tensor:
         pieces.append(part)
     out = pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=2)  # (N, T, C, H, W)
     return out.reshape(nt, c, h, w)
+
+
+def _shift_into(out: Tensor, x: Tensor, num_segments: int, plan: Plan, sign: int) -> Tensor:
+    """Write ``x`` shifted by ``plan`` (offsets times ``sign``) into ``out``, both (N*T, C, H, W)."""
+    nt, c, h, w = x.shape
+    source, target = x.view(-1, num_segments, c, h, w), out.view(-1, num_segments, c, h, w)
+    for start, stop, offset in plan:
+        src, dst = source[:, :, start:stop], target[:, :, start:stop]  # (N, T, c_i, H, W)
+        offset *= sign
+        if offset > 0:  # frame t takes t+1; the last frame has none
+            dst[:, :-1].copy_(src[:, 1:])
+            dst[:, -1:].zero_()
+        elif offset < 0:  # frame t takes t-1; the first frame has none
+            dst[:, 1:].copy_(src[:, :-1])
+            dst[:, :1].zero_()
+        else:
+            dst.copy_(src)
+    return out
+
+
+class _PlanShift(torch.autograd.Function):
+    """``_shift_into`` with its exact adjoint as the backward."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, num_segments: int, plan: Plan) -> Tensor:
+        ctx.num_segments, ctx.plan = num_segments, plan
+        return _shift_into(torch.empty_like(x), x, num_segments, plan, sign=1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:
+        return _shift_into(torch.empty_like(grad), grad, ctx.num_segments, ctx.plan, -1), None, None
 
 
 def _is_pointwise(net: nn.Module) -> bool:
@@ -175,10 +218,14 @@ class TemporalShift(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         plan = shift_plan(x.shape[1], self.fold_div, self.direction)
-        # The TorchScript-based ONNX exporter mistranslates in-place products on slices, so an
-        # ONNX export always records the plain shift (Split/Pad/Concat, then the conv).
-        if (self.fused and x.device.type == "cpu" and x.is_contiguous()
-                and any(offset == 0 for _, _, offset in plan)
+        # The fused product pays off for the forward alone: under autograd its backward (grads
+        # of strided bmm views) costs more than the copy it saves (bench/train.py). The
+        # TorchScript-based ONNX exporter mistranslates in-place products on slices, so an
+        # ONNX export always records the plain shift (Split/Pad/Concat, then the conv). A
+        # trace records one path whatever the grad mode: the fused one, as before.
+        inference = not torch.is_grad_enabled() or torch.jit.is_tracing()
+        if (self.fused and inference and x.device.type == "cpu"
+                and x.is_contiguous() and any(offset == 0 for _, _, offset in plan)
                 and not torch.onnx.is_in_onnx_export()):
             return shifted_pointwise_conv(x, self.net.weight, self.net.bias, self.num_segments,
                                           plan)
