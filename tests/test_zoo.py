@@ -32,10 +32,26 @@ def test_vocabulary_matches_the_model_the_evaluator_and_the_recipes():
     from tsmcli.recipe import DataConfig
 
     sampling = typing.get_type_hints(DataConfig)["sampling"]
-    ours = (zoo.SHIFTS, zoo.SHIFT_PLACES, zoo.MIN_SHIFT_DIV, zoo.LABEL_ORDERS,
-            zoo.PROTOCOL_PRESETS, zoo.TEST_CROPS, zoo.AVERAGE_MODES, zoo.SAMPLINGS)
-    theirs = (SHIFT_MODES, SHIFT_PLACES, MIN_SHIFT_DIV, LABEL_ORDERS, tuple(views.PROTOCOLS),
-              TEST_CROPS, AVERAGE_MODES, typing.get_args(sampling))
+    ours = (
+        zoo.SHIFTS,
+        zoo.SHIFT_PLACES,
+        zoo.MIN_SHIFT_DIV,
+        zoo.LABEL_ORDERS,
+        zoo.PROTOCOL_PRESETS,
+        zoo.TEST_CROPS,
+        zoo.AVERAGE_MODES,
+        zoo.SAMPLINGS,
+    )
+    theirs = (
+        SHIFT_MODES,
+        SHIFT_PLACES,
+        MIN_SHIFT_DIV,
+        LABEL_ORDERS,
+        tuple(views.PROTOCOLS),
+        TEST_CROPS,
+        AVERAGE_MODES,
+        typing.get_args(sampling),
+    )
     assert ours == theirs
 
 
@@ -56,7 +72,9 @@ def test_every_shipped_entry_is_consistent():
         assert names == manifest.classes(entry.label_order), entry.name
         assert all(url.rsplit("/", 1)[-1] == entry.file for url in entry.urls), entry.name
         if entry.publisher == "mmaction2":  # the SHA-256 prefix is in the file name
-            assert re.fullmatch(r"[0-9a-f]{8}", entry.sha256) and f"-{entry.sha256}.pth" in entry.file
+            assert (
+                re.fullmatch(r"[0-9a-f]{8}", entry.sha256) and f"-{entry.sha256}.pth" in entry.file
+            )
         else:  # the official files come without a hash
             assert entry.sha256 is None
         for result in entry.results:
@@ -67,7 +85,11 @@ def test_every_shipped_entry_is_consistent():
             recipe = load_recipe(entry.recipe, entry.recipe_overrides)
             m = recipe.model
             assert (m.arch, m.shift, m.shift_div, m.shift_place) == (
-                entry.arch, entry.shift, entry.shift_div, entry.shift_place), entry.name
+                entry.arch,
+                entry.shift,
+                entry.shift_div,
+                entry.shift_place,
+            ), entry.name
             assert recipe.data.dataset == entry.dataset and recipe.data.sampling == entry.sampling
             # the TSN baseline trains with 5 segments and is tested with 8
             assert m.num_segments == entry.segments or entry.shift == "none", entry.name
@@ -76,8 +98,12 @@ def test_every_shipped_entry_is_consistent():
 
 def test_the_official_numbers_are_those_of_the_official_readme():
     """The numbers this project is judged by, spelled out once (OFFICIAL README tables)."""
-    published = {(e.name, str(r.protocol)): r.top1 for e in zoo.list_entries() for r in e.results
-                 if e.publisher == "official"}
+    published = {
+        (e.name, str(r.protocol)): r.top1
+        for e in zoo.list_entries()
+        for r in e.results
+        if e.publisher == "official"
+    }
     assert published[("tsm-k400-r50-8f", "single")] == 71.2
     assert published[("tsm-k400-r50-8f", "single crops=10")] == 72.8
     assert published[("tsm-k400-r50-8f-dense", "kinetics")] == 74.1
@@ -90,11 +116,14 @@ def test_the_official_numbers_are_those_of_the_official_readme():
 
 def test_readme_reproduction_table_lists_every_recipe_result_of_the_registry():
     text = README.read_text(encoding="utf-8")
-    section = text[text.index("## Reproducing the paper"):]
-    rows = re.findall(r"^\| `([^`]+)` \| `([^`]+)` \| ([\d.]+) \| `([a-z0-9.-]+)` \|$", section,
-                      flags=re.M)
-    table = {(name, re.sub(r" --segments \d+", "", proto), recipe): float(top1)
-             for recipe, proto, top1, name in rows}
+    section = text[text.index("## Reproducing the paper") :]
+    rows = re.findall(
+        r"^\| `([^`]+)` \| `([^`]+)` \| ([\d.]+) \| `([a-z0-9.-]+)` \|$", section, flags=re.M
+    )
+    table = {
+        (name, re.sub(r" --segments \d+", "", proto), recipe): float(top1)
+        for recipe, proto, top1, name in rows
+    }
     expected = {}
     for entry in zoo.list_entries():
         if entry.recipe is None:
@@ -110,7 +139,7 @@ def test_recipe_headers_name_the_checkpoint_they_reproduce_and_its_number():
         if entry.recipe is None or entry.recipe_overrides:
             continue
         text = (recipes_dir() / f"{entry.recipe}.yaml").read_text(encoding="utf-8")
-        header = text[:text.index("model:")]
+        header = text[: text.index("model:")]
         assert entry.name in header, entry.recipe
         for result in entry.results:
             assert f"{result.top1:g}%" in header and result.protocol.cli_args() in header
@@ -121,21 +150,33 @@ def test_zoo_sits_at_the_bottom_of_the_package():
 
     from tsmcli import zoo_cache
 
-    for module, allowed in ((zoo, {"tsmcli.errors", "tsmcli.resources"}),
-                            (zoo_cache, {"tsmcli.errors", "tsmcli.fileio", "tsmcli.zoo"})):
+    for module, allowed in (
+        (zoo, {"tsmcli.errors", "tsmcli.resources"}),
+        (zoo_cache, {"tsmcli.errors", "tsmcli.fileio", "tsmcli.zoo"}),
+    ):
         tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
-        ours = {node.module for node in ast.walk(tree)
-                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tsmcli")}
-        ours |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
-                 for alias in node.names if alias.name.startswith("tsmcli")}
+        ours = {
+            node.module
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tsmcli")
+        }
+        ours |= {
+            alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import)
+            for alias in node.names
+            if alias.name.startswith("tsmcli")
+        }
         assert ours <= allowed, module.__name__
 
 
 def test_unknown_name_is_one_line_with_the_closest_names():
     with pytest.raises(UsageError) as info:
         zoo.get_entry("tsm-k400-r50-9f")
-    assert str(info.value) == ("unknown model zoo name 'tsm-k400-r50-9f'; did you mean "
-                               "'tsm-k400-r50-8f' or 'tsm-k400-r50-16f' or 'tsn-k400-r50'?")
+    assert str(info.value) == (
+        "unknown model zoo name 'tsm-k400-r50-9f'; did you mean "
+        "'tsm-k400-r50-8f' or 'tsm-k400-r50-16f' or 'tsn-k400-r50'?"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,19 +199,40 @@ def _broken(tmp_path: Path, change) -> str:
     return message
 
 
-@pytest.mark.parametrize("change, expected", [
-    (lambda e: e.update(archh="resnet50"), "(tsm-k400-r50-8f).archh: unknown key; did you mean 'arch'?"),
-    (lambda e: e.update(sha256="64D69186"), ".sha256: '64D69186' must be 64 or 8 lower-case hex"),
-    (lambda e: e.update(sha256="0123abcd"), ".sha256: the prefix '0123abcd' is not the one in"),
-    (lambda e: e.update(labels="sthv1.txt"), ".labels: 'sthv1.txt' is not kinetics400's class list"),
-    (lambda e: e.update(label_order="sorted"), ".label_order: 'sorted' is not offered for kinetics400"),
-    (lambda e: e.update(segments=0), ".segments: must be an integer >= 1 or null, not 0"),
-    (lambda e: e.update(urls=["https://example.org/other.pth"]), ".urls[0]: does not end with"),
-    (lambda e: e["results"][0]["protocol"].update(crops=5), ".results[0].protocol.crops: must be one of 1, 3, 10"),
-    (lambda e: e["results"][0]["protocol"].update(preset="ucf"), ".results[0].protocol.preset: 'ucf' is not one of"),
-    (lambda e: e["results"][0].update(top1=171.2), ".results[0].top1: must be a percentage"),
-    (lambda e: e.pop("note"), "(tsm-k400-r50-8f): missing note"),
-])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (
+            lambda e: e.update(archh="resnet50"),
+            "(tsm-k400-r50-8f).archh: unknown key; did you mean 'arch'?",
+        ),
+        (
+            lambda e: e.update(sha256="64D69186"),
+            ".sha256: '64D69186' must be 64 or 8 lower-case hex",
+        ),
+        (lambda e: e.update(sha256="0123abcd"), ".sha256: the prefix '0123abcd' is not the one in"),
+        (
+            lambda e: e.update(labels="sthv1.txt"),
+            ".labels: 'sthv1.txt' is not kinetics400's class list",
+        ),
+        (
+            lambda e: e.update(label_order="sorted"),
+            ".label_order: 'sorted' is not offered for kinetics400",
+        ),
+        (lambda e: e.update(segments=0), ".segments: must be an integer >= 1 or null, not 0"),
+        (lambda e: e.update(urls=["https://example.org/other.pth"]), ".urls[0]: does not end with"),
+        (
+            lambda e: e["results"][0]["protocol"].update(crops=5),
+            ".results[0].protocol.crops: must be one of 1, 3, 10",
+        ),
+        (
+            lambda e: e["results"][0]["protocol"].update(preset="ucf"),
+            ".results[0].protocol.preset: 'ucf' is not one of",
+        ),
+        (lambda e: e["results"][0].update(top1=171.2), ".results[0].top1: must be a percentage"),
+        (lambda e: e.pop("note"), "(tsm-k400-r50-8f): missing note"),
+    ],
+)
 def test_a_broken_registry_is_one_line_naming_entry_and_key(tmp_path, change, expected):
     assert expected in _broken(tmp_path, change)
 

@@ -92,8 +92,9 @@ def payload() -> bytes:
 
 
 def _entry(url: str, sha256: str | None, file: str = "tiny_checkpoint.pth") -> zoo.ZooEntry:
-    return replace(zoo.get_entry("tsm-k400-r50-8f"), name="test-tiny", file=file, urls=(url,),
-                   sha256=sha256)
+    return replace(
+        zoo.get_entry("tsm-k400-r50-8f"), name="test-tiny", file=file, urls=(url,), sha256=sha256
+    )
 
 
 def _closed_port_url(path: str) -> str:
@@ -111,7 +112,9 @@ def test_full_download_is_verified_and_renamed_into_place(server, payload, tmp_p
     assert path.read_bytes() == payload
     assert not path.with_name(path.name + ".part").exists()
     assert server.log == [("/m/tiny_checkpoint.pth", None)]
-    assert zoo_cache.download(entry, tmp_path) == path and len(server.log) == 1  # cached: no request
+    assert (
+        zoo_cache.download(entry, tmp_path) == path and len(server.log) == 1
+    )  # cached: no request
 
 
 def test_a_cut_download_resumes_with_a_range_request(server, payload, tmp_path):
@@ -120,8 +123,10 @@ def test_a_cut_download_resumes_with_a_range_request(server, payload, tmp_path):
     entry = _entry(server.url("/m/tiny_checkpoint.pth"), hashlib.sha256(payload).hexdigest()[:8])
     path = zoo_cache.download(entry, tmp_path, retries=1)
     half = len(payload) // 2
-    assert server.log == [("/m/tiny_checkpoint.pth", None),
-                          ("/m/tiny_checkpoint.pth", f"bytes={half}-")]
+    assert server.log == [
+        ("/m/tiny_checkpoint.pth", None),
+        ("/m/tiny_checkpoint.pth", f"bytes={half}-"),
+    ]
     assert path.read_bytes() == payload
 
 
@@ -165,7 +170,8 @@ def test_a_corrupted_download_is_deleted_and_names_both_hashes(server, payload, 
     assert str(info.value) == (
         f"test-tiny: the download of tiny_checkpoint.pth has SHA-256 {got}, not the published "
         f"{published}; it was deleted: run again, and if it repeats the file on the server is "
-        "not the published one")
+        "not the published one"
+    )
     dest = tmp_path / "checkpoints" / "tiny_checkpoint.pth"
     assert not dest.exists() and not dest.with_name(dest.name + ".part").exists()
 
@@ -177,7 +183,8 @@ def test_a_missing_url_is_one_line_with_the_cache_path(server, tmp_path):
     dest = tmp_path / "checkpoints" / "tiny_checkpoint.pth"
     assert str(info.value) == (
         f"test-tiny: cannot download tiny_checkpoint.pth ({entry.urls[0]}: HTTP 404 Not Found); "
-        f"without network, put the file at {dest} (from {entry.urls[0]}) and run again")
+        f"without network, put the file at {dest} (from {entry.urls[0]}) and run again"
+    )
 
 
 def test_without_network_the_error_says_where_to_put_the_file(tmp_path):
@@ -187,12 +194,15 @@ def test_without_network_the_error_says_where_to_put_the_file(tmp_path):
         zoo_cache.download(entry, tmp_path, timeout=5)
     message = str(info.value)
     dest = tmp_path / "checkpoints" / "tiny_checkpoint.pth"
-    assert "\n" not in message and message.startswith(f"test-tiny: cannot download tiny_checkpoint.pth ({url}: ")
+    assert "\n" not in message and message.startswith(
+        f"test-tiny: cannot download tiny_checkpoint.pth ({url}: "
+    )
     assert message.endswith(f"without network, put the file at {dest} (from {url}) and run again")
 
 
-def test_no_published_hash_records_the_first_download_and_checks_it_later(server, payload,
-                                                                           tmp_path, caplog):
+def test_no_published_hash_records_the_first_download_and_checks_it_later(
+    server, payload, tmp_path, caplog
+):
     server.files["/m/tiny_checkpoint.pth"] = payload
     entry = _entry(server.url("/m/tiny_checkpoint.pth"), None)
     with caplog.at_level("WARNING", logger="tsmcli.zoo_cache"):
@@ -207,7 +217,8 @@ def test_no_published_hash_records_the_first_download_and_checks_it_later(server
         zoo_cache.download(entry, tmp_path)
     tampered = hashlib.sha256(payload + b"tampered").hexdigest()
     assert str(info.value).startswith(
-        f"{path}: SHA-256 {tampered} does not match the recorded on first use {digest}; ")
+        f"{path}: SHA-256 {tampered} does not match the recorded on first use {digest}; "
+    )
     assert path.exists()  # the user's file is left for inspection
 
 
@@ -238,8 +249,11 @@ def test_resolve_checkpoint_takes_a_path_or_a_cached_name(payload, tmp_path, mon
     cached.parent.mkdir(parents=True)
     cached.write_bytes(payload)
     assert zoo_cache.resolve_checkpoint("tsm-k400-r50-8f") == (cached, entry)
-    with pytest.raises(UsageError, match=r"^'tsm-k400-r50' is neither a checkpoint file nor a "
-                                         r"model zoo name; did you mean 'tsn-k400-r50' or 'tsm-k400-r50-8f'"):
+    with pytest.raises(
+        UsageError,
+        match=r"^'tsm-k400-r50' is neither a checkpoint file nor a "
+        r"model zoo name; did you mean 'tsn-k400-r50' or 'tsm-k400-r50-8f'",
+    ):
         zoo_cache.resolve_checkpoint("tsm-k400-r50")
     with pytest.raises(CheckpointError, match=r"runs/x/best.pt: no such checkpoint file"):
         zoo_cache.resolve_checkpoint("runs/x/best.pt")
@@ -259,12 +273,26 @@ def test_cli_zoo_list_and_download(payload, tmp_path, monkeypatch):
     rows = {line.split()[0]: line.split() for line in lines[1:]}
     assert rows["tsm-sthv2-r50-8f"] == ["tsm-sthv2-r50-8f", "sthv2", "8", "sthv2", "61.2", "yes"]
     assert rows["tsm-k400-r50-8f-dense"] == [
-        "tsm-k400-r50-8f-dense", "kinetics400", "8", "kinetics", "74.1", "no"]
-    assert rows["tsm-jester-mbv2-online"] == ["tsm-jester-mbv2-online", "jester", "-", "-", "-", "no"]
+        "tsm-k400-r50-8f-dense",
+        "kinetics400",
+        "8",
+        "kinetics",
+        "74.1",
+        "no",
+    ]
+    assert rows["tsm-jester-mbv2-online"] == [
+        "tsm-jester-mbv2-online",
+        "jester",
+        "-",
+        "-",
+        "-",
+        "no",
+    ]
     result = CliRunner().invoke(cli, ["zoo", "download", "tsm-sthv2-r50-8f"])
     assert result.exit_code == 0 and result.output.strip().splitlines()[-1] == str(cached)
     result = CliRunner().invoke(cli, ["zoo", "download", "tsm-sthv2-r50"])
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
         "error: unknown model zoo name 'tsm-sthv2-r50'; did you mean 'tsm-sthv2-r50-8f' or "
-        "'tsm-sthv2-r50-16f' or 'tsm-sthv1-r50-8f'?"]
+        "'tsm-sthv2-r50-16f' or 'tsm-sthv1-r50-8f'?"
+    ]

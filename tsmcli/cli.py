@@ -28,11 +28,15 @@ def _friendly(exc: BaseException) -> tuple[str, int]:
     if isinstance(exc, PermissionError):
         return f"{exc.filename or exc}: permission denied; check the folder's permissions", 1
     if type(exc).__name__ == "OutOfMemoryError" or isinstance(exc, MemoryError):
-        return ("out of memory: lower train.batch_size (or --batch-size), the number of "
-                "segments or the input size"), 1
+        return (
+            "out of memory: lower train.batch_size (or --batch-size), the number of "
+            "segments or the input size"
+        ), 1
     first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return (f"internal error: {type(exc).__name__}: {first_line} "
-            "(run again with TSM_DEBUG=1 for the traceback, and please report it)"), 1
+    return (
+        f"internal error: {type(exc).__name__}: {first_line} "
+        "(run again with TSM_DEBUG=1 for the traceback, and please report it)"
+    ), 1
 
 
 class _Group(click.Group):
@@ -85,8 +89,17 @@ def _setup_logging() -> None:
     logging.getLogger("tsmcli").setLevel(logging.INFO if main_rank else logging.WARNING)
 
 
-for _command in (data.extract, data.build_list, data.synth, train.train, evaluate.evaluate,
-                 convert.convert_online, evaluate.stream, train.demo, zoo.zoo):
+for _command in (
+    data.extract,
+    data.build_list,
+    data.synth,
+    train.train,
+    evaluate.evaluate,
+    convert.convert_online,
+    evaluate.stream,
+    train.demo,
+    zoo.zoo,
+):
     cli.add_command(_command)
 
 

@@ -63,9 +63,16 @@ class DemoResult:
         return format_table(self.rows)
 
 
-def demo(out: str | Path = "demo_out", *, per_class: int | None = None, epochs: int | None = None,
-         size: int | None = None, num_frames: int | None = None, seed: int = 0,
-         overrides: Sequence[str] = ()) -> DemoResult:
+def demo(
+    out: str | Path = "demo_out",
+    *,
+    per_class: int | None = None,
+    epochs: int | None = None,
+    size: int | None = None,
+    num_frames: int | None = None,
+    seed: int = 0,
+    overrides: Sequence[str] = (),
+) -> DemoResult:
     """Run the demo into ``out``; the sizes default to the synthetic set's and the demo recipe's.
 
     ``overrides`` are extra ``--set key=value`` items for the three training runs.
@@ -84,8 +91,20 @@ def demo(out: str | Path = "demo_out", *, per_class: int | None = None, epochs: 
     lists, frames = _prepare_data(out, synth_options)
     rows = []
     for index, (name, (shift, title)) in enumerate(MODELS.items()):
-        rows.append(_model_row(out, lists, frames, name, shift, title, index, epochs, overrides,
-                               synth_options["num_frames"]))
+        rows.append(
+            _model_row(
+                out,
+                lists,
+                frames,
+                name,
+                shift,
+                title,
+                index,
+                epochs,
+                overrides,
+                synth_options["num_frames"],
+            )
+        )
 
     _step(8, "writing the report")
     seconds = time.perf_counter() - started
@@ -114,15 +133,27 @@ def _prepare_data(out: Path, synth_options: dict[str, Any]) -> tuple[Path, Path]
     return lists, frames
 
 
-def _model_row(out: Path, lists: Path, frames: Path, name: str, shift: str, title: str,
-               index: int, epochs: int | None, overrides: Sequence[str],
-               num_frames: int) -> DemoRow:
+def _model_row(
+    out: Path,
+    lists: Path,
+    frames: Path,
+    name: str,
+    shift: str,
+    title: str,
+    index: int,
+    epochs: int | None,
+    overrides: Sequence[str],
+    num_frames: int,
+) -> DemoRow:
     """Steps 4-7 for one model: train, evaluate; for the online one, convert and stream."""
     _step(4 + index, f"training {title}")
     extra = list(overrides)
     if shift == "unidirectional":
-        extra = [f"model.init_from={out / 'runs' / ONLINE_FROM / 'last.pt'}",
-                 f"train.epochs={epochs or ONLINE_FINETUNE_EPOCHS}", *extra]
+        extra = [
+            f"model.init_from={out / 'runs' / ONLINE_FROM / 'last.pt'}",
+            f"train.epochs={epochs or ONLINE_FINETUNE_EPOCHS}",
+            *extra,
+        ]
     recipe = _demo_recipe(lists, frames, shift, epochs, extra)
     checkpoint = _train_once(recipe, out / "runs" / name)
     result = _evaluate_once(checkpoint, lists, frames, out / "eval" / name)
@@ -133,8 +164,9 @@ def _model_row(out: Path, lists: Path, frames: Path, name: str, shift: str, titl
         cache_bytes = _convert_once(checkpoint, online_dir)["cache_bytes"]
         # feed frames at the spacing the model was trained on (one per segment)
         stride = max(1, num_frames // recipe.model.num_segments)
-        streaming_top1 = _evaluate_online_once(online_dir, lists, frames, stride,
-                                               out / "eval" / "streaming.json")
+        streaming_top1 = _evaluate_online_once(
+            online_dir, lists, frames, stride, out / "eval" / "streaming.json"
+        )
     return _row(name, title, checkpoint, result, cache_bytes, streaming_top1)
 
 
@@ -154,8 +186,9 @@ def _synth_once(videos: Path, options: dict[str, Any]) -> None:
     atomic_write(stamp, json.dumps(options))  # written last: its presence means finished
 
 
-def _demo_recipe(lists: Path, frames: Path, shift: str, epochs: int | None,
-                 overrides: Sequence[str]):
+def _demo_recipe(
+    lists: Path, frames: Path, shift: str, epochs: int | None, overrides: Sequence[str]
+):
     from tsmcli.recipe import load_recipe
 
     items = [
@@ -197,8 +230,15 @@ def _evaluate_once(checkpoint: Path, lists: Path, frames: Path, eval_dir: Path) 
         found = json.loads(summary.read_text())
         if found.get("checkpoint") == str(checkpoint):
             return found
-    result = evaluate(checkpoint, lists / "val.txt", frames, views="single", out_dir=eval_dir,
-                      json_path=summary, batch_size=8)
+    result = evaluate(
+        checkpoint,
+        lists / "val.txt",
+        frames,
+        views="single",
+        out_dir=eval_dir,
+        json_path=summary,
+        batch_size=8,
+    )
     return result.summary()
 
 
@@ -207,27 +247,46 @@ def _convert_once(checkpoint: Path, online_dir: Path) -> dict[str, Any]:
     from tsmcli.model.model_dir import WEIGHTS_FILE
 
     report = online_dir / "report.json"
-    if ((online_dir / WEIGHTS_FILE).exists() and report.exists()
-            and report.stat().st_mtime >= checkpoint.stat().st_mtime):
+    if (
+        (online_dir / WEIGHTS_FILE).exists()
+        and report.exists()
+        and report.stat().st_mtime >= checkpoint.stat().st_mtime
+    ):
         return json.loads(report.read_text())
     convert_online(checkpoint, online_dir, overwrite=True)
     return json.loads(report.read_text())
 
 
-def _evaluate_online_once(online_dir: Path, lists: Path, frames: Path, stride: int,
-                          summary: Path) -> float:
+def _evaluate_online_once(
+    online_dir: Path, lists: Path, frames: Path, stride: int, summary: Path
+) -> float:
     from tsmcli.engine.online import evaluate_online
 
     if summary.exists() and summary.stat().st_mtime >= (online_dir / "report.json").stat().st_mtime:
         return json.loads(summary.read_text())["top1"]
     result = evaluate_online(online_dir, lists / "val.txt", frames, source="frames", stride=stride)
-    atomic_write(summary, json.dumps({"top1": result.top1, "top5": result.top5,
-                                   "top1_at": result.top1_at, "latency_ms": result.latency_ms}))
+    atomic_write(
+        summary,
+        json.dumps(
+            {
+                "top1": result.top1,
+                "top5": result.top5,
+                "top1_at": result.top1_at,
+                "latency_ms": result.latency_ms,
+            }
+        ),
+    )
     return result.top1
 
 
-def _row(name: str, title: str, checkpoint: Path, result: dict[str, Any],
-         cache_bytes: int | None, streaming_top1: float | None) -> DemoRow:
+def _row(
+    name: str,
+    title: str,
+    checkpoint: Path,
+    result: dict[str, Any],
+    cache_bytes: int | None,
+    streaming_top1: float | None,
+) -> DemoRow:
     from tsmcli.model.checkpoint import load_model, read_checkpoint
     from tsmcli.recipe import Recipe
 
@@ -236,8 +295,17 @@ def _row(name: str, title: str, checkpoint: Path, result: dict[str, Any],
     size = Recipe.from_stored(info.recipe, str(checkpoint)).data.input_size
     params = sum(p.numel() for p in model.parameters())
     gflops, latency = measure_clip_cost(model, size)
-    return DemoRow(name, title, result["top1"], result["top5"], params, gflops, latency,
-                   cache_bytes, streaming_top1)
+    return DemoRow(
+        name,
+        title,
+        result["top1"],
+        result["top5"],
+        params,
+        gflops,
+        latency,
+        cache_bytes,
+        streaming_top1,
+    )
 
 
 def measure_clip_cost(model, size: int, reps: int = 5) -> tuple[float, float]:
@@ -263,15 +331,19 @@ def measure_clip_cost(model, size: int, reps: int = 5) -> tuple[float, float]:
 
 def format_table(rows: Sequence[DemoRow]) -> str:
     """The demo's table in Markdown (also what ``tsm demo`` prints)."""
-    lines = ["| model | top-1 | top-5 | params | GFLOPs/clip | ms/frame | online cache |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| model | top-1 | top-5 | params | GFLOPs/clip | ms/frame | online cache |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for row in rows:
         cache = f"{row.cache_bytes / 1024:.1f} KiB" if row.cache_bytes is not None else "-"
         top1 = f"{row.top1:.1f}"
         if row.streaming_top1 is not None:
             top1 += f" (streaming {row.streaming_top1:.1f})"
-        lines.append(f"| {row.title} | {top1} | {row.top5:.1f} | {row.params / 1e6:.2f} M | "
-                     f"{row.gflops:.3f} | {row.latency_ms:.2f} | {cache} |")
+        lines.append(
+            f"| {row.title} | {top1} | {row.top5:.1f} | {row.params / 1e6:.2f} M | "
+            f"{row.gflops:.3f} | {row.latency_ms:.2f} | {cache} |"
+        )
     return "\n".join(lines)
 
 

@@ -57,10 +57,16 @@ class ModelConfig:
 
     def architecture(self, num_classes: int) -> dict[str, Any]:
         """The ``build_model`` keywords of this network (weights to load excluded)."""
-        return {"arch": self.arch, "num_classes": num_classes, "num_segments": self.num_segments,
-                "shift": self.shift, "shift_div": self.shift_div,
-                "shift_place": self.shift_place, "dropout": self.dropout,
-                "partial_bn": self.partial_bn}
+        return {
+            "arch": self.arch,
+            "num_classes": num_classes,
+            "num_segments": self.num_segments,
+            "shift": self.shift,
+            "shift_div": self.shift_div,
+            "shift_place": self.shift_place,
+            "dropout": self.dropout,
+            "partial_bn": self.partial_bn,
+        }
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -73,8 +79,12 @@ class ModelConfig:
         _require(
             self.num_segments >= 1, "model.num_segments", "must be at least 1", self.num_segments
         )
-        _require(self.shift_div >= MIN_SHIFT_DIV, "model.shift_div",
-                 f"must be at least {MIN_SHIFT_DIV}", self.shift_div)
+        _require(
+            self.shift_div >= MIN_SHIFT_DIV,
+            "model.shift_div",
+            f"must be at least {MIN_SHIFT_DIV}",
+            self.shift_div,
+        )
         _require(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)", self.dropout)
 
 
@@ -196,10 +206,18 @@ class TrainConfig:
         _require(self.workers >= 0, "train.workers", "must be 0 or more", self.workers)
         _require(self.eval_every >= 1, "train.eval_every", "must be at least 1", self.eval_every)
         _require(self.log_every >= 1, "train.log_every", "must be at least 1", self.log_every)
-        _require(0.0 <= self.distill_weight <= 1.0, "train.distill_weight",
-                 "must be between 0 and 1", self.distill_weight)
-        _require(self.distill_temperature > 0, "train.distill_temperature", "must be positive",
-                 self.distill_temperature)
+        _require(
+            0.0 <= self.distill_weight <= 1.0,
+            "train.distill_weight",
+            "must be between 0 and 1",
+            self.distill_weight,
+        )
+        _require(
+            self.distill_temperature > 0,
+            "train.distill_temperature",
+            "must be positive",
+            self.distill_temperature,
+        )
 
 
 _SECTION_TYPES: dict[str, type] = {
@@ -282,8 +300,9 @@ def load_recipe(name_or_path: str | Path, overrides: Iterable[str] = ()) -> Reci
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise RecipeError(f"{path}: not UTF-8 text (byte {exc.start}); save the recipe as "
-                          "UTF-8") from None
+        raise RecipeError(
+            f"{path}: not UTF-8 text (byte {exc.start}); save the recipe as UTF-8"
+        ) from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -358,8 +377,10 @@ def find_recipe(name_or_path: str | Path) -> Path:
 
 
 def _from_mapping(raw: Mapping[str, Any]) -> Recipe:
-    return Recipe(name=raw.get("name", "recipe") if isinstance(raw, Mapping) else "recipe",
-                  **build_sections(raw, _SECTION_TYPES, what="a recipe"))
+    return Recipe(
+        name=raw.get("name", "recipe") if isinstance(raw, Mapping) else "recipe",
+        **build_sections(raw, _SECTION_TYPES, what="a recipe"),
+    )
 
 
 def _apply_override(raw: dict[str, Any], item: str) -> None:

@@ -163,8 +163,9 @@ def apply_override(raw: dict[str, Any], item: str, sections: Sections) -> None:
 def _as_typed(value: Any, text: str, tp: Any) -> Any:
     """For a free-text key (a path, a name), the text as typed when YAML read it as something
     else: ``--set data.root=2024`` is the folder ``2024``, not the integer."""
-    is_text = tp is str or (typing.get_origin(tp) in (typing.Union, types.UnionType)
-                            and str in typing.get_args(tp))
+    is_text = tp is str or (
+        typing.get_origin(tp) in (typing.Union, types.UnionType) and str in typing.get_args(tp)
+    )
     if is_text and value is not None and not isinstance(value, str | list | dict):
         return text.strip()
     return value

@@ -81,14 +81,20 @@ class ZooProtocol:
         return " ".join(args)
 
     def __str__(self) -> str:
-        extra = [key if value is True else f"{key}={value}"
-                 for key, value in self.overrides().items()]
+        extra = [
+            key if value is True else f"{key}={value}" for key, value in self.overrides().items()
+        ]
         return " ".join([self.preset, *extra])
 
     def _fields(self) -> list[tuple[str, Any]]:
-        return [("clips", self.clips), ("crops", self.crops), ("full_res", self.full_res),
-                ("twice_sample", self.twice_sample), ("dense", self.dense),
-                ("average", self.average)]
+        return [
+            ("clips", self.clips),
+            ("crops", self.crops),
+            ("full_res", self.full_res),
+            ("twice_sample", self.twice_sample),
+            ("dense", self.dense),
+            ("average", self.average),
+        ]
 
 
 @dataclass(frozen=True)
@@ -134,8 +140,12 @@ class ZooEntry:
 
     def model_options(self) -> dict[str, Any]:
         """``load_model`` keywords for this file (``num_segments`` only when published)."""
-        options: dict[str, Any] = {"arch": self.arch, "shift": self.shift,
-                                   "shift_div": self.shift_div, "shift_place": self.shift_place}
+        options: dict[str, Any] = {
+            "arch": self.arch,
+            "shift": self.shift,
+            "shift_div": self.shift_div,
+            "shift_place": self.shift_place,
+        }
         if self.segments is not None:
             options["num_segments"] = self.segments
         return options
@@ -176,13 +186,16 @@ def load_registry(path: str | Path) -> dict[str, ZooEntry]:
     try:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_SAFE_LOADER)
     except (OSError, yaml.YAMLError) as exc:
-        raise DataError(f"{path}: cannot read the model zoo registry ({first_line(exc)}); "
-                        "reinstall tsmcli") from None
+        raise DataError(
+            f"{path}: cannot read the model zoo registry ({first_line(exc)}); reinstall tsmcli"
+        ) from None
     check = _Checker(path)
     top = check.mapping(raw, "", required=("format_version", "entries"))
     if top["format_version"] != FORMAT_VERSION:
-        check.fail("format_version", f"is {top['format_version']!r}, this tsmcli reads "
-                   f"{FORMAT_VERSION}; upgrade tsmcli")
+        check.fail(
+            "format_version",
+            f"is {top['format_version']!r}, this tsmcli reads {FORMAT_VERSION}; upgrade tsmcli",
+        )
     items = top["entries"]
     if not isinstance(items, list) or not items:
         check.fail("entries", "must be a non-empty list of entries")
@@ -238,8 +251,9 @@ def _parse_entry(check: _Checker, raw: Any, where: str) -> ZooEntry:
         epochs=check.integer(raw["epochs"], f"{where}.epochs", minimum=1, optional=True),
         recipe=None if recipe is None else check.text(recipe, f"{where}.recipe"),
         recipe_overrides=tuple(overrides),
-        results=tuple(_parse_result(check, item, f"{where}.results[{i}]")
-                      for i, item in enumerate(results)),
+        results=tuple(
+            _parse_result(check, item, f"{where}.results[{i}]") for i, item in enumerate(results)
+        ),
         note=check.text(raw["note"], f"{where}.note"),
     )
 
@@ -283,8 +297,9 @@ def _recipe_overrides(check: _Checker, raw: Any, where: str, recipe: Any) -> lis
 
 def _parse_result(check: _Checker, raw: Any, where: str) -> ZooResult:
     raw = check.mapping(raw, where, required=("protocol", "top1", "source"), optional=("top5",))
-    proto = check.mapping(raw["protocol"], f"{where}.protocol", required=("preset",),
-                          optional=_PROTOCOL_KEYS[1:])
+    proto = check.mapping(
+        raw["protocol"], f"{where}.protocol", required=("preset",), optional=_PROTOCOL_KEYS[1:]
+    )
     at = f"{where}.protocol"
     crops = check.integer(proto.get("crops"), f"{at}.crops", minimum=1, optional=True)
     if crops is not None and crops not in TEST_CROPS:
@@ -296,14 +311,16 @@ def _parse_result(check: _Checker, raw: Any, where: str) -> ZooResult:
         full_res=check.flag(proto.get("full_res"), f"{at}.full_res"),
         twice_sample=check.flag(proto.get("twice_sample"), f"{at}.twice_sample"),
         dense=check.flag(proto.get("dense"), f"{at}.dense"),
-        average=None if proto.get("average") is None
+        average=None
+        if proto.get("average") is None
         else check.choice(proto["average"], f"{at}.average", AVERAGE_MODES),
     )
-    return ZooResult(protocol=protocol,
-                     top1=check.percent(raw["top1"], f"{where}.top1"),
-                     source=check.text(raw["source"], f"{where}.source"),
-                     top5=None if raw.get("top5") is None
-                     else check.percent(raw["top5"], f"{where}.top5"))
+    return ZooResult(
+        protocol=protocol,
+        top1=check.percent(raw["top1"], f"{where}.top1"),
+        source=check.text(raw["source"], f"{where}.source"),
+        top5=None if raw.get("top5") is None else check.percent(raw["top5"], f"{where}.top5"),
+    )
 
 
 def _datasets() -> tuple[str, ...]:
@@ -321,17 +338,23 @@ def _check_labels(check: _Checker, where: str, dataset: str, labels: str, order:
         check.fail(f"{where}.labels", f"{path} is missing; reinstall tsmcli")
     count = len(_read_labels(path))
     if count != manifest.get("num_classes"):
-        check.fail(f"{where}.labels", f"{labels} has {count} classes, {dataset} has "
-                   f"{manifest.get('num_classes')}")
+        check.fail(
+            f"{where}.labels",
+            f"{labels} has {count} classes, {dataset} has {manifest.get('num_classes')}",
+        )
     if order not in (manifest.get("label_orders") or ()):
-        check.fail(f"{where}.label_order", f"{order!r} is not offered for {dataset} "
-                   f"({', '.join(manifest.get('label_orders') or ())})")
+        check.fail(
+            f"{where}.label_order",
+            f"{order!r} is not offered for {dataset} "
+            f"({', '.join(manifest.get('label_orders') or ())})",
+        )
 
 
 @cache
 def _manifest(dataset: str) -> dict[str, Any]:
-    raw = yaml.load((datasets_dir() / f"{dataset}.yaml").read_text(encoding="utf-8"),
-                    Loader=_SAFE_LOADER)
+    raw = yaml.load(
+        (datasets_dir() / f"{dataset}.yaml").read_text(encoding="utf-8"), Loader=_SAFE_LOADER
+    )
     return raw if isinstance(raw, dict) else {}
 
 
@@ -348,14 +371,17 @@ class _Checker:
     def fail(self, where: str, problem: str) -> None:
         raise DataError(f"{self.path}: {where or 'top level'}: {problem}")
 
-    def mapping(self, raw: Any, where: str, *, required: tuple[str, ...],
-                optional: tuple[str, ...] = ()) -> dict[str, Any]:
+    def mapping(
+        self, raw: Any, where: str, *, required: tuple[str, ...], optional: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
         if not isinstance(raw, dict):
             self.fail(where, f"must be a mapping of {', '.join(required + optional)}")
         known = required + optional
         for key in raw:
             if key not in known:
-                self.fail(f"{where}.{key}".lstrip("."), f"unknown key; {suggest(str(key), list(known))}")
+                self.fail(
+                    f"{where}.{key}".lstrip("."), f"unknown key; {suggest(str(key), list(known))}"
+                )
         missing = [key for key in required if key not in raw]
         if missing:
             self.fail(where, f"missing {', '.join(missing)}")
@@ -380,8 +406,10 @@ class _Checker:
         if value is None and optional:
             return None
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            self.fail(where, f"must be an integer >= {minimum}{' or null' if optional else ''}, "
-                      f"not {value!r}")
+            self.fail(
+                where,
+                f"must be an integer >= {minimum}{' or null' if optional else ''}, not {value!r}",
+            )
         return value
 
     def flag(self, value: Any, where: str) -> bool | None:
@@ -409,4 +437,3 @@ def suggest(name: str, known: list[str]) -> str:
 def first_line(value: Any) -> str:
     text = str(value).strip()
     return text.splitlines()[0] if text else type(value).__name__
-

@@ -85,9 +85,11 @@ def verify_cached(entry: ZooEntry, home: str | Path | None = None) -> Path:
         _warn_unpublished(entry, digest, path.parent)
         _record_hash(path.parent, entry.file, digest)
     elif not digest.startswith(expected):
-        raise CheckpointError(f"{path}: SHA-256 {digest} does not match the {kind} {expected}; "
-                              "the file changed or is corrupt: delete it and run again to "
-                              "download it afresh")
+        raise CheckpointError(
+            f"{path}: SHA-256 {digest} does not match the {kind} {expected}; "
+            "the file changed or is corrupt: delete it and run again to "
+            "download it afresh"
+        )
     return path
 
 
@@ -98,8 +100,10 @@ def _recorded_hashes(folder: Path) -> dict[str, str]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: unreadable ({first_line(exc)}); delete it (the "
-                              "hashes are recorded again on next use)") from None
+        raise CheckpointError(
+            f"{path}: unreadable ({first_line(exc)}); delete it (the "
+            "hashes are recorded again on next use)"
+        ) from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: not a mapping of file name to SHA-256; delete it")
     return {str(key): str(value) for key, value in data.items()}
@@ -113,9 +117,14 @@ def _record_hash(folder: Path, file: str, digest: str) -> None:
 
 
 def _warn_unpublished(entry: ZooEntry, digest: str, folder: Path) -> None:
-    logger.warning("%s: the publisher gives no hash for %s; its SHA-256 %s is recorded in %s "
-                   "and checked on every later use", entry.name, entry.file, digest,
-                   folder / RECORDED_HASHES)
+    logger.warning(
+        "%s: the publisher gives no hash for %s; its SHA-256 %s is recorded in %s "
+        "and checked on every later use",
+        entry.name,
+        entry.file,
+        digest,
+        folder / RECORDED_HASHES,
+    )
 
 
 def _promote(part: Path, dest: Path) -> None:
@@ -158,8 +167,9 @@ class _Failed(Exception):
     """This URL will not give the file (HTTP error, host unreachable): try the next one."""
 
 
-def download(entry: ZooEntry, home: str | Path | None = None, *, retries: int = 3,
-             timeout: float = 30.0) -> Path:
+def download(
+    entry: ZooEntry, home: str | Path | None = None, *, retries: int = 3, timeout: float = 30.0
+) -> Path:
     """The cached file of ``entry``, downloaded first when it is missing. ``retries`` is the
     number of resumes after a lost connection, per URL."""
     dest = cache_path(entry, home)
@@ -179,18 +189,23 @@ def download(entry: ZooEntry, home: str | Path | None = None, *, retries: int = 
                 failures.append(f"{url}: {exc}")
         else:
             kept = part.stat().st_size if part.is_file() else 0
-            resume = f"; the {kept} bytes received are kept in {part} and the next try " \
-                     "resumes" if kept else ""
+            resume = (
+                f"; the {kept} bytes received are kept in {part} and the next try resumes"
+                if kept
+                else ""
+            )
             raise CheckpointError(
                 f"{entry.name}: cannot download {entry.file} ({'; '.join(failures)}){resume}; "
-                f"without network, put the file at {dest} (from {entry.urls[0]}) and run again")
+                f"without network, put the file at {dest} (from {entry.urls[0]}) and run again"
+            )
         digest = sha256_file(part)
         if entry.sha256 is not None and not digest.startswith(entry.sha256):
             part.unlink()
             raise CheckpointError(
                 f"{entry.name}: the download of {entry.file} has SHA-256 {digest}, not the "
                 f"published {entry.sha256}; it was deleted: run again, and if it repeats the "
-                "file on the server is not the published one")
+                "file on the server is not the published one"
+            )
         _promote(part, dest)
         if entry.sha256 is None:
             _warn_unpublished(entry, digest, dest.parent)
@@ -204,8 +219,9 @@ def download_checkpoint(name: str, home: str | Path | None = None) -> Path:
     return download(get_entry(name), home)
 
 
-def resolve_checkpoint(name_or_path: str | Path,
-                       home: str | Path | None = None) -> tuple[Path, ZooEntry | None]:
+def resolve_checkpoint(
+    name_or_path: str | Path, home: str | Path | None = None
+) -> tuple[Path, ZooEntry | None]:
     """A checkpoint argument as a local file: an existing path as it is (entry None), a model
     zoo name as its cached file (downloaded when missing). Anything else is one line: a
     missing path says so, an unknown name lists the closest names."""
@@ -218,12 +234,20 @@ def resolve_checkpoint(name_or_path: str | Path,
         return download(entries[text], home), entries[text]
     if path.exists():
         raise CheckpointError(f"{path}: is a folder, not a checkpoint file; give the file")
-    if isinstance(name_or_path, Path) or "/" in text or os.sep in text \
-            or path.suffix in (".pth", ".pt", ".tar", ".ckpt"):
-        raise CheckpointError(f"{path}: no such checkpoint file; check the path, or give a "
-                              "model zoo name (tsm zoo list)")
-    raise UsageError(f"{text!r} is neither a checkpoint file nor a model zoo name; "
-                     f"{suggest(text, list(entries))}")
+    if (
+        isinstance(name_or_path, Path)
+        or "/" in text
+        or os.sep in text
+        or path.suffix in (".pth", ".pt", ".tar", ".ckpt")
+    ):
+        raise CheckpointError(
+            f"{path}: no such checkpoint file; check the path, or give a "
+            "model zoo name (tsm zoo list)"
+        )
+    raise UsageError(
+        f"{text!r} is neither a checkpoint file nor a model zoo name; "
+        f"{suggest(text, list(entries))}"
+    )
 
 
 def _fetch(url: str, part: Path, *, retries: int, timeout: float, label: str) -> None:
@@ -245,8 +269,9 @@ def _fetch_once(url: str, part: Path, *, timeout: float, label: str) -> None:
     if start:
         headers["Range"] = f"bytes={start}-"
     try:
-        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers),
-                                          timeout=timeout)
+        response = urllib.request.urlopen(
+            urllib.request.Request(url, headers=headers), timeout=timeout
+        )
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and start:  # the part is not a prefix of this file: start over
             part.unlink()
@@ -274,11 +299,19 @@ def _fetch_once(url: str, part: Path, *, timeout: float, label: str) -> None:
         raise _Interrupted(f"{start + received} of {total} bytes")
 
 
-def _copy_body(response: Any, part: Path, mode: str, *, start: int, total: int | None,
-               label: str) -> int:
+def _copy_body(
+    response: Any, part: Path, mode: str, *, start: int, total: int | None, label: str
+) -> int:
     received = 0
-    bar = tqdm(total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
-               desc=label, disable=not sys.stderr.isatty())
+    bar = tqdm(
+        total=total,
+        initial=start,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=label,
+        disable=not sys.stderr.isatty(),
+    )
     try:
         with open(part, mode) as handle:
             try:

@@ -15,8 +15,12 @@ def test_resolve_protocol_validates():
     assert resolve_protocol() == PROTOCOLS["single"]
     assert resolve_protocol("sthv2", twice_sample=True) is PROTOCOLS["sthv2"]  # no change
     assert resolve_protocol(average="prob").name == "single (average=prob)"
-    for bad, match in [({"name": "ucf"}, "unknown protocol 'ucf'"), ({"crops": 5}, "--crops"),
-                       ({"clips": 0}, "--clips"), ({"average": "max"}, "--average")]:
+    for bad, match in [
+        ({"name": "ucf"}, "unknown protocol 'ucf'"),
+        ({"crops": 5}, "--crops"),
+        ({"clips": 0}, "--clips"),
+        ({"average": "max"}, "--average"),
+    ]:
         with pytest.raises(UsageError, match=match):
             resolve_protocol(**bad)
 
@@ -35,12 +39,30 @@ def test_a_request_without_a_preset_follows_the_checkpoints_sampling():
 def test_eval_data_comes_from_the_stored_recipe_or_the_defaults():
     none = EvalData.from_recipe(None)
     defaults = DataConfig()
-    assert none == EvalData(source=None, backend=defaults.backend, frame_template=FRAME_TEMPLATE,
-                            input_size=defaults.input_size, scale_size=defaults.scale_size,
-                            dense_training=False)
-    recipe = Recipe(data=DataConfig(source="videos", input_size=112, scale_size=128,
-                                    sampling="dense", frame_template="{:06d}.jpg"))
+    assert none == EvalData(
+        source=None,
+        backend=defaults.backend,
+        frame_template=FRAME_TEMPLATE,
+        input_size=defaults.input_size,
+        scale_size=defaults.scale_size,
+        dense_training=False,
+    )
+    recipe = Recipe(
+        data=DataConfig(
+            source="videos",
+            input_size=112,
+            scale_size=128,
+            sampling="dense",
+            frame_template="{:06d}.jpg",
+        )
+    )
     stored = EvalData.from_recipe(recipe, backend="pyav")
-    assert stored == EvalData(source="videos", backend="pyav", frame_template="{:06d}.jpg",
-                              input_size=112, scale_size=128, dense_training=True)
+    assert stored == EvalData(
+        source="videos",
+        backend="pyav",
+        frame_template="{:06d}.jpg",
+        input_size=112,
+        scale_size=128,
+        dense_training=True,
+    )
     assert EvalData.from_recipe(recipe, source="frames").source == "frames"

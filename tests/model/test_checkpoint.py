@@ -34,8 +34,8 @@ def seed_shift(x: torch.Tensor, n_segment: int, fold_div: int) -> torch.Tensor:
     out = torch.zeros_like(x)
     fold = c // fold_div
     out[:, :-1, :fold] = x[:, 1:, :fold]
-    out[:, 1:, fold: 2 * fold] = x[:, :-1, fold: 2 * fold]
-    out[:, :, 2 * fold:] = x[:, :, 2 * fold:]
+    out[:, 1:, fold : 2 * fold] = x[:, :-1, fold : 2 * fold]
+    out[:, :, 2 * fold :] = x[:, :, 2 * fold :]
     return out.view(nt, c, h, w)
 
 
@@ -67,11 +67,21 @@ class OfficialInvertedResidual(nn.Module):
         super().__init__()
         hidden = inp * t
         self.use_res_connect = stride == 1 and inp == oup
-        dw = [nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
-              nn.BatchNorm2d(hidden), nn.ReLU6(inplace=True)]
+        dw = [
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU6(inplace=True),
+        ]
         pw_linear = [nn.Conv2d(hidden, oup, 1, 1, 0, bias=False), nn.BatchNorm2d(oup)]
-        expand = [nn.Conv2d(inp, hidden, 1, 1, 0, bias=False), nn.BatchNorm2d(hidden),
-                  nn.ReLU6(inplace=True)] if t != 1 else []
+        expand = (
+            [
+                nn.Conv2d(inp, hidden, 1, 1, 0, bias=False),
+                nn.BatchNorm2d(hidden),
+                nn.ReLU6(inplace=True),
+            ]
+            if t != 1
+            else []
+        )
         self.conv = nn.Sequential(*expand, *dw, *pw_linear)
 
     def forward(self, x):
@@ -81,16 +91,31 @@ class OfficialInvertedResidual(nn.Module):
 class OfficialMobileNetV2(nn.Module):
     def __init__(self):
         super().__init__()
-        layers = [nn.Sequential(nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32),
-                                nn.ReLU6(inplace=True))]
+        layers = [
+            nn.Sequential(
+                nn.Conv2d(3, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU6(inplace=True)
+            )
+        ]
         channels = 32
-        for t, c, n, s in [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2],
-                           [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]:
+        for t, c, n, s in [
+            [1, 16, 1, 1],
+            [6, 24, 2, 2],
+            [6, 32, 3, 2],
+            [6, 64, 4, 2],
+            [6, 96, 3, 1],
+            [6, 160, 3, 2],
+            [6, 320, 1, 1],
+        ]:
             for i in range(n):
                 layers.append(OfficialInvertedResidual(channels, c, s if i == 0 else 1, t))
                 channels = c
-        layers.append(nn.Sequential(nn.Conv2d(320, 1280, 1, 1, 0, bias=False),
-                                    nn.BatchNorm2d(1280), nn.ReLU6(inplace=True)))
+        layers.append(
+            nn.Sequential(
+                nn.Conv2d(320, 1280, 1, 1, 0, bias=False),
+                nn.BatchNorm2d(1280),
+                nn.ReLU6(inplace=True),
+            )
+        )
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(1280, 1000)
 
@@ -102,8 +127,16 @@ class OfficialTSN(nn.Module):
     """base_model with shift, its last layer replaced by Dropout (or by the head when
     dropout is 0), new_fc per frame, reshape to (B, T, K), mean."""
 
-    def __init__(self, arch: str, num_class: int, num_segments: int, is_shift: bool = True,
-                 n_div: int = 8, place: str = "blockres", dropout: float = 0.5):
+    def __init__(
+        self,
+        arch: str,
+        num_class: int,
+        num_segments: int,
+        is_shift: bool = True,
+        n_div: int = 8,
+        place: str = "blockres",
+        dropout: float = 0.5,
+    ):
         super().__init__()
         self.num_segments = num_segments
         if arch == "mobilenetv2":
@@ -111,7 +144,11 @@ class OfficialTSN(nn.Module):
             last = "classifier"
             if is_shift:
                 for m in self.base_model.modules():
-                    if isinstance(m, OfficialInvertedResidual) and len(m.conv) == 8 and m.use_res_connect:
+                    if (
+                        isinstance(m, OfficialInvertedResidual)
+                        and len(m.conv) == 8
+                        and m.use_res_connect
+                    ):
                         m.conv[0] = OfficialShift(m.conv[0], num_segments, n_div)
         else:
             self.base_model = getattr(torchvision.models, arch)(weights=None)
@@ -141,13 +178,21 @@ def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, nn.BatchNorm2d):
-                module.weight.copy_(0.2 + 0.3 * torch.rand(module.weight.shape, generator=generator))
+                module.weight.copy_(
+                    0.2 + 0.3 * torch.rand(module.weight.shape, generator=generator)
+                )
                 module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=generator))
-                module.running_mean.copy_(0.1 * torch.randn(module.running_mean.shape, generator=generator))
-                module.running_var.copy_(0.5 + torch.rand(module.running_var.shape, generator=generator))
+                module.running_mean.copy_(
+                    0.1 * torch.randn(module.running_mean.shape, generator=generator)
+                )
+                module.running_var.copy_(
+                    0.5 + torch.rand(module.running_var.shape, generator=generator)
+                )
             elif isinstance(module, nn.Linear):
                 fan_in = module.weight.shape[1]
-                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) / fan_in ** 0.5)
+                module.weight.copy_(
+                    torch.randn(module.weight.shape, generator=generator) / fan_in**0.5
+                )
                 module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=generator))
     return model.eval()
 
@@ -174,17 +219,23 @@ def reference_logits(reference: nn.Module, x: torch.Tensor) -> torch.Tensor:
 # official and mmaction2 files give the official model's logits
 
 
-@pytest.mark.parametrize(("arch", "place", "dropout"), [
-    ("resnet50", "blockres", 0.5), ("resnet18", "block", 0.5), ("resnet18", "blockres", 0.0),
-    ("mobilenetv2", "blockres", 0.5),
-])
+@pytest.mark.parametrize(
+    ("arch", "place", "dropout"),
+    [
+        ("resnet50", "blockres", 0.5),
+        ("resnet18", "block", 0.5),
+        ("resnet18", "blockres", 0.0),
+        ("mobilenetv2", "blockres", 0.5),
+    ],
+)
 def test_official_checkpoint_gives_the_official_logits(tmp_path, arch, place, dropout):
     torch.manual_seed(0)
     reference = randomize(OfficialTSN(arch, 7, SEGMENTS, place=place, dropout=dropout))
     path = official_file(tmp_path, reference)
     ours = arch if arch != "mobilenetv2" else "mobilenet_v2"
-    model = load_model(path, arch=ours, num_segments=SEGMENTS, shift="bidirectional",
-                       shift_place=place)
+    model = load_model(
+        path, arch=ours, num_segments=SEGMENTS, shift="bidirectional", shift_place=place
+    )
     assert not model.training and model.num_classes == 7
     x = clips()
     expected = reference_logits(reference, x)
@@ -196,8 +247,8 @@ def test_official_checkpoint_gives_the_official_logits(tmp_path, arch, place, dr
 def to_mmaction2_key(key: str) -> str:
     """An official/torchvision TSN key in mmaction2's ResNetTSM + TSMHead layout."""
     if key.startswith("new_fc."):
-        return "cls_head.fc_cls." + key[len("new_fc."):]
-    parts = key[len("base_model."):].split(".")
+        return "cls_head.fc_cls." + key[len("new_fc.") :]
+    parts = key[len("base_model.") :].split(".")
     if parts[0] in ("conv1", "bn1"):  # stem: ConvModule(conv, bn)
         return "backbone.conv1." + ("conv." if parts[0] == "conv1" else "bn.") + ".".join(parts[1:])
     stage, index, layer, rest = parts[0], parts[1], parts[2], parts[3:]
@@ -256,10 +307,14 @@ def test_mismatch_is_one_line_with_counts_and_keys(tmp_path):
     assert "8 missing (base_model.layer1.0.conv1.weight" in str(info.value)
     assert "8 unexpected (base_model.layer1.0.conv1.net.weight" in str(info.value)
 
-    with pytest.raises(CheckpointError, match=r"2 of another shape, file vs model \(new_fc.weight "
-                                              r"\(3, 512\) vs \(5, 512\), new_fc.bias \(3,\) vs \(5,\)\)"):
-        load_model(path, arch="resnet18", num_segments=SEGMENTS, shift="bidirectional",
-                   num_classes=5)
+    with pytest.raises(
+        CheckpointError,
+        match=r"2 of another shape, file vs model \(new_fc.weight "
+        r"\(3, 512\) vs \(5, 512\), new_fc.bias \(3,\) vs \(5,\)\)",
+    ):
+        load_model(
+            path, arch="resnet18", num_segments=SEGMENTS, shift="bidirectional", num_classes=5
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,11 +323,19 @@ def test_mismatch_is_one_line_with_counts_and_keys(tmp_path):
 
 def test_our_checkpoint_round_trip(tmp_path):
     torch.manual_seed(0)
-    model = randomize(build_model("resnet18", 4, num_segments=SEGMENTS, shift="unidirectional",
-                                  shift_div=4))
-    path = save_checkpoint(checkpoint_dict(model, recipe={"model": {"arch": "resnet18"}},
-                                           classes=["a", "b", "c", "d"], epoch=3,
-                                           best_top1=55.5), tmp_path / "run" / "last.pth")
+    model = randomize(
+        build_model("resnet18", 4, num_segments=SEGMENTS, shift="unidirectional", shift_div=4)
+    )
+    path = save_checkpoint(
+        checkpoint_dict(
+            model,
+            recipe={"model": {"arch": "resnet18"}},
+            classes=["a", "b", "c", "d"],
+            epoch=3,
+            best_top1=55.5,
+        ),
+        tmp_path / "run" / "last.pth",
+    )
     raw = load_checkpoint(path)
     assert raw["format"] == "tsmcli" and raw["format_version"] == 1 and raw["epoch"] == 3
     assert raw["model_config"] == model.config() and raw["classes"] == ["a", "b", "c", "d"]
@@ -291,11 +354,17 @@ def test_a_checkpoint_read_once_builds_what_the_path_builds(tmp_path, monkeypatc
     torch.manual_seed(0)
     model = randomize(build_model("resnet18", 3, num_segments=SEGMENTS))
     recipe = {"name": "tiny", "data": {"input_size": 112}}
-    path = save_checkpoint(checkpoint_dict(model, recipe=recipe, classes=("a", "b", "c"),
-                                           epoch=2), tmp_path / "last.pt")
+    path = save_checkpoint(
+        checkpoint_dict(model, recipe=recipe, classes=("a", "b", "c"), epoch=2),
+        tmp_path / "last.pt",
+    )
     info = read_checkpoint(path)
-    assert (info.path, info.format, info.classes, info.recipe) == (path, "tsmcli",
-                                                                 ("a", "b", "c"), recipe)
+    assert (info.path, info.format, info.classes, info.recipe) == (
+        path,
+        "tsmcli",
+        ("a", "b", "c"),
+        recipe,
+    )
     assert info.model_config == model.config() and info.content["epoch"] == 2
     official = read_checkpoint(official_file(tmp_path, OfficialTSN("resnet18", 3, SEGMENTS)))
     assert (official.format, official.classes, official.recipe) == ("official", None, None)
@@ -316,15 +385,18 @@ def test_a_checkpoint_read_once_builds_what_the_path_builds(tmp_path, monkeypatc
 # ImageNet weights and fine-tuning
 
 
-@pytest.mark.parametrize(("arch", "place"), [("resnet18", "blockres"), ("resnet18", "block"),
-                                             ("mobilenet_v2", "blockres")])
+@pytest.mark.parametrize(
+    ("arch", "place"),
+    [("resnet18", "blockres"), ("resnet18", "block"), ("mobilenet_v2", "blockres")],
+)
 def test_pretrained_backbone_maps_onto_the_shift_wrappers(tmp_path, arch, place):
     torch.manual_seed(0)
     imagenet = getattr(torchvision.models, arch)(weights=None).state_dict()
     path = tmp_path / f"{arch}.pth"
     torch.save(imagenet, path)
-    model = build_model(arch, 3, num_segments=SEGMENTS, shift="bidirectional",
-                        shift_place=place, pretrained=path)
+    model = build_model(
+        arch, 3, num_segments=SEGMENTS, shift="bidirectional", shift_place=place, pretrained=path
+    )
     ours = model.base_model.state_dict()
     head = "fc." if arch.startswith("resnet") else "classifier."
     plain = {k.replace(".net.", "."): v for k, v in ours.items()}
@@ -347,5 +419,6 @@ def test_finetune_init_keeps_the_backbone_and_resets_a_head_of_other_size(tmp_pa
     report = load_weights_for_finetune(other, path)
     assert not report.head_loaded
     assert torch.equal(other.new_fc.weight, fresh_head)
-    assert torch.equal(other.base_model.layer4[1].conv1.net.weight,
-                       reference.base_model.layer4[1].conv1.net.weight)
+    assert torch.equal(
+        other.base_model.layer4[1].conv1.net.weight, reference.base_model.layer4[1].conv1.net.weight
+    )

@@ -82,8 +82,9 @@ def test_failed_save_leaves_the_old_file_intact(tmp_path, monkeypatch, failure):
     with pytest.raises(expected) as info:
         save_checkpoint({"epoch": 2, "w": torch.zeros(1000)}, path)
     if failure == "save":
-        assert str(info.value).startswith(f"no space left on {tmp_path.resolve()} while "
-                                          "writing last.pth;")
+        assert str(info.value).startswith(
+            f"no space left on {tmp_path.resolve()} while writing last.pth;"
+        )
     assert path.read_bytes() == old
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]  # no temp file left behind
     monkeypatch.undo()
@@ -95,5 +96,6 @@ def test_strict_loader_accepts_files_without_batch_counters():
     state = {k: v for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")}
     load_state_dict_strict(model, state, "old.pth")  # torch < 0.4.1 files lack the counter
     with pytest.raises(CheckpointError, match=r"old.pth: .*1 missing \(1.weight\)"):
-        load_state_dict_strict(model, {k: v for k, v in state.items() if k != "1.weight"},
-                               "old.pth")
+        load_state_dict_strict(
+            model, {k: v for k, v in state.items() if k != "1.weight"}, "old.pth"
+        )

@@ -19,13 +19,21 @@ def zoo_list() -> None:
     rows = [("name", "dataset", "frames", "protocol", "top-1", "downloaded")]
     for entry in list_entries():
         result = entry.published
-        rows.append((entry.name, entry.dataset, "-" if entry.segments is None else str(entry.segments),
-                     "-" if result is None else str(result.protocol),
-                     "-" if result is None else f"{result.top1:g}",
-                     "yes" if is_cached(entry) else "no"))
+        rows.append(
+            (
+                entry.name,
+                entry.dataset,
+                "-" if entry.segments is None else str(entry.segments),
+                "-" if result is None else str(result.protocol),
+                "-" if result is None else f"{result.top1:g}",
+                "yes" if is_cached(entry) else "no",
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        click.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        click.echo(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
 
 
 @zoo.command("download")

@@ -34,9 +34,11 @@ from tsmcli.recipe import DataConfig, Recipe
 
 logger = logging.getLogger(__name__)
 
-FUTURE_WARNING = ("this model was trained with the bidirectional shift (it saw the future "
-                  "frame); the online model shifts one way only, so expect lower accuracy "
-                  "unless it is fine-tuned one-way (--finetune-epochs N)")
+FUTURE_WARNING = (
+    "this model was trained with the bidirectional shift (it saw the future "
+    "frame); the online model shifts one way only, so expect lower accuracy "
+    "unless it is fine-tuned one-way (--finetune-epochs N)"
+)
 
 
 @dataclass(frozen=True)
@@ -67,10 +69,13 @@ class ConvertResult:
         """The fields as JSON values, for ``report.json`` (``model.model_dir.write_report``)."""
         fields = asdict(self)
         del fields["out_dir"]
-        fields.update(checkpoint=str(self.checkpoint),
-                      finetuned_checkpoint=None if self.finetuned_checkpoint is None
-                      else str(self.finetuned_checkpoint),
-                      buffer_shapes=[list(shape) for shape in self.buffer_shapes])
+        fields.update(
+            checkpoint=str(self.checkpoint),
+            finetuned_checkpoint=None
+            if self.finetuned_checkpoint is None
+            else str(self.finetuned_checkpoint),
+            buffer_shapes=[list(shape) for shape in self.buffer_shapes],
+        )
         return fields
 
 
@@ -111,15 +116,27 @@ class _Job:
     latency_reps: int
 
 
-def convert_online(checkpoint: str | Path, out_dir: str | Path, *,
-                   height: int | None = None, width: int | None = None,
-                   val_list: str | Path | None = None, root: str | Path | None = None,
-                   source: str | None = None, backend: str | None = None,
-                   finetune_epochs: int = 0, finetune_lr_scale: float = 0.1,
-                   distill_weight: float = 0.5, distill_temperature: float = 4.0,
-                   verify_frames: int = 6, latency_reps: int = 20,
-                   opset: int = DEFAULT_OPSET, overwrite: bool = False, seed: int = 0,
-                   **arch_overrides: Any) -> ConvertResult:
+def convert_online(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    *,
+    height: int | None = None,
+    width: int | None = None,
+    val_list: str | Path | None = None,
+    root: str | Path | None = None,
+    source: str | None = None,
+    backend: str | None = None,
+    finetune_epochs: int = 0,
+    finetune_lr_scale: float = 0.1,
+    distill_weight: float = 0.5,
+    distill_temperature: float = 4.0,
+    verify_frames: int = 6,
+    latency_reps: int = 20,
+    opset: int = DEFAULT_OPSET,
+    overwrite: bool = False,
+    seed: int = 0,
+    **arch_overrides: Any,
+) -> ConvertResult:
     """Build the streaming model of a checkpoint, verify its exports, write them to ``out_dir``.
 
     ``height``/``width`` default to the recipe's input size (224 without a recipe). A
@@ -136,7 +153,9 @@ def convert_online(checkpoint: str | Path, out_dir: str | Path, *,
     if (val_list is None) != (root is None):
         raise UsageError("give --val-list and --root together (or neither)")
     if verify_frames < 2:
-        raise UsageError(f"verify_frames must be at least 2 to check the buffers, got {verify_frames}")
+        raise UsageError(
+            f"verify_frames must be at least 2 to check the buffers, got {verify_frames}"
+        )
     check_out_dir(out_dir, overwrite, [checkpoint, val_list, root])
     info = read_checkpoint(checkpoint)
     recipe = Recipe.from_stored(info.recipe, str(checkpoint))
@@ -146,19 +165,40 @@ def convert_online(checkpoint: str | Path, out_dir: str | Path, *,
     model = load_model(info, **arch_overrides)
     val = None if val_list is None else _ValData(val_list, root, source, backend)
     size = _input_size(recipe, height, width)
-    return _write(_Job(info, recipe, model, out_dir, size, classes, val, finetune, arch_overrides,
-                       verify_frames, opset, seed, latency_reps))
+    return _write(
+        _Job(
+            info,
+            recipe,
+            model,
+            out_dir,
+            size,
+            classes,
+            val,
+            finetune,
+            arch_overrides,
+            verify_frames,
+            opset,
+            seed,
+            latency_reps,
+        )
+    )
 
 
 def _write(job: _Job) -> ConvertResult:
     """Convert into a staged model dir, then publish it whole."""
     with staged_model_dir(job.out_dir) as staged:
         result = _convert(job, staged)
-        write_report(staged, result.report_fields(), num_buffers=result.num_buffers,
-                     model_config=job.model.config(), classes=job.classes)
+        write_report(
+            staged,
+            result.report_fields(),
+            num_buffers=result.num_buffers,
+            model_config=job.model.config(),
+            classes=job.classes,
+        )
         publish(staged, job.out_dir)
-    logger.info("wrote %s (%d buffers, %d cache bytes)", job.out_dir, result.num_buffers,
-                result.cache_bytes)
+    logger.info(
+        "wrote %s (%d buffers, %d cache bytes)", job.out_dir, result.num_buffers, result.cache_bytes
+    )
     return result
 
 
@@ -178,34 +218,57 @@ def _convert(job: _Job, staged: Path) -> ConvertResult:
         one_way, best = _finetune(job, staged / FINETUNE_DIR)
         finetuned = job.out_dir / best.relative_to(staged)
     streaming = StreamingTSM(one_way).eval()
-    verified = export_and_verify(streaming, one_way, staged, height=height, width=width,
-                                 frames=job.verify_frames, opset=job.opset, seed=job.seed,
-                                 classes=job.classes)
+    verified = export_and_verify(
+        streaming,
+        one_way,
+        staged,
+        height=height,
+        width=width,
+        frames=job.verify_frames,
+        opset=job.opset,
+        seed=job.seed,
+        classes=job.classes,
+    )
     latency = _latency_ms(streaming, FrameModel(one_way).eval(), height, width, job.latency_reps)
     if job.val is not None:  # the model tsm eval --online and tsm stream will run
         key = "after_finetune" if job.finetune.epochs > 0 else "after"
         accuracy[key] = _online_accuracy(verified.reloaded, job)
     return ConvertResult(
-        out_dir=job.out_dir, checkpoint=job.info.path, arch=str(job.model.config().get("arch")),
-        height=height, width=width, scale_size=job.size[2], num_buffers=streaming.num_buffers,
+        out_dir=job.out_dir,
+        checkpoint=job.info.path,
+        arch=str(job.model.config().get("arch")),
+        height=height,
+        width=width,
+        scale_size=job.size[2],
+        num_buffers=streaming.num_buffers,
         buffer_shapes=streaming.buffer_shapes(height, width),
         cache_bytes=streaming.cache_bytes(height, width),
-        max_abs_diff=verified.worst_per_export(), diffs=verified.diffs,
-        tolerances=verified.tolerances, latency_ms=latency,
-        converted_from_bidirectional=from_bidirectional, classes=job.classes, opset=job.opset,
-        accuracy=accuracy, finetune_epochs=job.finetune.epochs, finetuned_checkpoint=finetuned)
+        max_abs_diff=verified.worst_per_export(),
+        diffs=verified.diffs,
+        tolerances=verified.tolerances,
+        latency_ms=latency,
+        converted_from_bidirectional=from_bidirectional,
+        classes=job.classes,
+        opset=job.opset,
+        accuracy=accuracy,
+        finetune_epochs=job.finetune.epochs,
+        finetuned_checkpoint=finetuned,
+    )
 
 
-def _check_finetune(finetune: _Finetune, recipe: Recipe | None, checkpoint: Path,
-                    out_dir: Path, overwrite: bool) -> None:
+def _check_finetune(
+    finetune: _Finetune, recipe: Recipe | None, checkpoint: Path, out_dir: Path, overwrite: bool
+) -> None:
     """Fine-tuning needs the stored recipe, and reads its data: the model dir must not hold
     it (``--overwrite`` would replace files there)."""
     if finetune.epochs <= 0:
         return
     if recipe is None:
-        raise UsageError(f"{checkpoint}: --finetune-epochs needs the training recipe, which only "
-                         "tsmcli checkpoints carry; fine-tune with tsm train --set "
-                         "model.shift=unidirectional --set model.init_from=CKPT instead")
+        raise UsageError(
+            f"{checkpoint}: --finetune-epochs needs the training recipe, which only "
+            "tsmcli checkpoints carry; fine-tune with tsm train --set "
+            "model.shift=unidirectional --set model.init_from=CKPT instead"
+        )
     data = recipe.data
     check_out_dir(out_dir, overwrite, [data.root, data.train_list, data.val_list])
 
@@ -221,8 +284,9 @@ def _classes(info: CheckpointInfo, val_list: str | Path | None) -> list[str] | N
     return None
 
 
-def _input_size(recipe: Recipe | None, height: int | None,
-                width: int | None) -> tuple[int, int, int]:
+def _input_size(
+    recipe: Recipe | None, height: int | None, width: int | None
+) -> tuple[int, int, int]:
     """(height, width, scale_size): the recipe's input size unless given; the test scale
     keeps the recipe's scale_size / input_size ratio (the defaults' without a recipe)."""
     data = recipe.data if recipe is not None else DataConfig()
@@ -238,8 +302,9 @@ def _input_size(recipe: Recipe | None, height: int | None,
 # measurements
 
 
-def _latency_ms(streaming: StreamingTSM, plain: nn.Module, height: int, width: int,
-                reps: int) -> dict[str, float]:
+def _latency_ms(
+    streaming: StreamingTSM, plain: nn.Module, height: int, width: int, reps: int
+) -> dict[str, float]:
     """Median per-frame time of the streaming model and of the same 2D network without shift,
     interleaved so that drift in the machine's speed hits both alike."""
     frame = torch.randn(1, 3, height, width)
@@ -268,10 +333,22 @@ def _offline_accuracy(job: _Job) -> dict[str, Any]:
     from tsmcli.engine.evaluate import evaluate
 
     val = job.val
-    result = evaluate(job.info, val.list_file, val.root, views="single", source=val.source,
-                      backend=val.backend, workers=0, arch=ArchOverrides(**job.arch_overrides))
-    return {"top1": result.top1, "top5": result.top5, "num_videos": result.num_videos,
-            "how": "offline, as trained, one centre-crop clip"}
+    result = evaluate(
+        job.info,
+        val.list_file,
+        val.root,
+        views="single",
+        source=val.source,
+        backend=val.backend,
+        workers=0,
+        arch=ArchOverrides(**job.arch_overrides),
+    )
+    return {
+        "top1": result.top1,
+        "top5": result.top5,
+        "num_videos": result.num_videos,
+        "how": "offline, as trained, one centre-crop clip",
+    }
 
 
 def _online_accuracy(streaming: StreamingTSM, job: _Job) -> dict[str, Any]:
@@ -280,12 +357,19 @@ def _online_accuracy(streaming: StreamingTSM, job: _Job) -> dict[str, Any]:
 
     height, width, scale_size = job.size
     val = job.val
-    online = OnlineModel(streaming, height, width, scale_size,
-                         streaming.buffer_shapes(height, width), job.classes)
-    result = evaluate_stream(online, val.list_file, val.root, source=val.source,
-                             backend=val.backend)
-    return {"top1": result.top1, "top5": result.top5, "top1_at": result.top1_at,
-            "num_videos": result.num_videos, "how": "streaming one-way, frame by frame"}
+    online = OnlineModel(
+        streaming, height, width, scale_size, streaming.buffer_shapes(height, width), job.classes
+    )
+    result = evaluate_stream(
+        online, val.list_file, val.root, source=val.source, backend=val.backend
+    )
+    return {
+        "top1": result.top1,
+        "top5": result.top5,
+        "top1_at": result.top1_at,
+        "num_videos": result.num_videos,
+        "how": "streaming one-way, frame by frame",
+    }
 
 
 def _finetune(job: _Job, run_dir: Path) -> tuple[nn.Module, Path]:
@@ -298,14 +382,19 @@ def _finetune(job: _Job, run_dir: Path) -> tuple[nn.Module, Path]:
     info, recipe, finetune = job.info, job.recipe, job.finetune
     checkpoint = str(info.path)
     derived = replace(
-        recipe, name=f"{recipe.name}_online",
-        model=replace(recipe.model, shift="unidirectional", init_from=checkpoint,
-                      pretrained=None),
+        recipe,
+        name=f"{recipe.name}_online",
+        model=replace(recipe.model, shift="unidirectional", init_from=checkpoint, pretrained=None),
         optim=replace(recipe.optim, lr=recipe.optim.lr * finetune.lr_scale, warmup_epochs=0.0),
-        train=replace(recipe.train, epochs=finetune.epochs, eval_every=finetune.epochs,
-                      distill_from=checkpoint if finetune.distill_weight > 0 else None,
-                      distill_weight=finetune.distill_weight,
-                      distill_temperature=finetune.distill_temperature))
+        train=replace(
+            recipe.train,
+            epochs=finetune.epochs,
+            eval_every=finetune.epochs,
+            distill_from=checkpoint if finetune.distill_weight > 0 else None,
+            distill_weight=finetune.distill_weight,
+            distill_temperature=finetune.distill_temperature,
+        ),
+    )
     logger.info("fine-tuning one-way for %d epochs into %s", finetune.epochs, run_dir)
     result = train(derived, out_dir=run_dir, preloaded=[info])
     best = result.best_checkpoint or result.last_checkpoint

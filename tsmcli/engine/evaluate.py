@@ -57,14 +57,23 @@ JSON_KEYS = ("top1", "top5", "mean_class_accuracy", "num_videos", "views", "chec
 Views = ViewRequest | Protocol | str | None
 
 
-def run_eval(list_file: str | Path, root: str | Path, *,
-             checkpoint: str | Path | CheckpointInfo | None = None,
-             online_dir: str | Path | None = None, views: Views = None,
-             arch: ArchOverrides | None = None, source: str | None = None,
-             backend: str | None = None, batch_size: int = 4, workers: int | None = None,
-             device: str | None = None, out_dir: str | Path | None = None,
-             json_path: str | Path | None = None,
-             trust_torchscript: bool = False) -> EvalResult | online.OnlineEvalResult:
+def run_eval(
+    list_file: str | Path,
+    root: str | Path,
+    *,
+    checkpoint: str | Path | CheckpointInfo | None = None,
+    online_dir: str | Path | None = None,
+    views: Views = None,
+    arch: ArchOverrides | None = None,
+    source: str | None = None,
+    backend: str | None = None,
+    batch_size: int = 4,
+    workers: int | None = None,
+    device: str | None = None,
+    out_dir: str | Path | None = None,
+    json_path: str | Path | None = None,
+    trust_torchscript: bool = False,
+) -> EvalResult | online.OnlineEvalResult:
     """``tsm eval``: exactly one of a checkpoint (``evaluate``, every option applies) or an
     exported online model dir (``evaluate_online``: ``source``, ``backend`` and
     ``trust_torchscript`` apply; the view and model options are not used)."""
@@ -75,19 +84,45 @@ def run_eval(list_file: str | Path, root: str | Path, *,
     if online_dir is not None:
         if json_path is not None or out_dir is not None:
             raise UsageError("--json and --out apply to --checkpoint only; drop them with --online")
-        return online.evaluate_online(online_dir, list_file, root, source=source,
-                                      backend=backend, trust_torchscript=trust_torchscript)
-    return evaluate(checkpoint, list_file, root, views=views, arch=arch, source=source,
-                    backend=backend, batch_size=batch_size, workers=workers, device=device,
-                    out_dir=out_dir, json_path=json_path)
+        return online.evaluate_online(
+            online_dir,
+            list_file,
+            root,
+            source=source,
+            backend=backend,
+            trust_torchscript=trust_torchscript,
+        )
+    return evaluate(
+        checkpoint,
+        list_file,
+        root,
+        views=views,
+        arch=arch,
+        source=source,
+        backend=backend,
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        out_dir=out_dir,
+        json_path=json_path,
+    )
 
 
-def evaluate(checkpoint: str | Path | CheckpointInfo, list_file: str | Path, root: str | Path,
-             *, views: Views = None, arch: ArchOverrides | None = None,
-             source: str | None = None, backend: str | None = None, batch_size: int = 4,
-             workers: int | None = None, device: str | None = None,
-             out_dir: str | Path | None = None,
-             json_path: str | Path | None = None) -> EvalResult:
+def evaluate(
+    checkpoint: str | Path | CheckpointInfo,
+    list_file: str | Path,
+    root: str | Path,
+    *,
+    views: Views = None,
+    arch: ArchOverrides | None = None,
+    source: str | None = None,
+    backend: str | None = None,
+    batch_size: int = 4,
+    workers: int | None = None,
+    device: str | None = None,
+    out_dir: str | Path | None = None,
+    json_path: str | Path | None = None,
+) -> EvalResult:
     """Top-1 / top-5 / mean class accuracy of ``checkpoint`` on the videos of ``list_file``.
 
     ``views`` is a preset name, a ``ViewRequest`` (a preset and the fields to change; None:
@@ -108,10 +143,20 @@ def evaluate(checkpoint: str | Path | CheckpointInfo, list_file: str | Path, roo
         check_writable_file(json_path, "--json")
     ctx = distributed.setup(device or "auto")
     try:
-        return _evaluate(ctx, checkpoint, Path(list_file), Path(root), request,
-                         arch or ArchOverrides(), source=source, backend=backend,
-                         batch_size=batch_size, workers=workers, out_dir=out_dir,
-                         json_path=json_path)
+        return _evaluate(
+            ctx,
+            checkpoint,
+            Path(list_file),
+            Path(root),
+            request,
+            arch or ArchOverrides(),
+            source=source,
+            backend=backend,
+            batch_size=batch_size,
+            workers=workers,
+            out_dir=out_dir,
+            json_path=json_path,
+        )
     finally:
         distributed.teardown(ctx)
 
@@ -125,23 +170,36 @@ def _request(views: Views) -> ViewRequest | Protocol:
     return request
 
 
-def _evaluate(ctx: distributed.DistContext, checkpoint: str | Path | CheckpointInfo,
-              list_file: Path, root: Path, request: ViewRequest | Protocol,
-              arch: ArchOverrides, *, source: str | None, backend: str | None,
-              batch_size: int, workers: int | None, out_dir: str | Path | None,
-              json_path: str | Path | None) -> EvalResult:
+def _evaluate(
+    ctx: distributed.DistContext,
+    checkpoint: str | Path | CheckpointInfo,
+    list_file: Path,
+    root: Path,
+    request: ViewRequest | Protocol,
+    arch: ArchOverrides,
+    *,
+    source: str | None,
+    backend: str | None,
+    batch_size: int,
+    workers: int | None,
+    out_dir: str | Path | None,
+    json_path: str | Path | None,
+) -> EvalResult:
     entries = read_entries(list_file)
     model, data, stored_classes, path = _load(checkpoint, arch, source, backend)
     num_classes = int(model.num_classes)
     classes = eval_class_names(list_file, num_classes, stored_classes, path)
-    check_labels(entries, list_file, num_classes, owner=str(path), hint=EVAL_HINT,
-                 error=CheckpointError)
+    check_labels(
+        entries, list_file, num_classes, owner=str(path), hint=EVAL_HINT, error=CheckpointError
+    )
     source = data.source or _detect_source(entries, root)
-    check_present(entries, list_file, root, source, data.frame_template,
-                  options=("--root", "--source"))
+    check_present(
+        entries, list_file, root, source, data.frame_template, options=("--root", "--source")
+    )
     protocol = request if isinstance(request, Protocol) else request.resolve(data.dense_training)
-    loader, sampler = _loader(list_file, root, int(model.num_segments), data, source, protocol,
-                              batch_size, workers, ctx)
+    loader, sampler = _loader(
+        list_file, root, int(model.num_segments), data, source, protocol, batch_size, workers, ctx
+    )
     model = model.to(ctx.device).eval()
 
     begin = time.perf_counter()
@@ -149,15 +207,26 @@ def _evaluate(ctx: distributed.DistContext, checkpoint: str | Path | CheckpointI
     _, scores, views = _gather(shard, ctx, len(entries))
     elapsed = time.perf_counter() - begin
 
-    result = eval_result(entries, scores, views, protocol, path, classes,
-                     videos_per_s=len(entries) / elapsed if elapsed > 0 else float("inf"))
+    result = eval_result(
+        entries,
+        scores,
+        views,
+        protocol,
+        path,
+        classes,
+        videos_per_s=len(entries) / elapsed if elapsed > 0 else float("inf"),
+    )
     if ctx.is_main:
         _write(result, out_dir, json_path)
     return result
 
 
-def _load(checkpoint: str | Path | CheckpointInfo, arch: ArchOverrides, source: str | None,
-          backend: str | None) -> tuple[torch.nn.Module, EvalData, Sequence[str] | None, Path]:
+def _load(
+    checkpoint: str | Path | CheckpointInfo,
+    arch: ArchOverrides,
+    source: str | None,
+    backend: str | None,
+) -> tuple[torch.nn.Module, EvalData, Sequence[str] | None, Path]:
     """The model, how its videos are read, its stored class names and the file's path. The
     file is read once, here, and only the model is kept."""
     info = as_info(checkpoint)
@@ -166,7 +235,8 @@ def _load(checkpoint: str | Path | CheckpointInfo, arch: ArchOverrides, source: 
         raise CheckpointError(
             f"{info.path}: an {info.format} TSM checkpoint does not record its architecture; "
             f"give {', '.join(_CLI_OPTION.get(k, k) for k in missing)} (e.g. --arch resnet50 "
-            "--segments 8 --shift bidirectional; in Python arch=, num_segments=, shift=)")
+            "--segments 8 --shift bidirectional; in Python arch=, num_segments=, shift=)"
+        )
     recipe = Recipe.from_stored(info.recipe, str(info.path))
     data = EvalData.from_recipe(recipe, source=source, backend=backend)
     model = load_model(info, **arch.given())
@@ -178,25 +248,52 @@ def _detect_source(entries: Sequence[ListEntry], root: Path) -> str:
     return "frames" if (root / entries[0].path).is_dir() else "videos"
 
 
-def _loader(list_file: Path, root: Path, num_segments: int, data: EvalData, source: str,
-            protocol: Protocol, batch_size: int, workers: int | None,
-            ctx: distributed.DistContext) -> tuple[Any, distributed.ShardedSampler]:
+def _loader(
+    list_file: Path,
+    root: Path,
+    num_segments: int,
+    data: EvalData,
+    source: str,
+    protocol: Protocol,
+    batch_size: int,
+    workers: int | None,
+    ctx: distributed.DistContext,
+) -> tuple[Any, distributed.ShardedSampler]:
     """The test-mode loader of this rank's share of the list, and its sampler."""
     from torch.utils.data import DataLoader
 
     from tsmcli.data.dataset import VideoClipDataset, collate_clips
 
     dataset = VideoClipDataset(
-        list_file, root, num_segments=num_segments, mode="test", source=source,
-        backend=data.backend, template=data.frame_template, input_size=data.input_size,
-        scale_size=data.scale_size, clips=protocol.clips, crops=protocol.crops,
-        full_res=protocol.full_res, twice_sample=protocol.twice_sample, dense=protocol.dense,
-        skip_bad=False, seed=0)
-    sampler = distributed.ShardedSampler(len(dataset), rank=ctx.rank, world_size=ctx.world_size,
-                                         shuffle=False, pad=False)
+        list_file,
+        root,
+        num_segments=num_segments,
+        mode="test",
+        source=source,
+        backend=data.backend,
+        template=data.frame_template,
+        input_size=data.input_size,
+        scale_size=data.scale_size,
+        clips=protocol.clips,
+        crops=protocol.crops,
+        full_res=protocol.full_res,
+        twice_sample=protocol.twice_sample,
+        dense=protocol.dense,
+        skip_bad=False,
+        seed=0,
+    )
+    sampler = distributed.ShardedSampler(
+        len(dataset), rank=ctx.rank, world_size=ctx.world_size, shuffle=False, pad=False
+    )
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
-    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                        collate_fn=collate_clips, pin_memory=ctx.device.type == "cuda")
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_clips,
+        pin_memory=ctx.device.type == "cuda",
+    )
     return loader, sampler
 
 
@@ -206,8 +303,14 @@ def _write(result: EvalResult, out_dir: str | Path | None, json_path: str | Path
         write_reports(result, out_dir)
     if json_path is not None:
         atomic_write(Path(json_path), json.dumps(result.summary(), indent=2) + "\n")
-    log.info("top-1 %.2f  top-5 %.2f  mean class %.2f  (%d videos, %d views)", result.top1,
-             result.top5, result.mean_class_accuracy, result.num_videos, result.views)
+    log.info(
+        "top-1 %.2f  top-5 %.2f  mean class %.2f  (%d videos, %d views)",
+        result.top1,
+        result.top5,
+        result.mean_class_accuracy,
+        result.num_videos,
+        result.views,
+    )
 
 
 @dataclass
@@ -218,8 +321,9 @@ class _Shard:
     error: tuple[str, str] | None = None  # (exception class name, message)
 
 
-def _score_shard(model: torch.nn.Module, loader, total: int, average: AverageMode,
-                 ctx: distributed.DistContext) -> _Shard:
+def _score_shard(
+    model: torch.nn.Module, loader, total: int, average: AverageMode, ctx: distributed.DistContext
+) -> _Shard:
     """Score this rank's videos. Under torchrun an error is caught and passed on through the
     gather, so every rank raises it instead of the others waiting forever in the collective."""
     from tqdm import tqdm
@@ -241,14 +345,22 @@ def _score_shard(model: torch.nn.Module, loader, total: int, average: AverageMod
     except Exception as exc:
         if not ctx.distributed:
             raise
-        return _Shard(torch.zeros(0, dtype=torch.long), torch.zeros(0, 0), None,
-                      (type(exc).__name__, str(exc)))
+        return _Shard(
+            torch.zeros(0, dtype=torch.long),
+            torch.zeros(0, 0),
+            None,
+            (type(exc).__name__, str(exc)),
+        )
     if not scores:
-        return _Shard(torch.zeros(0, dtype=torch.long), torch.zeros(0, int(model.num_classes)), None)
+        return _Shard(
+            torch.zeros(0, dtype=torch.long), torch.zeros(0, int(model.num_classes)), None
+        )
     return _Shard(torch.cat(indices), torch.cat(scores), views)
 
 
-def _gather(shard: _Shard, ctx: distributed.DistContext, num_videos: int) -> tuple[Tensor, Tensor, int]:
+def _gather(
+    shard: _Shard, ctx: distributed.DistContext, num_videos: int
+) -> tuple[Tensor, Tensor, int]:
     """All ranks' scores in list order, each video exactly once."""
     parts = [shard]
     if ctx.distributed:
@@ -267,7 +379,9 @@ def _gather(shard: _Shard, ctx: distributed.DistContext, num_videos: int) -> tup
     scores = torch.cat([p.scores for p in parts if p.scores.numel()])
     order = torch.argsort(indices)
     if not torch.equal(indices[order], torch.arange(num_videos)):
-        raise RuntimeError(f"scored {indices.numel()} videos for a list of {num_videos}; "
-                           "each video must be scored exactly once")
+        raise RuntimeError(
+            f"scored {indices.numel()} videos for a list of {num_videos}; "
+            "each video must be scored exactly once"
+        )
     views = max(p.views for p in parts if p.views is not None)
     return indices[order], scores[order], views

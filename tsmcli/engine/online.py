@@ -63,8 +63,9 @@ class OnlineModel:
     def prepare(self, frames: Tensor) -> Tensor:
         """uint8 ``(N, 3, h, w)`` frames to the model's normalised ``(N, 3, H, W)`` input."""
         if self.height == self.width:
-            return transforms.normalize(transforms.eval_views(
-                frames, input_size=self.height, scale_size=self.scale_size)[0])  # (N, 3, H, W)
+            return transforms.normalize(
+                transforms.eval_views(frames, input_size=self.height, scale_size=self.scale_size)[0]
+            )  # (N, 3, H, W)
         from torchvision.transforms.v2 import functional as F
 
         resized = transforms.resize_short_side(frames, self.scale_size)
@@ -79,8 +80,15 @@ def load_online_model(model_dir: str | Path, *, trust_torchscript: bool = False)
     weights, or ``online.pt`` with ``trust_torchscript``), with its class names."""
     loaded = load_model_dir(model_dir, trust_torchscript=trust_torchscript)
     classes = read_classes(loaded.classes_file) if loaded.classes_file is not None else None
-    return OnlineModel(loaded.step, loaded.height, loaded.width, loaded.scale_size,
-                       loaded.buffer_shapes, classes, loaded.source)
+    return OnlineModel(
+        loaded.step,
+        loaded.height,
+        loaded.width,
+        loaded.scale_size,
+        loaded.buffer_shapes,
+        classes,
+        loaded.source,
+    )
 
 
 @dataclass(frozen=True)
@@ -108,11 +116,18 @@ class StreamStep:
     latency_ms: float
 
 
-def evaluate_online(model_dir: str | Path, list_file: str | Path, root: str | Path, *,
-                    source: str | None = None, backend: str | None = None,
-                    frame_template: str = FRAME_TEMPLATE, stride: int = 1,
-                    max_videos: int | None = None,
-                    trust_torchscript: bool = False) -> OnlineEvalResult:
+def evaluate_online(
+    model_dir: str | Path,
+    list_file: str | Path,
+    root: str | Path,
+    *,
+    source: str | None = None,
+    backend: str | None = None,
+    frame_template: str = FRAME_TEMPLATE,
+    stride: int = 1,
+    max_videos: int | None = None,
+    trust_torchscript: bool = False,
+) -> OnlineEvalResult:
     """Evaluate an exported online model frame by frame on a TSN list (``tsm eval --online``).
 
     ``source`` is ``frames`` or ``videos`` (None: a folder is frames, a file is a video);
@@ -120,15 +135,29 @@ def evaluate_online(model_dir: str | Path, list_file: str | Path, root: str | Pa
     ``online.pt`` instead of the model rebuilt from its weights (``load_online_model``).
     """
     model = load_online_model(model_dir, trust_torchscript=trust_torchscript)
-    return evaluate_stream(model, list_file, root, source=source,
-                           backend=backend, frame_template=frame_template, stride=stride,
-                           max_videos=max_videos)
+    return evaluate_stream(
+        model,
+        list_file,
+        root,
+        source=source,
+        backend=backend,
+        frame_template=frame_template,
+        stride=stride,
+        max_videos=max_videos,
+    )
 
 
-def evaluate_stream(model: OnlineModel, list_file: str | Path, root: str | Path, *,
-                    source: str | None = None, backend: str | None = None,
-                    frame_template: str = FRAME_TEMPLATE, stride: int = 1,
-                    max_videos: int | None = None) -> OnlineEvalResult:
+def evaluate_stream(
+    model: OnlineModel,
+    list_file: str | Path,
+    root: str | Path,
+    *,
+    source: str | None = None,
+    backend: str | None = None,
+    frame_template: str = FRAME_TEMPLATE,
+    stride: int = 1,
+    max_videos: int | None = None,
+) -> OnlineEvalResult:
     """``evaluate_online`` for a model already in memory (``convert_online`` uses it)."""
     if stride < 1:
         raise UsageError(f"stride must be at least 1, got {stride}")
@@ -151,30 +180,43 @@ def evaluate_stream(model: OnlineModel, list_file: str | Path, root: str | Path,
                     at_percent[p].append(mean_logits)
         final.append(at_percent[100][-1])
         if len(final) == 1:  # the model's class count is known once it has run
-            check_labels(entries, list_file, final[0].shape[1], owner=model.source,
-                         hint=EVAL_HINT)
+            check_labels(entries, list_file, final[0].shape[1], owner=model.source, hint=EVAL_HINT)
     return _online_result(entries, final, at_percent, latencies)
 
 
-def _online_result(entries: Sequence[ListEntry], final: list[Tensor],
-                   at_percent: dict[int, list[Tensor]],
-                   latencies: list[float]) -> OnlineEvalResult:
+def _online_result(
+    entries: Sequence[ListEntry],
+    final: list[Tensor],
+    at_percent: dict[int, list[Tensor]],
+    latencies: list[float],
+) -> OnlineEvalResult:
     """The accuracies of the running averages (after the whole video and part-way in)."""
     scores = torch.cat(final)  # (N, K)
     labels = torch.tensor([entry.label for entry in entries])  # (N,)
     accuracy = topk_accuracy(scores, labels, (1, 5))
-    top1_at = {p: topk_accuracy(torch.cat(at_percent[p]), labels, (1,))[1]
-               for p in SEEN_PERCENTS}
+    top1_at = {p: topk_accuracy(torch.cat(at_percent[p]), labels, (1,))[1] for p in SEEN_PERCENTS}
     return OnlineEvalResult(
-        num_videos=len(entries), num_frames=len(latencies), top1=accuracy[1], top5=accuracy[5],
+        num_videos=len(entries),
+        num_frames=len(latencies),
+        top1=accuracy[1],
+        top5=accuracy[5],
         mean_class_accuracy=mean_class_accuracy(predict(scores), labels, scores.shape[1]),
-        top1_at=top1_at, latency_ms=statistics.median(latencies) * 1000.0,
-        scores=scores, labels=labels)
+        top1_at=top1_at,
+        latency_ms=statistics.median(latencies) * 1000.0,
+        scores=scores,
+        labels=labels,
+    )
 
 
-def stream(video: str | Path, model_dir: str | Path, topk: int = 5, *,
-           backend: str | None = None, stride: int = 1,
-           trust_torchscript: bool = False) -> Iterator[StreamStep]:
+def stream(
+    video: str | Path,
+    model_dir: str | Path,
+    topk: int = 5,
+    *,
+    backend: str | None = None,
+    stride: int = 1,
+    trust_torchscript: bool = False,
+) -> Iterator[StreamStep]:
     """Run a video (file or frame folder) through an online model one frame at a time,
     yielding the running top-k after each frame (``tsm stream``; ``trust_torchscript`` as
     in ``load_online_model``)."""
@@ -185,21 +227,24 @@ def stream(video: str | Path, model_dir: str | Path, topk: int = 5, *,
         probs = mean_logits[0].softmax(dim=0)  # (K,)
         k = min(topk, probs.numel())
         order = torch.sort(probs, descending=True, stable=True).indices[:k]
-        yield StreamStep(index=indices[count - 1],
-                         labels=tuple(model.label(int(i)) for i in order),
-                         scores=tuple(float(probs[i]) for i in order),
-                         latency_ms=latency * 1000.0)
+        yield StreamStep(
+            index=indices[count - 1],
+            labels=tuple(model.label(int(i)) for i in order),
+            scores=tuple(float(probs[i]) for i in order),
+            latency_ms=latency * 1000.0,
+        )
 
 
-def _running_average(model: OnlineModel, video: FrameSource,
-                     indices: Sequence[int]) -> Iterator[tuple[int, Tensor, float]]:
+def _running_average(
+    model: OnlineModel, video: FrameSource, indices: Sequence[int]
+) -> Iterator[tuple[int, Tensor, float]]:
     """Yield ``(frames seen, running mean of logits (1, K), seconds of model time)`` per frame."""
     buffers = model.initial_buffers()
     total: Tensor | None = None
     count = 0
     with torch.no_grad():
         for start in range(0, len(indices), DECODE_CHUNK):
-            frames = model.prepare(video.get(indices[start:start + DECODE_CHUNK]))  # (n, 3, H, W)
+            frames = model.prepare(video.get(indices[start : start + DECODE_CHUNK]))  # (n, 3, H, W)
             for frame in frames:
                 begin = time.perf_counter()
                 try:
@@ -209,15 +254,17 @@ def _running_average(model: OnlineModel, video: FrameSource,
                     raise ExportError(
                         f"{model.source}: failed on a {model.height}x{model.width} frame with "
                         f"{len(buffers)} buffers ({type(exc).__name__}: {first[:200]}); "
-                        "convert the checkpoint again with tsm convert-online") from exc
+                        "convert the checkpoint again with tsm convert-online"
+                    ) from exc
                 latency = time.perf_counter() - begin
                 total = logits if total is None else total + logits
                 count += 1
                 yield count, total / count, latency
 
 
-def _open(path: Path, num_frames: int | None, source: str | None, backend: str | None,
-          frame_template: str) -> FrameSource:
+def _open(
+    path: Path, num_frames: int | None, source: str | None, backend: str | None, frame_template: str
+) -> FrameSource:
     """A frame folder or a video file; with ``source=None`` a folder is frames. The list's
     frame count, when there is one, spares PyAV a counting pass (as in the clip dataset)."""
     if source is not None and source not in SOURCES:

@@ -75,14 +75,26 @@ class EvalResult:
 
     def summary(self) -> dict[str, Any]:
         """The JSON report (``--json``): numbers and what produced them."""
-        return {"top1": self.top1, "top5": self.top5,
-                "mean_class_accuracy": self.mean_class_accuracy, "num_videos": self.num_videos,
-                "views": self.views, "checkpoint": self.checkpoint,
-                "protocol": self.protocol.to_dict()}
+        return {
+            "top1": self.top1,
+            "top5": self.top5,
+            "mean_class_accuracy": self.mean_class_accuracy,
+            "num_videos": self.num_videos,
+            "views": self.views,
+            "checkpoint": self.checkpoint,
+            "protocol": self.protocol.to_dict(),
+        }
 
 
-def eval_result(entries: Sequence[ListEntry], scores: Tensor, views: int, protocol: Protocol,
-                checkpoint: Path, classes: list[str], videos_per_s: float) -> EvalResult:
+def eval_result(
+    entries: Sequence[ListEntry],
+    scores: Tensor,
+    views: int,
+    protocol: Protocol,
+    checkpoint: Path,
+    classes: list[str],
+    videos_per_s: float,
+) -> EvalResult:
     """The metrics of view-averaged ``scores`` (N, K) of the listed videos, in list order."""
     num_classes = scores.shape[1]
     labels = torch.tensor([e.label for e in entries], dtype=torch.long)
@@ -91,41 +103,93 @@ def eval_result(entries: Sequence[ListEntry], scores: Tensor, views: int, protoc
     preds = ranked[:, 0]
     confusion = confusion_matrix(preds, labels, num_classes)
     support, correct, per_class = per_class_accuracy(confusion)
-    rows = [ClassAccuracy(k, classes[k], int(support[k]), int(correct[k]),
-                          None if support[k] == 0 else float(per_class[k]))
-            for k in range(num_classes)]
+    rows = [
+        ClassAccuracy(
+            k,
+            classes[k],
+            int(support[k]),
+            int(correct[k]),
+            None if support[k] == 0 else float(per_class[k]),
+        )
+        for k in range(num_classes)
+    ]
     top_scores = scores.gather(1, ranked)
-    predictions = [VideoPrediction(e.path, e.label, tuple(ranked[i].tolist()),
-                                   tuple(top_scores[i].tolist())) for i, e in enumerate(entries)]
+    predictions = [
+        VideoPrediction(e.path, e.label, tuple(ranked[i].tolist()), tuple(top_scores[i].tolist()))
+        for i, e in enumerate(entries)
+    ]
     return EvalResult(
-        top1=accuracy[1], top5=accuracy[TOP_K],
+        top1=accuracy[1],
+        top5=accuracy[TOP_K],
         mean_class_accuracy=mean_class_accuracy(preds, labels, num_classes),
-        num_videos=len(entries), views=views, videos_per_s=videos_per_s, protocol=protocol,
-        checkpoint=str(checkpoint), classes=classes, per_class=rows, confusion=confusion,
-        predictions=predictions, scores=scores, labels=labels)
+        num_videos=len(entries),
+        views=views,
+        videos_per_s=videos_per_s,
+        protocol=protocol,
+        checkpoint=str(checkpoint),
+        classes=classes,
+        per_class=rows,
+        confusion=confusion,
+        predictions=predictions,
+        scores=scores,
+        labels=labels,
+    )
 
 
 def write_reports(result: EvalResult, out_dir: str | Path) -> list[Path]:
     """per_class.csv, confusion.csv, a heat map (or top_confusions.txt), predictions.csv."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    written = [_write_csv(out / "per_class.csv", ["class", "name", "support", "correct", "accuracy"],
-                          [[r.label, r.name, r.support, r.correct,
-                            "" if r.accuracy is None else f"{r.accuracy:.4f}"] for r in result.per_class])]
+    written = [
+        _write_csv(
+            out / "per_class.csv",
+            ["class", "name", "support", "correct", "accuracy"],
+            [
+                [
+                    r.label,
+                    r.name,
+                    r.support,
+                    r.correct,
+                    "" if r.accuracy is None else f"{r.accuracy:.4f}",
+                ]
+                for r in result.per_class
+            ],
+        )
+    ]
     num_classes = len(result.classes)
-    written.append(_write_csv(
-        out / "confusion.csv", ["class", "name", *map(str, range(num_classes))],
-        [[k, result.classes[k], *result.confusion[k].tolist()] for k in range(num_classes)]))
+    written.append(
+        _write_csv(
+            out / "confusion.csv",
+            ["class", "name", *map(str, range(num_classes))],
+            [[k, result.classes[k], *result.confusion[k].tolist()] for k in range(num_classes)],
+        )
+    )
     if num_classes <= HEATMAP_MAX_CLASSES:
         written.append(_write_heatmap(out / "confusion.png", result.confusion, result.classes))
     else:
-        written.append(_write_top_confusions(out / "top_confusions.txt", result.confusion, result.classes))
+        written.append(
+            _write_top_confusions(out / "top_confusions.txt", result.confusion, result.classes)
+        )
     k = len(result.predictions[0].top_labels) if result.predictions else 0
     header = ["video", "label", *(c for i in range(1, k + 1) for c in (f"pred_{i}", f"score_{i}"))]
-    written.append(_write_csv(out / "predictions.csv", header, [
-        [p.video, p.label, *(c for label, score in zip(p.top_labels, p.top_scores, strict=True)
-                             for c in (label, f"{score:.6g}"))]
-        for p in result.predictions]))
+    written.append(
+        _write_csv(
+            out / "predictions.csv",
+            header,
+            [
+                [
+                    p.video,
+                    p.label,
+                    *(
+                        c
+                        for label, score in zip(p.top_labels, p.top_scores, strict=True)
+                        for c in (label, f"{score:.6g}")
+                    ),
+                ]
+                for p in result.predictions
+            ],
+        )
+    )
     return written
 
 
@@ -149,8 +213,10 @@ def top_confusions(confusion: Tensor, limit: int = TOP_CONFUSIONS) -> list[tuple
 
 def _write_top_confusions(path: Path, confusion: Tensor, classes: list[str]) -> Path:
     support = confusion.sum(dim=1)
-    lines = [f"# {len(classes)} classes: too many for a readable heat map; the most frequent "
-             "confusions (count, share of the true class)"]
+    lines = [
+        f"# {len(classes)} classes: too many for a readable heat map; the most frequent "
+        "confusions (count, share of the true class)"
+    ]
     for true, pred, count in top_confusions(confusion):
         share = 100.0 * count / int(support[true])
         lines.append(f"{count}\t{share:.1f}%\t{classes[true]} -> {classes[pred]}")
@@ -182,7 +248,14 @@ def _write_heatmap(path: Path, confusion: Tensor, classes: list[str]) -> Path:
         for t in range(k):
             for p in range(k):
                 if confusion[t, p]:
-                    ax.text(p, t, str(int(confusion[t, p])), ha="center", va="center", fontsize=7,
-                            color="white" if share[t, p] > 50 else "black")
+                    ax.text(
+                        p,
+                        t,
+                        str(int(confusion[t, p])),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if share[t, p] > 50 else "black",
+                    )
     fig.tight_layout()
     return atomic_write_with(path, lambda handle: fig.savefig(handle, format="png", dpi=100))

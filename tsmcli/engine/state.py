@@ -123,33 +123,44 @@ def resume(path: Path, recipe: Recipe, target: ResumeTarget, recipe_file: Path) 
     except (ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise CheckpointError(
             f"{path}: its optimizer state does not fit this model ({exc}); the file is "
-            "damaged or from another run: start a new run with --out") from None
+            "damaged or from another run: start a new run with --out"
+        ) from None
     progress = _progress(state, target.global_batch)
     restore_rng(state.get("rng") or [], target.ctx, target.ctx.device.type == "cuda")
     return progress
 
 
-def _check_resumed_classes(state: dict[str, Any], path: Path, recipe: Recipe,
-                           num_classes: int) -> None:
+def _check_resumed_classes(
+    state: dict[str, Any], path: Path, recipe: Recipe, num_classes: int
+) -> None:
     saved = int(state["model_config"].get("num_classes", num_classes))
     if saved != num_classes:
-        source = ("model.num_classes" if recipe.model.num_classes else
-                  str(Path(recipe.data.train_list).expanduser().parent / "classes.txt"))
+        source = (
+            "model.num_classes"
+            if recipe.model.num_classes
+            else str(Path(recipe.data.train_list).expanduser().parent / "classes.txt")
+        )
         raise TrainingError(
             f"{path}: was trained with {saved} classes, but {source} now gives "
-            f"{num_classes}; restore it to resume, or start a new run with --out")
+            f"{num_classes}; restore it to resume, or start a new run with --out"
+        )
 
 
 def _progress(state: dict[str, Any], global_batch: int) -> Progress:
     """Where the saved run stood. A step count inside an epoch is kept only for the same
     global batch (the sampler's order depends on it): otherwise the epoch starts over."""
-    progress = Progress(epoch=int(state["epoch"]), iteration=int(state.get("iteration", 0)),
-                        partial=dict(state.get("partial") or {}),
-                        best_top1=state.get("best_top1"),
-                        history=list(state.get("history") or []))
+    progress = Progress(
+        epoch=int(state["epoch"]),
+        iteration=int(state.get("iteration", 0)),
+        partial=dict(state.get("partial") or {}),
+        best_top1=state.get("best_top1"),
+        history=list(state.get("history") or []),
+    )
     if progress.iteration and int(state.get("global_batch", global_batch)) != global_batch:
-        log.warning("the global batch changed since the interruption; epoch %d starts over",
-                    progress.epoch + 1)
+        log.warning(
+            "the global batch changed since the interruption; epoch %d starts over",
+            progress.epoch + 1,
+        )
         progress.iteration, progress.partial = 0, {}
     return progress
 
@@ -180,11 +191,15 @@ def check_resumable(state: dict[str, Any], path: Path) -> None:
     kinds = {"state_dict": dict, "optimizer": dict, "model_config": dict, "epoch": int}
     missing = [key for key, kind in kinds.items() if not isinstance(state.get(key), kind)]
     if state.get("format") != FORMAT or missing:
-        what = (f"it has no {', '.join(missing)}" if state.get("format") == FORMAT
-                else "it is not a tsmcli checkpoint")
+        what = (
+            f"it has no {', '.join(missing)}"
+            if state.get("format") == FORMAT
+            else "it is not a tsmcli checkpoint"
+        )
         raise TrainingError(
             f"{path}: not a training checkpoint ({what}), so it cannot be resumed; start a "
-            "new run with --out (model.init_from=FILE fine-tunes from a model's weights)")
+            "new run with --out (model.init_from=FILE fine-tunes from a model's weights)"
+        )
 
 
 def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

@@ -73,8 +73,13 @@ class TrainResult:
     model: nn.Module | None = field(default=None, repr=False, compare=False)  # trained, unwrapped
 
 
-def train(recipe: Recipe, out_dir: Path | None = None, resume: bool = False, *,
-          preloaded: Sequence[CheckpointInfo] = ()) -> TrainResult:
+def train(
+    recipe: Recipe,
+    out_dir: Path | None = None,
+    resume: bool = False,
+    *,
+    preloaded: Sequence[CheckpointInfo] = (),
+) -> TrainResult:
     """Train ``recipe`` into ``out_dir`` (default ``train.out_dir/<recipe name>``).
 
     ``resume`` continues from ``last.pt`` there; without it a run dir that already holds a
@@ -84,8 +89,11 @@ def train(recipe: Recipe, out_dir: Path | None = None, resume: bool = False, *,
     """
     _check_arch(recipe)
     run_dir = _run_dir(recipe, out_dir)
-    check_writable_dir(run_dir, "--out" if out_dir is not None else "train.out_dir",
-                       UsageError if out_dir is not None else RecipeError)
+    check_writable_dir(
+        run_dir,
+        "--out" if out_dir is not None else "train.out_dir",
+        UsageError if out_dir is not None else RecipeError,
+    )
     ctx = distributed.setup(recipe.train.device)
     previous_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
@@ -117,8 +125,14 @@ def _run_dir(recipe: Recipe, out_dir: Path | None) -> Path:
 class _Run:
     """One training run: set up once, then ``fit`` epoch by epoch."""
 
-    def __init__(self, recipe: Recipe, run_dir: Path, resume: bool, ctx: DistContext,
-                 preloaded: Sequence[CheckpointInfo] = ()):
+    def __init__(
+        self,
+        recipe: Recipe,
+        run_dir: Path,
+        resume: bool,
+        ctx: DistContext,
+        preloaded: Sequence[CheckpointInfo] = (),
+    ):
         self.recipe, self.run_dir, self.ctx = recipe, run_dir, ctx
         self.preloaded = {info.path: info for info in preloaded}
         self._check_run_dir(resume)
@@ -128,11 +142,15 @@ class _Run:
         amp_dtype = configure_backends(recipe.train, ctx)
         self.data = prepare_data(recipe, ctx)
         # resuming: the weights come from last.pt
-        self.parts = build_run_model(recipe, self.data.num_classes, ctx,
-                                     load_init_weights=not resume, source=self._checkpoint_source)
+        self.parts = build_run_model(
+            recipe,
+            self.data.num_classes,
+            ctx,
+            load_init_weights=not resume,
+            source=self._checkpoint_source,
+        )
         self.optim = build_optimisation(recipe, self.parts.model, self.data, ctx)
-        self.loop = Loop(recipe, ctx, self.data, self.parts, self.optim, amp_dtype,
-                         run_dir / LAST)
+        self.loop = Loop(recipe, ctx, self.data, self.parts, self.optim, amp_dtype, run_dir / LAST)
         self.progress = self._resume() if resume else Progress()
         self.tensorboard = self._open_tensorboard()
         self._write_run_files(resume)
@@ -157,10 +175,15 @@ class _Run:
         return self.preloaded.get(Path(path), path)
 
     def _resume(self) -> Progress:
-        target = ResumeTarget(self.parts.model, self.optim.optimizer, self.optim.scaler,
-                              self.data.num_classes, self.data.global_batch, self.ctx)
-        progress = resume_run(self.run_dir / LAST, self.recipe, target,
-                              self.run_dir / RECIPE_FILE)
+        target = ResumeTarget(
+            self.parts.model,
+            self.optim.optimizer,
+            self.optim.scaler,
+            self.data.num_classes,
+            self.data.global_batch,
+            self.ctx,
+        )
+        progress = resume_run(self.run_dir / LAST, self.recipe, target, self.run_dir / RECIPE_FILE)
         if self.ctx.is_main:
             where = f", step {progress.iteration}" if progress.iteration else ""
             log.info("resuming %s after epoch %d%s", self.run_dir, progress.epoch, where)
@@ -212,8 +235,9 @@ class _Run:
                 self.tensorboard.close()
         distributed.barrier(self.ctx)
         history, best_top1 = self.progress.history, self.progress.best_top1
-        last_top1 = next((row["top1"] for row in reversed(history) if row["top1"] is not None),
-                         None)
+        last_top1 = next(
+            (row["top1"] for row in reversed(history) if row["top1"] is not None), None
+        )
         return TrainResult(
             run_dir=self.run_dir,
             epochs=len(history),
@@ -228,8 +252,9 @@ class _Run:
     def _epochs(self, stop: StopOnSignal) -> None:
         t, progress = self.recipe.train, self.progress
         for epoch in range(progress.epoch, t.epochs):
-            row = self.loop.train_epoch(epoch, progress.iteration, progress.partial, stop,
-                                        self._save_interrupted)
+            row = self.loop.train_epoch(
+                epoch, progress.iteration, progress.partial, stop, self._save_interrupted
+            )
             progress.iteration, progress.partial = 0, {}
             if self.data.val_set is not None and (
                 (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs
@@ -309,9 +334,7 @@ class _Run:
 
 
 def _log_epoch(epoch: int, epochs: int, row: dict[str, Any]) -> None:
-    top = (
-        f", top-1 {row['top1']:.2f}%, top-5 {row['top5']:.2f}%" if row["top1"] is not None else ""
-    )
+    top = f", top-1 {row['top1']:.2f}%, top-5 {row['top5']:.2f}%" if row["top1"] is not None else ""
     log.info(
         "epoch %d/%d: loss %.4f%s, %.1f clips/s, data wait %.0f%%, %.0f s",
         epoch + 1,

@@ -46,8 +46,14 @@ class Loop:
     amp_dtype: torch.dtype | None
     last: Path
 
-    def train_epoch(self, epoch: int, start: int, partial: dict[str, float],
-                    stop: StopOnSignal, save_interrupted: SaveInterrupted) -> dict[str, Any]:
+    def train_epoch(
+        self,
+        epoch: int,
+        start: int,
+        partial: dict[str, float],
+        stop: StopOnSignal,
+        save_interrupted: SaveInterrupted,
+    ) -> dict[str, Any]:
         """Steps ``start`` .. the end of ``epoch``; returns its metrics.jsonl row (training
         part). A Ctrl-C saves through ``save_interrupted`` and raises ``Interrupted``."""
         from tqdm import tqdm
@@ -57,11 +63,22 @@ class Loop:
         self.data.train_set.set_epoch(epoch)
         self.data.train_sampler.set_epoch(epoch, start=start * t.batch_size)
         show_bar = self.ctx.is_main and sys.stderr.isatty()
-        bar = tqdm(total=self.data.iters_per_epoch, initial=start,
-                   desc=f"epoch {epoch + 1}/{t.epochs}", unit="step", disable=not show_bar,
-                   dynamic_ncols=True)
-        acc = {"loss_sum": 0.0, "clips": 0.0, "seconds": 0.0, "wait": 0.0, "skipped": 0.0,
-               **partial}
+        bar = tqdm(
+            total=self.data.iters_per_epoch,
+            initial=start,
+            desc=f"epoch {epoch + 1}/{t.epochs}",
+            unit="step",
+            disable=not show_bar,
+            dynamic_ncols=True,
+        )
+        acc = {
+            "loss_sum": 0.0,
+            "clips": 0.0,
+            "seconds": 0.0,
+            "wait": 0.0,
+            "skipped": 0.0,
+            **partial,
+        }
         batches = iter(self.data.train_loader)
         lr = self.optim.schedule.lr_at(epoch, start)
         try:
@@ -75,8 +92,14 @@ class Loop:
             bar.close()
         return _epoch_row(epoch, acc, lr)
 
-    def _timed_step(self, batches: Iterator[Any], acc: dict[str, float], stop: StopOnSignal,
-                    epoch: int, iteration: int) -> tuple[float, bool]:
+    def _timed_step(
+        self,
+        batches: Iterator[Any],
+        acc: dict[str, float],
+        stop: StopOnSignal,
+        epoch: int,
+        iteration: int,
+    ) -> tuple[float, bool]:
         """One step, with the time spent waiting for its batch; adds to ``acc``."""
         step_start = time.perf_counter()
         batch = next(batches)
@@ -90,19 +113,28 @@ class Loop:
         acc["seconds"] += time.perf_counter() - step_start
         return lr, stop_all
 
-    def _progress(self, bar: Any, acc: dict[str, float], lr: float, show_bar: bool,
-                  epoch: int, iteration: int) -> None:
+    def _progress(
+        self, bar: Any, acc: dict[str, float], lr: float, show_bar: bool, epoch: int, iteration: int
+    ) -> None:
         """The bar's postfix, or a log line every ``train.log_every`` steps without a bar."""
         rate = acc["clips"] / max(acc["seconds"], 1e-9)
         loss = acc["loss_sum"] / max(acc["clips"], 1)
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", clips_s=f"{rate:.1f}", refresh=False)
         if not show_bar and self.ctx.is_main and (iteration + 1) % self.recipe.train.log_every == 0:
-            log.info("epoch %d step %d/%d: loss %.4f, lr %.3g, %.1f clips/s", epoch + 1,
-                     iteration + 1, self.data.iters_per_epoch, loss, lr, rate)
+            log.info(
+                "epoch %d step %d/%d: loss %.4f, lr %.3g, %.1f clips/s",
+                epoch + 1,
+                iteration + 1,
+                self.data.iters_per_epoch,
+                loss,
+                lr,
+                rate,
+            )
 
-    def step(self, batch: Any, stop_requested: bool, epoch: int,
-             iteration: int) -> tuple[float, int, int, bool]:
+    def step(
+        self, batch: Any, stop_requested: bool, epoch: int, iteration: int
+    ) -> tuple[float, int, int, bool]:
         """One SGD step on one batch. Returns, summed over ranks: the loss times the clips, the
         clips, the unreadable videos dropped (``data.skip_bad``), and whether to stop."""
         device = self.ctx.device
@@ -111,7 +143,8 @@ class Loop:
         flags = torch.tensor([float(len(batch.skipped)), float(stop_requested)], device=device)
         if self._empty(count, labels):
             _, _, skipped, stop_all = distributed.all_reduce_sum(
-                torch.cat([torch.zeros(2, device=device), flags]), self.ctx).tolist()
+                torch.cat([torch.zeros(2, device=device), flags]), self.ctx
+            ).tolist()
             return 0.0, 0, int(skipped), bool(stop_all)
         clips = batch.model_input(device)  # (B, T, 3, S, S)
         taught = None
@@ -123,7 +156,8 @@ class Loop:
         t = self.recipe.train
         loss = _loss(logits.float(), labels, taught, t.distill_weight, t.distill_temperature)
         totals = distributed.all_reduce_sum(
-            torch.cat([torch.stack([loss.detach() * count, count]), flags]), self.ctx)
+            torch.cat([torch.stack([loss.detach() * count, count]), flags]), self.ctx
+        )
         loss_sum, total, skipped, stop_all = totals.tolist()
         if not math.isfinite(loss_sum):
             self._non_finite(loss_sum / max(total, 1), epoch, iteration)
@@ -141,11 +175,15 @@ class Loop:
         return labels.numel() == 0
 
     def _non_finite(self, loss: float, epoch: int, iteration: int) -> None:
-        kept = (f"the last good checkpoint is {self.last}" if self.last.exists()
-                else "no checkpoint was written yet")
+        kept = (
+            f"the last good checkpoint is {self.last}"
+            if self.last.exists()
+            else "no checkpoint was written yet"
+        )
         raise TrainingError(
             f"non-finite loss ({loss}) at epoch {epoch + 1} step {iteration + 1}; training "
-            f"stopped and {kept}; lower optim.lr or check the data")
+            f"stopped and {kept}; lower optim.lr or check the data"
+        )
 
     def _update(self, loss: torch.Tensor) -> None:
         """Backward and the optimiser step (gradient clipping, AMP scaling)."""
@@ -177,8 +215,11 @@ class Loop:
             counts += torch.tensor([hits[1], hits[5], b], dtype=torch.float64)
         counts = distributed.all_reduce_sum(counts.to(self.ctx.device), self.ctx).cpu()
         videos = int(counts[2])
-        top1, top5 = ((100.0 * float(counts[0]) / videos, 100.0 * float(counts[1]) / videos)
-                      if videos else (0.0, 0.0))
+        top1, top5 = (
+            (100.0 * float(counts[0]) / videos, 100.0 * float(counts[1]) / videos)
+            if videos
+            else (0.0, 0.0)
+        )
         return {"top1": top1, "top5": top5, "val_videos": videos}
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -200,8 +241,13 @@ def _epoch_row(epoch: int, acc: dict[str, float], lr: float) -> dict[str, Any]:
     }
 
 
-def _loss(logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None = None,
-          weight: float = 0.0, temperature: float = 1.0) -> torch.Tensor:
+def _loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    teacher: torch.Tensor | None = None,
+    weight: float = 0.0,
+    temperature: float = 1.0,
+) -> torch.Tensor:
     """Mean cross-entropy of (B, K) logits against (B,) labels; with ``teacher`` logits (B, K),
     ``(1 - weight) * CE + weight * T^2 * KL(teacher_T || student_T)``, both softened by the
     temperature T (Hinton et al.; T^2 keeps the gradient scale as T changes)."""

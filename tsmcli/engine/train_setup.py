@@ -87,10 +87,21 @@ def prepare_data(recipe: Recipe, ctx: DistContext) -> TrainData:
     for list_file in [train_list] + ([val_list] if val_list else []):
         check_train_list(list_file, num_classes, root, d.source, d.frame_template)
     train_set, val_set = _datasets(recipe, root, train_list, val_list, classes)
-    train_sampler = ShardedSampler(len(train_set), rank=ctx.rank, world_size=ctx.world_size,
-                                   shuffle=True, seed=t.seed, pad=True)
-    val_sampler = (ShardedSampler(len(val_set), rank=ctx.rank, world_size=ctx.world_size,
-                                  shuffle=False, pad=False) if val_set else None)
+    train_sampler = ShardedSampler(
+        len(train_set),
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        shuffle=True,
+        seed=t.seed,
+        pad=True,
+    )
+    val_sampler = (
+        ShardedSampler(
+            len(val_set), rank=ctx.rank, world_size=ctx.world_size, shuffle=False, pad=False
+        )
+        if val_set
+        else None
+    )
     # loaders live for the whole run (persistent workers); set_epoch reaches the workers
     # through the dataset's shared-memory epoch counter
     cuda = ctx.device.type == "cuda"
@@ -98,18 +109,25 @@ def prepare_data(recipe: Recipe, ctx: DistContext) -> TrainData:
     if iters_per_epoch == 0:
         raise TrainingError(
             f"{train_list}: {len(train_set)} videos make no full batch of "
-            f"{t.batch_size} x {ctx.world_size} process(es); lower train.batch_size")
+            f"{t.batch_size} x {ctx.world_size} process(es); lower train.batch_size"
+        )
     return TrainData(
-        classes=classes, num_classes=num_classes, train_set=train_set, val_set=val_set,
-        train_sampler=train_sampler, val_sampler=val_sampler,
+        classes=classes,
+        num_classes=num_classes,
+        train_set=train_set,
+        val_set=val_set,
+        train_sampler=train_sampler,
+        val_sampler=val_sampler,
         train_loader=make_loader(train_set, train_sampler, t, cuda, drop_last=True),
-        val_loader=make_loader(val_set, val_sampler, t, cuda, drop_last=False)
-        if val_set else None,
-        global_batch=t.batch_size * ctx.world_size, iters_per_epoch=iters_per_epoch)
+        val_loader=make_loader(val_set, val_sampler, t, cuda, drop_last=False) if val_set else None,
+        global_batch=t.batch_size * ctx.world_size,
+        iters_per_epoch=iters_per_epoch,
+    )
 
 
-def _datasets(recipe: Recipe, root: Path, train_list: Path, val_list: Path | None,
-              classes: list[str] | None) -> tuple[Any, Any | None]:
+def _datasets(
+    recipe: Recipe, root: Path, train_list: Path, val_list: Path | None, classes: list[str] | None
+) -> tuple[Any, Any | None]:
     """The train dataset (augmented) and the val dataset (centre views), if any."""
     from tsmcli.data.dataset import VideoClipDataset
 
@@ -125,8 +143,15 @@ def _datasets(recipe: Recipe, root: Path, train_list: Path, val_list: Path | Non
         skip_bad=d.skip_bad,
         seed=recipe.train.seed,
     )
-    train_set = VideoClipDataset(train_list, root, mode="train", scales=d.scales, flip=d.flip,
-                                 flip_pairs=_flip_pairs(recipe, classes), **common)
+    train_set = VideoClipDataset(
+        train_list,
+        root,
+        mode="train",
+        scales=d.scales,
+        flip=d.flip,
+        flip_pairs=_flip_pairs(recipe, classes),
+        **common,
+    )
     val_set = VideoClipDataset(val_list, root, mode="val", **common) if val_list else None
     return train_set, val_set
 
@@ -143,8 +168,9 @@ def _flip_pairs(recipe: Recipe, classes: list[str] | None) -> list[tuple[int, in
     return manifest.flip_pairs_for(classes) if classes else list(manifest.flip_pairs)
 
 
-def make_loader(dataset: Any, sampler: ShardedSampler, t: TrainConfig, cuda: bool,
-                drop_last: bool) -> DataLoader:
+def make_loader(
+    dataset: Any, sampler: ShardedSampler, t: TrainConfig, cuda: bool, drop_last: bool
+) -> DataLoader:
     """A loader with a private generator (starting an epoch never draws from the global RNG,
     dropout's) and, with workers, persistent ones."""
     from tsmcli.data.dataset import collate_clips
@@ -185,8 +211,14 @@ class RunModel:
     teacher: nn.Module | None  # train.distill_from, frozen
 
 
-def build_run_model(recipe: Recipe, num_classes: int, ctx: DistContext, *,
-                    load_init_weights: bool, source: CheckpointSource) -> RunModel:
+def build_run_model(
+    recipe: Recipe,
+    num_classes: int,
+    ctx: DistContext,
+    *,
+    load_init_weights: bool,
+    source: CheckpointSource,
+) -> RunModel:
     """The model, seeded the same on every rank and in every run; ``load_init_weights``
     loads ``model.pretrained`` / ``model.init_from`` (not when resuming: the weights come
     from last.pt)."""
@@ -195,8 +227,9 @@ def build_run_model(recipe: Recipe, num_classes: int, ctx: DistContext, *,
     m, t = recipe.model, recipe.train
     cuda = ctx.device.type == "cuda"
     seed_everything(t.seed)  # the same initial weights on every rank and every run
-    model = build_model(**m.architecture(num_classes),
-                        pretrained=m.pretrained if load_init_weights else None)
+    model = build_model(
+        **m.architecture(num_classes), pretrained=m.pretrained if load_init_weights else None
+    )
     if m.init_from and load_init_weights:
         from tsmcli.model.checkpoint import load_weights_for_finetune
 
@@ -216,8 +249,9 @@ def build_run_model(recipe: Recipe, num_classes: int, ctx: DistContext, *,
     return RunModel(model, net, _load_teacher(recipe, num_classes, ctx, source))
 
 
-def _load_teacher(recipe: Recipe, num_classes: int, ctx: DistContext,
-                  source: CheckpointSource) -> nn.Module | None:
+def _load_teacher(
+    recipe: Recipe, num_classes: int, ctx: DistContext, source: CheckpointSource
+) -> nn.Module | None:
     """``train.distill_from`` in eval mode, frozen, on this device, read at the recipe's
     segment count (a shift works at any clip length)."""
     t = recipe.train
@@ -229,10 +263,15 @@ def _load_teacher(recipe: Recipe, num_classes: int, ctx: DistContext,
     if teacher.num_classes != num_classes:
         raise CheckpointError(
             f"{t.distill_from}: the teacher (train.distill_from) has {teacher.num_classes} "
-            f"classes, the data {num_classes}; distil from a model of this dataset")
+            f"classes, the data {num_classes}; distil from a model of this dataset"
+        )
     teacher.requires_grad_(False)
-    log.info("distilling from %s (weight %g, temperature %g)", t.distill_from,
-             t.distill_weight, t.distill_temperature)
+    log.info(
+        "distilling from %s (weight %g, temperature %g)",
+        t.distill_from,
+        t.distill_weight,
+        t.distill_temperature,
+    )
     return teacher.to(ctx.device).eval()
 
 
@@ -245,8 +284,9 @@ class Optimisation:
     scaler: torch.amp.GradScaler
 
 
-def build_optimisation(recipe: Recipe, model: nn.Module, data: TrainData,
-                       ctx: DistContext) -> Optimisation:
+def build_optimisation(
+    recipe: Recipe, model: nn.Module, data: TrainData, ctx: DistContext
+) -> Optimisation:
     """The learning rate scaled to the global batch, fc x5 when fine-tuning, the schedule."""
     o, t = recipe.optim, recipe.train
     base_lr = scaled_lr(o.lr, o.reference_batch_size, data.global_batch)

@@ -71,10 +71,16 @@ PROTOCOLS: dict[str, Protocol] = {
 }
 
 
-def resolve_protocol(name: str | None = None, *, clips: int | None = None,
-                     crops: int | None = None, full_res: bool | None = None,
-                     twice_sample: bool | None = None, dense: bool | None = None,
-                     average: str | None = None) -> Protocol:
+def resolve_protocol(
+    name: str | None = None,
+    *,
+    clips: int | None = None,
+    crops: int | None = None,
+    full_res: bool | None = None,
+    twice_sample: bool | None = None,
+    dense: bool | None = None,
+    average: str | None = None,
+) -> Protocol:
     """A preset (``single`` by default) with the explicitly given fields replaced.
 
     The name records what changed (``single (clips=2)``), so a JSON report never claims a
@@ -84,17 +90,25 @@ def resolve_protocol(name: str | None = None, *, clips: int | None = None,
     if base_name not in PROTOCOLS:
         raise UsageError(f"unknown protocol {base_name!r}; choose one of {', '.join(PROTOCOLS)}")
     base = PROTOCOLS[base_name]
-    given = {"clips": clips, "crops": crops, "full_res": full_res, "twice_sample": twice_sample,
-             "dense": dense, "average": average}
+    given = {
+        "clips": clips,
+        "crops": crops,
+        "full_res": full_res,
+        "twice_sample": twice_sample,
+        "dense": dense,
+        "average": average,
+    }
     changes = {k: v for k, v in given.items() if v is not None and v != getattr(base, k)}
     if changes.get("clips", 1) < 1:
         raise UsageError(f"--clips must be at least 1, got {changes['clips']}")
     if changes.get("crops", 1) not in TEST_CROPS:
-        raise UsageError(f"--crops must be one of {', '.join(map(str, TEST_CROPS))}, got "
-                         f"{changes['crops']}")
+        raise UsageError(
+            f"--crops must be one of {', '.join(map(str, TEST_CROPS))}, got {changes['crops']}"
+        )
     if changes.get("average", "score") not in AVERAGE_MODES:
-        raise UsageError(f"--average must be one of {', '.join(AVERAGE_MODES)}, got "
-                         f"{changes['average']!r}")
+        raise UsageError(
+            f"--average must be one of {', '.join(AVERAGE_MODES)}, got {changes['average']!r}"
+        )
     if not changes:
         return base
     label = ", ".join(f"{k}={v}" for k, v in changes.items())
@@ -120,9 +134,15 @@ class ViewRequest:
         dense = self.dense
         if self.protocol is None and dense is None and dense_training:
             dense = True
-        return resolve_protocol(self.protocol, clips=self.clips, crops=self.crops,
-                                full_res=self.full_res, twice_sample=self.twice_sample,
-                                dense=dense, average=self.average)
+        return resolve_protocol(
+            self.protocol,
+            clips=self.clips,
+            crops=self.crops,
+            full_res=self.full_res,
+            twice_sample=self.twice_sample,
+            dense=dense,
+            average=self.average,
+        )
 
 
 @dataclass(frozen=True)
@@ -137,12 +157,17 @@ class EvalData:
     dense_training: bool
 
     @classmethod
-    def from_recipe(cls, recipe: Recipe | None, *, source: str | None = None,
-                    backend: str | None = None) -> EvalData:
+    def from_recipe(
+        cls, recipe: Recipe | None, *, source: str | None = None, backend: str | None = None
+    ) -> EvalData:
         """The stored recipe's data settings (the defaults, and no source, without one), with
         the ``source`` and ``backend`` given by the caller in their place."""
         data = recipe.data if recipe is not None else DataConfig()
-        return cls(source=source or (data.source if recipe is not None else None),
-                   backend=backend or data.backend, frame_template=data.frame_template,
-                   input_size=data.input_size, scale_size=data.scale_size,
-                   dense_training=data.sampling == "dense")
+        return cls(
+            source=source or (data.source if recipe is not None else None),
+            backend=backend or data.backend,
+            frame_template=data.frame_template,
+            input_size=data.input_size,
+            scale_size=data.scale_size,
+            dense_training=data.sampling == "dense",
+        )

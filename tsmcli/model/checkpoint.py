@@ -40,8 +40,16 @@ from tsmcli.model.weights import (
 logger = logging.getLogger(__name__)
 
 # build_model keywords a checkpoint can be rebuilt with (pretrained is not one: weights follow)
-MODEL_KEYS = ("arch", "num_classes", "num_segments", "shift", "shift_div", "shift_place",
-              "dropout", "partial_bn")
+MODEL_KEYS = (
+    "arch",
+    "num_classes",
+    "num_segments",
+    "shift",
+    "shift_div",
+    "shift_place",
+    "dropout",
+    "partial_bn",
+)
 # what official / mmaction2 files do not record and a caller must give
 REQUIRED_FOR_IMPORT = ("arch", "num_segments", "shift")
 _HEADER = ("format", "format_version", "model_config", "recipe", "classes", "state_dict")
@@ -73,14 +81,18 @@ def read_checkpoint(path: str | Path) -> CheckpointInfo:
     content = load_checkpoint(path)
     fmt = checkpoint_format(content)
     ours = fmt == FORMAT
-    config, classes, recipe = (content.get(key) if ours else None
-                               for key in ("model_config", "classes", "recipe"))
+    config, classes, recipe = (
+        content.get(key) if ours else None for key in ("model_config", "classes", "recipe")
+    )
     return CheckpointInfo(
-        path=path, format=fmt,
+        path=path,
+        format=fmt,
         model_config=config if isinstance(config, Mapping) else None,
         classes=tuple(str(name) for name in classes) if classes else None,
         recipe=recipe if isinstance(recipe, Mapping) else None,
-        state_dict=raw_state_dict(content), content=content)
+        state_dict=raw_state_dict(content),
+        content=content,
+    )
 
 
 def as_info(checkpoint: str | Path | CheckpointInfo) -> CheckpointInfo:
@@ -88,19 +100,27 @@ def as_info(checkpoint: str | Path | CheckpointInfo) -> CheckpointInfo:
     return checkpoint if isinstance(checkpoint, CheckpointInfo) else read_checkpoint(checkpoint)
 
 
-def checkpoint_dict(model: TSN, *, recipe: Mapping[str, Any] | None = None,
-                    classes: list[str] | tuple[str, ...] | None = None,
-                    **training_state: Any) -> dict[str, Any]:
+def checkpoint_dict(
+    model: TSN,
+    *,
+    recipe: Mapping[str, Any] | None = None,
+    classes: list[str] | tuple[str, ...] | None = None,
+    **training_state: Any,
+) -> dict[str, Any]:
     """Our checkpoint dict for ``model`` (weights detached, on the CPU); ``training_state``
     adds keys such as ``epoch``, ``optimizer``, ``scheduler``, ``best_top1``."""
     clash = sorted(set(_HEADER) & set(training_state))
     if clash:
         raise ValueError(f"training state may not use the reserved keys {clash}")
-    return {"format": FORMAT, "format_version": FORMAT_VERSION, "model_config": model.config(),
-            "recipe": dict(recipe) if recipe is not None else None,
-            "classes": list(classes) if classes is not None else None,
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            **training_state}
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_config": model.config(),
+        "recipe": dict(recipe) if recipe is not None else None,
+        "classes": list(classes) if classes is not None else None,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **training_state,
+    }
 
 
 @dataclass(frozen=True)
@@ -117,8 +137,9 @@ class ArchOverrides:
 
     def given(self) -> dict[str, Any]:
         """The keys that were given, as ``load_model`` keywords."""
-        return {f.name: getattr(self, f.name) for f in fields(self)
-                if getattr(self, f.name) is not None}
+        return {
+            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
+        }
 
     def missing_for(self, fmt: str) -> list[str]:
         """The keys a file of format ``fmt`` does not record and these do not give."""
@@ -138,8 +159,9 @@ def load_model(checkpoint: str | Path | CheckpointInfo, **arch_overrides: Any) -
     """
     unknown = sorted(set(arch_overrides) - set(MODEL_KEYS))
     if unknown:
-        raise UsageError(f"unknown model option(s) {', '.join(unknown)}; choose from "
-                         f"{', '.join(MODEL_KEYS)}")
+        raise UsageError(
+            f"unknown model option(s) {', '.join(unknown)}; choose from {', '.join(MODEL_KEYS)}"
+        )
     info = as_info(checkpoint)
     config, state = _config_and_weights(info, arch_overrides)
     model = build_model(**config)
@@ -148,8 +170,10 @@ def load_model(checkpoint: str | Path | CheckpointInfo, **arch_overrides: Any) -
     return model.eval()
 
 
-def _config_and_weights(info: CheckpointInfo, overrides: Mapping[str, Any],
-                        ) -> tuple[dict[str, Any], dict[str, Tensor]]:
+def _config_and_weights(
+    info: CheckpointInfo,
+    overrides: Mapping[str, Any],
+) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """The ``build_model`` keywords of the model in ``info`` and its weights in our layout."""
     path, fmt = info.path, info.format
     if fmt == FORMAT:
@@ -163,43 +187,58 @@ def _config_and_weights(info: CheckpointInfo, overrides: Mapping[str, Any],
                 f"{path}: {label} checkpoint does not record its architecture; pass "
                 f"{', '.join(f'{key}=' for key in missing)} (e.g. arch='resnet50', "
                 "num_segments=8, shift='bidirectional'; also shift_div=, shift_place= if not "
-                "8 and 'blockres')")
+                "8 and 'blockres')"
+            )
         state = _video_weights(info, overrides["arch"])
         head = state.get("new_fc.weight")
         if head is None or head.dim() != 2:
-            raise CheckpointError(f"{path}: no classifier weights (new_fc / fc_cls) found; "
-                                  "is it a video model checkpoint?")
+            raise CheckpointError(
+                f"{path}: no classifier weights (new_fc / fc_cls) found; "
+                "is it a video model checkpoint?"
+            )
         return {"num_classes": int(head.shape[0]), **overrides}, state
     if fmt == "torchvision":
-        raise CheckpointError(f"{path}: is an ImageNet backbone without a video head; use it "
-                              "as pretrained= (build_model) or as the fine-tuning init")
-    raise CheckpointError(f"{path}: not a tsmcli, official TSM or mmaction2 checkpoint "
-                          f"(first keys: {some(list(info.state_dict or info.content))})")
+        raise CheckpointError(
+            f"{path}: is an ImageNet backbone without a video head; use it "
+            "as pretrained= (build_model) or as the fine-tuning init"
+        )
+    raise CheckpointError(
+        f"{path}: not a tsmcli, official TSM or mmaction2 checkpoint "
+        f"(first keys: {some(list(info.state_dict or info.content))})"
+    )
 
 
 def _video_weights(info: CheckpointInfo, arch: str) -> dict[str, Tensor]:
     """The tensors of a tsmcli, official or mmaction2 file in our key layout for ``arch``."""
     if info.state_dict is None:
-        raise CheckpointError(f"{info.path}: has no 'state_dict' of tensors; is it a "
-                              "checkpoint?")
+        raise CheckpointError(f"{info.path}: has no 'state_dict' of tensors; is it a checkpoint?")
     spec = get_backbone(arch)
-    return video_state_dict(info.state_dict, info.format, family=spec.family, head=spec.head,
-                            arch=spec.name, source=str(info.path))
+    return video_state_dict(
+        info.state_dict,
+        info.format,
+        family=spec.family,
+        head=spec.head,
+        arch=spec.name,
+        source=str(info.path),
+    )
 
 
 def _our_config(info: CheckpointInfo) -> dict[str, Any]:
     version = info.content.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(f"{info.path}: format_version {version!r} is newer than this "
-                              f"tsmcli reads ({FORMAT_VERSION}); upgrade tsmcli")
+        raise CheckpointError(
+            f"{info.path}: format_version {version!r} is newer than this "
+            f"tsmcli reads ({FORMAT_VERSION}); upgrade tsmcli"
+        )
     config = info.model_config
     if config is None or "arch" not in config or "num_classes" not in config:
-        raise CheckpointError(f"{info.path}: its model_config is missing or incomplete; the "
-                              "file is damaged, re-save it")
+        raise CheckpointError(
+            f"{info.path}: its model_config is missing or incomplete; the "
+            "file is damaged, re-save it"
+        )
     extra = sorted(set(config) - set(MODEL_KEYS))
     if extra:
-        raise CheckpointError(f"{info.path}: model_config has unknown keys {extra}; upgrade "
-                              "tsmcli")
+        raise CheckpointError(f"{info.path}: model_config has unknown keys {extra}; upgrade tsmcli")
     return dict(config)
 
 
@@ -221,14 +260,20 @@ def load_weights_for_finetune(model: TSN, checkpoint: str | Path | CheckpointInf
         load_imagenet_weights(model, info.state_dict or {}, path)
         return InitReport(fmt, head_loaded=False)
     if fmt == "unknown":
-        raise CheckpointError(f"{path}: not a tsmcli, official TSM, mmaction2 or torchvision "
-                              "checkpoint; cannot initialise from it")
+        raise CheckpointError(
+            f"{path}: not a tsmcli, official TSM, mmaction2 or torchvision "
+            "checkpoint; cannot initialise from it"
+        )
     state = _video_weights(info, model.arch)
     head = state.get("new_fc.weight")
     head_loaded = head is not None and tuple(head.shape) == tuple(model.new_fc.weight.shape)
     if not head_loaded:
-        logger.info("%s: head has %s classes, the model %d: new_fc starts fresh", path,
-                    "no" if head is None else head.shape[0], model.num_classes)
+        logger.info(
+            "%s: head has %s classes, the model %d: new_fc starts fresh",
+            path,
+            "no" if head is None else head.shape[0],
+            model.num_classes,
+        )
         state = {k: v for k, v in state.items() if not k.startswith("new_fc.")}
         state.update({f"new_fc.{k}": v for k, v in model.new_fc.state_dict().items()})
     load_state_dict_strict(model, state, str(path))

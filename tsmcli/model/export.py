@@ -86,9 +86,18 @@ class Verified:
         return worst
 
 
-def export_and_verify(streaming: StreamingTSM, one_way: nn.Module, staged: Path, *,
-                      height: int, width: int, frames: int, opset: int, seed: int,
-                      classes: Sequence[str] | None) -> Verified:
+def export_and_verify(
+    streaming: StreamingTSM,
+    one_way: nn.Module,
+    staged: Path,
+    *,
+    height: int,
+    width: int,
+    frames: int,
+    opset: int,
+    seed: int,
+    classes: Sequence[str] | None,
+) -> Verified:
     """Write online_weights.pt, online.pt and online.onnx into ``staged`` and compare each,
     read back from its file, with the offline model on a random clip of ``frames`` frames.
 
@@ -104,8 +113,7 @@ def export_and_verify(streaming: StreamingTSM, one_way: nn.Module, staged: Path,
     frame, buffers = clip[0, :1], comparison.buffers
     with torch.no_grad():
         comparison.against_pytorch(streaming)
-        weights = save_checkpoint(checkpoint_dict(one_way, classes=classes),
-                                  staged / WEIGHTS_FILE)
+        weights = save_checkpoint(checkpoint_dict(one_way, classes=classes), staged / WEIGHTS_FILE)
         reloaded = load_streaming_model(weights)
         comparison.compare("weights", reloaded)
         traced = _export_torchscript(streaming, frame, buffers, staged / TORCHSCRIPT_FILE)
@@ -137,8 +145,10 @@ class _Comparison:
         try:
             logits, last = run_stream(step, self.clip[0], self.buffers)  # (T, K), after frame T
         except Exception as exc:  # noqa: BLE001 - any failure to run is a failed export
-            raise ExportError(f"{name}: running the exported model failed "
-                              f"({type(exc).__name__}: {str(exc).strip()[:200]})") from exc
+            raise ExportError(
+                f"{name}: running the exported model failed "
+                f"({type(exc).__name__}: {str(exc).strip()[:200]})"
+            ) from exc
         self.check(f"{name} frame logits", logits, self.reference)
         self.check(f"{name} clip logits", logits.mean(0), self.reference_clip)
         state = torch.cat([b.flatten() for b in last]) if last else torch.zeros(0)
@@ -157,9 +167,11 @@ class _Comparison:
         worst = max(self.checks, key=lambda name: self.checks[name][0] / self.checks[name][1])
         diff, limit = self.checks[worst]
         if not diff <= limit:
-            raise ExportError(f"{worst} differ from the reference by {diff:.3g} (tolerance "
-                              f"{limit:.3g}): the export is wrong and nothing was written; "
-                              "please report it with the checkpoint's architecture")
+            raise ExportError(
+                f"{worst} differ from the reference by {diff:.3g} (tolerance "
+                f"{limit:.3g}): the export is wrong and nothing was written; "
+                "please report it with the checkpoint's architecture"
+            )
 
 
 def _max_diff(a: Tensor, b: Tensor) -> float:
@@ -172,8 +184,9 @@ def _max_diff(a: Tensor, b: Tensor) -> float:
     return float(diff) if torch.isfinite(diff) else float("inf")
 
 
-def _export_torchscript(streaming: StreamingTSM, frame: Tensor, buffers: list[Tensor],
-                        path: Path) -> torch.jit.ScriptModule:
+def _export_torchscript(
+    streaming: StreamingTSM, frame: Tensor, buffers: list[Tensor], path: Path
+) -> torch.jit.ScriptModule:
     """Trace, save, and load back: what is verified is the file a user will load."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
@@ -182,24 +195,35 @@ def _export_torchscript(streaming: StreamingTSM, frame: Tensor, buffers: list[Te
         return torch.jit.load(str(path)).eval()
 
 
-def _export_onnx(streaming: StreamingTSM, frame: Tensor, buffers: list[Tensor], path: Path,
-                 opset: int) -> None:
+def _export_onnx(
+    streaming: StreamingTSM, frame: Tensor, buffers: list[Tensor], path: Path, opset: int
+) -> None:
     import onnx
 
     buffer_names, new_buffer_names = io_names(streaming.num_buffers)
     try:
-        torch.onnx.export(streaming, (frame, *buffers), str(path), dynamo=True,
-                          opset_version=opset, input_names=["frame", *buffer_names],
-                          output_names=["logits", *new_buffer_names], external_data=False,
-                          verbose=False)
+        torch.onnx.export(
+            streaming,
+            (frame, *buffers),
+            str(path),
+            dynamo=True,
+            opset_version=opset,
+            input_names=["frame", *buffer_names],
+            output_names=["logits", *new_buffer_names],
+            external_data=False,
+            verbose=False,
+        )
     except Exception as exc:  # noqa: BLE001 - the exporter raises many kinds
-        raise ExportError(f"ONNX export failed ({type(exc).__name__}: "
-                          f"{str(exc).strip().splitlines()[0][:200]})") from exc
+        raise ExportError(
+            f"ONNX export failed ({type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]})"
+        ) from exc
     written = onnx.load(str(path))
     version = next(op.version for op in written.opset_import if op.domain in ("", "ai.onnx"))
     if version != opset:
-        raise ExportError(f"the ONNX exporter wrote opset {version}, not {opset}; "
-                          f"use opset {DEFAULT_OPSET} or above")
+        raise ExportError(
+            f"the ONNX exporter wrote opset {version}, not {opset}; "
+            f"use opset {DEFAULT_OPSET} or above"
+        )
 
 
 def _onnx_step(path: Path, num_buffers: int) -> StepFn:
@@ -211,8 +235,10 @@ def _onnx_step(path: Path, num_buffers: int) -> StepFn:
     inputs = [i.name for i in session.get_inputs()]
     outputs = [o.name for o in session.get_outputs()]
     if inputs != ["frame", *buffer_names] or outputs != ["logits", *new_buffer_names]:
-        raise ExportError(f"{path.name}: inputs {inputs[:3]}... and outputs {outputs[:3]}... "
-                          "are not named frame, buffer_i / logits, new_buffer_i")
+        raise ExportError(
+            f"{path.name}: inputs {inputs[:3]}... and outputs {outputs[:3]}... "
+            "are not named frame, buffer_i / logits, new_buffer_i"
+        )
 
     def step(frame: Tensor, *buffers: Tensor) -> list[Tensor]:
         feed = {name: t.numpy() for name, t in zip(inputs, (frame, *buffers), strict=True)}

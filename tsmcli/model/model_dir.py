@@ -44,8 +44,10 @@ REPORT_FORMAT, REPORT_VERSION = "tsmcli-online", 1
 
 def io_names(num_buffers: int) -> tuple[list[str], list[str]]:
     """ONNX input and output names, buffers in the order the shifted blocks run."""
-    return ([f"buffer_{i}" for i in range(num_buffers)],
-            [f"new_buffer_{i}" for i in range(num_buffers)])
+    return (
+        [f"buffer_{i}" for i in range(num_buffers)],
+        [f"new_buffer_{i}" for i in range(num_buffers)],
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -60,18 +62,23 @@ def check_out_dir(out_dir: Path, overwrite: bool, inputs: Sequence[str | Path | 
     check_writable_dir(out_dir, "--out")
     target, here = out_dir.resolve(), Path.cwd().resolve()
     if target == here or target in here.parents:
-        raise UsageError(f"--out {out_dir}: is the current folder or holds it; give the model "
-                         "dir a folder of its own, e.g. --out online/")
+        raise UsageError(
+            f"--out {out_dir}: is the current folder or holds it; give the model "
+            "dir a folder of its own, e.g. --out online/"
+        )
     if not out_dir.is_dir() or not any(out_dir.iterdir()):
         return
     if not overwrite:
-        raise UsageError(f"{out_dir}: already exists and is not empty; choose another --out "
-                         "or pass --overwrite")
+        raise UsageError(
+            f"{out_dir}: already exists and is not empty; choose another --out or pass --overwrite"
+        )
     for given in inputs:
         if given is not None and target in (Path(given).resolve(), *Path(given).resolve().parents):
-            raise UsageError(f"--out {out_dir}: holds {given}, an input of this command; "
-                             "--overwrite replaces files in the model dir, so give it a folder "
-                             "of its own, e.g. --out online/")
+            raise UsageError(
+                f"--out {out_dir}: holds {given}, an input of this command; "
+                "--overwrite replaces files in the model dir, so give it a folder "
+                "of its own, e.g. --out online/"
+            )
 
 
 @contextlib.contextmanager
@@ -89,16 +96,27 @@ def staged_model_dir(out_dir: Path) -> Iterator[Path]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def write_report(staged: Path, fields: Mapping[str, Any], *, num_buffers: int,
-                 model_config: Mapping[str, Any], classes: Sequence[str] | None) -> None:
+def write_report(
+    staged: Path,
+    fields: Mapping[str, Any],
+    *,
+    num_buffers: int,
+    model_config: Mapping[str, Any],
+    classes: Sequence[str] | None,
+) -> None:
     """report.json and classes.txt (plain writes: the staged dir is published as a whole).
     ``fields`` are what the conversion measured (JSON values), among them what
     ``read_report`` reads back: ``height``, ``width``, ``scale_size``, ``buffer_shapes``."""
     buffer_names, new_buffer_names = io_names(num_buffers)
     report = dict(fields)
-    report.update(format=REPORT_FORMAT, format_version=REPORT_VERSION,
-                  inputs=["frame", *buffer_names], outputs=["logits", *new_buffer_names],
-                  model_config=dict(model_config), torch=torch.__version__)
+    report.update(
+        format=REPORT_FORMAT,
+        format_version=REPORT_VERSION,
+        inputs=["frame", *buffer_names],
+        outputs=["logits", *new_buffer_names],
+        model_config=dict(model_config),
+        torch=torch.__version__,
+    )
     atomic_write(staged / REPORT_FILE, json.dumps(report, indent=2) + "\n")
     if classes:
         atomic_write(staged / CLASSES_FILE, "".join(f"{name}\n" for name in classes))
@@ -160,8 +178,10 @@ def load_model_dir(model_dir: str | Path, *, trust_torchscript: bool = False) ->
     model_dir = Path(model_dir)
     report_path = model_dir / REPORT_FILE
     if not report_path.is_file():
-        raise ExportError(f"{report_path}: missing; {model_dir} is not an online model dir "
-                          "(make one with tsm convert-online)")
+        raise ExportError(
+            f"{report_path}: missing; {model_dir} is not an online model dir "
+            "(make one with tsm convert-online)"
+        )
     height, width, scale_size, shapes = read_report(report_path)
     if trust_torchscript:
         path = model_dir / TORCHSCRIPT_FILE
@@ -170,24 +190,33 @@ def load_model_dir(model_dir: str | Path, *, trust_torchscript: bool = False) ->
         path = model_dir / WEIGHTS_FILE
         step = _load_weights(path, model_dir, report_path, height, width, shapes)
     classes = model_dir / CLASSES_FILE
-    return ModelDir(step, height, width, scale_size, shapes,
-                    classes if classes.is_file() else None, str(path))
+    return ModelDir(
+        step, height, width, scale_size, shapes, classes if classes.is_file() else None, str(path)
+    )
 
 
-def _load_weights(path: Path, model_dir: Path, report_path: Path, height: int, width: int,
-                  shapes: list[tuple[int, ...]]) -> StreamingTSM:
+def _load_weights(
+    path: Path,
+    model_dir: Path,
+    report_path: Path,
+    height: int,
+    width: int,
+    shapes: list[tuple[int, ...]],
+) -> StreamingTSM:
     """online_weights.pt rebuilt, checked against the buffer shapes of the report."""
     if not path.is_file():
         raise ExportError(
             f"{path}: missing (a model dir from an older tsmcli holds only TorchScript, "
             "which can run code); run tsm convert-online again, or pass "
-            f"--trust-torchscript if you trust {model_dir / TORCHSCRIPT_FILE}")
+            f"--trust-torchscript if you trust {model_dir / TORCHSCRIPT_FILE}"
+        )
     step = load_streaming_model(path)
     if step.buffer_shapes(height, width) != shapes:
         raise ExportError(
             f"{report_path}: its buffer_shapes do not match {path} at {height}x{width}; "
             "the report was edited or belongs to another model: convert again with tsm "
-            "convert-online")
+            "convert-online"
+        )
     return step
 
 
@@ -195,8 +224,7 @@ def read_report(path: Path) -> tuple[int, int, int, list[tuple[int, ...]]]:
     """(height, width, scale_size, buffer_shapes) from report.json, checked."""
 
     def fail(what: str) -> ExportError:
-        return ExportError(f"{path}: {what}; convert the checkpoint again with tsm "
-                           "convert-online")
+        return ExportError(f"{path}: {what}; convert the checkpoint again with tsm convert-online")
 
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
@@ -215,9 +243,11 @@ def read_report(path: Path) -> tuple[int, int, int, list[tuple[int, ...]]]:
     scale_size = size("scale_size", max(height, width))
     shapes = report.get("buffer_shapes")
     if not isinstance(shapes, list) or not all(
-            isinstance(shape, list) and shape and all(
-                isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
-            for shape in shapes):
+        isinstance(shape, list)
+        and shape
+        and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+        for shape in shapes
+    ):
         raise fail("buffer_shapes must be a list of shapes (lists of positive integers)")
     return height, width, scale_size, [tuple(shape) for shape in shapes]
 
@@ -225,8 +255,7 @@ def read_report(path: Path) -> tuple[int, int, int, list[tuple[int, ...]]]:
 def load_torchscript(path: Path) -> StepFn:
     """``online.pt`` loaded: this runs whatever code the file holds."""
     if not path.is_file():
-        raise ExportError(f"{path}: missing; convert the checkpoint again with tsm "
-                          "convert-online")
+        raise ExportError(f"{path}: missing; convert the checkpoint again with tsm convert-online")
     with warnings.catch_warnings():  # TorchScript is deprecated in torch 2.x, still the format
         warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
         try:
@@ -234,5 +263,7 @@ def load_torchscript(path: Path) -> StepFn:
         except (RuntimeError, ValueError, OSError) as exc:
             text = str(exc).strip()
             first = text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
-            raise ExportError(f"{path}: not a readable TorchScript file ({first}); convert the "
-                              "checkpoint again with tsm convert-online") from exc
+            raise ExportError(
+                f"{path}: not a readable TorchScript file ({first}); convert the "
+                "checkpoint again with tsm convert-online"
+            ) from exc

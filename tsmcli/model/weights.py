@@ -38,8 +38,18 @@ from tsmcli.fileio import atomic_write_with
 FORMAT = "tsmcli"
 FORMAT_VERSION = 1
 FORMATS = (FORMAT, "official", "mmaction2", "torchvision", "unknown")
-_PLAIN_TYPES = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device,
-                torch.Size)  # exact types (see _check_plain)
+_PLAIN_TYPES = (
+    type(None),
+    bool,
+    int,
+    float,
+    complex,
+    str,
+    bytes,
+    torch.dtype,
+    torch.device,
+    torch.Size,
+)  # exact types (see _check_plain)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,19 +76,24 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
         # The safe loader names the class it refused ("Unsupported global: GLOBAL
         # argparse.Namespace ..."); anything else it cannot read is not a checkpoint at all.
-        culprit = next((line.strip() for line in str(exc).splitlines()
-                        if "Unsupported global" in line), None)
+        culprit = next(
+            (line.strip() for line in str(exc).splitlines() if "Unsupported global" in line), None
+        )
         if culprit is not None:
             raise CheckpointError(
                 f"{path}: refused by the safe loader (weights_only=True): {culprit}; if you "
                 "trust the file, re-save only its tensors: torch.save(torch.load(path, "
-                "weights_only=False)['state_dict'], 'weights.pth')") from exc
-        raise CheckpointError(f"{path}: not a checkpoint (not a file written by torch.save, "
-                              "or damaged); check the path, or re-download or re-save it"
-                              ) from exc
+                "weights_only=False)['state_dict'], 'weights.pth')"
+            ) from exc
+        raise CheckpointError(
+            f"{path}: not a checkpoint (not a file written by torch.save, "
+            "or damaged); check the path, or re-download or re-save it"
+        ) from exc
     if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a dict of weights; "
-                              "save a state dict or a checkpoint dict instead")
+        raise CheckpointError(
+            f"{path}: holds a {type(obj).__name__}, not a dict of weights; "
+            "save a state dict or a checkpoint dict instead"
+        )
     return obj
 
 
@@ -99,9 +114,11 @@ def _check_plain(value: Any, where: str) -> None:
         for index, item in enumerate(value):
             _check_plain(item, f"{where}[{index}]")
         return
-    raise TypeError(f"{where} is a {type(value).__name__}; checkpoints hold only tensors and "
-                    "plain Python values (convert it, e.g. dataclasses.asdict, float(), "
-                    "torch.from_numpy)")
+    raise TypeError(
+        f"{where} is a {type(value).__name__}; checkpoints hold only tensors and "
+        "plain Python values (convert it, e.g. dataclasses.asdict, float(), "
+        "torch.from_numpy)"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,7 +150,7 @@ def raw_state_dict(ckpt: Mapping[str, Any]) -> dict[str, Tensor] | None:
     if not all(isinstance(key, str) and isinstance(value, Tensor) for key, value in state.items()):
         return None
     if all(key.startswith("module.") for key in state):
-        state = {key[len("module."):]: value for key, value in state.items()}
+        state = {key[len("module.") :]: value for key, value in state.items()}
     return dict(state)
 
 
@@ -141,8 +158,9 @@ def raw_state_dict(ckpt: Mapping[str, Any]) -> dict[str, Tensor] | None:
 # key maps onto ours: base_model.* (the backbone, shift wrappers as .net), new_fc.* (the head)
 
 
-def video_state_dict(state: Mapping[str, Tensor], fmt: str, *, family: str, head: str,
-                     arch: str, source: str) -> dict[str, Tensor]:
+def video_state_dict(
+    state: Mapping[str, Tensor], fmt: str, *, family: str, head: str, arch: str, source: str
+) -> dict[str, Tensor]:
     """Our key layout for the tensors of a tsmcli, official or mmaction2 file. ``family``
     (``resnet``, ``mobilenet_v2``), ``head`` (the backbone's classifier attribute) and
     ``arch`` describe the backbone the weights are for."""
@@ -161,12 +179,13 @@ def _from_official(state: Mapping[str, Tensor], family: str, head: str) -> dict[
     head = f"base_model.{head}."
     # torchvision's nested layout (features.3.conv.0.0.weight) means the keys are ours already
     flat_mobilenet = family == "mobilenet_v2" and not any(
-        re.match(r"base_model\.features\.\d+\.conv\.\d+\.\d+\.", key) for key in state)
+        re.match(r"base_model\.features\.\d+\.conv\.\d+\.\d+\.", key) for key in state
+    )
     for key, value in state.items():
         if key.startswith(head):
-            key = "new_fc." + key[len(head):]
+            key = "new_fc." + key[len(head) :]
         elif key.startswith("base_model.") and flat_mobilenet:
-            key = "base_model." + _official_mobilenet_key(key[len("base_model."):], state)
+            key = "base_model." + _official_mobilenet_key(key[len("base_model.") :], state)
         converted[key] = value
     return converted
 
@@ -196,22 +215,25 @@ _MMACTION2_RENAMES = (
 )
 
 
-def _from_mmaction2(state: Mapping[str, Tensor], family: str, arch: str,
-                    source: str) -> dict[str, Tensor]:
+def _from_mmaction2(
+    state: Mapping[str, Tensor], family: str, arch: str, source: str
+) -> dict[str, Tensor]:
     """mmaction2 ``ResNetTSM`` + ``TSMHead`` keys to ours: its ConvModule pairs
     (``conv1.conv``/``conv1.bn``) become torchvision's ``conv1``/``bn1``; the shift wrapper's
     ``net`` stays where it is."""
     if family != "resnet":
-        raise CheckpointError(f"{source}: mmaction2 checkpoints are read for ResNet backbones "
-                              f"only, not {arch}; convert it to a torchvision layout first")
+        raise CheckpointError(
+            f"{source}: mmaction2 checkpoints are read for ResNet backbones "
+            f"only, not {arch}; convert it to a torchvision layout first"
+        )
     converted = {}
     for key, value in state.items():
         if key.startswith("data_preprocessor."):
             continue  # normalisation constants, not weights
         if key.startswith("cls_head.fc_cls."):
-            key = "new_fc." + key[len("cls_head.fc_cls."):]
+            key = "new_fc." + key[len("cls_head.fc_cls.") :]
         elif key.startswith("backbone."):
-            rest = key[len("backbone."):]
+            rest = key[len("backbone.") :]
             for pattern, replacement in _MMACTION2_RENAMES:
                 rest = pattern.sub(replacement, rest)
             key = "base_model." + rest
@@ -219,8 +241,9 @@ def _from_mmaction2(state: Mapping[str, Tensor], family: str, arch: str,
     return converted
 
 
-def imagenet_state_dict(state: Mapping[str, Tensor], *, head: str,
-                        wrapped: Iterable[str]) -> dict[str, Tensor]:
+def imagenet_state_dict(
+    state: Mapping[str, Tensor], *, head: str, wrapped: Iterable[str]
+) -> dict[str, Tensor]:
     """A torchvision ImageNet state dict (``layer1.0.conv1.weight``, ``fc.weight``) as the
     backbone of a TSN: the ImageNet classifier (``head``) is dropped and the keys of modules
     now wrapped by a ``TemporalShift`` (the qualified names ``wrapped``) are renamed onto the
@@ -245,16 +268,18 @@ def imagenet_state_dict(state: Mapping[str, Tensor], *, head: str,
 # loading into a module
 
 
-def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, Tensor],
-                           source: str) -> None:
+def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, Tensor], source: str) -> None:
     """Load every tensor or fail with ONE line: counts of missing, unexpected and reshaped keys
     and up to three of each. Only ``num_batches_tracked`` counters may be absent (old files
     lack them; they do not affect outputs)."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state_dict if k not in expected]
-    reshaped = [k for k in state_dict if k in expected
-                and tuple(state_dict[k].shape) != tuple(expected[k].shape)]
+    reshaped = [
+        k
+        for k in state_dict
+        if k in expected and tuple(state_dict[k].shape) != tuple(expected[k].shape)
+    ]
     if missing or unexpected or reshaped:
         problems = []
         if missing:
@@ -262,11 +287,14 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, Tensor],
         if unexpected:
             problems.append(f"{len(unexpected)} unexpected ({some(unexpected)})")
         if reshaped:
-            shown = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}"
-                     for k in reshaped]
+            shown = [
+                f"{k} {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}" for k in reshaped
+            ]
             problems.append(f"{len(reshaped)} of another shape, file vs model ({some(shown)})")
-        raise CheckpointError(f"{source}: weights do not fit the model: {'; '.join(problems)}; "
-                              "check arch, shift, shift_place and num_classes")
+        raise CheckpointError(
+            f"{source}: weights do not fit the model: {'; '.join(problems)}; "
+            "check arch, shift, shift_place and num_classes"
+        )
     full = {k: v for k, v in expected.items() if k not in state_dict}  # num_batches_tracked
     full.update(state_dict)
     model.load_state_dict(full, strict=True)
