@@ -27,11 +27,15 @@ def machine() -> str:
     except OSError:
         pass
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads{gpu}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads{gpu}"
+    )
 
 
-def interleaved_medians(fns: dict[str, Callable[[], object]], reps: int, warmup: int = 1) -> dict[str, float]:
+def interleaved_medians(
+    fns: dict[str, Callable[[], object]], reps: int, warmup: int = 1
+) -> dict[str, float]:
     """Median seconds of each function, run in turn rep after rep so that drift in the
     machine's speed hits all of them alike (the ratios are what we report). The order
     rotates from rep to rep, so no function always runs right after the same other one
@@ -42,7 +46,7 @@ def interleaved_medians(fns: dict[str, Callable[[], object]], reps: int, warmup:
     names = list(fns)
     times: dict[str, list[float]] = {name: [] for name in fns}
     for rep in range(reps):
-        for name in names[rep % len(names):] + names[: rep % len(names)]:
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
             start = time.perf_counter()
             fns[name]()
             times[name].append(time.perf_counter() - start)

@@ -24,8 +24,16 @@ from tsmcli.data.transforms import multiscale_crop_sizes  # noqa: E402
 from tsmcli.model.tsn import build_model  # noqa: E402
 
 
-def _throughput(model, batch: int, segments: int, size: int, train: bool, amp: bool,
-                channels_last: bool, steps: int) -> float:
+def _throughput(
+    model,
+    batch: int,
+    segments: int,
+    size: int,
+    train: bool,
+    amp: bool,
+    channels_last: bool,
+    steps: int,
+) -> float:
     device = torch.device("cuda")
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(device).to(memory_format=fmt)
@@ -87,24 +95,30 @@ def main() -> int:
         print("no CUDA device: bench/gpu.py runs only on a GPU machine")
         return 0
     torch.backends.cudnn.benchmark = True
-    rows = ["| model | mode | fp32 clips/s | bf16 AMP clips/s | AMP + channels_last clips/s |",
-            "|---|---|---:|---:|---:|"]
+    rows = [
+        "| model | mode | fp32 clips/s | bf16 AMP clips/s | AMP + channels_last clips/s |",
+        "|---|---|---:|---:|---:|",
+    ]
     for shift, name in (("bidirectional", "TSM-R50 8x224"), ("none", "TSN-R50 8x224")):
         for train in (True, False):
             cells = []
             for amp, channels_last in ((False, False), (True, False), (True, True)):
                 model = build_model("resnet50", num_classes=400, num_segments=8, shift=shift)
-                cells.append(_throughput(model, args.batch, 8, 224, train, amp, channels_last, args.steps))
+                cells.append(
+                    _throughput(model, args.batch, 8, 224, train, amp, channels_last, args.steps)
+                )
             mode = "train" if train else "eval"
             rows.append(f"| {name} | {mode} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
     finish_ms, worst = _input_finishing(args.batch, args.steps)
-    body = (f"Batch {args.batch} clips, synthetic in-memory input, SGD step included in train.\n\n"
-            + "\n".join(rows)
-            + f"\n\nFinishing a train batch of {args.batch} uint8 crops on the GPU "
-            f"(`ClipBatch.model_input`: pinned host-to-GPU copy, per-clip antialiased resize to "
-            f"224, flip, normalise): {finish_ms:.2f} ms per batch; largest difference from the "
-            f"same batch finished on the CPU (uint8 resize): {worst:.4f} (normalised units; one "
-            f"grey level is ~0.017).")
+    body = (
+        f"Batch {args.batch} clips, synthetic in-memory input, SGD step included in train.\n\n"
+        + "\n".join(rows)
+        + f"\n\nFinishing a train batch of {args.batch} uint8 crops on the GPU "
+        f"(`ClipBatch.model_input`: pinned host-to-GPU copy, per-clip antialiased resize to "
+        f"224, flip, normalise): {finish_ms:.2f} ms per batch; largest difference from the "
+        f"same batch finished on the CPU (uint8 resize): {worst:.4f} (normalised units; one "
+        f"grey level is ~0.017)."
+    )
     print(body)
     write_section("gpu", f"GPU throughput ({torch.cuda.get_device_name()})", body)
     return 0

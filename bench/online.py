@@ -66,8 +66,15 @@ def shifted_block_inputs(arch: str, size: int) -> list[tuple[int, int]]:
         return inputs
     if arch == "mobilenet_v2":  # (expansion t, channels c, repeats n, stride s); stem /2
         side, channels = half(size), 32
-        for t, c, n, s in [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
-                           (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]:
+        for t, c, n, s in [
+            (1, 16, 1, 1),
+            (6, 24, 2, 2),
+            (6, 32, 3, 2),
+            (6, 64, 4, 2),
+            (6, 96, 3, 1),
+            (6, 160, 3, 2),
+            (6, 320, 1, 1),
+        ]:
             for i in range(n):
                 stride = s if i == 0 else 1
                 if stride == 1 and channels == c and t != 1:  # residual + expansion: shifted
@@ -100,22 +107,41 @@ def measure(arch: str, size: int, seconds: float) -> dict[str, float]:
     with torch.inference_mode():  # deployment: no autograd bookkeeping in either model
         once = interleaved_medians({"2d": lambda: plain(frame)}, reps=3, warmup=2)["2d"]
         reps = max(10, round(seconds / (5 * once)))  # 5 timed calls per rep
-        medians = interleaved_medians({"2d": lambda: plain(frame),
-                                       "streaming": lambda: streaming(frame, *buffers),
-                                       "2d again": lambda: plain(frame),
-                                       "ts 2d": lambda: traced_plain(frame),
-                                       "ts streaming": lambda: traced_streaming(frame, *buffers)},
-                                      reps=reps, warmup=3)
-    return {**medians, "reps": reps, "buffers": streaming.num_buffers,
-            "cache": streaming.cache_bytes(size, size)}
+        medians = interleaved_medians(
+            {
+                "2d": lambda: plain(frame),
+                "streaming": lambda: streaming(frame, *buffers),
+                "2d again": lambda: plain(frame),
+                "ts 2d": lambda: traced_plain(frame),
+                "ts streaming": lambda: traced_streaming(frame, *buffers),
+            },
+            reps=reps,
+            warmup=3,
+        )
+    return {
+        **medians,
+        "reps": reps,
+        "buffers": streaming.num_buffers,
+        "cache": streaming.cache_bytes(size, size),
+    }
 
 
 def glibc_default_ratios(args: argparse.Namespace) -> dict[str, list[float]]:
     """(eager, TorchScript, 2D against itself) ratios of each backbone under glibc's default
     malloc."""
     env = {k: v for k, v in os.environ.items() if k not in STABLE_MALLOC}
-    command = [sys.executable, __file__, "--malloc", "default", "--size", str(args.size),
-               "--seconds", str(args.seconds / 2), "--threads", str(args.threads)]
+    command = [
+        sys.executable,
+        __file__,
+        "--malloc",
+        "default",
+        "--size",
+        str(args.size),
+        "--seconds",
+        str(args.seconds / 2),
+        "--threads",
+        str(args.threads),
+    ]
     out = subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -123,13 +149,25 @@ def glibc_default_ratios(args: argparse.Namespace) -> dict[str, list[float]]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--seconds", type=float, default=30.0,
-                        help="time spent on the interleaved reps of each backbone")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="intra-op threads (1: batch-1 latency, steady on a shared CPU)")
-    parser.add_argument("--malloc", choices=("stable", "default"), default="stable",
-                        help="stable: reuse large activations (see above); default: glibc's "
-                        "own settings, ratios printed as JSON and nothing written")
+    parser.add_argument(
+        "--seconds",
+        type=float,
+        default=30.0,
+        help="time spent on the interleaved reps of each backbone",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="intra-op threads (1: batch-1 latency, steady on a shared CPU)",
+    )
+    parser.add_argument(
+        "--malloc",
+        choices=("stable", "default"),
+        default="stable",
+        help="stable: reuse large activations (see above); default: glibc's "
+        "own settings, ratios printed as JSON and nothing written",
+    )
     args = parser.parse_args()
     stable = all(os.environ.get(k) == v for k, v in STABLE_MALLOC.items())
     if args.malloc == "stable" and not stable:  # glibc reads these only at process start
@@ -140,8 +178,11 @@ def main() -> int:
         ratios = {}
         for arch in ARCHS:
             m = measure(arch, args.size, args.seconds)
-            ratios[arch] = [m["streaming"] / m["2d"], m["ts streaming"] / m["ts 2d"],
-                            m["2d again"] / m["2d"]]
+            ratios[arch] = [
+                m["streaming"] / m["2d"],
+                m["ts streaming"] / m["ts 2d"],
+                m["2d again"] / m["2d"],
+            ]
         print(json.dumps(ratios))
         return 0
     default = glibc_default_ratios(args)
@@ -151,37 +192,43 @@ def main() -> int:
         ratio, traced_ratio = m["streaming"] / m["2d"], m["ts streaming"] / m["ts 2d"]
         plain_malloc = "{:.3f} / {:.3f} (2D vs 2D {:.3f})".format(*default[arch])
         analytic = analytic_cache_bytes(arch, args.size)
-        rows.append(f"| {arch} | {args.size} | {m['reps']} | {1000 * m['2d']:.2f} | {1000 * m['streaming']:.2f} | "
-                    f"{ratio:.3f} | {m['2d again'] / m['2d']:.3f} | {1000 * m['ts 2d']:.2f} | "
-                    f"{1000 * m['ts streaming']:.2f} | {traced_ratio:.3f} | {m['buffers']} | "
-                    f"{plain_malloc} | {m['cache']:,} | {analytic:,} | "
-                    f"{'yes' if m['cache'] == analytic else 'NO'} |")
+        rows.append(
+            f"| {arch} | {args.size} | {m['reps']} | {1000 * m['2d']:.2f} | {1000 * m['streaming']:.2f} | "
+            f"{ratio:.3f} | {m['2d again'] / m['2d']:.3f} | {1000 * m['ts 2d']:.2f} | "
+            f"{1000 * m['ts streaming']:.2f} | {traced_ratio:.3f} | {m['buffers']} | "
+            f"{plain_malloc} | {m['cache']:,} | {analytic:,} | "
+            f"{'yes' if m['cache'] == analytic else 'NO'} |"
+        )
         noise = abs(m["2d again"] / m["2d"] - 1)
-        lines.append(f"{arch}: streaming / 2D = {ratio:.3f} (target <= 1.03: "
-                     f"{'met' if ratio <= 1.03 else 'NOT met'}; the 2D model against itself "
-                     f"differs by {100 * noise:.1f}%); TorchScript {traced_ratio:.3f}; "
-                     f"with glibc's default malloc {plain_malloc}; "
-                     f"cache {m['cache'] / 2**20:.2f} MiB")
+        lines.append(
+            f"{arch}: streaming / 2D = {ratio:.3f} (target <= 1.03: "
+            f"{'met' if ratio <= 1.03 else 'NOT met'}; the 2D model against itself "
+            f"differs by {100 * noise:.1f}%); TorchScript {traced_ratio:.3f}; "
+            f"with glibc's default malloc {plain_malloc}; "
+            f"cache {m['cache'] / 2**20:.2f} MiB"
+        )
         print(lines[-1], flush=True)
-    body = "\n".join([
-        "Per-frame latency at batch 1 (eval, no autograd, median of interleaved reps) of the "
-        "streaming TSM against the same 2D network without any shift (same modules), and the "
-        "bytes the shift buffers keep between frames (float32), measured and analytic "
-        "(sum of C/8 x H x W x 4 over shifted blocks). Target: latency ratio <= 1.03. Run with "
-        "glibc's MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ raised, so large activations "
-        "are reused instead of mapped and page-faulted afresh on every call (what jemalloc or "
-        "tcmalloc would do); the ratios under glibc's default settings, measured in a child "
-        "process with half the reps, are in their own column: page faults add +-3% noise there.",
-        "",
-        "| backbone | input | reps | 2D ms/frame | streaming ms/frame | ratio | 2D vs 2D (noise) | "
-        "TorchScript 2D ms | TorchScript streaming ms | TorchScript ratio | "
-        "ratio / TorchScript ratio, glibc default malloc | "
-        "buffers | cache bytes | analytic bytes | equal |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-        *rows,
-        "",
-        *(f"- {line}" for line in lines),
-    ])
+    body = "\n".join(
+        [
+            "Per-frame latency at batch 1 (eval, no autograd, median of interleaved reps) of the "
+            "streaming TSM against the same 2D network without any shift (same modules), and the "
+            "bytes the shift buffers keep between frames (float32), measured and analytic "
+            "(sum of C/8 x H x W x 4 over shifted blocks). Target: latency ratio <= 1.03. Run with "
+            "glibc's MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_ raised, so large activations "
+            "are reused instead of mapped and page-faulted afresh on every call (what jemalloc or "
+            "tcmalloc would do); the ratios under glibc's default settings, measured in a child "
+            "process with half the reps, are in their own column: page faults add +-3% noise there.",
+            "",
+            "| backbone | input | reps | 2D ms/frame | streaming ms/frame | ratio | 2D vs 2D (noise) | "
+            "TorchScript 2D ms | TorchScript streaming ms | TorchScript ratio | "
+            "ratio / TorchScript ratio, glibc default malloc | "
+            "buffers | cache bytes | analytic bytes | equal |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            *rows,
+            "",
+            *(f"- {line}" for line in lines),
+        ]
+    )
     path = write_section("online", "Online TSM: streaming latency and cache", body)
     print(f"wrote {path}")
     return 0

@@ -38,8 +38,8 @@ def seed_shift(x: torch.Tensor, n_segment: int, fold_div: int = 8) -> torch.Tens
     out = torch.zeros_like(x)
     fold = c // fold_div
     out[:, :-1, :fold] = x[:, 1:, :fold]  # shift left
-    out[:, 1:, fold: 2 * fold] = x[:, :-1, fold: 2 * fold]  # shift right
-    out[:, :, 2 * fold:] = x[:, :, 2 * fold:]  # not shift
+    out[:, 1:, fold : 2 * fold] = x[:, :-1, fold : 2 * fold]  # shift right
+    out[:, :, 2 * fold :] = x[:, :, 2 * fold :]  # not shift
     return out.view(nt, c, h, w)
 
 
@@ -80,8 +80,12 @@ def models(arch: str, frames: int) -> dict[str, TSN]:
     plain.load_state_dict(state)
     seed = build_model(arch, 400, num_segments=frames, shift="bidirectional")
     seed.load_state_dict(state)
-    return {"TSN (no shift)": tsn, "ours": ours, "ours, fusion off": unfused(plain),
-            "seed": with_seed_shift(seed)}
+    return {
+        "TSN (no shift)": tsn,
+        "ours": ours,
+        "ours, fusion off": unfused(plain),
+        "seed": with_seed_shift(seed),
+    }
 
 
 def forward_fn(model: TSN, clip: torch.Tensor) -> Callable[[], object]:
@@ -109,7 +113,9 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--frames", type=int, default=8)
     parser.add_argument("--arch", default="resnet50")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
     parser.add_argument("--forward-only", action="store_true", help="skip forward+backward")
     args = parser.parse_args()
     if args.threads:
@@ -120,36 +126,46 @@ def main() -> int:
     clip = torch.randn(1, args.frames, 3, args.size, args.size)  # (B, T, 3, H, W)
     with torch.no_grad():
         reference = nets["seed"].eval()(clip)
-        worst = max((nets[name].eval()(clip) - reference).abs().max().item()
-                    for name in ("ours", "ours, fusion off"))
+        worst = max(
+            (nets[name].eval()(clip) - reference).abs().max().item()
+            for name in ("ours", "ours, fusion off")
+        )
     forward = interleaved_medians({n: forward_fn(m, clip) for n, m in nets.items()}, args.reps)
-    step = ({} if args.forward_only else
-            interleaved_medians({n: train_step_fn(m, clip) for n, m in nets.items()}, args.reps))
+    step = (
+        {}
+        if args.forward_only
+        else interleaved_medians({n: train_step_fn(m, clip) for n, m in nets.items()}, args.reps)
+    )
     load_after = os.getloadavg()[0]
 
     base_f, base_s = forward["TSN (no shift)"], step.get("TSN (no shift)")
-    rows = ["| implementation | forward ratio | forward ms | fwd+bwd ratio | fwd+bwd ms |",
-            "| --- | --- | --- | --- | --- |"]
+    rows = [
+        "| implementation | forward ratio | forward ms | fwd+bwd ratio | fwd+bwd ms |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for name in nets:
-        backward = (f"{step[name] / base_s:.3f} | {1e3 * step[name]:.1f}" if step else "- | -")
-        rows.append(f"| {name} | {forward[name] / base_f:.3f} | {1e3 * forward[name]:.1f} | "
-                    f"{backward} |")
+        backward = f"{step[name] / base_s:.3f} | {1e3 * step[name]:.1f}" if step else "- | -"
+        rows.append(
+            f"| {name} | {forward[name] / base_f:.3f} | {1e3 * forward[name]:.1f} | {backward} |"
+        )
     met = forward["ours"] / base_f <= TARGET
-    body = "\n".join([
-        f"{args.arch}, {args.frames} frames of {args.size}x{args.size}, 1 clip; forward: eval "
-        "mode, no autograd; fwd+bwd: train mode, sum of logits backward. Median of "
-        f"{args.reps} interleaved reps; ratio = time / TSN time (same weights, no shift). "
-        "ours: shift fused into each 1x1 conv1 (split-K bmm over strided views); fusion "
-        "off: shift written once (split/pad/cat) then the conv; seed: zeros_like + three slice "
-        f"copies. Largest logit difference from the seed's model: {worst:.1e}.",
-        "",
-        *rows,
-        "",
-        f"Target: ours forward ratio <= {TARGET}: {'met' if met else 'NOT met'}.",
-        "",
-        f"Load average (1 min) {load_before:.2f} before, {load_after:.2f} after: above the core "
-        "count means other work shared the CPU and absolute times are inflated.",
-    ])
+    body = "\n".join(
+        [
+            f"{args.arch}, {args.frames} frames of {args.size}x{args.size}, 1 clip; forward: eval "
+            "mode, no autograd; fwd+bwd: train mode, sum of logits backward. Median of "
+            f"{args.reps} interleaved reps; ratio = time / TSN time (same weights, no shift). "
+            "ours: shift fused into each 1x1 conv1 (split-K bmm over strided views); fusion "
+            "off: shift written once (split/pad/cat) then the conv; seed: zeros_like + three slice "
+            f"copies. Largest logit difference from the seed's model: {worst:.1e}.",
+            "",
+            *rows,
+            "",
+            f"Target: ours forward ratio <= {TARGET}: {'met' if met else 'NOT met'}.",
+            "",
+            f"Load average (1 min) {load_before:.2f} before, {load_after:.2f} after: above the core "
+            "count means other work shared the CPU and absolute times are inflated.",
+        ]
+    )
     path = write_section("shift", "Temporal shift: TSM against TSN", body)
     print(path.read_text())
     return 0

@@ -50,8 +50,10 @@ def as_frames(videos: Path, folder: Path) -> Path:
     """The same data as extracted JPEG frames (what ``tsm demo`` trains on)."""
     extract(videos, folder, short_side=0, workers=1)
     for name in ("train.txt", "val.txt"):
-        entries = [ListEntry(e.path.removesuffix(".mp4"), e.num_frames, e.label)
-                   for e in read_list(videos / name)]
+        entries = [
+            ListEntry(e.path.removesuffix(".mp4"), e.num_frames, e.label)
+            for e in read_list(videos / name)
+        ]
         write_list(folder / name, entries)
     write_classes(folder / "classes.txt", CLASSES)
     return folder
@@ -95,8 +97,9 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        small = make_data(tmp / "demo_data", args.demo_per_class, size=demo.data.input_size,
-                          num_frames=24)
+        small = make_data(
+            tmp / "demo_data", args.demo_per_class, size=demo.data.input_size, num_frames=24
+        )
         small_frames = as_frames(small, tmp / "demo_frames")
         big = make_data(
             tmp / "r50_data",

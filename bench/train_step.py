@@ -78,8 +78,13 @@ class ReferenceTSN(nn.Module):
         return self.new_fc(self.dropout(features)).view(batch, self.num_segments, -1).mean(1)
 
 
-def sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer, clips: torch.Tensor,
-             labels: torch.Tensor, clip_grad: float) -> Callable[[], None]:
+def sgd_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    clips: torch.Tensor,
+    labels: torch.Tensor,
+    clip_grad: float,
+) -> Callable[[], None]:
     def step() -> None:
         loss = nn.functional.cross_entropy(model(clips), labels)
         optimizer.zero_grad(set_to_none=True)
@@ -90,7 +95,9 @@ def sgd_step(model: nn.Module, optimizer: torch.optim.Optimizer, clips: torch.Te
     return step
 
 
-def build_pair(size: int, batch: int, device: torch.device) -> tuple[dict[str, Callable[[], None]], str]:
+def build_pair(
+    size: int, batch: int, device: torch.device
+) -> tuple[dict[str, Callable[[], None]], str]:
     recipe = load_recipe("kinetics_r50", ["model.pretrained="])
     m, o, t = recipe.model, recipe.optim, recipe.train
     torch.manual_seed(0)
@@ -102,14 +109,25 @@ def build_pair(size: int, batch: int, device: torch.device) -> tuple[dict[str, C
     lr = o.lr
     ours_opt = build_optimizer(ours, o, lr, fc_lr5=False)
     reference_opt = torch.optim.SGD(
-        [{"params": g["params"], "lr": lr * g["lr_mult"], "weight_decay": o.weight_decay * g["decay_mult"]}
-         for g in parameter_groups(reference, fc_lr5=False)],
-        lr=lr, momentum=0.9, weight_decay=o.weight_decay)
+        [
+            {
+                "params": g["params"],
+                "lr": lr * g["lr_mult"],
+                "weight_decay": o.weight_decay * g["decay_mult"],
+            }
+            for g in parameter_groups(reference, fc_lr5=False)
+        ],
+        lr=lr,
+        momentum=0.9,
+        weight_decay=o.weight_decay,
+    )
     clips = torch.randn(batch, m.num_segments, 3, size, size, device=device)  # (B, T, 3, S, S)
     labels = torch.randint(0, NUM_CLASSES, (batch,), device=device)
     setting = f"channels_last={t.channels_last}"
-    return {"reference": sgd_step(reference, reference_opt, clips, labels, o.clip_grad),
-            "ours": sgd_step(ours, ours_opt, clips, labels, o.clip_grad)}, setting
+    return {
+        "reference": sgd_step(reference, reference_opt, clips, labels, o.clip_grad),
+        "ours": sgd_step(ours, ours_opt, clips, labels, o.clip_grad),
+    }, setting
 
 
 def main() -> None:
@@ -124,18 +142,26 @@ def main() -> None:
     times = interleaved_medians(steps, reps=args.reps)
     ratio = times["ours"] / times["reference"]
     isa = torch.backends.cpu.get_cpu_capability()
-    print(f"{isa}: reference {times['reference']:.2f} s, ours {times['ours']:.2f} s, ratio {ratio:.3f}")
-    body = "\n".join([
-        "| CPU ISA | threads | batch | reference s/step | ours s/step | ours / reference | target |",
-        "|---|---:|---:|---:|---:|---:|---:|",
-        f"| {isa} | {args.threads} | {args.batch} x 8 x {args.size} | {times['reference']:.2f} | "
-        f"{times['ours']:.2f} | {ratio:.3f} | <= {CPU_TARGET} |",
-        "",
-        f"Ours as `kinetics_r50` trains ({setting}; the shift written once per block in the "
-        "input's memory format with its opposite shift as the backward); the reference as the "
-        f"official code (seed shift, NCHW). Median of {args.reps} interleaved steps each.",
-    ])
-    print(write_section("train_step", "Training step against the official code (bench/train_step.py)", body))
+    print(
+        f"{isa}: reference {times['reference']:.2f} s, ours {times['ours']:.2f} s, ratio {ratio:.3f}"
+    )
+    body = "\n".join(
+        [
+            "| CPU ISA | threads | batch | reference s/step | ours s/step | ours / reference | target |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+            f"| {isa} | {args.threads} | {args.batch} x 8 x {args.size} | {times['reference']:.2f} | "
+            f"{times['ours']:.2f} | {ratio:.3f} | <= {CPU_TARGET} |",
+            "",
+            f"Ours as `kinetics_r50` trains ({setting}; the shift written once per block in the "
+            "input's memory format with its opposite shift as the backward); the reference as the "
+            f"official code (seed shift, NCHW). Median of {args.reps} interleaved steps each.",
+        ]
+    )
+    print(
+        write_section(
+            "train_step", "Training step against the official code (bench/train_step.py)", body
+        )
+    )
 
 
 if __name__ == "__main__":

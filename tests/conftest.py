@@ -13,8 +13,14 @@ import torch
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 
-def write_video(path: Path, num_frames: int = 16, size: int = 32, fps: int = 8,
-                codec: str = "libx264", seed: int = 0) -> Path:
+def write_video(
+    path: Path,
+    num_frames: int = 16,
+    size: int = 32,
+    fps: int = 8,
+    codec: str = "libx264",
+    seed: int = 0,
+) -> Path:
     """Write a small H.264 video whose frame k is a flat grey of level 8*k (easy to check)
     plus a little seeded noise; returns the path."""
     import av
@@ -30,7 +36,9 @@ def write_video(path: Path, num_frames: int = 16, size: int = 32, fps: int = 8,
         for k in range(num_frames):
             level = (8 * k) % 256
             image = np.full((size, size, 3), level, dtype=np.uint8)
-            image = np.clip(image.astype(int) + rng.integers(0, 3, image.shape), 0, 255).astype(np.uint8)
+            image = np.clip(image.astype(int) + rng.integers(0, 3, image.shape), 0, 255).astype(
+                np.uint8
+            )
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             for packet in stream.encode(frame):
                 container.mux(packet)
@@ -76,15 +84,3 @@ def deadline():
             signal.signal(signal.SIGALRM, previous)
 
     return limit
-
-
-def pytest_collection_modifyitems(config, items):
-    """Slow end-to-end tests run only with TSM_SLOW_TESTS=1 (make test-all)."""
-    import os
-
-    if os.environ.get("TSM_SLOW_TESTS", "") not in ("", "0"):
-        return
-    skip = pytest.mark.skip(reason="slow end-to-end test; run with TSM_SLOW_TESTS=1")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)

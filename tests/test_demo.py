@@ -23,7 +23,8 @@ def test_every_step_leaves_its_result(small_demo):
     assert len(list((out / "videos").rglob("*.mp4"))) == 4 * 6
     assert len(list((out / "frames").rglob("img_00008.jpg"))) == 4 * 6
     assert (out / "lists" / "classes.txt").read_text().split() == sorted(
-        (out / "lists" / "classes.txt").read_text().split())
+        (out / "lists" / "classes.txt").read_text().split()
+    )
     for name in MODELS:
         assert (out / "runs" / name / "best.pt").exists()
         assert (out / "eval" / name / "confusion.png").exists()
@@ -41,7 +42,10 @@ def test_report_numbers_are_the_evaluations(small_demo):
         assert summary["num_videos"] == 6  # one val video per class
         assert row.title in report
     online = small_demo.rows[-1]
-    assert online.cache_bytes == json.loads((out / "online" / "report.json").read_text())["cache_bytes"]
+    assert (
+        online.cache_bytes
+        == json.loads((out / "online" / "report.json").read_text())["cache_bytes"]
+    )
     streaming = json.loads((out / "eval" / "streaming.json").read_text())
     assert online.streaming_top1 == streaming["top1"]
     assert all(row.cache_bytes is None for row in small_demo.rows[:-1])
@@ -52,9 +56,12 @@ def test_report_numbers_are_the_evaluations(small_demo):
 
 def test_rerun_reuses_finished_steps(small_demo):
     out = small_demo.out_dir
-    watched = [out / "videos" / "synth.json", out / "online" / "report.json",
-               *[out / "runs" / name / "last.pt" for name in MODELS],
-               *[out / "eval" / name / "summary.json" for name in MODELS]]
+    watched = [
+        out / "videos" / "synth.json",
+        out / "online" / "report.json",
+        *[out / "runs" / name / "last.pt" for name in MODELS],
+        *[out / "eval" / name / "summary.json" for name in MODELS],
+    ]
     before = {path: path.stat().st_mtime_ns for path in watched}
     again = demo(out, per_class=4, epochs=1, num_frames=8, overrides=SMALL)
     assert {path: path.stat().st_mtime_ns for path in watched} == before

@@ -32,9 +32,11 @@ def test_atomic_write_text_bytes_and_callback(tmp_path):
 @pytest.mark.parametrize("mask", [0o022, 0o027, 0o002])
 def test_new_files_follow_the_umask(tmp_path, umask, mask):
     umask(mask)
-    for path in (fileio.atomic_write(tmp_path / "a.txt", "x"),
-                 fileio.atomic_write_with(tmp_path / "b.png", lambda h: h.write(b"x")),
-                 fileio.atomic_link(tmp_path / "a.txt", tmp_path / "c.txt")):
+    for path in (
+        fileio.atomic_write(tmp_path / "a.txt", "x"),
+        fileio.atomic_write_with(tmp_path / "b.png", lambda h: h.write(b"x")),
+        fileio.atomic_link(tmp_path / "a.txt", tmp_path / "c.txt"),
+    ):
         assert path.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
@@ -92,8 +94,10 @@ def test_a_full_disk_is_one_line_naming_the_folder(tmp_path, monkeypatch, code, 
     with pytest.raises(OutputError) as info:
         fileio.atomic_write_with(path, write)
     what = "no space left on" if code == errno.ENOSPC else "disk quota exceeded on"
-    assert str(info.value) == (f"{what} {tmp_path.resolve()} while writing last.pt; free some "
-                               "space and run again (the previous last.pt, if any, is unchanged)")
+    assert str(info.value) == (
+        f"{what} {tmp_path.resolve()} while writing last.pt; free some "
+        "space and run again (the previous last.pt, if any, is unchanged)"
+    )
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
@@ -122,8 +126,14 @@ def test_atomic_link_gives_a_second_name_that_survives_a_replace(tmp_path):
 
 def test_remove_stale_temps_removes_only_our_pattern_for_the_names_given(tmp_path):
     ours = [".last.pt.0badf00d.tmp", ".curves.png.12345678.tmp"]
-    others = [".last.pt.tmp", ".last.pt.0BADF00D.tmp", ".notes.txt.0badf00d.tmp",
-              "last.pt.0badf00d.tmp", "last.pt", ".last.pt.0badf00d.tmp.keep"]
+    others = [
+        ".last.pt.tmp",
+        ".last.pt.0BADF00D.tmp",
+        ".notes.txt.0badf00d.tmp",
+        "last.pt.0badf00d.tmp",
+        "last.pt",
+        ".last.pt.0badf00d.tmp.keep",
+    ]
     for name in ours + others:
         (tmp_path / name).write_bytes(b"x")
     (tmp_path / ".best.pt.abcdef01.tmp").mkdir()  # a folder of that name is not our temp file
@@ -148,8 +158,10 @@ def test_check_writable_dir_and_file(tmp_path):
     assert str(info.value) == f"--out {tmp_path / 'file'}: is a file, not a folder; choose a folder"
     with pytest.raises(RecipeError) as info:
         fileio.check_writable_dir(tmp_path / "file" / "run", "train.out_dir", RecipeError)
-    assert str(info.value) == (f"train.out_dir {tmp_path / 'file' / 'run'}: {tmp_path / 'file'} "
-                               "is a file, not a folder; choose another path")
+    assert str(info.value) == (
+        f"train.out_dir {tmp_path / 'file' / 'run'}: {tmp_path / 'file'} "
+        "is a file, not a folder; choose another path"
+    )
     with pytest.raises(UsageError, match=r"--json .*dir: is a folder; give a file name"):
         fileio.check_writable_file(tmp_path / "dir", "--json")
     with pytest.raises(UsageError, match=r"file is a file, not a folder"):

@@ -11,8 +11,14 @@ from tsmcli.errors import RecipeError
 from tsmcli.recipe import Recipe, apply_overrides, load_recipe, shipped_recipes
 from tsmcli.resources import recipes_dir
 
-SHIPPED = ["demo", "kinetics_r50", "kinetics_r50_dense", "kinetics_r50_online", "sthv2_r50",
-           "ucf101_r50_finetune"]
+SHIPPED = [
+    "demo",
+    "kinetics_r50",
+    "kinetics_r50_dense",
+    "kinetics_r50_online",
+    "sthv2_r50",
+    "ucf101_r50_finetune",
+]
 
 
 def _write(tmp_path: Path, text: str, name: str = "mine.yaml") -> Path:
@@ -200,11 +206,13 @@ def test_recipe_is_frozen_and_yaml_round_trips(tmp_path):
 def test_set_errors_blame_the_set_and_file_errors_the_file(tmp_path):
     demo = recipes_dir() / "demo.yaml"
     assert _error("demo", ["model.num_segments=0"]) == (
-        "--set model.num_segments=0: model.num_segments must be at least 1, got 0")
+        "--set model.num_segments=0: model.num_segments must be at least 1, got 0"
+    )
     # a range error that only the combination makes: the --set that made it is named
     path = _write(tmp_path, "optim:\n  warmup_epochs: 5\ntrain:\n  epochs: 10\n")
     assert _error(path, ["optim.lr=0.1", "train.epochs=2"]) == (
-        "--set train.epochs=2: optim.warmup_epochs must not exceed train.epochs, got 5.0")
+        "--set train.epochs=2: optim.warmup_epochs must not exceed train.epochs, got 5.0"
+    )
     # a file wrong on its own is the file's fault, whatever is set after it
     bad = _write(tmp_path, "model:\n  dropout: 1.5\n", "bad.yaml")
     assert _error(bad, ["optim.lr=0.1"]) == f"{bad}: model.dropout must be in [0, 1), got 1.5"
@@ -215,8 +223,16 @@ def test_set_errors_blame_the_set_and_file_errors_the_file(tmp_path):
 
 
 def test_text_keys_keep_the_text_as_typed():
-    recipe = load_recipe("demo", ["data.root=2024", "data.val_list=0123", "name=2024",
-                                  "model.init_from=1.50", "data.train_list=true"])
+    recipe = load_recipe(
+        "demo",
+        [
+            "data.root=2024",
+            "data.val_list=0123",
+            "name=2024",
+            "model.init_from=1.50",
+            "data.train_list=true",
+        ],
+    )
     assert (recipe.data.root, recipe.data.val_list, recipe.name) == ("2024", "0123", "2024")
     assert (recipe.model.init_from, recipe.data.train_list) == ("1.50", "true")
     recipe = load_recipe("demo", ["data.val_list=", "train.epochs=3"])
@@ -236,3 +252,22 @@ def test_non_utf8_recipe_is_named(tmp_path):
     path = tmp_path / "latin1.yaml"
     path.write_bytes("model:\n  arch: résnet50\n".encode("latin-1"))
     assert _error(path) == f"{path}: not UTF-8 text (byte 16); save the recipe as UTF-8"
+
+
+def test_a_stored_recipe_reads_back_typed_and_older_ones_take_the_new_defaults():
+    recipe = load_recipe("demo")
+    assert Recipe.from_stored(recipe.to_dict(), "last.pt") == recipe
+    older = {
+        "name": "old",
+        "model": {"arch": "resnet18"},
+        "data": {"input_size": 112, "scale_size": 128},
+    }
+    typed = Recipe.from_stored(older, "old.pt")
+    assert typed == Recipe(
+        name="old",
+        model=dataclasses.replace(Recipe().model, arch="resnet18"),
+        data=dataclasses.replace(Recipe().data, input_size=112, scale_size=128),
+    )
+    assert Recipe.from_stored(None, "official.pth") is None
+    with pytest.raises(RecipeError, match=r"^bad.pt \(stored recipe\): unknown key 'data.sise'"):
+        Recipe.from_stored({"data": {"sise": 1}}, "bad.pt")

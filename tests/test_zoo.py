@@ -1,28 +1,18 @@
-"""The model zoo: the shipped registry is valid and agrees with the README and the recipes;
-downloads through a loopback HTTP server are verified, resumed, rejected and cached."""
+"""The model zoo registry: the shipped registry is valid and agrees with the model, the
+evaluator, the README and the recipes; a broken registry is one line naming entry and key."""
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import http.server
-import io
-import json
 import re
-import socket
-import threading
 import typing
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from click.testing import CliRunner
 
 from tsmcli import zoo
-from tsmcli.cli import cli
-from tsmcli.errors import CheckpointError, DataError, UsageError
+from tsmcli.errors import DataError, UsageError
 from tsmcli.resources import recipes_dir, zoo_registry_path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -34,36 +24,57 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def test_vocabulary_matches_the_model_the_evaluator_and_the_recipes():
     from tsmcli.data.manifest import LABEL_ORDERS
-    from tsmcli.engine import evaluate
+    from tsmcli.data.transforms import TEST_CROPS
+    from tsmcli.engine import views
     from tsmcli.engine.metrics import AVERAGE_MODES
-    from tsmcli.model.backbones import SHIFT_MODES, SHIFT_PLACES, list_backbones
+    from tsmcli.model.backbones import SHIFT_MODES, SHIFT_PLACES
+    from tsmcli.model.shift import MIN_SHIFT_DIV
     from tsmcli.recipe import DataConfig
 
     sampling = typing.get_type_hints(DataConfig)["sampling"]
-    ours = (zoo.ARCHS, zoo.SHIFTS, zoo.SHIFT_PLACES, zoo.LABEL_ORDERS, zoo.PROTOCOL_PRESETS,
-            zoo.TEST_CROPS, zoo.AVERAGE_MODES, zoo.SAMPLINGS)
-    theirs = (tuple(list_backbones()), SHIFT_MODES, SHIFT_PLACES, LABEL_ORDERS,
-              tuple(evaluate.PROTOCOLS), evaluate.TEST_CROPS, AVERAGE_MODES,
-              typing.get_args(sampling))
+    ours = (
+        zoo.SHIFTS,
+        zoo.SHIFT_PLACES,
+        zoo.MIN_SHIFT_DIV,
+        zoo.LABEL_ORDERS,
+        zoo.PROTOCOL_PRESETS,
+        zoo.TEST_CROPS,
+        zoo.AVERAGE_MODES,
+        zoo.SAMPLINGS,
+    )
+    theirs = (
+        SHIFT_MODES,
+        SHIFT_PLACES,
+        MIN_SHIFT_DIV,
+        LABEL_ORDERS,
+        tuple(views.PROTOCOLS),
+        TEST_CROPS,
+        AVERAGE_MODES,
+        typing.get_args(sampling),
+    )
     assert ours == theirs
 
 
 def test_every_shipped_entry_is_consistent():
     from tsmcli.data.manifest import list_manifests, load_manifest
-    from tsmcli.engine.evaluate import resolve_protocol
+    from tsmcli.engine.views import resolve_protocol
+    from tsmcli.model.backbones import list_backbones
     from tsmcli.recipe import load_recipe
 
     entries = zoo.list_entries()
     assert len(entries) == len({e.name for e in entries}) == 20
     assert "zoo" not in list_manifests()  # the model zoo registry is not a dataset manifest
     for entry in entries:
+        assert entry.arch in list_backbones(), entry.name  # the registry reads arch as text
         manifest = load_manifest(entry.dataset)
         names = entry.class_names()
         assert len(names) == manifest.num_classes, entry.name
         assert names == manifest.classes(entry.label_order), entry.name
         assert all(url.rsplit("/", 1)[-1] == entry.file for url in entry.urls), entry.name
         if entry.publisher == "mmaction2":  # the SHA-256 prefix is in the file name
-            assert re.fullmatch(r"[0-9a-f]{8}", entry.sha256) and f"-{entry.sha256}.pth" in entry.file
+            assert (
+                re.fullmatch(r"[0-9a-f]{8}", entry.sha256) and f"-{entry.sha256}.pth" in entry.file
+            )
         else:  # the official files come without a hash
             assert entry.sha256 is None
         for result in entry.results:
@@ -74,7 +85,11 @@ def test_every_shipped_entry_is_consistent():
             recipe = load_recipe(entry.recipe, entry.recipe_overrides)
             m = recipe.model
             assert (m.arch, m.shift, m.shift_div, m.shift_place) == (
-                entry.arch, entry.shift, entry.shift_div, entry.shift_place), entry.name
+                entry.arch,
+                entry.shift,
+                entry.shift_div,
+                entry.shift_place,
+            ), entry.name
             assert recipe.data.dataset == entry.dataset and recipe.data.sampling == entry.sampling
             # the TSN baseline trains with 5 segments and is tested with 8
             assert m.num_segments == entry.segments or entry.shift == "none", entry.name
@@ -83,8 +98,12 @@ def test_every_shipped_entry_is_consistent():
 
 def test_the_official_numbers_are_those_of_the_official_readme():
     """The numbers this project is judged by, spelled out once (OFFICIAL README tables)."""
-    published = {(e.name, str(r.protocol)): r.top1 for e in zoo.list_entries() for r in e.results
-                 if e.publisher == "official"}
+    published = {
+        (e.name, str(r.protocol)): r.top1
+        for e in zoo.list_entries()
+        for r in e.results
+        if e.publisher == "official"
+    }
     assert published[("tsm-k400-r50-8f", "single")] == 71.2
     assert published[("tsm-k400-r50-8f", "single crops=10")] == 72.8
     assert published[("tsm-k400-r50-8f-dense", "kinetics")] == 74.1
@@ -97,11 +116,14 @@ def test_the_official_numbers_are_those_of_the_official_readme():
 
 def test_readme_reproduction_table_lists_every_recipe_result_of_the_registry():
     text = README.read_text(encoding="utf-8")
-    section = text[text.index("## Reproducing the paper"):]
-    rows = re.findall(r"^\| `([^`]+)` \| `([^`]+)` \| ([\d.]+) \| `([a-z0-9.-]+)` \|$", section,
-                      flags=re.M)
-    table = {(name, re.sub(r" --segments \d+", "", proto), recipe): float(top1)
-             for recipe, proto, top1, name in rows}
+    section = text[text.index("## Reproducing the paper") :]
+    rows = re.findall(
+        r"^\| `([^`]+)` \| `([^`]+)` \| ([\d.]+) \| `([a-z0-9.-]+)` \|$", section, flags=re.M
+    )
+    table = {
+        (name, re.sub(r" --segments \d+", "", proto), recipe): float(top1)
+        for recipe, proto, top1, name in rows
+    }
     expected = {}
     for entry in zoo.list_entries():
         if entry.recipe is None:
@@ -117,7 +139,7 @@ def test_recipe_headers_name_the_checkpoint_they_reproduce_and_its_number():
         if entry.recipe is None or entry.recipe_overrides:
             continue
         text = (recipes_dir() / f"{entry.recipe}.yaml").read_text(encoding="utf-8")
-        header = text[:text.index("model:")]
+        header = text[: text.index("model:")]
         assert entry.name in header, entry.recipe
         for result in entry.results:
             assert f"{result.top1:g}%" in header and result.protocol.cli_args() in header
@@ -126,19 +148,35 @@ def test_recipe_headers_name_the_checkpoint_they_reproduce_and_its_number():
 def test_zoo_sits_at_the_bottom_of_the_package():
     import ast
 
-    tree = ast.parse(Path(zoo.__file__).read_text(encoding="utf-8"))
-    ours = {node.module for node in ast.walk(tree)
-            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tsmcli")}
-    ours |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
-             for alias in node.names if alias.name.startswith("tsmcli")}
-    assert ours <= {"tsmcli.errors", "tsmcli.resources", "tsmcli.fileio"}
+    from tsmcli import zoo_cache
+
+    for module, allowed in (
+        (zoo, {"tsmcli.errors", "tsmcli.resources"}),
+        (zoo_cache, {"tsmcli.errors", "tsmcli.fileio", "tsmcli.zoo"}),
+    ):
+        tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+        ours = {
+            node.module
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tsmcli")
+        }
+        ours |= {
+            alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import)
+            for alias in node.names
+            if alias.name.startswith("tsmcli")
+        }
+        assert ours <= allowed, module.__name__
 
 
 def test_unknown_name_is_one_line_with_the_closest_names():
     with pytest.raises(UsageError) as info:
         zoo.get_entry("tsm-k400-r50-9f")
-    assert str(info.value) == ("unknown model zoo name 'tsm-k400-r50-9f'; did you mean "
-                               "'tsm-k400-r50-8f' or 'tsm-k400-r50-16f' or 'tsn-k400-r50'?")
+    assert str(info.value) == (
+        "unknown model zoo name 'tsm-k400-r50-9f'; did you mean "
+        "'tsm-k400-r50-8f' or 'tsm-k400-r50-16f' or 'tsn-k400-r50'?"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,20 +199,40 @@ def _broken(tmp_path: Path, change) -> str:
     return message
 
 
-@pytest.mark.parametrize("change, expected", [
-    (lambda e: e.update(archh="resnet50"), "(tsm-k400-r50-8f).archh: unknown key; did you mean 'arch'?"),
-    (lambda e: e.update(arch="resnet5"), ".arch: 'resnet5' is not one of mobilenet_v2, resnet101"),
-    (lambda e: e.update(sha256="64D69186"), ".sha256: '64D69186' must be 64 or 8 lower-case hex"),
-    (lambda e: e.update(sha256="0123abcd"), ".sha256: the prefix '0123abcd' is not the one in"),
-    (lambda e: e.update(labels="sthv1.txt"), ".labels: 'sthv1.txt' is not kinetics400's class list"),
-    (lambda e: e.update(label_order="sorted"), ".label_order: 'sorted' is not offered for kinetics400"),
-    (lambda e: e.update(segments=0), ".segments: must be an integer >= 1 or null, not 0"),
-    (lambda e: e.update(urls=["https://example.org/other.pth"]), ".urls[0]: does not end with"),
-    (lambda e: e["results"][0]["protocol"].update(crops=5), ".results[0].protocol.crops: must be one of 1, 3, 10"),
-    (lambda e: e["results"][0]["protocol"].update(preset="ucf"), ".results[0].protocol.preset: 'ucf' is not one of"),
-    (lambda e: e["results"][0].update(top1=171.2), ".results[0].top1: must be a percentage"),
-    (lambda e: e.pop("note"), "(tsm-k400-r50-8f): missing note"),
-])
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (
+            lambda e: e.update(archh="resnet50"),
+            "(tsm-k400-r50-8f).archh: unknown key; did you mean 'arch'?",
+        ),
+        (
+            lambda e: e.update(sha256="64D69186"),
+            ".sha256: '64D69186' must be 64 or 8 lower-case hex",
+        ),
+        (lambda e: e.update(sha256="0123abcd"), ".sha256: the prefix '0123abcd' is not the one in"),
+        (
+            lambda e: e.update(labels="sthv1.txt"),
+            ".labels: 'sthv1.txt' is not kinetics400's class list",
+        ),
+        (
+            lambda e: e.update(label_order="sorted"),
+            ".label_order: 'sorted' is not offered for kinetics400",
+        ),
+        (lambda e: e.update(segments=0), ".segments: must be an integer >= 1 or null, not 0"),
+        (lambda e: e.update(urls=["https://example.org/other.pth"]), ".urls[0]: does not end with"),
+        (
+            lambda e: e["results"][0]["protocol"].update(crops=5),
+            ".results[0].protocol.crops: must be one of 1, 3, 10",
+        ),
+        (
+            lambda e: e["results"][0]["protocol"].update(preset="ucf"),
+            ".results[0].protocol.preset: 'ucf' is not one of",
+        ),
+        (lambda e: e["results"][0].update(top1=171.2), ".results[0].top1: must be a percentage"),
+        (lambda e: e.pop("note"), "(tsm-k400-r50-8f): missing note"),
+    ],
+)
 def test_a_broken_registry_is_one_line_naming_entry_and_key(tmp_path, change, expected):
     assert expected in _broken(tmp_path, change)
 
@@ -188,251 +246,15 @@ def test_a_duplicate_name_is_refused(tmp_path):
         zoo.load_registry(path)
 
 
-# ---------------------------------------------------------------------------------------------
-# downloads through a loopback server
+def test_an_unknown_arch_is_refused_where_the_backbones_are_known(tmp_path):
+    """The registry sits below model/ and reads arch as text; building the entry's model
+    names the mistake and the closest backbone."""
+    from tsmcli.model.tsn import build_model
 
-
-class _Server(http.server.ThreadingHTTPServer):
-    """Serves ``files`` (path -> bytes); honours Range unless ``ignore_range``; the next
-    ``cuts`` responses stop half way and close the connection. Every request's path and
-    Range header are logged."""
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.files: dict[str, bytes] = {}
-        self.log: list[tuple[str, str | None]] = []
-        self.ignore_range = False
-        self.cuts = 0
-
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}{path}"
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - the http.server API
-        server: _Server = self.server  # type: ignore[assignment]
-        wanted = self.headers.get("Range")
-        server.log.append((self.path, wanted))
-        data = server.files.get(self.path)
-        if data is None:
-            self.send_error(404, "Not Found")
-            return
-        start = 0
-        match = re.fullmatch(r"bytes=(\d+)-", wanted or "")
-        if match and not server.ignore_range:
-            start = int(match.group(1))
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        else:
-            self.send_response(200)
-        body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if server.cuts:
-            server.cuts -= 1
-            self.wfile.write(body[: len(body) // 2])
-            self.wfile.flush()
-            self.close_connection = True
-            return
-        self.wfile.write(body)
-
-    def log_message(self, *args) -> None:  # keep test output clean
-        pass
-
-
-@pytest.fixture
-def server():
-    srv = _Server()
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join()
-
-
-@pytest.fixture
-def payload() -> bytes:
-    """A real checkpoint file: torch.save of a small state dict (about 20 KB)."""
-    buffer = io.BytesIO()
-    torch.save({"state_dict": {"w": torch.arange(5000, dtype=torch.float32)}}, buffer)
-    return buffer.getvalue()
-
-
-def _entry(url: str, sha256: str | None, file: str = "tiny_checkpoint.pth") -> zoo.ZooEntry:
-    return replace(zoo.get_entry("tsm-k400-r50-8f"), name="test-tiny", file=file, urls=(url,),
-                   sha256=sha256)
-
-
-def _closed_port_url(path: str) -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}{path}"
-
-
-def test_full_download_is_verified_and_renamed_into_place(server, payload, tmp_path):
-    server.files["/m/tiny_checkpoint.pth"] = payload
-    entry = _entry(server.url("/m/tiny_checkpoint.pth"), hashlib.sha256(payload).hexdigest())
-    path = zoo.download(entry, tmp_path)
-    assert path == tmp_path / "checkpoints" / "tiny_checkpoint.pth"
-    assert path.read_bytes() == payload
-    assert not path.with_name(path.name + ".part").exists()
-    assert server.log == [("/m/tiny_checkpoint.pth", None)]
-    assert zoo.download(entry, tmp_path) == path and len(server.log) == 1  # cached: no request
-
-
-def test_a_cut_download_resumes_with_a_range_request(server, payload, tmp_path):
-    server.files["/m/tiny_checkpoint.pth"] = payload
-    server.cuts = 1
-    entry = _entry(server.url("/m/tiny_checkpoint.pth"), hashlib.sha256(payload).hexdigest()[:8])
-    path = zoo.download(entry, tmp_path, retries=1)
-    half = len(payload) // 2
-    assert server.log == [("/m/tiny_checkpoint.pth", None),
-                          ("/m/tiny_checkpoint.pth", f"bytes={half}-")]
-    assert path.read_bytes() == payload
-
-
-def test_an_interrupted_run_keeps_its_part_and_the_next_run_resumes(server, payload, tmp_path):
-    server.files["/m/tiny_checkpoint.pth"] = payload
-    server.cuts = 1
-    entry = _entry(server.url("/m/tiny_checkpoint.pth"), hashlib.sha256(payload).hexdigest())
-    with pytest.raises(CheckpointError) as info:
-        zoo.download(entry, tmp_path, retries=0)
-    part = tmp_path / "checkpoints" / "tiny_checkpoint.pth.part"
-    half = len(payload) // 2
-    assert part.read_bytes() == payload[:half]
-    message = str(info.value)
-    assert "\n" not in message and f"the {half} bytes received are kept in {part}" in message
-    assert not zoo.is_cached(entry, tmp_path)
-    path = zoo.download(entry, tmp_path, retries=0)
-    assert server.log[-1] == ("/m/tiny_checkpoint.pth", f"bytes={half}-")
-    assert path.read_bytes() == payload and not part.exists()
-
-
-def test_a_server_that_ignores_range_restarts_from_zero(server, payload, tmp_path):
-    server.files["/m/tiny_checkpoint.pth"] = payload
-    server.cuts = 1
-    entry = _entry(server.url("/m/tiny_checkpoint.pth"), hashlib.sha256(payload).hexdigest())
-    with pytest.raises(CheckpointError):
-        zoo.download(entry, tmp_path, retries=0)
-    server.ignore_range = True
-    path = zoo.download(entry, tmp_path, retries=0)
-    assert server.log[-1] == ("/m/tiny_checkpoint.pth", f"bytes={len(payload) // 2}-")
-    assert path.read_bytes() == payload  # not the first half twice
-
-
-def test_a_corrupted_download_is_deleted_and_names_both_hashes(server, payload, tmp_path):
-    corrupted = payload[:100] + bytes([payload[100] ^ 0xFF]) + payload[101:]
-    server.files["/m/tiny_checkpoint.pth"] = corrupted
-    published = hashlib.sha256(payload).hexdigest()
-    entry = _entry(server.url("/m/tiny_checkpoint.pth"), published)
-    with pytest.raises(CheckpointError) as info:
-        zoo.download(entry, tmp_path)
-    got = hashlib.sha256(corrupted).hexdigest()
-    assert str(info.value) == (
-        f"test-tiny: the download of tiny_checkpoint.pth has SHA-256 {got}, not the published "
-        f"{published}; it was deleted: run again, and if it repeats the file on the server is "
-        "not the published one")
-    dest = tmp_path / "checkpoints" / "tiny_checkpoint.pth"
-    assert not dest.exists() and not dest.with_name(dest.name + ".part").exists()
-
-
-def test_a_missing_url_is_one_line_with_the_cache_path(server, tmp_path):
-    entry = _entry(server.url("/gone/tiny_checkpoint.pth"), None)
-    with pytest.raises(CheckpointError) as info:
-        zoo.download(entry, tmp_path)
-    dest = tmp_path / "checkpoints" / "tiny_checkpoint.pth"
-    assert str(info.value) == (
-        f"test-tiny: cannot download tiny_checkpoint.pth ({entry.urls[0]}: HTTP 404 Not Found); "
-        f"without network, put the file at {dest} (from {entry.urls[0]}) and run again")
-
-
-def test_without_network_the_error_says_where_to_put_the_file(tmp_path):
-    url = _closed_port_url("/m/tiny_checkpoint.pth")
-    entry = _entry(url, None)
-    with pytest.raises(CheckpointError) as info:
-        zoo.download(entry, tmp_path, timeout=5)
-    message = str(info.value)
-    dest = tmp_path / "checkpoints" / "tiny_checkpoint.pth"
-    assert "\n" not in message and message.startswith(f"test-tiny: cannot download tiny_checkpoint.pth ({url}: ")
-    assert message.endswith(f"without network, put the file at {dest} (from {url}) and run again")
-
-
-def test_no_published_hash_records_the_first_download_and_checks_it_later(server, payload,
-                                                                           tmp_path, caplog):
-    server.files["/m/tiny_checkpoint.pth"] = payload
-    entry = _entry(server.url("/m/tiny_checkpoint.pth"), None)
-    with caplog.at_level("WARNING", logger="tsmcli.zoo"):
-        path = zoo.download(entry, tmp_path)
-    digest = hashlib.sha256(payload).hexdigest()
-    assert "the publisher gives no hash for tiny_checkpoint.pth" in caplog.text
-    recorded = json.loads((tmp_path / "checkpoints" / "sha256.json").read_text())
-    assert recorded == {"tiny_checkpoint.pth": digest}
-    assert zoo.download(entry, tmp_path) == path  # the recorded hash matches
-    path.write_bytes(payload + b"tampered")
-    with pytest.raises(CheckpointError) as info:
-        zoo.download(entry, tmp_path)
-    tampered = hashlib.sha256(payload + b"tampered").hexdigest()
-    assert str(info.value).startswith(
-        f"{path}: SHA-256 {tampered} does not match the recorded on first use {digest}; ")
-    assert path.exists()  # the user's file is left for inspection
-
-
-def test_a_cached_file_works_offline(payload, tmp_path):
-    url = _closed_port_url("/m/tiny_checkpoint.pth")
-    entry = _entry(url, hashlib.sha256(payload).hexdigest())
-    dest = zoo.cache_path(entry, tmp_path)
-    dest.parent.mkdir(parents=True)
-    dest.write_bytes(payload)  # put there by hand, as the offline message says
-    assert zoo.download(entry, tmp_path) == dest
-    dest.write_bytes(payload[:-1])
-    with pytest.raises(CheckpointError, match="does not match the published"):
-        zoo.download(entry, tmp_path)
-
-
-# ---------------------------------------------------------------------------------------------
-# names or paths, the CLI
-
-
-def test_resolve_checkpoint_takes_a_path_or_a_cached_name(payload, tmp_path, monkeypatch):
-    monkeypatch.setenv("TSM_HOME", str(tmp_path / "home"))
-    mine = tmp_path / "best.pt"
-    mine.write_bytes(payload)
-    assert zoo.resolve_checkpoint(mine) == (mine, None)
-    assert zoo.resolve_checkpoint(str(mine)) == (mine, None)
-    entry = zoo.get_entry("tsm-k400-r50-8f")
-    cached = tmp_path / "home" / "checkpoints" / entry.file
-    cached.parent.mkdir(parents=True)
-    cached.write_bytes(payload)
-    assert zoo.resolve_checkpoint("tsm-k400-r50-8f") == (cached, entry)
-    with pytest.raises(UsageError, match=r"^'tsm-k400-r50' is neither a checkpoint file nor a "
-                                         r"model zoo name; did you mean 'tsn-k400-r50' or 'tsm-k400-r50-8f'"):
-        zoo.resolve_checkpoint("tsm-k400-r50")
-    with pytest.raises(CheckpointError, match=r"runs/x/best.pt: no such checkpoint file"):
-        zoo.resolve_checkpoint("runs/x/best.pt")
-
-
-def test_cli_zoo_list_and_download(payload, tmp_path, monkeypatch):
-    monkeypatch.setenv("TSM_HOME", str(tmp_path))
-    entry = zoo.get_entry("tsm-sthv2-r50-8f")
-    cached = tmp_path / "checkpoints" / entry.file
-    cached.parent.mkdir(parents=True)
-    cached.write_bytes(payload)
-    result = CliRunner().invoke(cli, ["zoo", "list"])
-    assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
-    assert lines[0].split() == ["name", "dataset", "frames", "protocol", "top-1", "downloaded"]
-    assert len(lines) == 1 + len(zoo.list_entries())
-    rows = {line.split()[0]: line.split() for line in lines[1:]}
-    assert rows["tsm-sthv2-r50-8f"] == ["tsm-sthv2-r50-8f", "sthv2", "8", "sthv2", "61.2", "yes"]
-    assert rows["tsm-k400-r50-8f-dense"] == [
-        "tsm-k400-r50-8f-dense", "kinetics400", "8", "kinetics", "74.1", "no"]
-    assert rows["tsm-jester-mbv2-online"] == ["tsm-jester-mbv2-online", "jester", "-", "-", "-", "no"]
-    result = CliRunner().invoke(cli, ["zoo", "download", "tsm-sthv2-r50-8f"])
-    assert result.exit_code == 0 and result.output.strip().splitlines()[-1] == str(cached)
-    result = CliRunner().invoke(cli, ["zoo", "download", "tsm-sthv2-r50"])
-    assert result.exit_code == 2
-    assert result.output.strip().splitlines() == [
-        "error: unknown model zoo name 'tsm-sthv2-r50'; did you mean 'tsm-sthv2-r50-8f' or "
-        "'tsm-sthv2-r50-16f' or 'tsm-sthv1-r50-8f'?"]
+    raw = _shipped_raw()
+    raw["entries"][0]["arch"] = "resnet5"
+    path = tmp_path / "zoo.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    entry = zoo.load_registry(path)["tsm-k400-r50-8f"]
+    with pytest.raises(UsageError, match=r"^unknown arch 'resnet5'; did you mean 'resnet50'\?"):
+        build_model(num_classes=400, **entry.model_options())

@@ -21,10 +21,13 @@ _API = {
     "synth": "tsmcli.data.synth",
     "train": "tsmcli.engine.train",
     "evaluate": "tsmcli.engine.evaluate",
-    "convert_online": "tsmcli.model.export",
+    "run_eval": "tsmcli.engine.evaluate",
+    "evaluate_online": "tsmcli.engine.online",
+    "stream": "tsmcli.engine.online",
+    "convert_online": "tsmcli.engine.convert",
     "demo": "tsmcli.demo",
-    "download_checkpoint": "tsmcli.zoo",
-    "resolve_checkpoint": "tsmcli.zoo",
+    "download_checkpoint": "tsmcli.zoo_cache",
+    "resolve_checkpoint": "tsmcli.zoo_cache",
 }
 
 __all__ = ["__version__", *_API]

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tsmcli.fileio import atomic_write
+
 log = logging.getLogger(__name__)
 
 # name in the report -> (shift mode, what it is)
@@ -61,16 +63,21 @@ class DemoResult:
         return format_table(self.rows)
 
 
-def demo(out: str | Path = "demo_out", *, per_class: int | None = None, epochs: int | None = None,
-         size: int | None = None, num_frames: int | None = None, seed: int = 0,
-         overrides: Sequence[str] = ()) -> DemoResult:
+def demo(
+    out: str | Path = "demo_out",
+    *,
+    per_class: int | None = None,
+    epochs: int | None = None,
+    size: int | None = None,
+    num_frames: int | None = None,
+    seed: int = 0,
+    overrides: Sequence[str] = (),
+) -> DemoResult:
     """Run the demo into ``out``; the sizes default to the synthetic set's and the demo recipe's.
 
     ``overrides`` are extra ``--set key=value`` items for the three training runs.
     """
     from tsmcli.data import synth as synth_module
-    from tsmcli.data.build_list import build_list
-    from tsmcli.data.extract import extract
 
     started = time.perf_counter()
     out = Path(out)
@@ -81,6 +88,34 @@ def demo(out: str | Path = "demo_out", *, per_class: int | None = None, epochs: 
         "size": size or synth_module.DEFAULT_SIZE,
         "num_frames": num_frames or synth_module.DEFAULT_NUM_FRAMES,
     }
+    lists, frames = _prepare_data(out, synth_options)
+    rows = []
+    for index, (name, (shift, title)) in enumerate(MODELS.items()):
+        rows.append(
+            _model_row(
+                out,
+                lists,
+                frames,
+                name,
+                shift,
+                title,
+                index,
+                epochs,
+                overrides,
+                synth_options["num_frames"],
+            )
+        )
+
+    _step(8, "writing the report")
+    seconds = time.perf_counter() - started
+    report = write_report(out, rows, seconds)
+    return DemoResult(out, rows, report, seconds)
+
+
+def _prepare_data(out: Path, synth_options: dict[str, Any]) -> tuple[Path, Path]:
+    """Steps 1-3: the synthetic videos, their frames, the lists. Returns (lists, frames)."""
+    from tsmcli.data.build_list import build_list
+    from tsmcli.data.extract import extract
 
     _step(1, "writing the synthetic dataset")
     videos = out / "videos"
@@ -94,35 +129,45 @@ def demo(out: str | Path = "demo_out", *, per_class: int | None = None, epochs: 
 
     _step(3, "building the lists")
     lists = out / "lists"
-    build_list("folder", frames, lists, source="frames", seed=seed)
+    build_list("folder", frames, lists, source="frames", seed=synth_options["seed"])
+    return lists, frames
 
-    rows = []
-    online_dir = out / "online"
-    for index, (name, (shift, title)) in enumerate(MODELS.items()):
-        _step(4 + index, f"training {title}")
-        run_dir = out / "runs" / name
-        extra = list(overrides)
-        if shift == "unidirectional":
-            extra = [f"model.init_from={out / 'runs' / ONLINE_FROM / 'last.pt'}",
-                     f"train.epochs={epochs or ONLINE_FINETUNE_EPOCHS}", *extra]
-        recipe = _demo_recipe(lists, frames, shift, epochs, extra)
-        checkpoint = _train_once(recipe, run_dir)
-        result = _evaluate_once(checkpoint, lists, frames, out / "eval" / name)
-        cache_bytes = streaming_top1 = None
-        if shift == "unidirectional":
-            _step(7, "converting the online model and evaluating it frame by frame")
-            converted = _convert_once(checkpoint, online_dir)
-            cache_bytes = converted["cache_bytes"]
-            # feed frames at the spacing the model was trained on (one per segment)
-            stride = max(1, synth_options["num_frames"] // recipe.model.num_segments)
-            streaming_top1 = _evaluate_online_once(online_dir, lists, frames, stride,
-                                                   out / "eval" / "streaming.json")
-        rows.append(_row(name, title, checkpoint, result, cache_bytes, streaming_top1))
 
-    _step(8, "writing the report")
-    seconds = time.perf_counter() - started
-    report = write_report(out, rows, seconds)
-    return DemoResult(out, rows, report, seconds)
+def _model_row(
+    out: Path,
+    lists: Path,
+    frames: Path,
+    name: str,
+    shift: str,
+    title: str,
+    index: int,
+    epochs: int | None,
+    overrides: Sequence[str],
+    num_frames: int,
+) -> DemoRow:
+    """Steps 4-7 for one model: train, evaluate; for the online one, convert and stream."""
+    _step(4 + index, f"training {title}")
+    extra = list(overrides)
+    if shift == "unidirectional":
+        extra = [
+            f"model.init_from={out / 'runs' / ONLINE_FROM / 'last.pt'}",
+            f"train.epochs={epochs or ONLINE_FINETUNE_EPOCHS}",
+            *extra,
+        ]
+    recipe = _demo_recipe(lists, frames, shift, epochs, extra)
+    checkpoint = _train_once(recipe, out / "runs" / name)
+    result = _evaluate_once(checkpoint, lists, frames, out / "eval" / name)
+    cache_bytes = streaming_top1 = None
+    if shift == "unidirectional":
+        _step(7, "converting the online model and evaluating it frame by frame")
+        online_dir = out / "online"
+        cache_bytes = _convert_once(checkpoint, online_dir)["cache_bytes"]
+        # feed frames at the spacing the model was trained on (one per segment)
+        stride = max(1, num_frames // recipe.model.num_segments)
+        streaming_top1 = _evaluate_online_once(
+            online_dir, lists, frames, stride, out / "eval" / "streaming.json"
+        )
+    return _row(name, title, checkpoint, result, cache_bytes, streaming_top1)
 
 
 def _step(number: int, text: str) -> None:
@@ -138,11 +183,12 @@ def _synth_once(videos: Path, options: dict[str, Any]) -> None:
         log.info("found %s, reusing it", videos)
         return
     synth(videos, overwrite=True, **options)
-    stamp.write_text(json.dumps(options))  # written last: its presence means finished
+    atomic_write(stamp, json.dumps(options))  # written last: its presence means finished
 
 
-def _demo_recipe(lists: Path, frames: Path, shift: str, epochs: int | None,
-                 overrides: Sequence[str]):
+def _demo_recipe(
+    lists: Path, frames: Path, shift: str, epochs: int | None, overrides: Sequence[str]
+):
     from tsmcli.recipe import load_recipe
 
     items = [
@@ -164,7 +210,7 @@ def _train_once(recipe, run_dir: Path) -> Path:
     that picked the best epoch, so reporting the best epoch would flatter every model.
     """
     from tsmcli.engine.train import train
-    from tsmcli.model.checkpoint import load_checkpoint
+    from tsmcli.model.weights import load_checkpoint
 
     last = run_dir / "last.pt"
     if last.exists():
@@ -184,51 +230,82 @@ def _evaluate_once(checkpoint: Path, lists: Path, frames: Path, eval_dir: Path) 
         found = json.loads(summary.read_text())
         if found.get("checkpoint") == str(checkpoint):
             return found
-    result = evaluate(checkpoint, lists / "val.txt", frames, protocol="single", out_dir=eval_dir,
-                      json_path=summary, batch_size=8)
+    result = evaluate(
+        checkpoint,
+        lists / "val.txt",
+        frames,
+        views="single",
+        out_dir=eval_dir,
+        json_path=summary,
+        batch_size=8,
+    )
     return result.summary()
 
 
 def _convert_once(checkpoint: Path, online_dir: Path) -> dict[str, Any]:
-    from tsmcli.model.export import WEIGHTS_FILE, convert_online
+    from tsmcli.engine.convert import convert_online
+    from tsmcli.model.model_dir import WEIGHTS_FILE
 
     report = online_dir / "report.json"
-    if ((online_dir / WEIGHTS_FILE).exists() and report.exists()
-            and report.stat().st_mtime >= checkpoint.stat().st_mtime):
+    if (
+        (online_dir / WEIGHTS_FILE).exists()
+        and report.exists()
+        and report.stat().st_mtime >= checkpoint.stat().st_mtime
+    ):
         return json.loads(report.read_text())
     convert_online(checkpoint, online_dir, overwrite=True)
     return json.loads(report.read_text())
 
 
-def _evaluate_online_once(online_dir: Path, lists: Path, frames: Path, stride: int,
-                          summary: Path) -> float:
+def _evaluate_online_once(
+    online_dir: Path, lists: Path, frames: Path, stride: int, summary: Path
+) -> float:
     from tsmcli.engine.online import evaluate_online
 
     if summary.exists() and summary.stat().st_mtime >= (online_dir / "report.json").stat().st_mtime:
         return json.loads(summary.read_text())["top1"]
     result = evaluate_online(online_dir, lists / "val.txt", frames, source="frames", stride=stride)
-    summary.parent.mkdir(parents=True, exist_ok=True)
-    summary.write_text(json.dumps({"top1": result.top1, "top5": result.top5,
-                                   "top1_at": result.top1_at, "latency_ms": result.latency_ms}))
+    atomic_write(
+        summary,
+        json.dumps(
+            {
+                "top1": result.top1,
+                "top5": result.top5,
+                "top1_at": result.top1_at,
+                "latency_ms": result.latency_ms,
+            }
+        ),
+    )
     return result.top1
 
 
-def _row(name: str, title: str, checkpoint: Path, result: dict[str, Any],
-         cache_bytes: int | None, streaming_top1: float | None) -> DemoRow:
-    from tsmcli.model.checkpoint import load_model
+def _row(
+    name: str,
+    title: str,
+    checkpoint: Path,
+    result: dict[str, Any],
+    cache_bytes: int | None,
+    streaming_top1: float | None,
+) -> DemoRow:
+    from tsmcli.model.checkpoint import load_model, read_checkpoint
+    from tsmcli.recipe import Recipe
 
-    model = load_model(checkpoint)
-    size = _input_size(checkpoint)
+    info = read_checkpoint(checkpoint)
+    model = load_model(info)
+    size = Recipe.from_stored(info.recipe, str(checkpoint)).data.input_size
     params = sum(p.numel() for p in model.parameters())
     gflops, latency = measure_clip_cost(model, size)
-    return DemoRow(name, title, result["top1"], result["top5"], params, gflops, latency,
-                   cache_bytes, streaming_top1)
-
-
-def _input_size(checkpoint: Path) -> int:
-    from tsmcli.model.checkpoint import load_checkpoint
-
-    return int(load_checkpoint(checkpoint)["recipe"]["data"]["input_size"])
+    return DemoRow(
+        name,
+        title,
+        result["top1"],
+        result["top5"],
+        params,
+        gflops,
+        latency,
+        cache_bytes,
+        streaming_top1,
+    )
 
 
 def measure_clip_cost(model, size: int, reps: int = 5) -> tuple[float, float]:
@@ -254,15 +331,19 @@ def measure_clip_cost(model, size: int, reps: int = 5) -> tuple[float, float]:
 
 def format_table(rows: Sequence[DemoRow]) -> str:
     """The demo's table in Markdown (also what ``tsm demo`` prints)."""
-    lines = ["| model | top-1 | top-5 | params | GFLOPs/clip | ms/frame | online cache |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| model | top-1 | top-5 | params | GFLOPs/clip | ms/frame | online cache |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for row in rows:
         cache = f"{row.cache_bytes / 1024:.1f} KiB" if row.cache_bytes is not None else "-"
         top1 = f"{row.top1:.1f}"
         if row.streaming_top1 is not None:
             top1 += f" (streaming {row.streaming_top1:.1f})"
-        lines.append(f"| {row.title} | {top1} | {row.top5:.1f} | {row.params / 1e6:.2f} M | "
-                     f"{row.gflops:.3f} | {row.latency_ms:.2f} | {cache} |")
+        lines.append(
+            f"| {row.title} | {top1} | {row.top5:.1f} | {row.params / 1e6:.2f} M | "
+            f"{row.gflops:.3f} | {row.latency_ms:.2f} | {cache} |"
+        )
     return "\n".join(lines)
 
 
@@ -302,5 +383,5 @@ def write_report(out: Path, rows: Sequence[DemoRow], seconds: float) -> Path:
     parts += ["## Confusion matrices", ""]
     parts += [f"### {row.title}\n\n![confusion](eval/{row.name}/confusion.png)\n" for row in rows]
     path = out / "report.md"
-    path.write_text("\n".join(parts))
+    atomic_write(path, "\n".join(parts))
     return path

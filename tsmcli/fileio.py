@@ -129,8 +129,7 @@ def remove_stale_temps(folder: str | Path, names: Iterable[str]) -> list[Path]:
     return removed
 
 
-def check_writable_dir(path: str | Path, what: str,
-                       error: type[TSMError] = UsageError) -> None:
+def check_writable_dir(path: str | Path, what: str, error: type[TSMError] = UsageError) -> None:
     """Fail now, with one line naming ``what`` (``--out``), unless ``path`` is a folder that
     can be written or can be created. Nothing is created."""
     path = Path(path)
@@ -139,8 +138,7 @@ def check_writable_dir(path: str | Path, what: str,
     _check_creatable(path, path, what, error)
 
 
-def check_writable_file(path: str | Path, what: str,
-                        error: type[TSMError] = UsageError) -> None:
+def check_writable_file(path: str | Path, what: str, error: type[TSMError] = UsageError) -> None:
     """Fail now unless a file can be written at ``path`` (its folder exists or can be
     created and is writable, and ``path`` is not a folder). Nothing is created."""
     path = Path(path)
@@ -163,8 +161,10 @@ def _check_creatable(folder: Path, given: Path, what: str, error: type[TSMError]
     if not probe.is_dir():
         raise error(f"{what} {given}: {probe} is a file, not a folder; choose another path")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise error(f"{what} {given}: {probe} is not writable (permission denied); choose "
-                    "another path or fix its permissions")
+        raise error(
+            f"{what} {given}: {probe} is not writable (permission denied); choose "
+            "another path or fix its permissions"
+        )
 
 
 @contextlib.contextmanager
@@ -176,9 +176,11 @@ def _no_space_as_error(path: Path) -> Iterator[None]:
         if exc.errno not in _FULL:
             raise
         folder = path.parent.resolve() if path.parent.exists() else path.parent
-        raise OutputError(f"{_FULL[exc.errno]} {folder} while writing {path.name}; free some "
-                          f"space and run again (the previous {path.name}, if any, is "
-                          "unchanged)") from exc
+        raise OutputError(
+            f"{_FULL[exc.errno]} {folder} while writing {path.name}; free some "
+            f"space and run again (the previous {path.name}, if any, is "
+            "unchanged)"
+        ) from exc
 
 
 def _sync_dir(folder: Path) -> None:

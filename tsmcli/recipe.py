@@ -19,9 +19,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import re
-import types
-import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,12 +26,16 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 
-from tsmcli.data.decode import check_frame_template
+from tsmcli.data.layout import FRAME_TEMPLATE, SOURCES, check_frame_template
 from tsmcli.errors import RecipeError
+from tsmcli.model.shift import MIN_SHIFT_DIV
 from tsmcli.resources import recipes_dir
+from tsmcli.schema import apply_override, build_sections
+from tsmcli.schema import check_types as _check_types
+from tsmcli.schema import plain as _plain
+from tsmcli.schema import require as _require
 
 SECTIONS = ("model", "data", "optim", "train")
-_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
 @dataclass(frozen=True)
@@ -56,10 +57,16 @@ class ModelConfig:
 
     def architecture(self, num_classes: int) -> dict[str, Any]:
         """The ``build_model`` keywords of this network (weights to load excluded)."""
-        return {"arch": self.arch, "num_classes": num_classes, "num_segments": self.num_segments,
-                "shift": self.shift, "shift_div": self.shift_div,
-                "shift_place": self.shift_place, "dropout": self.dropout,
-                "partial_bn": self.partial_bn}
+        return {
+            "arch": self.arch,
+            "num_classes": num_classes,
+            "num_segments": self.num_segments,
+            "shift": self.shift,
+            "shift_div": self.shift_div,
+            "shift_place": self.shift_place,
+            "dropout": self.dropout,
+            "partial_bn": self.partial_bn,
+        }
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -72,7 +79,12 @@ class ModelConfig:
         _require(
             self.num_segments >= 1, "model.num_segments", "must be at least 1", self.num_segments
         )
-        _require(self.shift_div >= 2, "model.shift_div", "must be at least 2", self.shift_div)
+        _require(
+            self.shift_div >= MIN_SHIFT_DIV,
+            "model.shift_div",
+            f"must be at least {MIN_SHIFT_DIV}",
+            self.shift_div,
+        )
         _require(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)", self.dropout)
 
 
@@ -86,9 +98,9 @@ class DataConfig:
     root: str = "."
     train_list: str = "train.txt"
     val_list: str | None = None  # None: no validation
-    source: Literal["frames", "videos"] = "frames"
+    source: Literal[SOURCES] = "frames"
     backend: Literal["decord", "pyav"] = "decord"
-    frame_template: str = "img_{:05d}.jpg"
+    frame_template: str = FRAME_TEMPLATE
     input_size: int = 224
     scale_size: int = 256  # val: short side resized to this, then a centre crop of input_size
     scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)  # train multi-scale crop
@@ -194,10 +206,18 @@ class TrainConfig:
         _require(self.workers >= 0, "train.workers", "must be 0 or more", self.workers)
         _require(self.eval_every >= 1, "train.eval_every", "must be at least 1", self.eval_every)
         _require(self.log_every >= 1, "train.log_every", "must be at least 1", self.log_every)
-        _require(0.0 <= self.distill_weight <= 1.0, "train.distill_weight",
-                 "must be between 0 and 1", self.distill_weight)
-        _require(self.distill_temperature > 0, "train.distill_temperature", "must be positive",
-                 self.distill_temperature)
+        _require(
+            0.0 <= self.distill_weight <= 1.0,
+            "train.distill_weight",
+            "must be between 0 and 1",
+            self.distill_weight,
+        )
+        _require(
+            self.distill_temperature > 0,
+            "train.distill_temperature",
+            "must be positive",
+            self.distill_temperature,
+        )
 
 
 _SECTION_TYPES: dict[str, type] = {
@@ -259,6 +279,15 @@ class Recipe:
         except RecipeError as exc:
             raise RecipeError(f"{source}: {exc}") from None
 
+    @classmethod
+    def from_stored(cls, raw: Mapping[str, Any] | None, source: str) -> Recipe | None:
+        """The recipe stored in a checkpoint (``CheckpointInfo.recipe``), typed; None when
+        there is none. A recipe stored by an older tsmcli lacks the keys added since: their
+        defaults fill them, as in a recipe file that leaves them out."""
+        if raw is None:
+            return None
+        return cls.from_dict(raw, source=f"{source} (stored recipe)")
+
     def to_yaml(self) -> str:
         """The recipe as YAML text, keys in declaration order."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
@@ -271,8 +300,9 @@ def load_recipe(name_or_path: str | Path, overrides: Iterable[str] = ()) -> Reci
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise RecipeError(f"{path}: not UTF-8 text (byte {exc.start}); save the recipe as "
-                          "UTF-8") from None
+        raise RecipeError(
+            f"{path}: not UTF-8 text (byte {exc.start}); save the recipe as UTF-8"
+        ) from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -347,149 +377,12 @@ def find_recipe(name_or_path: str | Path) -> Path:
 
 
 def _from_mapping(raw: Mapping[str, Any]) -> Recipe:
-    if not isinstance(raw, Mapping):
-        raise RecipeError(f"a recipe must be a mapping with sections {', '.join(SECTIONS)}")
-    for key in raw:
-        if key != "name" and key not in SECTIONS:
-            raise RecipeError(_unknown_key_message(str(key), None))
-    sections: dict[str, Any] = {}
-    for section, cls in _SECTION_TYPES.items():
-        values = raw.get(section) or {}
-        if not isinstance(values, Mapping):
-            raise RecipeError(f"{section} must be a mapping of keys, got {values!r}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in values:
-            if key not in known:
-                raise RecipeError(_unknown_key_message(f"{section}.{key}", section))
-        sections[section] = cls(**values)
-    return Recipe(name=raw.get("name", "recipe"), **sections)
+    return Recipe(
+        name=raw.get("name", "recipe") if isinstance(raw, Mapping) else "recipe",
+        **build_sections(raw, _SECTION_TYPES, what="a recipe"),
+    )
 
 
 def _apply_override(raw: dict[str, Any], item: str) -> None:
     """Set one ``section.key=value`` in the raw nested dict, checking key and type now."""
-    key, sep, text = item.partition("=")
-    key = key.strip()
-    source = f"--set {item}"
-    if not sep:
-        raise RecipeError(f"{source}: expected KEY=VALUE, e.g. --set optim.lr=0.01")
-    try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
-        value = text
-    if key == "name":
-        try:
-            raw["name"] = _coerce("name", _as_typed(value, text, str), str)
-        except RecipeError as exc:
-            raise RecipeError(f"{source}: {exc}") from None
-        return
-    section, _, leaf = key.partition(".")
-    if section not in SECTIONS:
-        raise RecipeError(f"{source}: {_unknown_key_message(key, None)}")
-    cls = _SECTION_TYPES[section]
-    hints = typing.get_type_hints(cls)
-    if leaf not in hints or leaf.startswith("_"):
-        if not leaf:
-            raise RecipeError(
-                f"{source}: name a key inside {section}, e.g. {section}.{_fields(cls)[0]}"
-            )
-        raise RecipeError(f"{source}: {_unknown_key_message(key, section)}")
-    try:
-        value = _coerce(key, _as_typed(value, text, hints[leaf]), hints[leaf])
-    except RecipeError as exc:
-        raise RecipeError(f"{source}: {exc}") from None
-    section_values = raw.get(section)
-    if not isinstance(section_values, dict):
-        section_values = {}
-        raw[section] = section_values
-    section_values[leaf] = value
-
-
-def _as_typed(value: Any, text: str, tp: Any) -> Any:
-    """For a free-text key (a path, a name), the text as typed when YAML read it as something
-    else: ``--set data.root=2024`` is the folder ``2024``, not the integer."""
-    is_text = tp is str or (typing.get_origin(tp) in (typing.Union, types.UnionType)
-                            and str in typing.get_args(tp))
-    if is_text and value is not None and not isinstance(value, str | list | dict):
-        return text.strip()
-    return value
-
-
-def _unknown_key_message(key: str, section: str | None) -> str:
-    if section is None:
-        leaves = {f: f"{s}.{f}" for s, cls in _SECTION_TYPES.items() for f in _fields(cls)}
-        if key in leaves:
-            return f"unknown key '{key}'; did you mean '{leaves[key]}'?"
-        candidates = ["name", *SECTIONS, *leaves.values()]
-    else:
-        candidates = [f"{section}.{f}" for f in _fields(_SECTION_TYPES[section])]
-    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
-    if close:
-        return f"unknown key '{key}'; did you mean '{close[0]}'?"
-    return f"unknown key '{key}'; valid keys: {', '.join(candidates)}"
-
-
-def _fields(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
-
-
-def _check_types(config: Any) -> None:
-    """Check (and normalise, e.g. list -> tuple) every field of a section dataclass."""
-    hints = typing.get_type_hints(type(config))
-    for f in dataclasses.fields(config):
-        key = f"{config._section}.{f.name}"
-        object.__setattr__(config, f.name, _coerce(key, getattr(config, f.name), hints[f.name]))
-
-
-def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """``value`` as type ``tp``, or a RecipeError naming the key, the type and the value."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _coerce(key, value, inner)
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if isinstance(value, bool) and {"on", "off"} <= set(choices):
-            value = "on" if value else "off"  # YAML 1.1 reads on/off as booleans
-        if value not in choices:
-            raise RecipeError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
-        return value
-    if origin is tuple:
-        (inner, _) = typing.get_args(tp)
-        if not isinstance(value, list | tuple):
-            raise RecipeError(f"{key} must be a list of {_describe(inner)}s, got {value!r}")
-        return tuple(_coerce(f"{key}[{i}]", v, inner) for i, v in enumerate(value))
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise RecipeError(f"{key} must be true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise RecipeError(f"{key} must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, str) and _NUMBER.match(value.strip()):
-            return float(value)  # YAML 1.1 reads 1e-4 as a string
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise RecipeError(f"{key} must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise RecipeError(f"{key} must be a string, got {value!r}")
-        return value
-    raise TypeError(f"recipe field {key} has an unsupported type {tp!r}")
-
-
-def _describe(tp: Any) -> str:
-    return {int: "integer", float: "number", str: "string", bool: "boolean"}.get(tp, str(tp))
-
-
-def _require(ok: bool, key: str, what: str, value: Any) -> None:
-    if not ok:
-        raise RecipeError(f"{key} {what}, got {value!r}")
-
-
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
+    apply_override(raw, item, _SECTION_TYPES)

@@ -17,7 +17,9 @@ def _data_dir(name: str) -> Path:
     for candidate in (_PACKAGE / name, _PACKAGE.parent / name):
         if candidate.is_dir():
             return candidate
-    raise FileNotFoundError(f"the shipped {name}/ folder is missing from {_PACKAGE}; reinstall tsmcli")
+    raise FileNotFoundError(
+        f"the shipped {name}/ folder is missing from {_PACKAGE}; reinstall tsmcli"
+    )
 
 
 def recipes_dir() -> Path:

@@ -127,8 +127,10 @@ def test_train_batch_pads_crops_and_finishes_each_as_its_own():
     frames = torch.randint(0, 256, (3, 4, 20, 30, 3), dtype=torch.uint8, generator=gen)
     frames = frames.permute(0, 1, 4, 2, 3)  # channels-last views, as the frame sources give
     crops = [frames[0, ..., 2:18, 5:25], frames[1, ..., :20, 4:24], frames[2, ..., 3:14, :11]]
-    samples = [Sample(crop, label, i, flip=i == 1, resize_to=16)
-               for i, (crop, label) in enumerate(zip(crops, [2, 0, 1], strict=True))]
+    samples = [
+        Sample(crop, label, i, flip=i == 1, resize_to=16)
+        for i, (crop, label) in enumerate(zip(crops, [2, 0, 1], strict=True))
+    ]
     batch = collate_clips(samples)
     assert batch.clips.shape == (3, 4, 3, 20, 20)  # the largest height and width
     assert batch.sizes.tolist() == [[16, 20], [20, 20], [11, 11]]

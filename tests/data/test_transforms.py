@@ -236,8 +236,9 @@ def test_normalize_reads_any_layout_and_batch_shape():
     assert out.is_contiguous() and out.shape == batch.shape
     for k, clip in enumerate(clips):
         assert torch.equal(out[k], normalize(clip))
-    expected = (clips[1].double() / 255 - torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(
-        3, 1, 1)) / torch.tensor(IMAGENET_STD, dtype=torch.float64).view(3, 1, 1)
+    expected = (
+        clips[1].double() / 255 - torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(3, 1, 1)
+    ) / torch.tensor(IMAGENET_STD, dtype=torch.float64).view(3, 1, 1)
     assert (out[1].double() - expected).abs().max() < 1e-5
 
 

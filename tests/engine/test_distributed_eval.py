@@ -46,26 +46,56 @@ def _write_checkpoint(path: Path) -> Path:
 
     torch.manual_seed(0)
     model = build_model(arch="resnet18", num_classes=3, num_segments=SEGMENTS, dropout=0.0)
-    recipe = Recipe(name="tiny", model=ModelConfig(arch="resnet18", num_classes=3, num_segments=SEGMENTS),
-                    data=DataConfig(source="frames", input_size=SIZE, scale_size=SIZE))
-    torch.save({"format": "tsmcli", "format_version": 1, "model_config": model.config(),
-                "recipe": recipe.to_dict(), "classes": ["a", "b", "c"],
-                "state_dict": model.state_dict(), "epoch": 1}, path)
+    recipe = Recipe(
+        name="tiny",
+        model=ModelConfig(arch="resnet18", num_classes=3, num_segments=SEGMENTS),
+        data=DataConfig(source="frames", input_size=SIZE, scale_size=SIZE),
+    )
+    torch.save(
+        {
+            "format": "tsmcli",
+            "format_version": 1,
+            "model_config": model.config(),
+            "recipe": recipe.to_dict(),
+            "classes": ["a", "b", "c"],
+            "state_dict": model.state_dict(),
+            "epoch": 1,
+        },
+        path,
+    )
     return path
 
 
 def _evaluate(checkpoint: Path, list_file: Path, out: Path | None = None):
     from tsmcli.engine.evaluate import evaluate
 
-    return evaluate(checkpoint, list_file, list_file.parent, protocol="sthv2", batch_size=1,
-                    workers=0, device="cpu", json_path=None if out is None else out / "eval.json")
+    return evaluate(
+        checkpoint,
+        list_file,
+        list_file.parent,
+        views="sthv2",
+        batch_size=1,
+        workers=0,
+        device="cpu",
+        json_path=None if out is None else out / "eval.json",
+    )
 
 
 def _torchrun(checkpoint: Path, list_file: Path, out: Path) -> subprocess.CompletedProcess:
     out.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-               "2", __file__, str(checkpoint), str(list_file), str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        __file__,
+        str(checkpoint),
+        str(list_file),
+        str(out),
+    ]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
 
 
@@ -129,11 +159,19 @@ def _main(checkpoint: str, list_file: str, out: str) -> None:
     except TSMError as exc:
         (Path(out) / f"rank{os.environ['RANK']}.error").write_text(str(exc))
         sys.exit(1)
-    torch.save({"shard": shard, "num_videos": result.num_videos, "views": result.views,
-                "top1": result.top1, "top5": result.top5,
-                "mean_class_accuracy": result.mean_class_accuracy, "scores": result.scores,
-                "confusion": result.confusion},
-               Path(out) / f"rank{os.environ['RANK']}.pt")
+    torch.save(
+        {
+            "shard": shard,
+            "num_videos": result.num_videos,
+            "views": result.views,
+            "top1": result.top1,
+            "top5": result.top5,
+            "mean_class_accuracy": result.mean_class_accuracy,
+            "scores": result.scores,
+            "confusion": result.confusion,
+        },
+        Path(out) / f"rank{os.environ['RANK']}.pt",
+    )
 
 
 if __name__ == "__main__":

@@ -18,8 +18,10 @@ from PIL import Image
 
 from tsmcli.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from tsmcli.engine import evaluate as evaluate_module
-from tsmcli.engine.evaluate import JSON_KEYS, PROTOCOLS, evaluate, resolve_protocol
-from tsmcli.errors import CheckpointError, DataError, UsageError
+from tsmcli.engine.evaluate import JSON_KEYS, evaluate
+from tsmcli.engine.views import PROTOCOLS, ViewRequest
+from tsmcli.errors import CheckpointError, DataError
+from tsmcli.model.checkpoint import ArchOverrides
 from tsmcli.recipe import DataConfig, ModelConfig, Recipe
 
 SIZE = 32
@@ -41,7 +43,9 @@ def write_frames(folder, levels, size=SIZE) -> None:
     """One flat grey JPEG per level: img_00001.jpg, ..."""
     folder.mkdir(parents=True, exist_ok=True)
     for k, level in enumerate(levels, start=1):
-        write_jpeg(torch.full((3, size, size), level, dtype=torch.uint8), folder / f"img_{k:05d}.jpg")
+        write_jpeg(
+            torch.full((3, size, size), level, dtype=torch.uint8), folder / f"img_{k:05d}.jpg"
+        )
 
 
 def write_dataset(root, labels, num_frames=8, classes=CLASSES, list_name="list.txt"):
@@ -56,16 +60,36 @@ def write_dataset(root, labels, num_frames=8, classes=CLASSES, list_name="list.t
     return list_file
 
 
-def write_checkpoint(path, num_classes=NUM_CLASSES, sampling="segments", state_dict=None,
-                     model_config=None, arch="resnet18", input_size=SIZE, scale_size=SIZE):
+def write_checkpoint(
+    path,
+    num_classes=NUM_CLASSES,
+    sampling="segments",
+    state_dict=None,
+    model_config=None,
+    arch="resnet18",
+    input_size=SIZE,
+    scale_size=SIZE,
+):
     """One of our checkpoints: the recipe carries the data settings eval must use."""
-    recipe = Recipe(name="tiny",
-                    model=ModelConfig(arch=arch, num_classes=num_classes, num_segments=SEGMENTS),
-                    data=DataConfig(source="frames", input_size=input_size, scale_size=scale_size,
-                                    sampling=sampling))
-    torch.save({"format": "tsmcli", "format_version": 1, "model_config": model_config or {},
-                "recipe": recipe.to_dict(), "classes": CLASSES[:num_classes],
-                "state_dict": state_dict or {}, "epoch": 1}, path)
+    recipe = Recipe(
+        name="tiny",
+        model=ModelConfig(arch=arch, num_classes=num_classes, num_segments=SEGMENTS),
+        data=DataConfig(
+            source="frames", input_size=input_size, scale_size=scale_size, sampling=sampling
+        ),
+    )
+    torch.save(
+        {
+            "format": "tsmcli",
+            "format_version": 1,
+            "model_config": model_config or {},
+            "recipe": recipe.to_dict(),
+            "classes": CLASSES[:num_classes],
+            "state_dict": state_dict or {},
+            "epoch": 1,
+        },
+        path,
+    )
     return path
 
 
@@ -131,8 +155,16 @@ def table_setup(tmp_path, monkeypatch):
 def test_numbers_match_the_hand_computed_values(table_setup, tmp_path):
     root, list_file, checkpoint, model = table_setup
     out, json_path = tmp_path / "report", tmp_path / "eval.json"
-    result = evaluate(checkpoint, list_file, root, protocol="sthv2", batch_size=2, workers=0,
-                      out_dir=out, json_path=json_path)
+    result = evaluate(
+        checkpoint,
+        list_file,
+        root,
+        views="sthv2",
+        batch_size=2,
+        workers=0,
+        out_dir=out,
+        json_path=json_path,
+    )
     assert result.top1 == 40.0  # videos 0 and 1
     assert result.top5 == 80.0  # all but video 3
     # Ground-truth classes 0..3: 100, 50, 0, 0. Class 4 (predicted only) is not averaged in;
@@ -154,8 +186,15 @@ def test_numbers_match_the_hand_computed_values(table_setup, tmp_path):
     assert (summary["top1"], summary["top5"], summary["mean_class_accuracy"]) == (40.0, 80.0, 37.5)
     assert (summary["num_videos"], summary["views"]) == (5, 6)
     assert summary["checkpoint"] == str(checkpoint)
-    assert summary["protocol"] == {"name": "sthv2", "clips": 1, "crops": 3, "full_res": True,
-                                   "twice_sample": True, "dense": False, "average": "score"}
+    assert summary["protocol"] == {
+        "name": "sthv2",
+        "clips": 1,
+        "crops": 3,
+        "full_res": True,
+        "twice_sample": True,
+        "dense": False,
+        "average": "score",
+    }
 
     per_class = list(csv.reader((out / "per_class.csv").open()))
     assert per_class == [
@@ -172,8 +211,20 @@ def test_numbers_match_the_hand_computed_values(table_setup, tmp_path):
     assert confusion[0] == ["class", "name", *map(str, range(7))]
     assert [[int(c) for c in row[2:]] for row in confusion[1:]] == expected_confusion.tolist()
     predictions = list(csv.reader((out / "predictions.csv").open()))
-    assert predictions[0] == ["video", "label", "pred_1", "score_1", "pred_2", "score_2", "pred_3",
-                              "score_3", "pred_4", "score_4", "pred_5", "score_5"]
+    assert predictions[0] == [
+        "video",
+        "label",
+        "pred_1",
+        "score_1",
+        "pred_2",
+        "score_2",
+        "pred_3",
+        "score_3",
+        "pred_4",
+        "score_4",
+        "pred_5",
+        "score_5",
+    ]
     assert predictions[3] == ["v2", "1", "0", "2", "1", "2", "2", "0", "3", "0", "4", "0"]
     assert predictions[5] == ["v4", "3", "4", "3", "3", "2", "0", "1", "1", "0", "2", "0"]
     assert (out / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -189,7 +240,7 @@ def test_scores_are_averaged_over_all_views_before_top_k(tmp_path, monkeypatch):
     list_file.write_text("v0 8 1\n")
     checkpoint = write_checkpoint(tmp_path / "best.pt", num_classes=2)
     use_model(monkeypatch, LevelModel())
-    result = evaluate(checkpoint, list_file, root, protocol="sthv2", workers=0)
+    result = evaluate(checkpoint, list_file, root, views="sthv2", workers=0)
     assert result.views == 6
     # Mean of six views: (50, 55) -> class 1, although the first view alone (60, 55) says 0.
     assert result.scores[0].tolist() == pytest.approx([50.0, 55.0], abs=1.0)
@@ -203,26 +254,22 @@ def test_protocol_presets_and_overrides(table_setup):
     expected_views = {"single": 1, "kinetics": 30, "sthv2": 6}
     for name, views in expected_views.items():
         model.shapes.clear()
-        result = evaluate(checkpoint, list_file, root, protocol=name, batch_size=5, workers=0)
+        result = evaluate(checkpoint, list_file, root, views=name, batch_size=5, workers=0)
         assert result.views == views
         assert model.shapes == [(5 * views, SEGMENTS, 3, SIZE, SIZE)]
         assert result.protocol == PROTOCOLS[name]
         assert result.top1 == 40.0  # the fixed scores do not depend on the views
-    result = evaluate(checkpoint, list_file, root, protocol="kinetics", clips=2, crops=1,
-                      batch_size=5, workers=0)
+    result = evaluate(
+        checkpoint,
+        list_file,
+        root,
+        views=ViewRequest("kinetics", clips=2, crops=1),
+        batch_size=5,
+        workers=0,
+    )
     assert result.views == 2
     assert result.protocol.name == "kinetics (clips=2, crops=1)"
     assert (result.protocol.dense, result.protocol.full_res) == (True, True)
-
-
-def test_resolve_protocol_validates():
-    assert resolve_protocol() == PROTOCOLS["single"]
-    assert resolve_protocol("sthv2", twice_sample=True) is PROTOCOLS["sthv2"]  # no change
-    assert resolve_protocol(average="prob").name == "single (average=prob)"
-    for bad, match in [({"name": "ucf"}, "unknown protocol 'ucf'"), ({"crops": 5}, "--crops"),
-                       ({"clips": 0}, "--clips"), ({"average": "max"}, "--average")]:
-        with pytest.raises(UsageError, match=match):
-            resolve_protocol(**bad)
 
 
 def test_dense_recipe_defaults_to_dense_views(tmp_path, monkeypatch):
@@ -231,7 +278,7 @@ def test_dense_recipe_defaults_to_dense_views(tmp_path, monkeypatch):
     checkpoint = write_checkpoint(tmp_path / "best.pt", sampling="dense")
     use_model(monkeypatch, TableModel(TABLE))
     assert evaluate(checkpoint, list_file, root, workers=0).protocol.dense
-    explicit = evaluate(checkpoint, list_file, root, protocol="single", workers=0)
+    explicit = evaluate(checkpoint, list_file, root, views="single", workers=0)
     assert not explicit.protocol.dense
 
 
@@ -316,8 +363,12 @@ def test_real_tsn_scores_equal_the_per_view_mean(tmp_path):
 
     torch.manual_seed(0)
     model = build_model(arch="resnet18", num_classes=3, num_segments=SEGMENTS, dropout=0.0).eval()
-    checkpoint = write_checkpoint(tmp_path / "best.pt", num_classes=3,
-                                  state_dict=model.state_dict(), model_config=model.config())
+    checkpoint = write_checkpoint(
+        tmp_path / "best.pt",
+        num_classes=3,
+        state_dict=model.state_dict(),
+        model_config=model.config(),
+    )
     root = tmp_path / "data"
     generator = torch.Generator().manual_seed(1)
     for i in range(3):  # textured frames, so the six views differ
@@ -330,16 +381,32 @@ def test_real_tsn_scores_equal_the_per_view_mean(tmp_path):
     list_file.write_text("v0 8 0\nv1 8 2\nv2 8 1\n")
     (root / "classes.txt").write_text("a\nb\nc\n")
 
-    dataset = VideoClipDataset(list_file, root, num_segments=SEGMENTS, mode="test",
-                               input_size=SIZE, scale_size=SIZE, crops=3, full_res=True,
-                               twice_sample=True)
+    dataset = VideoClipDataset(
+        list_file,
+        root,
+        num_segments=SEGMENTS,
+        mode="test",
+        input_size=SIZE,
+        scale_size=SIZE,
+        crops=3,
+        full_res=True,
+        twice_sample=True,
+    )
     with torch.no_grad():
         per_view = torch.stack([model(normalize(dataset[i].clip)) for i in range(3)])  # (N, V=6, K)
     assert per_view.shape == (3, 6, 3)
-    for average, expected in [("score", per_view.mean(dim=1)),
-                              ("prob", per_view.softmax(dim=2).mean(dim=1))]:
-        result = evaluate(checkpoint, list_file, root, protocol="sthv2", average=average,
-                          batch_size=1, workers=0)
+    for average, expected in [
+        ("score", per_view.mean(dim=1)),
+        ("prob", per_view.softmax(dim=2).mean(dim=1)),
+    ]:
+        result = evaluate(
+            checkpoint,
+            list_file,
+            root,
+            views=ViewRequest("sthv2", average=average),
+            batch_size=1,
+            workers=0,
+        )
         assert result.views == 6
         torch.testing.assert_close(result.scores, expected, rtol=1e-5, atol=1e-6)
 
@@ -351,8 +418,14 @@ def test_official_checkpoint_takes_the_architecture_by_option(tmp_path):
     torch.manual_seed(0)
     model = build_model(arch="resnet18", num_classes=3, num_segments=SEGMENTS, dropout=0.0)
     state = model.state_dict()
-    ours = write_checkpoint(tmp_path / "ours.pt", num_classes=3, state_dict=state,
-                            model_config=model.config(), input_size=224, scale_size=256)
+    ours = write_checkpoint(
+        tmp_path / "ours.pt",
+        num_classes=3,
+        state_dict=state,
+        model_config=model.config(),
+        input_size=224,
+        scale_size=256,
+    )
     official = tmp_path / "TSM_kinetics_RGB_resnet50_shift8_blockres_avg_segment8_e50.pth"
     torch.save({"epoch": 50, "state_dict": {f"module.{k}": v for k, v in state.items()}}, official)
     root = tmp_path / "data"
@@ -360,13 +433,30 @@ def test_official_checkpoint_takes_the_architecture_by_option(tmp_path):
 
     # Official files carry no recipe: 224 after short side 256, source detected (frames).
     expected = evaluate(ours, list_file, root, workers=0)
-    got = evaluate(official, list_file, root, workers=0, arch="resnet18", num_segments=SEGMENTS,
-                   shift="bidirectional")
+    got = evaluate(
+        official,
+        list_file,
+        root,
+        workers=0,
+        arch=ArchOverrides(arch="resnet18", num_segments=SEGMENTS, shift="bidirectional"),
+    )
     assert torch.equal(got.scores, expected.scores)
 
     # The file name says resnet50 / 8 segments: never read, so without options it is an error.
-    result = CliRunner().invoke(cli, ["eval", "--checkpoint", str(official), "--list",
-                                      str(list_file), "--root", str(root), "--workers", "0"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "eval",
+            "--checkpoint",
+            str(official),
+            "--list",
+            str(list_file),
+            "--root",
+            str(root),
+            "--workers",
+            "0",
+        ],
+    )
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1
@@ -383,9 +473,26 @@ def test_cli_prints_the_summary_and_writes_json(table_setup, tmp_path):
 
     root, list_file, checkpoint, _ = table_setup
     json_path = tmp_path / "eval.json"
-    result = CliRunner().invoke(cli, ["eval", "--checkpoint", str(checkpoint), "--list",
-                                      str(list_file), "--root", str(root), "--protocol", "sthv2",
-                                      "--crops", "1", "--workers", "0", "--json", str(json_path)])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "eval",
+            "--checkpoint",
+            str(checkpoint),
+            "--list",
+            str(list_file),
+            "--root",
+            str(root),
+            "--protocol",
+            "sthv2",
+            "--crops",
+            "1",
+            "--workers",
+            "0",
+            "--json",
+            str(json_path),
+        ],
+    )
     assert result.exit_code == 0, result.output
     rows = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in result.output.splitlines())
     assert rows["top-1"] == "40.00 %" and rows["top-5"] == "80.00 %"
@@ -403,11 +510,13 @@ def test_cli_checkpoint_and_online_are_exclusive(tmp_path):
         result = CliRunner().invoke(cli, base + extra)
         assert result.exit_code == 2
         assert result.output.strip().splitlines() == [
-            "error: give exactly one of --checkpoint CKPT or --online MODEL_DIR"]
+            "error: give exactly one of --checkpoint CKPT or --online MODEL_DIR"
+        ]
     result = CliRunner().invoke(cli, [*base, "--checkpoint", "a.pt", "--trust-torchscript"])
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [
-        "error: --trust-torchscript applies to --online only; drop it"]
+        "error: --trust-torchscript applies to --online only; drop it"
+    ]
 
 
 def test_cli_online_calls_the_streaming_evaluation(tmp_path, monkeypatch):
@@ -420,16 +529,38 @@ def test_cli_online_calls_the_streaming_evaluation(tmp_path, monkeypatch):
 
     def fake_evaluate_online(model_dir, list_file, root, **kwargs):
         calls.append((model_dir, list_file, root, kwargs))
-        return SimpleNamespace(top1=50.0, top5=100.0, mean_class_accuracy=50.0,
-                               top1_at={25: 25.0, 100: 50.0}, num_videos=2, num_frames=16,
-                               latency_ms=1.5)
+        return SimpleNamespace(
+            top1=50.0,
+            top5=100.0,
+            mean_class_accuracy=50.0,
+            top1_at={25: 25.0, 100: 50.0},
+            num_videos=2,
+            num_frames=16,
+            latency_ms=1.5,
+        )
 
     monkeypatch.setattr(online, "evaluate_online", fake_evaluate_online)
-    result = CliRunner().invoke(cli, ["eval", "--online", str(tmp_path / "m"), "--list",
-                                      str(tmp_path / "l.txt"), "--root", str(tmp_path)])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "eval",
+            "--online",
+            str(tmp_path / "m"),
+            "--list",
+            str(tmp_path / "l.txt"),
+            "--root",
+            str(tmp_path),
+        ],
+    )
     assert result.exit_code == 0, result.output
-    assert calls == [(tmp_path / "m", tmp_path / "l.txt", tmp_path,
-                      {"source": None, "backend": None, "trust_torchscript": False})]
+    assert calls == [
+        (
+            tmp_path / "m",
+            tmp_path / "l.txt",
+            tmp_path,
+            {"source": None, "backend": None, "trust_torchscript": False},
+        )
+    ]
     rows = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in result.output.splitlines())
     assert rows["top-1"] == "50.00 %" and rows["top-1 at 25%"] == "25.00 %"
     assert rows["frames"] == "16" and rows["latency"] == "1.50 ms/frame"
@@ -440,8 +571,20 @@ def test_cli_one_line_error_for_bad_input(table_setup, tmp_path):
 
     root, list_file, checkpoint, _ = table_setup
     list_file.write_text("v0 8 0\nv1 8 x\n")
-    result = CliRunner().invoke(cli, ["eval", "--checkpoint", str(checkpoint), "--list",
-                                      str(list_file), "--root", str(root), "--workers", "0"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "eval",
+            "--checkpoint",
+            str(checkpoint),
+            "--list",
+            str(list_file),
+            "--root",
+            str(root),
+            "--workers",
+            "0",
+        ],
+    )
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {list_file}:2:")
@@ -453,10 +596,22 @@ def test_an_error_in_a_data_worker_is_the_original_one_line(table_setup):
     root, list_file, checkpoint, model = table_setup
     for frame in (root / "v2").iterdir():
         frame.write_bytes(b"not a jpeg")
-    result = CliRunner().invoke(cli, ["eval", "--checkpoint", str(checkpoint), "--list",
-                                      str(list_file), "--root", str(root), "--workers", "1"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "eval",
+            "--checkpoint",
+            str(checkpoint),
+            "--list",
+            str(list_file),
+            "--root",
+            str(root),
+            "--workers",
+            "1",
+        ],
+    )
     assert result.exit_code == 1, result.output
-    line, = result.output.strip().splitlines()
+    (line,) = result.output.strip().splitlines()
     assert line.startswith(f"error: {root / 'v2' / 'img_0000'}")
     assert "DataLoader worker" not in line and "Traceback" not in line
 
@@ -466,18 +621,31 @@ def test_unwritable_json_or_out_is_refused_before_evaluating(table_setup, tmp_pa
 
     root, list_file, checkpoint, model = table_setup
     (tmp_path / "file").write_text("x")
-    base = ["eval", "--checkpoint", str(checkpoint), "--list", str(list_file), "--root", str(root),
-            "--workers", "0"]
+    base = [
+        "eval",
+        "--checkpoint",
+        str(checkpoint),
+        "--list",
+        str(list_file),
+        "--root",
+        str(root),
+        "--workers",
+        "0",
+    ]
     cases = {
-        ("--json", tmp_path / "file" / "eval.json"):
-            f"--json {tmp_path / 'file' / 'eval.json'}: {tmp_path / 'file'} is a file, not a "
-            "folder; choose another path",
+        (
+            "--json",
+            tmp_path / "file" / "eval.json",
+        ): f"--json {tmp_path / 'file' / 'eval.json'}: {tmp_path / 'file'} is a file, not a "
+        "folder; choose another path",
         ("--json", tmp_path): f"--json {tmp_path}: is a folder; give a file name",
         ("--out", tmp_path / "file"): f"--out {tmp_path / 'file'}: is a file, not a folder; "
-                                      "choose a folder",
-        ("--out", tmp_path / "file" / "reports"):
-            f"--out {tmp_path / 'file' / 'reports'}: {tmp_path / 'file'} is a file, not a "
-            "folder; choose another path",
+        "choose a folder",
+        (
+            "--out",
+            tmp_path / "file" / "reports",
+        ): f"--out {tmp_path / 'file' / 'reports'}: {tmp_path / 'file'} is a file, not a "
+        "folder; choose another path",
     }
     for (option, path), expected in cases.items():
         result = CliRunner().invoke(cli, [*base, option, str(path)])

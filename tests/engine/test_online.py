@@ -14,11 +14,13 @@ from click.testing import CliRunner
 from tsmcli.cli import cli
 from tsmcli.data import transforms
 from tsmcli.data.decode import open_video
+from tsmcli.engine.convert import convert_online
 from tsmcli.engine.metrics import topk_accuracy
 from tsmcli.engine.online import evaluate_online, stream
-from tsmcli.model.checkpoint import load_model, save_checkpoint
-from tsmcli.model.export import convert_online, rebuild
+from tsmcli.model.checkpoint import load_model
+from tsmcli.model.export import rebuild
 from tsmcli.model.tsn import build_model
+from tsmcli.model.weights import save_checkpoint
 from tsmcli.recipe import DataConfig, ModelConfig, Recipe
 
 SIZE = 32
@@ -39,14 +41,24 @@ def model_dir(tmp_path_factory):
         for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
             bn.running_var.uniform_(0.5, 1.5)
             bn.weight.uniform_(0.5, 1.0)
-        model.new_fc.weight.normal_(0.0, model.feature_dim ** -0.5)  # logits O(1), not ~0
-    recipe = Recipe(name="tiny", model=ModelConfig(arch="resnet18", num_classes=3, num_segments=4,
-                                                   shift="unidirectional"),
-                    data=DataConfig(input_size=SIZE, scale_size=SIZE, source="videos"))
+        model.new_fc.weight.normal_(0.0, model.feature_dim**-0.5)  # logits O(1), not ~0
+    recipe = Recipe(
+        name="tiny",
+        model=ModelConfig(arch="resnet18", num_classes=3, num_segments=4, shift="unidirectional"),
+        data=DataConfig(input_size=SIZE, scale_size=SIZE, source="videos"),
+    )
     checkpoint = root / "ckpt.pt"
-    save_checkpoint({"format": "tsmcli", "format_version": 1, "model_config": model.config(),
-                     "recipe": recipe.to_dict(), "classes": CLASSES,
-                     "state_dict": model.state_dict()}, checkpoint)
+    save_checkpoint(
+        {
+            "format": "tsmcli",
+            "format_version": 1,
+            "model_config": model.config(),
+            "recipe": recipe.to_dict(),
+            "classes": CLASSES,
+            "state_dict": model.state_dict(),
+        },
+        checkpoint,
+    )
     convert_online(checkpoint, root / "model", verify_frames=3, latency_reps=1)
     return root / "model", checkpoint
 
@@ -65,8 +77,11 @@ def videos(tmp_path, make_video):
 def offline_running_means(checkpoint, path, scale_size):
     """Running means of the offline one-way model's per-frame logits over all frames: (T, K)."""
     video = open_video(path)
-    frames = transforms.normalize(transforms.eval_views(
-        video.get(range(video.num_frames)), input_size=SIZE, scale_size=scale_size)[0])  # (T, 3, S, S)
+    frames = transforms.normalize(
+        transforms.eval_views(
+            video.get(range(video.num_frames)), input_size=SIZE, scale_size=scale_size
+        )[0]
+    )  # (T, 3, S, S)
     model = rebuild(load_model(checkpoint), shift="unidirectional", num_segments=len(frames))
     with torch.no_grad():
         per_frame = model.frame_logits(frames[None])[0]  # (T, K)
@@ -109,8 +124,9 @@ def test_stream_yields_the_running_top_k_of_every_frame(model_dir, videos):
         assert step.scores == pytest.approx([float(probs[i]) for i in best], abs=1e-5)
         assert step.latency_ms > 0
 
-    printed = CliRunner().invoke(cli, ["stream", str(videos / "v0.mp4"), "--model", str(out),
-                                       "--topk", "1"])
+    printed = CliRunner().invoke(
+        cli, ["stream", str(videos / "v0.mp4"), "--model", str(out), "--topk", "1"]
+    )
     assert printed.exit_code == 0, printed.output
     lines = printed.output.strip().splitlines()
     assert len(lines) == VIDEO_FRAMES[0] and all(line.startswith("frame ") for line in lines)
@@ -130,9 +146,18 @@ class WritesAFile(torch.nn.Module):
         self.target = target
         self.num_classes = num_classes
 
-    def forward(self, frame: torch.Tensor, b0: torch.Tensor, b1: torch.Tensor,
-                b2: torch.Tensor, b3: torch.Tensor, b4: torch.Tensor, b5: torch.Tensor,
-                b6: torch.Tensor, b7: torch.Tensor):
+    def forward(
+        self,
+        frame: torch.Tensor,
+        b0: torch.Tensor,
+        b1: torch.Tensor,
+        b2: torch.Tensor,
+        b3: torch.Tensor,
+        b4: torch.Tensor,
+        b5: torch.Tensor,
+        b6: torch.Tensor,
+        b7: torch.Tensor,
+    ):
         torch.save(frame, self.target)
         return torch.zeros(1, self.num_classes), b0, b1, b2, b3, b4, b5, b6, b7
 
@@ -147,16 +172,17 @@ def hostile_dir(model_dir, tmp_path):
     target.parent.mkdir()
     with warnings.catch_warnings():  # TorchScript is deprecated in torch 2.x, still loadable
         warnings.simplefilter("ignore", FutureWarning)
-        torch.jit.save(torch.jit.script(WritesAFile(str(target), len(CLASSES))),
-                       str(hostile / "online.pt"))
+        torch.jit.save(
+            torch.jit.script(WritesAFile(str(target), len(CLASSES))), str(hostile / "online.pt")
+        )
     return hostile, target
 
 
 def _one_line_error(result, code: int = 1) -> str:
     assert result.exit_code == code, result.output
-    line, = result.output.strip().splitlines()
+    (line,) = result.output.strip().splitlines()
     assert line.startswith("error: ")
-    return line[len("error: "):]
+    return line[len("error: ") :]
 
 
 def test_a_hostile_online_pt_does_not_run_without_the_flag(model_dir, hostile_dir, videos):
@@ -164,20 +190,33 @@ def test_a_hostile_online_pt_does_not_run_without_the_flag(model_dir, hostile_di
     hostile, target = hostile_dir
     runner = CliRunner()
     streamed = runner.invoke(cli, ["stream", str(videos / "v2.mp4"), "--model", str(hostile)])
-    evaluated = runner.invoke(cli, ["eval", "--online", str(hostile), "--list",
-                                    str(videos / "val.txt"), "--root", str(videos)])
+    evaluated = runner.invoke(
+        cli,
+        [
+            "eval",
+            "--online",
+            str(hostile),
+            "--list",
+            str(videos / "val.txt"),
+            "--root",
+            str(videos),
+        ],
+    )
     assert streamed.exit_code == 0 and evaluated.exit_code == 0, streamed.output + evaluated.output
     assert not target.exists()  # online.pt was never loaded
     genuine = runner.invoke(cli, ["stream", str(videos / "v2.mp4"), "--model", str(out)])
     # the same model as the genuine dir's: the same top-k on every line (latencies differ)
     assert [line.split()[4:] for line in streamed.output.splitlines()] == [
-        line.split()[4:] for line in genuine.output.splitlines()]
+        line.split()[4:] for line in genuine.output.splitlines()
+    ]
     assert evaluate_online(hostile, videos / "val.txt", videos).scores.equal(
-        evaluate_online(out, videos / "val.txt", videos).scores)
+        evaluate_online(out, videos / "val.txt", videos).scores
+    )
     assert not target.exists()
     # the flag is what loads online.pt (so this test would see it run without one)
-    trusted = runner.invoke(cli, ["stream", str(videos / "v0.mp4"), "--model", str(hostile),
-                                  "--trust-torchscript"])
+    trusted = runner.invoke(
+        cli, ["stream", str(videos / "v0.mp4"), "--model", str(hostile), "--trust-torchscript"]
+    )
     assert trusted.exit_code == 0, trusted.output
     assert target.exists()
 
@@ -210,15 +249,19 @@ def test_old_or_damaged_model_dirs_are_one_line_errors(model_dir, videos, tmp_pa
     assert message == (
         f"{old / 'online_weights.pt'}: missing (a model dir from an older tsmcli holds only "
         "TorchScript, which can run code); run tsm convert-online again, or pass "
-        f"--trust-torchscript if you trust {old / 'online.pt'}")
-    assert runner.invoke(cli, ["stream", video, "--model", str(old),
-                               "--trust-torchscript"]).exit_code == 0
+        f"--trust-torchscript if you trust {old / 'online.pt'}"
+    )
+    assert (
+        runner.invoke(cli, ["stream", video, "--model", str(old), "--trust-torchscript"]).exit_code
+        == 0
+    )
 
     corrupt = copy("corrupt")
     (corrupt / "online.pt").write_bytes(b"\x00garbage" * 100)
     assert runner.invoke(cli, ["stream", video, "--model", str(corrupt)]).exit_code == 0
-    message = _one_line_error(runner.invoke(cli, ["stream", video, "--model", str(corrupt),
-                                                  "--trust-torchscript"]))
+    message = _one_line_error(
+        runner.invoke(cli, ["stream", video, "--model", str(corrupt), "--trust-torchscript"])
+    )
     assert message.startswith(f"{corrupt / 'online.pt'}: not a readable TorchScript file (")
     assert message.endswith("convert the checkpoint again with tsm convert-online")
     (corrupt / "online_weights.pt").write_bytes(b"\x00garbage" * 100)
@@ -229,26 +272,42 @@ def test_old_or_damaged_model_dirs_are_one_line_errors(model_dir, videos, tmp_pa
     edits = {
         "not json": ("{ height: 32", "not valid JSON"),
         "list": ("[1, 2]", "holds a list, not the report object"),
-        "height": ({**report, "height": "32"}, "height must be an integer of at least 16, got '32'"),
+        "height": (
+            {**report, "height": "32"},
+            "height must be an integer of at least 16, got '32'",
+        ),
         "scale": ({**report, "scale_size": 8}, "scale_size must be an integer of at least 32"),
         "shapes": ({**report, "buffer_shapes": [[1, -8]]}, "buffer_shapes must be a list of"),
-        "resized": ({**report, "height": 48, "width": 48, "scale_size": 48},
-                    "buffer_shapes do not match"),
+        "resized": (
+            {**report, "height": 48, "width": 48, "scale_size": 48},
+            "buffer_shapes do not match",
+        ),
     }
     for name, (content, expected) in edits.items():
         edited = copy(name)
         text = content if isinstance(content, str) else json.dumps(content)
         (edited / "report.json").write_text(text)
-        for command in (["stream", video, "--model", str(edited)],
-                        ["eval", "--online", str(edited), "--list", str(videos / "val.txt"),
-                         "--root", str(videos)]):
+        for command in (
+            ["stream", video, "--model", str(edited)],
+            [
+                "eval",
+                "--online",
+                str(edited),
+                "--list",
+                str(videos / "val.txt"),
+                "--root",
+                str(videos),
+            ],
+        ):
             message = _one_line_error(runner.invoke(cli, command))
             assert message.startswith(f"{edited / 'report.json'}: ") and expected in message
             assert "convert" in message
     # trusting the TorchScript of an edited report: the step fails, in one line
-    message = _one_line_error(runner.invoke(cli, ["stream", video, "--model",
-                                                  str(tmp_path / "resized"),
-                                                  "--trust-torchscript"]))
+    message = _one_line_error(
+        runner.invoke(
+            cli, ["stream", video, "--model", str(tmp_path / "resized"), "--trust-torchscript"]
+        )
+    )
     assert message.startswith(f"{tmp_path / 'resized' / 'online.pt'}: failed on a 48x48 frame")
 
 
@@ -265,7 +324,10 @@ def test_stream_into_a_closed_pipe_exits_quietly(model_dir, videos):
     env.pop("TSM_DEBUG", None)
     process = subprocess.Popen(
         [sys.executable, "-m", "tsmcli", "stream", str(videos / "v2.mp4"), "--model", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
     process.stdout.close()  # as head does once it has its lines
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr.decode()

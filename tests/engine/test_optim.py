@@ -78,8 +78,9 @@ def test_optimizer_lr_and_decay_per_group():
 
 def test_adamw_keeps_the_same_groups():
     sgd = build_optimizer(Tiny(), OptimConfig(weight_decay=1e-4), lr=0.05, fc_lr5=True)
-    adamw = build_optimizer(Tiny(), OptimConfig(optimizer="adamw", weight_decay=1e-4), lr=0.05,
-                            fc_lr5=True)
+    adamw = build_optimizer(
+        Tiny(), OptimConfig(optimizer="adamw", weight_decay=1e-4), lr=0.05, fc_lr5=True
+    )
     assert isinstance(adamw, torch.optim.AdamW)
 
     def settings(optimizer):

@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 
 import tsmcli.data.dataset as dataset_module
-import tsmcli.engine.train as train_module
+import tsmcli.engine.train_loop as train_loop
 from tsmcli.cli import cli
 from tsmcli.engine.train import train
 from tsmcli.errors import DataError, TrainingError
@@ -240,9 +240,11 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, 
     run = tmp_path / "run"
     train(tiny_recipe(tiny_data, "train.epochs=1"), out_dir=run)
     before = hashlib.sha256((run / "last.pt").read_bytes()).hexdigest()
-    loss = train_module._loss
+    loss = train_loop._loss
     monkeypatch.setattr(
-        train_module, "_loss", lambda logits, labels, *rest: loss(logits, labels, *rest) * float("nan")
+        train_loop,
+        "_loss",
+        lambda logits, labels, *rest: loss(logits, labels, *rest) * float("nan"),
     )
     with pytest.raises(
         TrainingError, match=r"non-finite loss .* epoch 2 step 1.*last good checkpoint"
@@ -319,11 +321,11 @@ def test_distillation_loss_by_hand():
     p_teacher = (teacher / temperature).softmax(1)
     kl = (p_teacher * (p_teacher.log() - (logits / temperature).log_softmax(1))).sum(1).mean()
     expected = (1 - weight) * hard + weight * temperature**2 * kl
-    got = train_module._loss(logits, labels, teacher, weight, temperature)
+    got = train_loop._loss(logits, labels, teacher, weight, temperature)
     assert torch.allclose(got, expected, atol=1e-6)
-    assert torch.equal(train_module._loss(logits, labels, teacher, 0.0), hard)
-    assert torch.equal(train_module._loss(logits, labels), hard)
-    same = train_module._loss(logits, labels, logits.clone(), weight, temperature)
+    assert torch.equal(train_loop._loss(logits, labels, teacher, 0.0), hard)
+    assert torch.equal(train_loop._loss(logits, labels), hard)
+    same = train_loop._loss(logits, labels, logits.clone(), weight, temperature)
     assert torch.allclose(same, (1 - weight) * hard, atol=1e-6)  # KL of a model with itself
 
 
@@ -332,8 +334,14 @@ def test_distill_weight_one_learns_from_the_teacher_alone(tiny_data, straight_ru
     label flipped gives the same weights. At 0.5 they do (the test can fail)."""
     flipped = tmp_path / "flipped.txt"  # paths relative to data.root; classes.txt beside it
     (tmp_path / "classes.txt").write_text((tiny_data / "classes.txt").read_text())
-    flipped.write_text("".join(f"{p} {n} {1 - int(y)}\n" for p, n, y in (
-        line.split() for line in (tiny_data / "train.txt").read_text().splitlines())))
+    flipped.write_text(
+        "".join(
+            f"{p} {n} {1 - int(y)}\n"
+            for p, n, y in (
+                line.split() for line in (tiny_data / "train.txt").read_text().splitlines()
+            )
+        )
+    )
     teacher = straight_run.last_checkpoint
     distil = [f"train.distill_from={teacher}", "train.distill_temperature=2", "train.epochs=1"]
 
@@ -342,8 +350,9 @@ def test_distill_weight_one_learns_from_the_teacher_alone(tiny_data, straight_ru
         return _weights(run.last_checkpoint)
 
     only_teacher = weights("true", "train.distill_weight=1")
-    _assert_identical(only_teacher, weights("flipped", "train.distill_weight=1",
-                                            f"data.train_list={flipped}"))
+    _assert_identical(
+        only_teacher, weights("flipped", "train.distill_weight=1", f"data.train_list={flipped}")
+    )
     half = weights("half", "train.distill_weight=0.5", f"data.train_list={flipped}")
     assert any(not torch.equal(only_teacher[k], half[k]) for k in half)
 
@@ -354,8 +363,16 @@ def test_a_teacher_of_another_dataset_is_refused(tiny_data, tmp_path):
 
     other = build_model("resnet18", num_classes=5, num_segments=2)
     path = tmp_path / "five_classes.pt"
-    torch.save({"format": "tsmcli", "format_version": 1, "model_config": other.config(),
-                "state_dict": other.state_dict(), "epoch": 1}, path)
+    torch.save(
+        {
+            "format": "tsmcli",
+            "format_version": 1,
+            "model_config": other.config(),
+            "state_dict": other.state_dict(),
+            "epoch": 1,
+        },
+        path,
+    )
     with pytest.raises(CheckpointError, match=r"five_classes.pt: the teacher .* 5 classes"):
         train(tiny_recipe(tiny_data, f"train.distill_from={path}"), out_dir=tmp_path / "run")
 
@@ -368,9 +385,9 @@ def _cli_error(args: list[str], code: int = 1) -> str:
     """Run the CLI; it must exit ``code`` printing exactly one line, the error."""
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == code, result.output
-    line, = result.output.strip().splitlines()
+    (line,) = result.output.strip().splitlines()
     assert line.startswith("error: ")
-    return line[len("error: "):]
+    return line[len("error: ") :]
 
 
 def _recipe_file(tmp_path: Path, recipe: Recipe) -> str:
@@ -385,7 +402,8 @@ def _with_broken_video(tiny_data: Path, folder: Path) -> Path:
     (folder / "broken.mp4").write_bytes(b"not a video at all" * 64)
     listed = folder / "train.txt"
     listed.write_text(
-        "\n".join(lines + [f"{os.path.relpath(folder / 'broken.mp4', tiny_data)} 8 1"]) + "\n")
+        "\n".join(lines + [f"{os.path.relpath(folder / 'broken.mp4', tiny_data)} 8 1"]) + "\n"
+    )
     (folder / "classes.txt").write_text((tiny_data / "classes.txt").read_text())
     return listed
 
@@ -396,10 +414,16 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 def test_an_error_in_a_data_worker_is_the_original_one_line(tiny_data, tmp_path):
     listed = _with_broken_video(tiny_data, tmp_path)
-    recipe = tiny_recipe(tiny_data, f"data.train_list={listed}", "data.val_list=",
-                         "train.epochs=1", "train.workers=1")
-    message = _cli_error(["train", "--recipe", _recipe_file(tmp_path, recipe),
-                          "--out", str(tmp_path / "run")])
+    recipe = tiny_recipe(
+        tiny_data,
+        f"data.train_list={listed}",
+        "data.val_list=",
+        "train.epochs=1",
+        "train.workers=1",
+    )
+    message = _cli_error(
+        ["train", "--recipe", _recipe_file(tmp_path, recipe), "--out", str(tmp_path / "run")]
+    )
     video = tiny_data / os.path.relpath(tmp_path / "broken.mp4", tiny_data)  # as listed
     assert message.startswith(f"{video}: cannot open video (")
     assert "DataLoader worker" not in message and "Traceback" not in message
@@ -427,15 +451,19 @@ def test_a_killed_data_worker_is_one_line(tiny_data, tmp_path):
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     env.pop("TSM_DEBUG", None)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                          env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr
     # torch sees the death from its SIGCHLD handler (then it knows the signal) or from a
     # worker gone silent, whichever comes first
-    assert re.fullmatch(r"error: a data loading worker process died( \(signal: Killed\))?, most "
-                        r"likely out of memory; lower train\.workers \(or the batch size\) and "
-                        r"run again", done.stderr.strip().splitlines()[-1]), done.stderr
+    assert re.fullmatch(
+        r"error: a data loading worker process died( \(signal: Killed\))?, most "
+        r"likely out of memory; lower train\.workers \(or the batch size\) and "
+        r"run again",
+        done.stderr.strip().splitlines()[-1],
+    ), done.stderr
 
 
 def test_out_dir_that_cannot_be_a_folder_is_refused_before_any_work(tiny_data, tmp_path):
@@ -443,27 +471,44 @@ def test_out_dir_that_cannot_be_a_folder_is_refused_before_any_work(tiny_data, t
     (tmp_path / "file").write_text("x")
     message = _cli_error(["train", "--recipe", recipe, "--out", str(tmp_path / "file")], code=2)
     assert message == f"--out {tmp_path / 'file'}: is a file, not a folder; choose a folder"
-    message = _cli_error(["train", "--recipe", recipe, "--out", str(tmp_path / "file" / "run")],
-                         code=2)
-    assert message == (f"--out {tmp_path / 'file' / 'run'}: {tmp_path / 'file'} is a file, not "
-                       "a folder; choose another path")
-    message = _cli_error(["train", "--recipe", recipe, "--set",
-                          f"train.out_dir={tmp_path / 'file'}"])  # from the recipe: exit 1
+    message = _cli_error(
+        ["train", "--recipe", recipe, "--out", str(tmp_path / "file" / "run")], code=2
+    )
+    assert message == (
+        f"--out {tmp_path / 'file' / 'run'}: {tmp_path / 'file'} is a file, not "
+        "a folder; choose another path"
+    )
+    message = _cli_error(
+        ["train", "--recipe", recipe, "--set", f"train.out_dir={tmp_path / 'file'}"]
+    )  # from the recipe: exit 1
     assert message.startswith(f"train.out_dir {tmp_path / 'file' / 'demo'}: ")
     assert (tmp_path / "file").read_text() == "x"
 
 
 def test_unknown_arch_names_the_key_and_the_choices(tiny_data, tmp_path):
-    message = _cli_error(["train", "--recipe", _recipe_file(tmp_path, tiny_recipe(tiny_data)),
-                          "--set", "model.arch=resnet9", "--out", str(tmp_path / "run")])
-    assert message == ("model.arch: unknown arch 'resnet9'; did you mean 'resnet50'? choose one "
-                       "of mobilenet_v2, resnet101, resnet152, resnet18, resnet34, resnet50")
+    message = _cli_error(
+        [
+            "train",
+            "--recipe",
+            _recipe_file(tmp_path, tiny_recipe(tiny_data)),
+            "--set",
+            "model.arch=resnet9",
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
+    assert message == (
+        "model.arch: unknown arch 'resnet9'; did you mean 'resnet50'? choose one "
+        "of mobilenet_v2, resnet101, resnet152, resnet18, resnet34, resnet50"
+    )
     assert not (tmp_path / "run").exists()
 
 
-def test_resume_refuses_what_is_not_this_runs_training_checkpoint(tiny_data, straight_run,
-                                                                  tmp_path):
-    from tsmcli.model.checkpoint import checkpoint_dict, save_checkpoint
+def test_resume_refuses_what_is_not_this_runs_training_checkpoint(
+    tiny_data, straight_run, tmp_path
+):
+    from tsmcli.model.checkpoint import checkpoint_dict
+    from tsmcli.model.weights import save_checkpoint
 
     recipe = _recipe_file(tmp_path, tiny_recipe(tiny_data, "train.epochs=3"))
     resume = ["train", "--recipe", recipe, "--resume", "--out"]
@@ -473,7 +518,8 @@ def test_resume_refuses_what_is_not_this_runs_training_checkpoint(tiny_data, str
     assert _cli_error([*resume, str(weights_only)]) == (
         f"{weights_only / 'last.pt'}: not a training checkpoint (it is not a tsmcli checkpoint), "
         "so it cannot be resumed; start a new run with --out (model.init_from=FILE fine-tunes "
-        "from a model's weights)")
+        "from a model's weights)"
+    )
     model_only = tmp_path / "model_only"
     model_only.mkdir()
     save_checkpoint(checkpoint_dict(straight_run.model), model_only / "last.pt")
@@ -489,9 +535,11 @@ def test_resume_refuses_what_is_not_this_runs_training_checkpoint(tiny_data, str
     (three / "classes.txt").write_text("dark\nbright\nother\n")
     (three / "train.txt").write_text((tiny_data / "train.txt").read_text())
     message = _cli_error([*resume, str(run), "--set", f"data.train_list={three / 'train.txt'}"])
-    assert message == (f"{run / 'last.pt'}: was trained with 2 classes, but "
-                       f"{three / 'classes.txt'} now gives 3; restore it to resume, or start a "
-                       "new run with --out")
+    assert message == (
+        f"{run / 'last.pt'}: was trained with 2 classes, but "
+        f"{three / 'classes.txt'} now gives 3; restore it to resume, or start a "
+        "new run with --out"
+    )
     assert _files(run) == before  # recipe.yaml, last.pt, metrics.jsonl: as they were
 
 
@@ -504,8 +552,9 @@ def test_recipe_yaml_changes_only_with_a_checkpoint(tiny_data, straight_run, tmp
         (run / name).write_bytes(data)
     before = _files(run)
     listed = _with_broken_video(tiny_data, tmp_path)
-    failing = tiny_recipe(tiny_data, "train.epochs=3", "optim.lr=0.01",
-                          f"data.train_list={listed}", "data.val_list=")
+    failing = tiny_recipe(
+        tiny_data, "train.epochs=3", "optim.lr=0.01", f"data.train_list={listed}", "data.val_list="
+    )
     with pytest.raises(DataError, match="broken.mp4"):
         train(failing, out_dir=run, resume=True)
     assert _files(run) == before
@@ -515,8 +564,9 @@ def test_recipe_yaml_changes_only_with_a_checkpoint(tiny_data, straight_run, tmp
     assert torch.load(run / "last.pt", weights_only=True)["recipe"] == resumed.to_dict()
 
 
-def test_disk_full_while_saving_keeps_the_previous_checkpoint(tiny_data, straight_run, tmp_path,
-                                                              monkeypatch):
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(
+    tiny_data, straight_run, tmp_path, monkeypatch
+):
     import errno
 
     run = tmp_path / "run"
@@ -553,15 +603,34 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tiny_data, straigh
 
     fdopen = os.fdopen
     monkeypatch.setattr(os, "fdopen", lambda *args, **kwargs: FullDisk(fdopen(*args, **kwargs)))
-    message = _cli_error(["train", "--recipe", _recipe_file(tmp_path, tiny_recipe(
-        tiny_data, "train.epochs=3")), "--resume", "--out", str(run)])
-    assert message == (f"no space left on {run.resolve()} while writing last.pt; free some space "
-                       "and run again (the previous last.pt, if any, is unchanged)")
+    message = _cli_error(
+        [
+            "train",
+            "--recipe",
+            _recipe_file(tmp_path, tiny_recipe(tiny_data, "train.epochs=3")),
+            "--resume",
+            "--out",
+            str(run),
+        ]
+    )
+    assert message == (
+        f"no space left on {run.resolve()} while writing last.pt; free some space "
+        "and run again (the previous last.pt, if any, is unchanged)"
+    )
     after = _files(run)
-    assert sorted(after) == sorted([p.name for p in kept] + [  # the stale temps are gone
-        "best.pt", "curves.png", "last.pt", "metrics.jsonl", "recipe.yaml"])
+    assert sorted(after) == sorted(
+        [p.name for p in kept]
+        + [  # the stale temps are gone
+            "best.pt",
+            "curves.png",
+            "last.pt",
+            "metrics.jsonl",
+            "recipe.yaml",
+        ]
+    )
     assert {name: after[name] for name in after} == {
-        name: before[name] for name in after}  # every file left is as it was
+        name: before[name] for name in after
+    }  # every file left is as it was
 
 
 def test_run_files_follow_the_umask(tiny_data, tmp_path):
@@ -572,4 +641,5 @@ def test_run_files_follow_the_umask(tiny_data, tmp_path):
         os.umask(previous)
     modes = {p.name: p.stat().st_mode & 0o777 for p in run.iterdir()}
     assert modes == dict.fromkeys(
-        ["best.pt", "curves.png", "last.pt", "metrics.jsonl", "recipe.yaml"], 0o640)
+        ["best.pt", "curves.png", "last.pt", "metrics.jsonl", "recipe.yaml"], 0o640
+    )

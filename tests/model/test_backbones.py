@@ -24,36 +24,59 @@ def meta_backbone(arch: str, **kwargs):
 
 
 def test_registry_lists_the_torchvision_architectures():
-    assert list_backbones() == ["mobilenet_v2", "resnet101", "resnet152", "resnet18",
-                                "resnet34", "resnet50"]
+    assert list_backbones() == [
+        "mobilenet_v2",
+        "resnet101",
+        "resnet152",
+        "resnet18",
+        "resnet34",
+        "resnet50",
+    ]
     assert {name: get_backbone(name).feature_dim for name in list_backbones()} == {
-        "mobilenet_v2": 1280, "resnet101": 2048, "resnet152": 2048, "resnet18": 512,
-        "resnet34": 512, "resnet50": 2048}
+        "mobilenet_v2": 1280,
+        "resnet101": 2048,
+        "resnet152": 2048,
+        "resnet18": 512,
+        "resnet34": 512,
+        "resnet50": 2048,
+    }
 
 
 def test_unknown_arch_suggests_the_closest():
     with pytest.raises(UsageError) as info:
         get_backbone("resnet5")
-    assert str(info.value) == ("unknown arch 'resnet5'; did you mean 'resnet50'? choose one of "
-                               "mobilenet_v2, resnet101, resnet152, resnet18, resnet34, resnet50")
+    assert str(info.value) == (
+        "unknown arch 'resnet5'; did you mean 'resnet50'? choose one of "
+        "mobilenet_v2, resnet101, resnet152, resnet18, resnet34, resnet50"
+    )
     with pytest.raises(UsageError, match="choose one of mobilenet_v2, resnet101"):
         get_backbone("vgg")
 
 
 def test_registering_a_name_twice_is_refused():
     with pytest.raises(ValueError, match="twice"):
-        register_backbone("resnet18", family="resnet", feature_dim=512, head="fc",
-                          insert_shift=lambda *args: [])(lambda: nn.Identity())
+        register_backbone(
+            "resnet18", family="resnet", feature_dim=512, head="fc", insert_shift=lambda *args: []
+        )(lambda: nn.Identity())
 
 
 # blockres: every block's conv1; ResNet-101/152 (23+ blocks in layer3): every other block of
 # each stage, first included: 101 -> 2+2+12+2, 152 -> 2+4+18+2. block: every block.
-@pytest.mark.parametrize(("arch", "place", "count"), [
-    ("resnet18", "blockres", 8), ("resnet34", "blockres", 16), ("resnet50", "blockres", 16),
-    ("resnet101", "blockres", 18), ("resnet152", "blockres", 26),
-    ("resnet18", "block", 8), ("resnet50", "block", 16), ("resnet101", "block", 33),
-    ("resnet152", "block", 50), ("mobilenet_v2", "blockres", 10),
-])
+@pytest.mark.parametrize(
+    ("arch", "place", "count"),
+    [
+        ("resnet18", "blockres", 8),
+        ("resnet34", "blockres", 16),
+        ("resnet50", "blockres", 16),
+        ("resnet101", "blockres", 18),
+        ("resnet152", "blockres", 26),
+        ("resnet18", "block", 8),
+        ("resnet50", "block", 16),
+        ("resnet101", "block", 33),
+        ("resnet152", "block", 50),
+        ("mobilenet_v2", "blockres", 10),
+    ],
+)
 def test_number_of_shifted_modules(arch, place, count):
     model, _ = meta_backbone(arch, shift="bidirectional", shift_place=place)
     assert len(shifted_module_names(model)) == count
@@ -63,15 +86,19 @@ def test_resnet101_shifts_every_other_block():
     model, _ = meta_backbone("resnet101", shift="bidirectional")
     names = shifted_module_names(model)
     assert [n for n in names if n.startswith("layer3.")] == [
-        f"layer3.{i}.conv1" for i in range(0, 23, 2)]
+        f"layer3.{i}.conv1" for i in range(0, 23, 2)
+    ]
     assert [n for n in names if n.startswith("layer1.")] == ["layer1.0.conv1", "layer1.2.conv1"]
     assert not isinstance(model.layer3[1].conv1, TemporalShift)
 
 
 def test_resnet50_blockres_wraps_conv1_of_every_block():
     model, _ = meta_backbone("resnet50", shift="unidirectional", shift_div=4, num_segments=3)
-    expected = [f"layer{s}.{i}.conv1" for s, n in zip((1, 2, 3, 4), (3, 4, 6, 3), strict=True)
-                for i in range(n)]
+    expected = [
+        f"layer{s}.{i}.conv1"
+        for s, n in zip((1, 2, 3, 4), (3, 4, 6, 3), strict=True)
+        for i in range(n)
+    ]
     assert shifted_module_names(model) == expected
     for name in expected:
         module = model.get_submodule(name)
@@ -92,7 +119,8 @@ def test_mobilenet_v2_shifts_expanding_residual_blocks_before_the_expansion():
     model, spec = meta_backbone("mobilenet_v2", shift="bidirectional")
     # features 1 has no expansion; 2, 4, 7, 11, 14, 17 change shape (no skip connection)
     assert shifted_module_names(model) == [
-        f"features.{i}.conv.0.0" for i in (3, 5, 6, 8, 9, 10, 12, 13, 15, 16)]
+        f"features.{i}.conv.0.0" for i in (3, 5, 6, 8, 9, 10, 12, 13, 15, 16)
+    ]
     wrapped = model.features[3].conv[0][0]
     assert isinstance(wrapped.net, nn.Conv2d) and wrapped.net.kernel_size == (1, 1)
     assert wrapped.net.in_channels == 24 and wrapped.net.out_channels == 144  # expansion 6

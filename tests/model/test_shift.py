@@ -19,8 +19,8 @@ def seed_shift(x: torch.Tensor, n_segment: int, fold_div: int) -> torch.Tensor:
     out = torch.zeros_like(x)
     fold = c // fold_div
     out[:, :-1, :fold] = x[:, 1:, :fold]  # shift left
-    out[:, 1:, fold: 2 * fold] = x[:, :-1, fold: 2 * fold]  # shift right
-    out[:, :, 2 * fold:] = x[:, :, 2 * fold:]  # not shift
+    out[:, 1:, fold : 2 * fold] = x[:, :-1, fold : 2 * fold]  # shift right
+    out[:, :, 2 * fold :] = x[:, :, 2 * fold :]  # not shift
     return out.view(nt, c, h, w)
 
 
@@ -46,7 +46,10 @@ def test_shift_equals_reference_exactly(direction, segments):
             x = torch.randn(2 * segments, channels, 3, 2)
             before = x.clone()
             out = temporal_shift(x, segments, fold_div, direction)
-            assert torch.equal(out, REFERENCES[direction](x, segments, fold_div)), (channels, fold_div)
+            assert torch.equal(out, REFERENCES[direction](x, segments, fold_div)), (
+                channels,
+                fold_div,
+            )
             assert torch.equal(x, before)  # the input is not modified
 
 
@@ -106,12 +109,15 @@ def test_fused_gradcheck_and_same_gradients_as_plain(direction):
     x = torch.randn(2 * 3, 16, 2, 2, dtype=torch.float64, requires_grad=True)
     plan = shift_plan(16, 8, direction)
     assert torch.autograd.gradcheck(
-        lambda v, w, b: shifted_pointwise_conv(v, w, b, 3, plan), (x, conv.weight, conv.bias))
+        lambda v, w, b: shifted_pointwise_conv(v, w, b, 3, plan), (x, conv.weight, conv.bias)
+    )
     upstream = torch.randn(6, 3, 2, 2, dtype=torch.float64)
     fused = shifted_pointwise_conv(x, conv.weight, conv.bias, 3, plan)
     plain = TemporalShift(conv, 3, 8, direction, fuse=False)(x)
-    grads = [torch.autograd.grad((out * upstream).sum(), (x, conv.weight, conv.bias))
-             for out in (fused, plain)]
+    grads = [
+        torch.autograd.grad((out * upstream).sum(), (x, conv.weight, conv.bias))
+        for out in (fused, plain)
+    ]
     for a, b in zip(*grads, strict=True):
         assert torch.allclose(a, b, rtol=0, atol=1e-12)
 
@@ -205,8 +211,14 @@ def test_onnx_export_is_correct_on_another_batch():
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (torch.randn(4, 16, 5, 5),), buffer, dynamo=False,
-                          input_names=["x"], dynamic_axes={"x": {0: "frames"}})
+        torch.onnx.export(
+            net,
+            (torch.randn(4, 16, 5, 5),),
+            buffer,
+            dynamo=False,
+            input_names=["x"],
+            dynamic_axes={"x": {0: "frames"}},
+        )
     session = ort.InferenceSession(buffer.getvalue())
     other = torch.randn(2 * 4, 16, 5, 5)
     (out,) = session.run(None, {"x": other.numpy()})

@@ -44,14 +44,16 @@ def randomize_batchnorm(model: nn.Module, size: int, seed: int) -> None:
             bn.bias.copy_(0.1 * torch.randn(n, generator=generator))
 
 
-def make_model(arch: str, num_segments: int, shift: str = "unidirectional", seed: int = 0,
-               **options):
+def make_model(
+    arch: str, num_segments: int, shift: str = "unidirectional", seed: int = 0, **options
+):
     torch.manual_seed(seed)
-    model = build_model(arch, num_classes=7, num_segments=num_segments, shift=shift, dropout=0.5,
-                        **options)
+    model = build_model(
+        arch, num_classes=7, num_segments=num_segments, shift=shift, dropout=0.5, **options
+    )
     randomize_batchnorm(model, SIZES[arch], seed)
     with torch.no_grad():  # the official head init (std 0.001) would make every logit ~0
-        model.new_fc.weight.normal_(0.0, model.feature_dim ** -0.5)
+        model.new_fc.weight.normal_(0.0, model.feature_dim**-0.5)
         model.new_fc.bias.normal_(0.0, 0.1)
     return model.eval()
 
@@ -71,8 +73,9 @@ def test_stream_equals_offline_one_way_model(arch, num_frames):
         online = run_stream(streaming, clip[0], buffers).outputs  # (T, K)
         online_features = run_stream(streaming.forward_features, clip[0], buffers).outputs
         # every frame with fresh zero buffers: what a stream that dropped its state would give
-        stateless = run_stream(lambda frame, *_: streaming(frame, *buffers), clip[0],
-                               buffers).outputs
+        stateless = run_stream(
+            lambda frame, *_: streaming(frame, *buffers), clip[0], buffers
+        ).outputs
 
     assert online.shape == offline_frames.shape
     assert (online - offline_frames).abs().max() < TOL
@@ -92,8 +95,11 @@ def test_one_zero_buffer_per_shifted_block_shaped_like_its_input(arch):
     model = make_model(arch, 1)
     fold_div = model.config()["shift_div"]
     seen: list[tuple[int, ...]] = []
-    hooks = [m.register_forward_pre_hook(lambda _, args: seen.append(tuple(args[0].shape)))
-             for m in model.modules() if isinstance(m, TemporalShift)]
+    hooks = [
+        m.register_forward_pre_hook(lambda _, args: seen.append(tuple(args[0].shape)))
+        for m in model.modules()
+        if isinstance(m, TemporalShift)
+    ]
     with torch.no_grad():
         model(torch.zeros(1, 1, 3, size, size))
     for hook in hooks:
@@ -111,13 +117,18 @@ def test_one_zero_buffer_per_shifted_block_shaped_like_its_input(arch):
 
 def test_resnet18_buffers_by_hand():
     """At 64 px ResNet-18's blocks see 16, 8, 4, 2 px; each buffer is 1/8 of the block input."""
-    streaming = StreamingTSM(build_model("resnet18", num_classes=3, num_segments=4,
-                                         shift="unidirectional"))
+    streaming = StreamingTSM(
+        build_model("resnet18", num_classes=3, num_segments=4, shift="unidirectional")
+    )
     assert streaming.buffer_shapes(64, 64) == [
-        (1, 8, 16, 16), (1, 8, 16, 16),  # layer1: 64 channels in
-        (1, 8, 16, 16), (1, 16, 8, 8),  # layer2: 64 then 128
-        (1, 16, 8, 8), (1, 32, 4, 4),  # layer3: 128 then 256
-        (1, 32, 4, 4), (1, 64, 2, 2),  # layer4: 256 then 512
+        (1, 8, 16, 16),
+        (1, 8, 16, 16),  # layer1: 64 channels in
+        (1, 8, 16, 16),
+        (1, 16, 8, 8),  # layer2: 64 then 128
+        (1, 16, 8, 8),
+        (1, 32, 4, 4),  # layer3: 128 then 256
+        (1, 32, 4, 4),
+        (1, 64, 2, 2),  # layer4: 256 then 512
     ]
     assert streaming.cache_bytes(64, 64) == 4 * (3 * 8 * 256 + 2 * 16 * 64 + 2 * 32 * 16 + 64 * 4)
 

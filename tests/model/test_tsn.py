@@ -62,8 +62,9 @@ def test_without_shift_frames_are_independent_and_order_does_not_matter():
     with torch.no_grad():
         logits = model(x)
         assert torch.allclose(model(x.flip(1)), logits, atol=1e-5)  # time reversal
-        assert torch.allclose(model.frame_logits(x.flip(1)), model.frame_logits(x).flip(1),
-                              atol=1e-5)
+        assert torch.allclose(
+            model.frame_logits(x.flip(1)), model.frame_logits(x).flip(1), atol=1e-5
+        )
 
 
 @pytest.mark.parametrize("shift", ["bidirectional", "unidirectional"])
@@ -89,9 +90,16 @@ def test_unidirectional_frames_do_not_see_the_future():
 def test_config_round_trip():
     model = model_with("unidirectional", shift_div=4, dropout=0.3, partial_bn=True)
     config = model.config()
-    assert config == {"arch": "resnet18", "num_classes": 5, "num_segments": SEGMENTS,
-                      "shift": "unidirectional", "shift_div": 4, "shift_place": "blockres",
-                      "dropout": 0.3, "partial_bn": True}
+    assert config == {
+        "arch": "resnet18",
+        "num_classes": 5,
+        "num_segments": SEGMENTS,
+        "shift": "unidirectional",
+        "shift_div": 4,
+        "shift_place": "blockres",
+        "dropout": 0.3,
+        "partial_bn": True,
+    }
     rebuilt = build_model(**config)
     assert rebuilt.config() == config
     rebuilt.load_state_dict(model.state_dict())
@@ -133,12 +141,15 @@ def test_wrong_clip_length_is_refused():
         model(torch.randn(1, 3, 3, SIZE, SIZE))
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"shift": "both"}, "model shift must be one of none, bidirectional, unidirectional"),
-    ({"num_segments": 0}, "model num_segments must be at least 1, got 0"),
-    ({"dropout": 1.0}, "model dropout must be in"),
-    ({"shift_place": "res"}, "model shift_place must be one of blockres, block"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"shift": "both"}, "model shift must be one of none, bidirectional, unidirectional"),
+        ({"num_segments": 0}, "model num_segments must be at least 1, got 0"),
+        ({"dropout": 1.0}, "model dropout must be in"),
+        ({"shift_place": "res"}, "model shift_place must be one of blockres, block"),
+    ],
+)
 def test_bad_arguments_name_the_option(kwargs, message):
     with pytest.raises(UsageError, match=message):
         build_model("resnet18", 5, **kwargs)

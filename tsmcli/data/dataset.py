@@ -89,11 +89,14 @@ class ClipBatch(NamedTuple):
         then normalised; float32 (B, T, 3, S, S) or (B, V, T, 3, S, S)."""
         clips = self.clips.to(device, non_blocking=True)
         if self.resize_to is not None and len(clips):
-            clips = torch.stack([
-                transforms.resize_crop(clips[b, ..., :height, :width], self.resize_to, flip)
-                for b, ((height, width), flip) in enumerate(
-                    zip(self.sizes.tolist(), self.flips.tolist(), strict=True))
-            ])  # (B, T, 3, S, S)
+            clips = torch.stack(
+                [
+                    transforms.resize_crop(clips[b, ..., :height, :width], self.resize_to, flip)
+                    for b, ((height, width), flip) in enumerate(
+                        zip(self.sizes.tolist(), self.flips.tolist(), strict=True)
+                    )
+                ]
+            )  # (B, T, 3, S, S)
         return transforms.normalize(clips)
 
 
@@ -116,8 +119,9 @@ def collate_clips(samples: Sequence[Sample]) -> ClipBatch:
         labels=torch.tensor([s.label for s in good], dtype=torch.int64),
         indices=torch.tensor([s.index for s in good], dtype=torch.int64),
         skipped=[s.error or f"item {s.index}" for s in samples if s.clip is None],
-        sizes=torch.tensor([list(s.clip.shape[-2:]) for s in good] if resize_to else [],
-                           dtype=torch.int64).view(-1, 2),
+        sizes=torch.tensor(
+            [list(s.clip.shape[-2:]) for s in good] if resize_to else [], dtype=torch.int64
+        ).view(-1, 2),
         flips=torch.tensor([s.flip for s in good] if resize_to else [], dtype=torch.bool),
         resize_to=resize_to,
     )
@@ -356,11 +360,23 @@ class VideoClipDataset(Dataset):
         views = views.transpose(0, 1).reshape(-1, self.num_segments, channels, height, width)
         return Sample(views, entry.label, index)  # clip (V_t*C, T, 3, S, S)
 
-    def _train_sample(self, source: FrameSource, unique: np.ndarray, inverse: np.ndarray | None,
-                      entry: ListEntry, index: int, rng: np.random.Generator) -> Sample:
+    def _train_sample(
+        self,
+        source: FrameSource,
+        unique: np.ndarray,
+        inverse: np.ndarray | None,
+        entry: ListEntry,
+        index: int,
+        rng: np.random.Generator,
+    ) -> Sample:
         """The clip's crop box and flip drawn, its crop cut (see ``transforms.train_crop``)."""
-        options = {"input_size": self.input_size, "scale_size": self.scale_size,
-                   "scales": self.scales, "flip": self.flip, "flip_pairs": self.flip_pairs}
+        options = {
+            "input_size": self.input_size,
+            "scale_size": self.scale_size,
+            "scales": self.scales,
+            "flip": self.flip,
+            "flip_pairs": self.flip_pairs,
+        }
         slots = range(len(unique)) if inverse is None else inverse.tolist()
         if isinstance(source, FrameFolder):
             # One buffer per decoded JPEG: gather only the crop of each (no full-frame stack).
@@ -404,11 +420,17 @@ def loader_errors(workers_key: str) -> Iterator[None]:
             raise
         killed = re.search(r"killed by signal: ([^.]+)", text)
         code = re.search(r"exit code (-?\d+)", text)
-        how = (f" (signal: {killed[1].strip()})" if killed
-               else f" (exit code {code[1]})" if code else "")
-        raise DataError(f"a data loading worker process died{how}, most likely out of "
-                        f"memory; lower {workers_key} (or the batch size) and run again"
-                        ) from exc
+        how = (
+            f" (signal: {killed[1].strip()})"
+            if killed
+            else f" (exit code {code[1]})"
+            if code
+            else ""
+        )
+        raise DataError(
+            f"a data loading worker process died{how}, most likely out of "
+            f"memory; lower {workers_key} (or the batch size) and run again"
+        ) from exc
 
 
 def _worker_error_line(exc: TSMError) -> str | None:
@@ -420,4 +442,4 @@ def _worker_error_line(exc: TSMError) -> str | None:
     cls = type(exc)
     last = text.rstrip().splitlines()[-1]  # "tsmcli.errors.DataError: <the message>"
     prefix = f"{cls.__module__}.{cls.__qualname__}: "
-    return last[len(prefix):] if last.startswith(prefix) else None
+    return last[len(prefix) :] if last.startswith(prefix) else None

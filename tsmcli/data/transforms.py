@@ -206,8 +206,9 @@ def normalize(
 
 
 @functools.lru_cache(maxsize=8)
-def _affine(mean: tuple[float, ...], std: tuple[float, ...],
-            device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _affine(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, shift) of ``normalize``, each (3, 1, 1) float32 on ``device``, computed in
     float64 once per device."""
     mean_t = torch.tensor(mean, dtype=torch.float64).view(3, 1, 1)
@@ -264,8 +265,7 @@ def crop_view(frames: torch.Tensor, box: CropBox) -> torch.Tensor:
     return frames[..., box.top : box.top + box.height, box.left : box.left + box.width]
 
 
-def train_crop(frames: torch.Tensor, label: int, rng: np.random.Generator,
-               **options) -> TrainCrop:
+def train_crop(frames: torch.Tensor, label: int, rng: np.random.Generator, **options) -> TrainCrop:
     """``draw_train_crop`` for uint8 frames (T, 3, H, W), and their crop (a view).
     ``resize_crop`` finishes the clip, on the trainer's device."""
     height, width = frames.shape[-2:]
@@ -283,8 +283,9 @@ def resize_crop(crop: torch.Tensor, size: int, flip: bool = False) -> torch.Tens
     return horizontal_flip(clip) if flip else clip
 
 
-def train_clip(frames: torch.Tensor, label: int, rng: np.random.Generator, *,
-               input_size: int = 224, **options) -> tuple[torch.Tensor, int]:
+def train_clip(
+    frames: torch.Tensor, label: int, rng: np.random.Generator, *, input_size: int = 224, **options
+) -> tuple[torch.Tensor, int]:
     """Multi-scale crop and flip in one go: uint8 (T, 3, H, W) -> uint8 (T, 3, S, S), label.
 
     ``train_crop`` then ``resize_crop``: what the data loader and the trainer do between them.

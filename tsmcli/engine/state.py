@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,10 @@ import torch
 from torch import nn
 
 from tsmcli.engine.distributed import DistContext
-from tsmcli.errors import TrainingError
-from tsmcli.model.checkpoint import FORMAT, FORMAT_VERSION
+from tsmcli.errors import CheckpointError, TrainingError
+from tsmcli.model.checkpoint import checkpoint_dict as model_checkpoint_dict
+from tsmcli.model.tsn import TSN
+from tsmcli.model.weights import FORMAT
 from tsmcli.recipe import Recipe
 
 log = logging.getLogger(__name__)
@@ -37,8 +40,7 @@ _RESUMABLE_MODEL_CHANGES = {"pretrained", "init_from"}
 
 def checkpoint_dict(
     *,
-    model: nn.Module,
-    model_config: dict[str, Any],
+    model: TSN,
     recipe: Recipe,
     classes: Sequence[str] | None,
     optimizer: torch.optim.Optimizer,
@@ -52,31 +54,115 @@ def checkpoint_dict(
     ctx: DistContext,
     cuda: bool,
 ) -> dict[str, Any]:
-    """The checkpoint dict: tensors and builtins only, so ``weights_only=True`` loads it.
+    """A run's checkpoint: ``model.checkpoint.checkpoint_dict`` (the one header) plus the
+    training state. Tensors and builtins only, so ``weights_only=True`` loads it.
 
     ``epoch`` is the number of finished epochs; ``iteration`` the steps already taken in
     the next one (0 at an epoch boundary). Collective: every rank must call it, as it
     gathers every rank's RNG state.
     """
     rng = _gather(_rng_state(cuda), ctx)
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "model_config": model_config,
-        "recipe": recipe.to_dict(),
-        "classes": list(classes) if classes else None,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),
-        "epoch": epoch,
-        "iteration": iteration,
-        "partial": dict(partial),
-        "global_batch": global_batch,
-        "world_size": ctx.world_size,
-        "rng": rng,
-        "best_top1": best_top1,
-        "history": list(history),
-    }
+    return model_checkpoint_dict(
+        model,
+        recipe=recipe.to_dict(),
+        classes=list(classes) if classes else None,
+        optimizer=optimizer.state_dict(),
+        scaler=scaler.state_dict(),
+        epoch=epoch,
+        iteration=iteration,
+        partial=dict(partial),
+        global_batch=global_batch,
+        world_size=ctx.world_size,
+        rng=rng,
+        best_top1=best_top1,
+        history=list(history),
+    )
+
+
+@dataclass
+class Progress:
+    """Where a run stands: finished epochs, steps taken in the next one and their partial
+    sums (0 and {} at an epoch boundary), the best top-1 so far, one history row an epoch."""
+
+    epoch: int = 0
+    iteration: int = 0
+    partial: dict[str, float] = field(default_factory=dict)
+    best_top1: float | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ResumeTarget:
+    """What a resumed run restores into, and what the checkpoint must agree with."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    num_classes: int
+    global_batch: int
+    ctx: DistContext
+
+
+def resume(path: Path, recipe: Recipe, target: ResumeTarget, recipe_file: Path) -> Progress:
+    """Restore a run from its ``last.pt`` at ``path``: weights, optimiser and scaler, every
+    rank's global RNG, and where it stood. A file that is not this run's training checkpoint
+    (another class count, another model, no optimiser state) is one line."""
+    from tsmcli.model.weights import load_checkpoint, load_state_dict_strict
+
+    state = load_checkpoint(path)
+    check_resumable(state, path)
+    changed = check_resume_recipe(state.get("recipe") or {}, recipe, path, recipe_file)
+    if changed and target.ctx.is_main:
+        log.warning("resuming with changed recipe keys: %s", ", ".join(changed))
+    _check_resumed_classes(state, path, recipe, target.num_classes)
+    load_state_dict_strict(target.model, state["state_dict"], str(path))
+    try:
+        target.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            target.scaler.load_state_dict(state["scaler"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"{path}: its optimizer state does not fit this model ({exc}); the file is "
+            "damaged or from another run: start a new run with --out"
+        ) from None
+    progress = _progress(state, target.global_batch)
+    restore_rng(state.get("rng") or [], target.ctx, target.ctx.device.type == "cuda")
+    return progress
+
+
+def _check_resumed_classes(
+    state: dict[str, Any], path: Path, recipe: Recipe, num_classes: int
+) -> None:
+    saved = int(state["model_config"].get("num_classes", num_classes))
+    if saved != num_classes:
+        source = (
+            "model.num_classes"
+            if recipe.model.num_classes
+            else str(Path(recipe.data.train_list).expanduser().parent / "classes.txt")
+        )
+        raise TrainingError(
+            f"{path}: was trained with {saved} classes, but {source} now gives "
+            f"{num_classes}; restore it to resume, or start a new run with --out"
+        )
+
+
+def _progress(state: dict[str, Any], global_batch: int) -> Progress:
+    """Where the saved run stood. A step count inside an epoch is kept only for the same
+    global batch (the sampler's order depends on it): otherwise the epoch starts over."""
+    progress = Progress(
+        epoch=int(state["epoch"]),
+        iteration=int(state.get("iteration", 0)),
+        partial=dict(state.get("partial") or {}),
+        best_top1=state.get("best_top1"),
+        history=list(state.get("history") or []),
+    )
+    if progress.iteration and int(state.get("global_batch", global_batch)) != global_batch:
+        log.warning(
+            "the global batch changed since the interruption; epoch %d starts over",
+            progress.epoch + 1,
+        )
+        progress.iteration, progress.partial = 0, {}
+    return progress
 
 
 def check_resume_recipe(
@@ -105,11 +191,15 @@ def check_resumable(state: dict[str, Any], path: Path) -> None:
     kinds = {"state_dict": dict, "optimizer": dict, "model_config": dict, "epoch": int}
     missing = [key for key, kind in kinds.items() if not isinstance(state.get(key), kind)]
     if state.get("format") != FORMAT or missing:
-        what = (f"it has no {', '.join(missing)}" if state.get("format") == FORMAT
-                else "it is not a tsmcli checkpoint")
+        what = (
+            f"it has no {', '.join(missing)}"
+            if state.get("format") == FORMAT
+            else "it is not a tsmcli checkpoint"
+        )
         raise TrainingError(
             f"{path}: not a training checkpoint ({what}), so it cannot be resumed; start a "
-            "new run with --out (model.init_from=FILE fine-tunes from a model's weights)")
+            "new run with --out (model.init_from=FILE fine-tunes from a model's weights)"
+        )
 
 
 def _changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

@@ -1,53 +1,55 @@
-"""Models: the temporal shift, backbones, the TSN wrapper and checkpoint I/O."""
+"""Models: the temporal shift, backbones, the TSN wrapper, weight files and checkpoints.
 
-from tsmcli.model.backbones import (
-    SHIFT_MODES,
-    SHIFT_PLACES,
-    BackboneSpec,
-    build_backbone,
-    get_backbone,
-    list_backbones,
-    register_backbone,
-    shifted_module_names,
-)
-from tsmcli.model.checkpoint import (
-    FORMAT_VERSION,
-    InitReport,
-    checkpoint_dict,
-    checkpoint_format,
-    load_checkpoint,
-    load_model,
-    load_pretrained_backbone,
-    load_state_dict_strict,
-    load_weights_for_finetune,
-    save_checkpoint,
-)
-from tsmcli.model.shift import TemporalShift, shift_plan, shifted_pointwise_conv, temporal_shift
-from tsmcli.model.tsn import TSN, build_model
+The names below are imported lazily, so that importing one module of the package (the shift,
+say, for ``MIN_SHIFT_DIV``) does not import torchvision's model zoo with the backbones.
+"""
 
-__all__ = [
-    "FORMAT_VERSION",
-    "SHIFT_MODES",
-    "SHIFT_PLACES",
-    "TSN",
-    "BackboneSpec",
-    "InitReport",
-    "TemporalShift",
-    "build_backbone",
-    "build_model",
-    "checkpoint_dict",
-    "checkpoint_format",
-    "get_backbone",
-    "list_backbones",
-    "load_checkpoint",
-    "load_model",
-    "load_pretrained_backbone",
-    "load_state_dict_strict",
-    "load_weights_for_finetune",
-    "register_backbone",
-    "save_checkpoint",
-    "shift_plan",
-    "shifted_module_names",
-    "shifted_pointwise_conv",
-    "temporal_shift",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> module that defines it
+_NAMES = {
+    "SHIFT_MODES": "backbones",
+    "SHIFT_PLACES": "backbones",
+    "BackboneSpec": "backbones",
+    "build_backbone": "backbones",
+    "get_backbone": "backbones",
+    "list_backbones": "backbones",
+    "register_backbone": "backbones",
+    "shifted_module_names": "backbones",
+    "ArchOverrides": "checkpoint",
+    "CheckpointInfo": "checkpoint",
+    "InitReport": "checkpoint",
+    "checkpoint_dict": "checkpoint",
+    "load_model": "checkpoint",
+    "load_weights_for_finetune": "checkpoint",
+    "read_checkpoint": "checkpoint",
+    "MIN_SHIFT_DIV": "shift",
+    "TemporalShift": "shift",
+    "shift_plan": "shift",
+    "shifted_pointwise_conv": "shift",
+    "temporal_shift": "shift",
+    "TSN": "tsn",
+    "build_model": "tsn",
+    "load_pretrained_backbone": "tsn",
+    "FORMAT_VERSION": "weights",
+    "checkpoint_format": "weights",
+    "load_checkpoint": "weights",
+    "load_state_dict_strict": "weights",
+    "save_checkpoint": "weights",
+}
+
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    module = _NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tsmcli.model' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"tsmcli.model.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -44,9 +44,9 @@ class BackboneSpec:
 _REGISTRY: dict[str, BackboneSpec] = {}
 
 
-def register_backbone(name: str, *, family: str, feature_dim: int, head: str,
-                      insert_shift: ShiftInserter) -> Callable[[Callable[[], nn.Module]],
-                                                               Callable[[], nn.Module]]:
+def register_backbone(
+    name: str, *, family: str, feature_dim: int, head: str, insert_shift: ShiftInserter
+) -> Callable[[Callable[[], nn.Module]], Callable[[], nn.Module]]:
     """Decorator: register a function returning a freshly initialised network as ``name``."""
 
     def decorator(build: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
@@ -73,8 +73,14 @@ def get_backbone(name: str) -> BackboneSpec:
     raise UsageError(f"unknown arch {name!r}; {hint}choose one of {', '.join(list_backbones())}")
 
 
-def build_backbone(arch: str, *, num_segments: int, shift: str = "bidirectional",
-                   shift_div: int = 8, shift_place: str = "blockres") -> tuple[nn.Module, BackboneSpec]:
+def build_backbone(
+    arch: str,
+    *,
+    num_segments: int,
+    shift: str = "bidirectional",
+    shift_div: int = 8,
+    shift_place: str = "blockres",
+) -> tuple[nn.Module, BackboneSpec]:
     """The backbone with its classifier replaced by ``Identity`` and the shift inserted.
 
     The returned network maps (N*T, 3, H, W) frames to (N*T, feature_dim) features.
@@ -83,8 +89,9 @@ def build_backbone(arch: str, *, num_segments: int, shift: str = "bidirectional"
     if shift not in SHIFT_MODES:
         raise UsageError(f"Unknown shift {shift!r}; choose one of {', '.join(SHIFT_MODES)}")
     if shift_place not in SHIFT_PLACES:
-        raise UsageError(f"Unknown shift_place {shift_place!r}; choose one of "
-                         f"{', '.join(SHIFT_PLACES)}")
+        raise UsageError(
+            f"Unknown shift_place {shift_place!r}; choose one of {', '.join(SHIFT_PLACES)}"
+        )
     model = spec.build()
     setattr(model, spec.head, nn.Identity())
     if shift != "none":
@@ -102,8 +109,9 @@ def shifted_module_names(model: nn.Module) -> list[str]:
 # where the shift goes
 
 
-def _shift_resnet(model: nn.Module, num_segments: int, shift_div: int, direction: str,
-                  place: str) -> list[str]:
+def _shift_resnet(
+    model: nn.Module, num_segments: int, shift_div: int, direction: str, place: str
+) -> list[str]:
     """Official placement: ``blockres`` wraps ``conv1`` of each residual block (its residual
     branch only), ``block`` wraps whole blocks. With 23+ blocks in layer3 (ResNet-101/152)
     ``blockres`` shifts every other block of each stage, starting with the first."""
@@ -122,18 +130,24 @@ def _shift_resnet(model: nn.Module, num_segments: int, shift_div: int, direction
     return names
 
 
-def _shift_mobilenet_v2(model: nn.Module, num_segments: int, shift_div: int, direction: str,
-                        place: str) -> list[str]:
+def _shift_mobilenet_v2(
+    model: nn.Module, num_segments: int, shift_div: int, direction: str, place: str
+) -> list[str]:
     """As the paper's online model: shift before the pointwise expansion of every inverted
     residual block that has a skip connection and an expansion (10 blocks). The wrapped
     module is the expansion's ``Conv2d`` (``conv[0][0]``), so its BN and ReLU6 stay put."""
     if place != "blockres":
-        raise UsageError(f"shift_place {place!r} is defined for ResNets only; use 'blockres' "
-                         "for mobilenet_v2")
+        raise UsageError(
+            f"shift_place {place!r} is defined for ResNets only; use 'blockres' for mobilenet_v2"
+        )
     names = []
     for name, module in model.features.named_children():
         # torchvision's conv: [pw expansion, dw, pw-linear conv, BN] with an expansion, 3 without
-        if isinstance(module, InvertedResidual) and module.use_res_connect and len(module.conv) == 4:
+        if (
+            isinstance(module, InvertedResidual)
+            and module.use_res_connect
+            and len(module.conv) == 4
+        ):
             expansion = module.conv[0]
             expansion[0] = TemporalShift(expansion[0], num_segments, shift_div, direction)
             names.append(f"features.{name}.conv.0.0")
@@ -144,43 +158,53 @@ def _shift_mobilenet_v2(model: nn.Module, num_segments: int, shift_div: int, dir
 # the registry (torchvision architectures, weights=None: nothing is ever downloaded)
 
 
-@register_backbone("resnet18", family="resnet", feature_dim=512, head="fc",
-                   insert_shift=_shift_resnet)
+@register_backbone(
+    "resnet18", family="resnet", feature_dim=512, head="fc", insert_shift=_shift_resnet
+)
 def resnet18() -> nn.Module:
     """ResNet-18: basic blocks 2-2-2-2."""
     return torchvision.models.resnet18(weights=None)
 
 
-@register_backbone("resnet34", family="resnet", feature_dim=512, head="fc",
-                   insert_shift=_shift_resnet)
+@register_backbone(
+    "resnet34", family="resnet", feature_dim=512, head="fc", insert_shift=_shift_resnet
+)
 def resnet34() -> nn.Module:
     """ResNet-34: basic blocks 3-4-6-3."""
     return torchvision.models.resnet34(weights=None)
 
 
-@register_backbone("resnet50", family="resnet", feature_dim=2048, head="fc",
-                   insert_shift=_shift_resnet)
+@register_backbone(
+    "resnet50", family="resnet", feature_dim=2048, head="fc", insert_shift=_shift_resnet
+)
 def resnet50() -> nn.Module:
     """ResNet-50: bottlenecks 3-4-6-3, the paper's main backbone."""
     return torchvision.models.resnet50(weights=None)
 
 
-@register_backbone("resnet101", family="resnet", feature_dim=2048, head="fc",
-                   insert_shift=_shift_resnet)
+@register_backbone(
+    "resnet101", family="resnet", feature_dim=2048, head="fc", insert_shift=_shift_resnet
+)
 def resnet101() -> nn.Module:
     """ResNet-101: bottlenecks 3-4-23-3."""
     return torchvision.models.resnet101(weights=None)
 
 
-@register_backbone("resnet152", family="resnet", feature_dim=2048, head="fc",
-                   insert_shift=_shift_resnet)
+@register_backbone(
+    "resnet152", family="resnet", feature_dim=2048, head="fc", insert_shift=_shift_resnet
+)
 def resnet152() -> nn.Module:
     """ResNet-152: bottlenecks 3-8-36-3."""
     return torchvision.models.resnet152(weights=None)
 
 
-@register_backbone("mobilenet_v2", family="mobilenet_v2", feature_dim=1280, head="classifier",
-                   insert_shift=_shift_mobilenet_v2)
+@register_backbone(
+    "mobilenet_v2",
+    family="mobilenet_v2",
+    feature_dim=1280,
+    head="classifier",
+    insert_shift=_shift_mobilenet_v2,
+)
 def mobilenet_v2() -> nn.Module:
     """MobileNetV2 (width 1.0), the backbone of the paper's online model."""
     return torchvision.models.mobilenet_v2(weights=None)

@@ -38,6 +38,14 @@ from torch import Tensor, nn
 Direction = Literal["bidirectional", "unidirectional"]
 DIRECTIONS: tuple[str, ...] = ("bidirectional", "unidirectional")
 
+# The smallest shift_div (fold_div) of a model: fold = C // shift_div channels move each way,
+# and at 1 every channel moves, so none of a frame's own features stay in place. 2 is the least
+# that keeps channels in place for the one-way shift (the bidirectional shift then moves both
+# halves: allowed, as recipes always have, so that the checkpoints trained so still load).
+# build_model, recipes and the CLI hold this bound; temporal_shift itself takes any
+# fold_div >= 1, as the seed's code does.
+MIN_SHIFT_DIV = 2
+
 # (start, stop, offset): output channels [start, stop) of frame t come from frame t + offset.
 Plan = tuple[tuple[int, int, int], ...]
 
@@ -58,8 +66,9 @@ def shift_plan(channels: int, fold_div: int = 8, direction: str = "bidirectional
     return tuple(part for part in clipped if part[1] > part[0])
 
 
-def temporal_shift(x: Tensor, num_segments: int, fold_div: int = 8,
-                   direction: str = "bidirectional") -> Tensor:
+def temporal_shift(
+    x: Tensor, num_segments: int, fold_div: int = 8, direction: str = "bidirectional"
+) -> Tensor:
     """Shift channels between neighbouring frames of each clip in ``x`` of shape (N*T, C, H, W).
 
     Returns a new tensor; ``x`` is not modified.
@@ -134,13 +143,20 @@ class _PlanShift(torch.autograd.Function):
 
 def _is_pointwise(net: nn.Module) -> bool:
     """A plain 1x1, stride-1, ungrouped, unpadded convolution: one matrix per frame."""
-    return (type(net) is nn.Conv2d and net.kernel_size == (1, 1) and net.stride == (1, 1)
-            and net.padding in ((0, 0), "valid") and net.dilation == (1, 1) and net.groups == 1
-            and net.padding_mode == "zeros")
+    return (
+        type(net) is nn.Conv2d
+        and net.kernel_size == (1, 1)
+        and net.stride == (1, 1)
+        and net.padding in ((0, 0), "valid")
+        and net.dilation == (1, 1)
+        and net.groups == 1
+        and net.padding_mode == "zeros"
+    )
 
 
-def shifted_pointwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None, num_segments: int,
-                           plan: Plan) -> Tensor:
+def shifted_pointwise_conv(
+    x: Tensor, weight: Tensor, bias: Tensor | None, num_segments: int, plan: Plan
+) -> Tensor:
     """``conv1x1(shift(x), weight, bias)`` without building the shifted input.
 
     For every range ``[a, b)`` moved by ``offset``, ``W[:, a:b] @ x[t + offset, a:b]`` is
@@ -178,8 +194,7 @@ def shifted_pointwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None, num_s
         # in-place ops skip autocast: use the dtype bmm chose (no-op without autocast)
         w_part, source, wrong_source = (t.to(out.dtype) for t in (w_part, source, wrong_source))
         target.baddbmm_(w_part.expand(source.shape[0], -1, -1), source)
-        wrong_target.baddbmm_(w_part.expand(wrong_source.shape[0], -1, -1), wrong_source,
-                              alpha=-1)
+        wrong_target.baddbmm_(w_part.expand(wrong_source.shape[0], -1, -1), wrong_source, alpha=-1)
     if bias is not None:
         out = out + bias.to(out.dtype).view(1, c_out, 1)
     return out.view(nt, c_out, h, w)
@@ -194,14 +209,21 @@ class TemporalShift(nn.Module):
     the same up to float rounding.
     """
 
-    def __init__(self, net: nn.Module, num_segments: int, fold_div: int = 8,
-                 direction: str = "bidirectional", fuse: bool = True):
+    def __init__(
+        self,
+        net: nn.Module,
+        num_segments: int,
+        fold_div: int = 8,
+        direction: str = "bidirectional",
+        fuse: bool = True,
+    ):
         super().__init__()
         if direction not in DIRECTIONS:
             raise ValueError(f"unknown shift direction {direction!r}; use one of {DIRECTIONS}")
         if num_segments < 1 or fold_div < 1:
-            raise ValueError(f"num_segments and fold_div must be at least 1, got "
-                             f"{num_segments} and {fold_div}")
+            raise ValueError(
+                f"num_segments and fold_div must be at least 1, got {num_segments} and {fold_div}"
+            )
         self.net = net
         self.num_segments = num_segments
         self.fold_div = fold_div
@@ -216,13 +238,21 @@ class TemporalShift(nn.Module):
         # ONNX export always records the plain shift (Split/Pad/Concat, then the conv). A
         # trace records one path whatever the grad mode: the fused one, as before.
         inference = not torch.is_grad_enabled() or torch.jit.is_tracing()
-        if (self.fused and inference and x.device.type == "cpu"
-                and x.is_contiguous() and any(offset == 0 for _, _, offset in plan)
-                and not torch.onnx.is_in_onnx_export()):
-            return shifted_pointwise_conv(x, self.net.weight, self.net.bias, self.num_segments,
-                                          plan)
+        if (
+            self.fused
+            and inference
+            and x.device.type == "cpu"
+            and x.is_contiguous()
+            and any(offset == 0 for _, _, offset in plan)
+            and not torch.onnx.is_in_onnx_export()
+        ):
+            return shifted_pointwise_conv(
+                x, self.net.weight, self.net.bias, self.num_segments, plan
+            )
         return self.net(_apply_plan(x, self.num_segments, plan))
 
     def extra_repr(self) -> str:
-        return (f"num_segments={self.num_segments}, fold_div={self.fold_div}, "
-                f"direction={self.direction!r}, fused={self.fused}")
+        return (
+            f"num_segments={self.num_segments}, fold_div={self.fold_div}, "
+            f"direction={self.direction!r}, fused={self.fused}"
+        )

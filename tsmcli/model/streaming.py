@@ -174,8 +174,10 @@ class StreamingTSM(nn.Module):
     def initial_buffers(self, height: int, width: int) -> list[Tensor]:
         """Zero buffers that start a stream of ``height x width`` frames."""
         parameter = next(self.parameters())
-        return [torch.zeros(shape, dtype=parameter.dtype, device=parameter.device)
-                for shape in self.buffer_shapes(height, width)]
+        return [
+            torch.zeros(shape, dtype=parameter.dtype, device=parameter.device)
+            for shape in self.buffer_shapes(height, width)
+        ]
 
     def cache_bytes(self, height: int, width: int) -> int:
         """Memory the shift buffers hold between frames: the whole cost of streaming state."""

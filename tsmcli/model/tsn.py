@@ -5,13 +5,29 @@ key for key: ``base_model`` (backbone), ``new_fc`` (the video head).
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
-from tsmcli.errors import UsageError
-from tsmcli.model.backbones import SHIFT_MODES, SHIFT_PLACES, build_backbone
+from tsmcli.errors import CheckpointError, UsageError
+from tsmcli.model.backbones import (
+    SHIFT_MODES,
+    SHIFT_PLACES,
+    build_backbone,
+    shifted_module_names,
+)
+from tsmcli.model.shift import MIN_SHIFT_DIV
+from tsmcli.model.weights import (
+    imagenet_state_dict,
+    load_checkpoint,
+    load_state_dict_strict,
+    raw_state_dict,
+)
+
+logger = logging.getLogger(__name__)
 
 
 class TSN(nn.Module):
@@ -23,9 +39,17 @@ class TSN(nn.Module):
     weights); ``config()`` returns the arguments that rebuild it.
     """
 
-    def __init__(self, arch: str, num_classes: int, num_segments: int = 8,
-                 shift: str = "bidirectional", shift_div: int = 8, shift_place: str = "blockres",
-                 dropout: float = 0.5, partial_bn: bool = False):
+    def __init__(
+        self,
+        arch: str,
+        num_classes: int,
+        num_segments: int = 8,
+        shift: str = "bidirectional",
+        shift_div: int = 8,
+        shift_place: str = "blockres",
+        dropout: float = 0.5,
+        partial_bn: bool = False,
+    ):
         super().__init__()
         self.arch = arch
         self.num_classes = num_classes
@@ -35,8 +59,12 @@ class TSN(nn.Module):
         self.shift_place = shift_place
         self.partial_bn = partial_bn
         self.base_model, self.spec = build_backbone(
-            arch, num_segments=num_segments, shift=shift, shift_div=shift_div,
-            shift_place=shift_place)
+            arch,
+            num_segments=num_segments,
+            shift=shift,
+            shift_div=shift_div,
+            shift_place=shift_place,
+        )
         self.feature_dim = self.spec.feature_dim
         self.dropout = nn.Dropout(p=dropout)
         self.new_fc = nn.Linear(self.feature_dim, num_classes)
@@ -61,9 +89,11 @@ class TSN(nn.Module):
     def features(self, x: Tensor) -> Tensor:
         """Per-frame backbone features (B, T, D), before dropout and the head."""
         if x.dim() != 5 or x.shape[1] != self.num_segments:
-            raise ValueError(f"expected input (B, {self.num_segments}, C, H, W), got "
-                             f"{tuple(x.shape)}; build the model with num_segments="
-                             f"{x.shape[1] if x.dim() == 5 else '?'} to use another clip length")
+            raise ValueError(
+                f"expected input (B, {self.num_segments}, C, H, W), got "
+                f"{tuple(x.shape)}; build the model with num_segments="
+                f"{x.shape[1] if x.dim() == 5 else '?'} to use another clip length"
+            )
         batch, frames = x.shape[:2]
         flat = x.reshape(batch * frames, *x.shape[2:])  # (B*T, 3, H, W)
         return self.base_model(flat).view(batch, frames, -1)  # (B, T, D)
@@ -90,9 +120,17 @@ class TSN(nn.Module):
         return self
 
 
-def build_model(arch: str, num_classes: int, num_segments: int = 8, shift: str = "bidirectional",
-                shift_div: int = 8, shift_place: str = "blockres", dropout: float = 0.5,
-                partial_bn: bool = False, pretrained: str | Path | None = None) -> TSN:
+def build_model(
+    arch: str,
+    num_classes: int,
+    num_segments: int = 8,
+    shift: str = "bidirectional",
+    shift_div: int = 8,
+    shift_place: str = "blockres",
+    dropout: float = 0.5,
+    partial_bn: bool = False,
+    pretrained: str | Path | None = None,
+) -> TSN:
     """A TSN/TSM model; ``pretrained`` is a torchvision ImageNet state dict for the backbone.
 
     ``shift`` is ``"none"`` (TSN), ``"bidirectional"`` (offline TSM) or ``"unidirectional"``
@@ -101,20 +139,59 @@ def build_model(arch: str, num_classes: int, num_segments: int = 8, shift: str =
     checks = [
         (isinstance(num_classes, int) and num_classes >= 1, "num_classes", "at least 1"),
         (isinstance(num_segments, int) and num_segments >= 1, "num_segments", "at least 1"),
-        (isinstance(shift_div, int) and shift_div >= 1, "shift_div", "at least 1"),
+        (
+            isinstance(shift_div, int) and shift_div >= MIN_SHIFT_DIV,
+            "shift_div",
+            f"at least {MIN_SHIFT_DIV}",
+        ),
         (isinstance(dropout, int | float) and 0.0 <= dropout < 1.0, "dropout", "in [0, 1)"),
         (shift in SHIFT_MODES, "shift", f"one of {', '.join(SHIFT_MODES)}"),
         (shift_place in SHIFT_PLACES, "shift_place", f"one of {', '.join(SHIFT_PLACES)}"),
     ]
-    values = {"num_classes": num_classes, "num_segments": num_segments, "shift_div": shift_div,
-              "dropout": dropout, "shift": shift, "shift_place": shift_place}
+    values = {
+        "num_classes": num_classes,
+        "num_segments": num_segments,
+        "shift_div": shift_div,
+        "dropout": dropout,
+        "shift": shift,
+        "shift_place": shift_place,
+    }
     for ok, name, expected in checks:
         if not ok or isinstance(values[name], bool):
             raise UsageError(f"model {name} must be {expected}, got {values[name]!r}")
-    model = TSN(arch, num_classes, num_segments=num_segments, shift=shift, shift_div=shift_div,
-                shift_place=shift_place, dropout=float(dropout), partial_bn=bool(partial_bn))
+    model = TSN(
+        arch,
+        num_classes,
+        num_segments=num_segments,
+        shift=shift,
+        shift_div=shift_div,
+        shift_place=shift_place,
+        dropout=float(dropout),
+        partial_bn=bool(partial_bn),
+    )
     if pretrained is not None:
-        from tsmcli.model.checkpoint import load_pretrained_backbone
-
         load_pretrained_backbone(model, pretrained)
     return model
+
+
+def load_pretrained_backbone(model: TSN, path: str | Path) -> None:
+    """Load a torchvision ImageNet state dict (``layer1.0.conv1.weight``, ``fc.weight``) into
+    ``model.base_model``: keys are mapped onto the shift wrappers (``conv1.net.weight``) and
+    the ImageNet classifier is ignored."""
+    path = Path(path)
+    state = raw_state_dict(load_checkpoint(path))
+    if state is None:
+        raise CheckpointError(
+            f"{path}: not a state dict of tensors; give a torchvision "
+            "ImageNet state dict (e.g. resnet50-11ad3fa6.pth)"
+        )
+    load_imagenet_weights(model, state, path)
+
+
+def load_imagenet_weights(model: TSN, state: Mapping[str, Tensor], path: str | Path) -> None:
+    """``load_pretrained_backbone`` for the tensors of a file already read."""
+    mapped = imagenet_state_dict(
+        state, head=model.spec.head, wrapped=shifted_module_names(model.base_model)
+    )
+    load_state_dict_strict(model.base_model, mapped, f"{path} (ImageNet {model.arch} weights)")
+    logger.info("loaded ImageNet weights from %s into %s", path, model.arch)

@@ -14,13 +14,15 @@ import torch
 from click.testing import CliRunner
 
 from tsmcli.cli import cli
+from tsmcli.engine.convert import convert_online
 from tsmcli.engine.online import load_online_model
 from tsmcli.errors import ExportError, UsageError
-from tsmcli.model import export
-from tsmcli.model.checkpoint import load_model, save_checkpoint
-from tsmcli.model.export import convert_online, rebuild
+from tsmcli.model import export, model_dir
+from tsmcli.model.checkpoint import load_model
+from tsmcli.model.export import rebuild
 from tsmcli.model.streaming import StreamingTSM, run_stream
 from tsmcli.model.tsn import build_model
+from tsmcli.model.weights import save_checkpoint
 from tsmcli.recipe import DataConfig, ModelConfig, Recipe
 
 TOL = 1e-4
@@ -42,13 +44,24 @@ def write_checkpoint(path, shift: str, seed: int = 0):
             bn.running_var.uniform_(0.5, 1.5)
             bn.weight.uniform_(0.5, 1.0)
             bn.bias.normal_(0.0, 0.1)
-        model.new_fc.weight.normal_(0.0, model.feature_dim ** -0.5)  # logits O(1), not ~0
-    recipe = Recipe(name="tiny", model=ModelConfig(arch="resnet18", num_classes=len(CLASSES),
-                                                   num_segments=4, shift=shift),
-                    data=DataConfig(input_size=SIZE, scale_size=36))
-    save_checkpoint({"format": "tsmcli", "format_version": 1, "model_config": model.config(),
-                     "recipe": recipe.to_dict(), "classes": CLASSES,
-                     "state_dict": model.state_dict(), "epoch": 1}, path)
+        model.new_fc.weight.normal_(0.0, model.feature_dim**-0.5)  # logits O(1), not ~0
+    recipe = Recipe(
+        name="tiny",
+        model=ModelConfig(arch="resnet18", num_classes=len(CLASSES), num_segments=4, shift=shift),
+        data=DataConfig(input_size=SIZE, scale_size=36),
+    )
+    save_checkpoint(
+        {
+            "format": "tsmcli",
+            "format_version": 1,
+            "model_config": model.config(),
+            "recipe": recipe.to_dict(),
+            "classes": CLASSES,
+            "state_dict": model.state_dict(),
+            "epoch": 1,
+        },
+        path,
+    )
     return path
 
 
@@ -64,16 +77,31 @@ def test_writes_the_files_and_a_report_of_what_was_verified(converted):
     checkpoint, result = converted
     out = result.out_dir
     assert sorted(p.name for p in out.iterdir()) == [
-        "classes.txt", "online.onnx", "online.pt", "online_weights.pt", "report.json"]
+        "classes.txt",
+        "online.onnx",
+        "online.pt",
+        "online_weights.pt",
+        "report.json",
+    ]
     report = json.loads((out / "report.json").read_text())
     assert (report["height"], report["width"]) == (SIZE, SIZE)  # from the stored recipe
     assert report["num_buffers"] == 8 == len(report["buffer_shapes"])
-    assert report["buffer_shapes"][0] == [1, 8, 8, 8] and report["buffer_shapes"][-1] == [1, 64, 1, 1]
+    assert report["buffer_shapes"][0] == [1, 8, 8, 8] and report["buffer_shapes"][-1] == [
+        1,
+        64,
+        1,
+        1,
+    ]
     assert report["cache_bytes"] == 4 * sum(int(np.prod(s)) for s in report["buffer_shapes"])
     assert set(report["max_abs_diff"]) == {"pytorch", "weights", "torchscript", "onnx"}
     assert all(0 <= d <= TOL for d in report["max_abs_diff"].values())
-    assert {"pytorch features", "onnx frame logits", "onnx buffers", "weights buffers",
-            "torchscript clip logits"} <= set(report["diffs"])
+    assert {
+        "pytorch features",
+        "onnx frame logits",
+        "onnx buffers",
+        "weights buffers",
+        "torchscript clip logits",
+    } <= set(report["diffs"])
     assert report["latency_ms"]["streaming"] > 0 and report["latency_ms"]["backbone_2d"] > 0
     assert report["converted_from_bidirectional"] is False
     assert report["checkpoint"] == str(checkpoint)
@@ -85,8 +113,9 @@ def test_writes_the_files_and_a_report_of_what_was_verified(converted):
 def test_onnx_and_torchscript_files_match_pytorch_frame_by_frame(converted):
     checkpoint, result = converted
     streaming = StreamingTSM(load_model(checkpoint)).eval()
-    session = ort.InferenceSession(str(result.out_dir / "online.onnx"),
-                                   providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        str(result.out_dir / "online.onnx"), providers=["CPUExecutionProvider"]
+    )
     names = [f"buffer_{i}" for i in range(8)]
     assert [i.name for i in session.get_inputs()] == ["frame", *names]
     assert [o.name for o in session.get_outputs()] == ["logits", *(f"new_{n}" for n in names)]
@@ -117,12 +146,14 @@ def test_a_wrong_export_is_an_error_and_nothing_is_written(converted, tmp_path, 
 
     def perturbed(path, num_buffers):
         step = real_step(path, num_buffers)
-        return lambda *inputs: [out + 1e-3 if i == 0 else out
-                                for i, out in enumerate(step(*inputs))]
+        return lambda *inputs: [
+            out + 1e-3 if i == 0 else out for i, out in enumerate(step(*inputs))
+        ]
 
     # The verified file of the same checkpoint stands in for a fresh (slow) ONNX export.
-    monkeypatch.setattr(export, "_export_onnx",
-                        lambda *args: shutil.copyfile(good.out_dir / "online.onnx", args[3]))
+    monkeypatch.setattr(
+        export, "_export_onnx", lambda *args: shutil.copyfile(good.out_dir / "online.onnx", args[3])
+    )
     monkeypatch.setattr(export, "_onnx_step", perturbed)
     with pytest.raises(ExportError, match=r"onnx (frame|clip) logits differ .* by 0\.001"):
         convert_online(checkpoint, tmp_path / "online", **FAST)
@@ -136,10 +167,26 @@ def test_official_bidirectional_checkpoint_converts_one_way_with_a_warning(tmp_p
     official = tmp_path / "TSM_kinetics_RGB_resnet18_shift8_blockres_avg_segment4_e50.pth"
     torch.save({"epoch": 50, "state_dict": {f"module.{k}": v for k, v in state.items()}}, official)
     with caplog.at_level(logging.WARNING, logger="tsmcli"):
-        cli_result = CliRunner().invoke(cli, [
-            "convert-online", "--checkpoint", str(official), "--out", str(tmp_path / "online"),
-            "--arch", "resnet18", "--segments", "4", "--shift", "bidirectional",
-            "--height", str(SIZE), "--width", str(SIZE)])
+        cli_result = CliRunner().invoke(
+            cli,
+            [
+                "convert-online",
+                "--checkpoint",
+                str(official),
+                "--out",
+                str(tmp_path / "online"),
+                "--arch",
+                "resnet18",
+                "--segments",
+                "4",
+                "--shift",
+                "bidirectional",
+                "--height",
+                str(SIZE),
+                "--width",
+                str(SIZE),
+            ],
+        )
     assert cli_result.exit_code == 0, cli_result.output
     assert "saw the future" in caplog.text
     assert "bidirectional" in cli_result.output and "max diff onnx" in cli_result.output
@@ -183,24 +230,44 @@ def test_trained_two_way_run_to_fine_tuned_online_model(tmp_path):
 
     data = tmp_path / "data"
     videos = synth(data, per_class=2, size=32, num_frames=8).paths
-    entries = [ListEntry(str(p.relative_to(data)), 8, SYNTH_CLASSES.index(p.parent.name))
-               for p in videos]
+    entries = [
+        ListEntry(str(p.relative_to(data)), 8, SYNTH_CLASSES.index(p.parent.name)) for p in videos
+    ]
     write_list(data / "train.txt", entries)
     write_list(data / "val.txt", entries[::2])
     write_classes(data / "classes.txt", SYNTH_CLASSES)
-    recipe = apply_overrides(load_recipe("demo"), [
-        f"data.root={data}", f"data.train_list={data / 'train.txt'}",
-        f"data.val_list={data / 'val.txt'}", "data.input_size=32", "data.scale_size=32",
-        "model.num_segments=4", "train.epochs=1", "train.batch_size=8", "train.workers=0",
-        "train.device=cpu", "optim.warmup_epochs=0"])
+    recipe = apply_overrides(
+        load_recipe("demo"),
+        [
+            f"data.root={data}",
+            f"data.train_list={data / 'train.txt'}",
+            f"data.val_list={data / 'val.txt'}",
+            "data.input_size=32",
+            "data.scale_size=32",
+            "model.num_segments=4",
+            "train.epochs=1",
+            "train.batch_size=8",
+            "train.workers=0",
+            "train.device=cpu",
+            "optim.warmup_epochs=0",
+        ],
+    )
     run = train(recipe, out_dir=tmp_path / "run")
 
-    result = convert_online(run.last_checkpoint, tmp_path / "online", val_list=data / "val.txt",
-                            root=data, finetune_epochs=1, **FAST)
+    result = convert_online(
+        run.last_checkpoint,
+        tmp_path / "online",
+        val_list=data / "val.txt",
+        root=data,
+        finetune_epochs=1,
+        **FAST,
+    )
     assert result.converted_from_bidirectional and result.finetune_epochs == 1
     assert set(result.accuracy) == {"before", "after", "after_finetune"}
-    assert all(0 <= a["top1"] <= 100 and a["num_videos"] == len(entries[::2])
-               for a in result.accuracy.values())
+    assert all(
+        0 <= a["top1"] <= 100 and a["num_videos"] == len(entries[::2])
+        for a in result.accuracy.values()
+    )
     online = evaluate_online(tmp_path / "online", data / "val.txt", data)
     assert online.top1 == result.accuracy["after_finetune"]["top1"]
 
@@ -227,8 +294,9 @@ def test_trained_two_way_run_to_fine_tuned_online_model(tmp_path):
 def fast_onnx(converted, monkeypatch):
     """The verified ONNX file of the same checkpoint stands in for a fresh (slow) export."""
     _, good = converted
-    monkeypatch.setattr(export, "_export_onnx",
-                        lambda *args: shutil.copyfile(good.out_dir / "online.onnx", args[3]))
+    monkeypatch.setattr(
+        export, "_export_onnx", lambda *args: shutil.copyfile(good.out_dir / "online.onnx", args[3])
+    )
 
 
 def _snapshot(folder):
@@ -242,14 +310,27 @@ def test_overwrite_never_touches_a_folder_that_holds_an_input(converted, tmp_pat
     (run / "classes.txt").write_text("wave\nclap\njump\n")
     (run / "val.txt").write_text("v.mp4 4 0\n")
     before = _snapshot(tmp_path)
-    cases = [([], run), (["--val-list", str(run / "val.txt"), "--root", str(tmp_path)], run),
-             (["--val-list", str(tmp_path / "v.txt"), "--root", str(run)], run),
-             ([], tmp_path / "runs")]
+    cases = [
+        ([], run),
+        (["--val-list", str(run / "val.txt"), "--root", str(tmp_path)], run),
+        (["--val-list", str(tmp_path / "v.txt"), "--root", str(run)], run),
+        ([], tmp_path / "runs"),
+    ]
     for extra, out in cases:
-        result = CliRunner().invoke(cli, ["convert-online", "--checkpoint", str(checkpoint),
-                                          "--out", str(out), "--overwrite", *extra])
+        result = CliRunner().invoke(
+            cli,
+            [
+                "convert-online",
+                "--checkpoint",
+                str(checkpoint),
+                "--out",
+                str(out),
+                "--overwrite",
+                *extra,
+            ],
+        )
         assert result.exit_code == 2, result.output
-        line, = result.output.strip().splitlines()
+        (line,) = result.output.strip().splitlines()
         assert line.startswith(f"error: --out {out}: holds ") and "an input of this command" in line
     assert _snapshot(tmp_path) == before  # nothing deleted, nothing written
     monkeypatch.chdir(run)  # the current folder, or one above it, is never a model dir
@@ -276,8 +357,13 @@ def test_overwrite_replaces_only_the_files_a_conversion_writes(converted, fast_o
         convert_online(checkpoint, out, **FAST)
     convert_online(checkpoint, out, overwrite=True, **FAST)
     assert sorted(p.name for p in out.iterdir()) == [  # finetune/ was not produced: removed
-        "classes.txt", "notes.txt", "online.onnx", "online.pt", "online_weights.pt",
-        "report.json"]
+        "classes.txt",
+        "notes.txt",
+        "online.onnx",
+        "online.pt",
+        "online_weights.pt",
+        "report.json",
+    ]
     assert (out / "notes.txt").read_text() == "mine"  # not ours: kept
     assert json.loads((out / "report.json").read_text())["height"] == SIZE  # ours: replaced
     assert (out / "classes.txt").read_text().split() == CLASSES
@@ -297,7 +383,7 @@ def test_streaming_model_rebuilt_from_the_weights_file_equals_the_exports(conver
     saved = torch.load(weights, weights_only=True)
     assert saved["format"] == "tsmcli" and saved["classes"] == CLASSES
     assert saved["model_config"]["shift"] == "unidirectional"
-    rebuilt = export.load_streaming_model(weights)
+    rebuilt = model_dir.load_streaming_model(weights)
     scripted = load_online_model(result.out_dir, trust_torchscript=True).step
     frames = torch.randn(5, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(11))
     buffers = rebuilt.initial_buffers(SIZE, SIZE)

@@ -1,0 +1,66 @@
+"""The list checks train, eval and online eval share: one line naming the file and line."""
+
+from __future__ import annotations
+
+import pytest
+
+from tsmcli.data.lists import read_list
+from tsmcli.engine.checks import (
+    check_labels,
+    check_present,
+    classes_beside,
+    read_entries,
+    resolve_classes,
+)
+from tsmcli.errors import CheckpointError, DataError, RecipeError
+
+
+def test_label_range_names_the_line_counting_blank_ones(tmp_path):
+    listed = tmp_path / "val.txt"
+    listed.write_text("a 8 0\n\nb 8 1\nc 8 3\n")
+    entries = read_list(listed)
+    check_labels(entries, listed, 4, owner="the model", hint="fix it")
+    with pytest.raises(CheckpointError) as info:
+        check_labels(entries, listed, 3, owner="best.pt", hint="fix it", error=CheckpointError)
+    assert str(info.value) == f"{listed}:4: label 3 is outside 0..2 (best.pt has 3 classes); fix it"
+
+
+def test_missing_data_names_the_first_entry_its_line_and_the_count(tmp_path):
+    listed = tmp_path / "train.txt"
+    (tmp_path / "here.mp4").write_bytes(b"video")
+    listed.write_text(
+        "".join(
+            f"{name} 8 0\n"
+            for name in ["here.mp4", "gone0.mp4", "gone1.mp4", "gone2.mp4", "gone3.mp4"]
+        )
+    )
+    with pytest.raises(DataError) as info:
+        check_present(
+            read_list(listed),
+            listed,
+            tmp_path,
+            "videos",
+            "img_{:05d}.jpg",
+            options=("--root", "--source"),
+        )
+    assert str(info.value) == (
+        f"{tmp_path / 'gone0.mp4'}: no such video, listed at {listed}:2; 4 of 5 entries are "
+        "missing (first: gone0.mp4, gone1.mp4, gone2.mp4); check --root and --source, or "
+        "rebuild the list with tsm build-list"
+    )
+
+
+def test_empty_list_and_classes_txt_count(tmp_path):
+    listed = tmp_path / "val.txt"
+    listed.write_text("\n")
+    with pytest.raises(DataError, match="the list is empty"):
+        read_entries(listed)
+    assert classes_beside(listed, 2, owner="x", hint="y", error=DataError) is None
+    (tmp_path / "classes.txt").write_text("a\nb\nc\n")
+    with pytest.raises(RecipeError) as info:
+        resolve_classes(listed, 2)
+    assert str(info.value) == (
+        f"model.num_classes has 2 classes but {tmp_path / 'classes.txt'} "
+        "lists 3; set model.num_classes to 0 (from classes.txt)"
+    )
+    assert resolve_classes(listed, 0) == (["a", "b", "c"], 3)

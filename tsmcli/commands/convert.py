@@ -1,0 +1,155 @@
+"""``tsm convert-online``: a checkpoint to a verified streaming model dir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from tsmcli.commands import print_rows
+
+
+@click.command("convert-online")
+@click.option(
+    "--checkpoint",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Checkpoint to convert (ours, official TSM or mmaction2).",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Model dir for online_weights.pt, online.pt, online.onnx, report.json.",
+)
+@click.option(
+    "--height",
+    type=click.IntRange(min=16),
+    default=None,
+    help="Frame height (default: the recipe's input size, else 224).",
+)
+@click.option(
+    "--width",
+    type=click.IntRange(min=16),
+    default=None,
+    help="Frame width (default: the recipe's input size, else 224).",
+)
+@click.option(
+    "--val-list",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Report top-1 before and after conversion on this list.",
+)
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder the val list's paths are relative to.",
+)
+@click.option(
+    "--finetune-epochs",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Fine-tune one-way on the recipe's training data first.",
+)
+@click.option(
+    "--distill-weight",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Fine-tuning: share of the loss from the checkpoint's own (two-way) outputs; 0 for labels only.",
+)
+@click.option(
+    "--distill-temperature",
+    type=click.FloatRange(min=0, min_open=True),
+    default=4.0,
+    show_default=True,
+    help="Fine-tuning: softmax temperature of the distillation.",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace the files a conversion writes in an existing model dir (never a dir that holds an input).",
+)
+@click.option(
+    "--arch", default=None, help="Official/mmaction2 checkpoints: backbone, e.g. resnet50."
+)
+@click.option(
+    "--segments",
+    "num_segments",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Official/mmaction2 checkpoints: frames per clip in training.",
+)
+@click.option(
+    "--shift",
+    type=click.Choice(["none", "bidirectional", "unidirectional"]),
+    default=None,
+    help="Official/mmaction2 checkpoints: temporal shift in training.",
+)
+def convert_online(
+    checkpoint,
+    out,
+    height,
+    width,
+    val_list,
+    root,
+    finetune_epochs,
+    distill_weight,
+    distill_temperature,
+    overwrite,
+    arch,
+    num_segments,
+    shift,
+) -> None:
+    """Build, export and verify a streaming model with cached shift buffers."""
+    from tsmcli.engine.convert import convert_online as run_convert
+    from tsmcli.model.checkpoint import ArchOverrides
+
+    given = ArchOverrides(arch=arch, num_segments=num_segments, shift=shift).given()
+    result = run_convert(
+        checkpoint,
+        out,
+        height=height,
+        width=width,
+        val_list=val_list,
+        root=root,
+        finetune_epochs=finetune_epochs,
+        distill_weight=distill_weight,
+        distill_temperature=distill_temperature,
+        overwrite=overwrite,
+        **given,
+    )
+    print_rows(_rows(result, distill_weight, distill_temperature))
+
+
+def _rows(r, distill_weight: float, distill_temperature: float) -> list[tuple[str, str]]:
+    rows = [
+        ("model dir", str(r.out_dir)),
+        ("input", f"{r.height}x{r.width}"),
+        ("buffers", f"{r.num_buffers} ({r.cache_bytes / 1024:.1f} KiB cached between frames)"),
+        *((f"max diff {name}", f"{diff:.2g}") for name, diff in r.max_abs_diff.items()),
+        (
+            "latency",
+            f"{r.latency_ms['streaming']:.2f} ms/frame streaming, "
+            f"{r.latency_ms['backbone_2d']:.2f} ms 2D backbone "
+            f"(x{r.latency_ms['ratio']:.3f})",
+        ),
+    ]
+    if r.converted_from_bidirectional:
+        rows.append(
+            ("note", "converted from a bidirectional model (it saw the future in training)")
+        )
+    if r.finetuned_checkpoint is not None:
+        taught = (
+            f", distilled (weight {distill_weight:g}, T {distill_temperature:g})"
+            if distill_weight > 0
+            else ""
+        )
+        rows.append(
+            ("fine-tuned", f"{r.finetune_epochs} epochs one-way{taught}: {r.finetuned_checkpoint}")
+        )
+    for name, value in (r.accuracy or {}).items():
+        rows.append((f"top-1 {name.replace('_', ' ')}", f"{value['top1']:.2f} %"))
+    return rows

@@ -1,0 +1,222 @@
+"""``tsm extract``, ``tsm build-list``, ``tsm synth``: videos to frames, lists and data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from tsmcli.data.layout import FRAME_TEMPLATE, SOURCES
+
+
+@click.command()
+@click.argument("src", type=click.Path(path_type=Path))
+@click.argument("dst", type=click.Path(path_type=Path))
+@click.option(
+    "--short-side",
+    default=256,
+    show_default=True,
+    help="Resize so the short side is N >= 2 (0 keeps the size).",
+)
+@click.option(
+    "--fps", type=float, default=None, help="Frames per second to keep (default: every frame)."
+)
+@click.option("--quality", default=90, show_default=True, help="JPEG quality (1-100).")
+@click.option("--workers", type=int, default=None, help="Processes (default: the core count).")
+@click.option(
+    "--overwrite", is_flag=True, help="Extract again even where a finished folder exists."
+)
+@click.option("--strict", is_flag=True, help="Exit 1 if any video fails.")
+def extract(src, dst, short_side, fps, quality, workers, overwrite, strict) -> None:
+    """Decode every video under SRC into a folder of JPEG frames under DST.
+
+    Videos that cannot be decoded (or whose worker process dies) are listed in
+    DST/failures.csv and the run goes on. One run at a time per DST (DST/.tsm-extract.lock).
+    """
+    from tsmcli.data.extract import extract as run_extract
+
+    result = run_extract(
+        src,
+        dst,
+        short_side=short_side,
+        fps=fps,
+        quality=quality,
+        workers=workers,
+        overwrite=overwrite,
+        strict=strict,
+    )
+    failures = f" (see {result.failures_csv})" if result.failed else ""
+    click.echo(
+        f"extracted {result.done:,} videos ({result.frames:,} frames) in {result.seconds:.1f} s, "
+        f"{result.skipped:,} skipped, {result.failed:,} failed{failures}"
+    )
+
+
+@click.command("build-list")
+@click.option(
+    "--dataset", required=True, help="kinetics400, sthv1, sthv2, ucf101, hmdb51, jester or folder."
+)
+@click.option(
+    "--root",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder of frame folders or videos.",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder for train.txt, val.txt, classes.txt.",
+)
+@click.option(
+    "--annotations",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder of the dataset's annotation files.",
+)
+@click.option(
+    "--source",
+    type=click.Choice(SOURCES),
+    default=None,
+    help="What ROOT holds (default: detected).",
+)
+@click.option(
+    "--split", type=click.IntRange(1, 3), default=1, show_default=True, help="UCF101/HMDB51 split."
+)
+@click.option(
+    "--val-fraction",
+    type=float,
+    default=0.25,
+    show_default=True,
+    help="folder: share of each class kept for val.",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="folder: seed of the train/val split."
+)
+@click.option(
+    "--template",
+    default=None,
+    help=f"Frame file name template, e.g. '{FRAME_TEMPLATE}' (default: detected).",
+)
+@click.option(
+    "--label-order",
+    type=click.Choice(["official", "sorted"]),
+    default="official",
+    show_default=True,
+    help="sthv1/jester: labels CSV order (mmaction2) or sorted (official TSM checkpoints).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Threads counting frames / opening videos (default: up to 8).",
+)
+@click.option(
+    "--conflicting-labels",
+    type=click.Choice(["error", "first", "drop"]),
+    default="error",
+    show_default=True,
+    help="A clip annotated with two different labels: stop and name it (error), keep the label read "
+    "first, train before val before test (first), or leave the clip out (drop).",
+)
+def build_list(
+    dataset,
+    root,
+    out,
+    annotations,
+    source,
+    split,
+    val_fraction,
+    seed,
+    template,
+    label_order,
+    workers,
+    conflicting_labels,
+) -> None:
+    """Write TSN list files (train.txt, val.txt, classes.txt) for a dataset.
+
+    A clip listed twice in a split, or also in an earlier split (train, val, test), is written
+    once; the rows left out are counted and listed in OUT/duplicates.txt.
+    """
+    from tsmcli.data.build_list import build_list as build
+
+    result = build(
+        dataset,
+        root,
+        out,
+        annotations=annotations,
+        source=source,
+        split=split,
+        val_fraction=val_fraction,
+        seed=seed,
+        template=template,
+        label_order=label_order,
+        workers=workers,
+        conflicting_labels=conflicting_labels,
+    )
+    for name, path in result.lists.items():
+        click.echo(f"{path.name}: {result.counts[name]} {result.source}")
+    click.echo(f"{result.classes_file.name}: {result.num_classes} classes (written to {out})")
+    if result.template is not None:
+        click.echo(
+            f"frame template: {result.template} (set data.frame_template to it in a recipe if it is not the default)"
+        )
+    for name, count in result.unlabeled.items():
+        click.echo(f"{name}: {count} entries without labels, not written")
+    if result.num_missing:
+        click.echo(
+            f"{result.num_missing} annotated clips missing or empty: see {result.missing_file}"
+        )
+    if result.num_duplicates or result.num_overlaps or result.num_conflicts:
+        counts = [
+            f"{result.num_duplicates} listed twice in a split",
+            f"{result.num_overlaps} also in an earlier split (left out of the later one)",
+        ]
+        if result.num_conflicts:
+            resolved = "kept the first label" if conflicting_labels == "first" else "left out"
+            counts.append(f"{result.num_conflicts} with two labels ({resolved})")
+        click.echo(f"repeated clips: {', '.join(counts)}: see {result.duplicates_file}")
+
+
+@click.command()
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--per-class", type=int, default=None, help="Videos per class (default: 150).")
+@click.option("--size", type=int, default=None, help="Frame side in pixels, even (default: 32).")
+@click.option(
+    "--frames", "num_frames", type=int, default=None, help="Frames per video (default: 24)."
+)
+@click.option(
+    "--fps", type=float, default=None, help="Frame rate written in the videos (default: 8)."
+)
+@click.option(
+    "--classes",
+    default=None,
+    metavar="A,B,...",
+    help="Classes to write (default: the moving and growing pairs; the rotating pair is extra).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace class folders that exist in OUT.")
+def synth(out, seed, per_class, size, num_frames, fps, classes, overwrite) -> None:
+    """Write the synthetic time-reversal dataset (real H.264 videos, folder layout)."""
+    from tsmcli.data.synth import synth as run_synth
+
+    given = {
+        "per_class": per_class,
+        "size": size,
+        "num_frames": num_frames,
+        "fps": fps,
+        "classes": None
+        if classes is None
+        else [c.strip() for c in classes.split(",") if c.strip()],
+    }
+    result = run_synth(
+        out,
+        seed=seed,
+        overwrite=overwrite,
+        **{key: value for key, value in given.items() if value is not None},
+    )
+    click.echo(
+        f"wrote {len(result.paths):,} videos ({len(result.classes)} classes x "
+        f"{result.num_frames} frames, {result.size}x{result.size}) to {result.out} "
+        f"in {result.seconds:.1f} s"
+    )

@@ -1,0 +1,401 @@
+"""``tsm convert-online``: a checkpoint to a verified streaming model dir (``model.export``
+into a ``model.model_dir``), with top-1 before and after conversion, an optional one-way
+fine-tuning, and latency.
+
+The checkpoint is read once (``read_checkpoint``); the model, the offline accuracy and the
+fine-tuning run (its init and its distillation teacher) all take that one ``CheckpointInfo``.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tsmcli.errors import UsageError
+from tsmcli.model.checkpoint import ArchOverrides, CheckpointInfo, load_model, read_checkpoint
+from tsmcli.model.export import DEFAULT_OPSET, export_and_verify, rebuild
+from tsmcli.model.model_dir import (
+    FINETUNE_DIR,
+    check_out_dir,
+    publish,
+    staged_model_dir,
+    write_report,
+)
+from tsmcli.model.streaming import FrameModel, StreamingTSM
+from tsmcli.recipe import DataConfig, Recipe
+
+logger = logging.getLogger(__name__)
+
+FUTURE_WARNING = (
+    "this model was trained with the bidirectional shift (it saw the future "
+    "frame); the online model shifts one way only, so expect lower accuracy "
+    "unless it is fine-tuned one-way (--finetune-epochs N)"
+)
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    """What ``convert_online`` wrote and measured (``report.json`` holds the same)."""
+
+    out_dir: Path
+    checkpoint: Path
+    arch: str
+    height: int
+    width: int
+    scale_size: int
+    num_buffers: int
+    buffer_shapes: list[tuple[int, ...]]
+    cache_bytes: int
+    max_abs_diff: dict[str, float]  # export (pytorch, torchscript, onnx) -> worst difference
+    diffs: dict[str, float]  # every compared output ("onnx frame logits", ...) -> difference
+    tolerances: dict[str, float]  # the bound each difference was checked against
+    latency_ms: dict[str, float]  # streaming, backbone_2d (no shift), ratio
+    converted_from_bidirectional: bool
+    classes: list[str] | None
+    opset: int
+    accuracy: dict[str, Any] | None  # top-1 before / after (/ fine-tuned), when a list is given
+    finetune_epochs: int = 0
+    finetuned_checkpoint: Path | None = None  # out_dir/finetune/...: the one-way weights exported
+
+    def report_fields(self) -> dict[str, Any]:
+        """The fields as JSON values, for ``report.json`` (``model.model_dir.write_report``)."""
+        fields = asdict(self)
+        del fields["out_dir"]
+        fields.update(
+            checkpoint=str(self.checkpoint),
+            finetuned_checkpoint=None
+            if self.finetuned_checkpoint is None
+            else str(self.finetuned_checkpoint),
+            buffer_shapes=[list(shape) for shape in self.buffer_shapes],
+        )
+        return fields
+
+
+@dataclass(frozen=True)
+class _Finetune:
+    epochs: int
+    lr_scale: float
+    distill_weight: float
+    distill_temperature: float
+
+
+@dataclass(frozen=True)
+class _ValData:
+    """The list accuracy is measured on, and how its videos are read."""
+
+    list_file: str | Path
+    root: str | Path
+    source: str | None
+    backend: str | None
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One conversion: the checkpoint (read once), its model, what to do with it."""
+
+    info: CheckpointInfo
+    recipe: Recipe | None
+    model: nn.Module
+    out_dir: Path
+    size: tuple[int, int, int]  # height, width, scale_size
+    classes: list[str] | None
+    val: _ValData | None
+    finetune: _Finetune
+    arch_overrides: dict[str, Any]
+    verify_frames: int
+    opset: int
+    seed: int
+    latency_reps: int
+
+
+def convert_online(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    *,
+    height: int | None = None,
+    width: int | None = None,
+    val_list: str | Path | None = None,
+    root: str | Path | None = None,
+    source: str | None = None,
+    backend: str | None = None,
+    finetune_epochs: int = 0,
+    finetune_lr_scale: float = 0.1,
+    distill_weight: float = 0.5,
+    distill_temperature: float = 4.0,
+    verify_frames: int = 6,
+    latency_reps: int = 20,
+    opset: int = DEFAULT_OPSET,
+    overwrite: bool = False,
+    seed: int = 0,
+    **arch_overrides: Any,
+) -> ConvertResult:
+    """Build the streaming model of a checkpoint, verify its exports, write them to ``out_dir``.
+
+    ``height``/``width`` default to the recipe's input size (224 without a recipe). A
+    bidirectional model is converted to one-way (same weights; a warning is logged). With
+    ``val_list`` and ``root``, top-1 is measured before (offline, as trained) and after
+    (streaming, frame by frame); ``finetune_epochs`` first fine-tunes the one-way model on the
+    recipe's training data, at ``finetune_lr_scale`` times the recipe's learning rate, with
+    ``distill_weight`` of its loss from the checkpoint's own outputs (the model as trained,
+    which saw both directions) softened at ``distill_temperature`` (0: labels only).
+    ``arch_overrides`` (``arch``, ``num_segments``, ``shift``, ...) go to ``load_model``: an
+    official TSM or mmaction2 checkpoint does not record its architecture.
+    """
+    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    if (val_list is None) != (root is None):
+        raise UsageError("give --val-list and --root together (or neither)")
+    if verify_frames < 2:
+        raise UsageError(
+            f"verify_frames must be at least 2 to check the buffers, got {verify_frames}"
+        )
+    check_out_dir(out_dir, overwrite, [checkpoint, val_list, root])
+    info = read_checkpoint(checkpoint)
+    recipe = Recipe.from_stored(info.recipe, str(checkpoint))
+    finetune = _Finetune(finetune_epochs, finetune_lr_scale, distill_weight, distill_temperature)
+    _check_finetune(finetune, recipe, checkpoint, out_dir, overwrite)
+    classes = _classes(info, val_list)
+    model = load_model(info, **arch_overrides)
+    val = None if val_list is None else _ValData(val_list, root, source, backend)
+    size = _input_size(recipe, height, width)
+    return _write(
+        _Job(
+            info,
+            recipe,
+            model,
+            out_dir,
+            size,
+            classes,
+            val,
+            finetune,
+            arch_overrides,
+            verify_frames,
+            opset,
+            seed,
+            latency_reps,
+        )
+    )
+
+
+def _write(job: _Job) -> ConvertResult:
+    """Convert into a staged model dir, then publish it whole."""
+    with staged_model_dir(job.out_dir) as staged:
+        result = _convert(job, staged)
+        write_report(
+            staged,
+            result.report_fields(),
+            num_buffers=result.num_buffers,
+            model_config=job.model.config(),
+            classes=job.classes,
+        )
+        publish(staged, job.out_dir)
+    logger.info(
+        "wrote %s (%d buffers, %d cache bytes)", job.out_dir, result.num_buffers, result.cache_bytes
+    )
+    return result
+
+
+def _convert(job: _Job, staged: Path) -> ConvertResult:
+    """The steps: accuracy as trained, (fine-tune one-way,) export and verify, latency,
+    accuracy of what was exported."""
+    height, width, _ = job.size
+    from_bidirectional = job.model.config().get("shift") == "bidirectional"
+    if from_bidirectional:
+        logger.warning("%s: %s", job.info.path, FUTURE_WARNING)
+    one_way = rebuild(job.model, shift="unidirectional") if from_bidirectional else job.model
+    accuracy = None if job.val is None else {"before": _offline_accuracy(job)}
+    finetuned = None
+    if job.finetune.epochs > 0:
+        if job.val is not None:  # what conversion alone gives, to show what is recovered
+            accuracy["after"] = _online_accuracy(StreamingTSM(one_way).eval(), job)
+        one_way, best = _finetune(job, staged / FINETUNE_DIR)
+        finetuned = job.out_dir / best.relative_to(staged)
+    streaming = StreamingTSM(one_way).eval()
+    verified = export_and_verify(
+        streaming,
+        one_way,
+        staged,
+        height=height,
+        width=width,
+        frames=job.verify_frames,
+        opset=job.opset,
+        seed=job.seed,
+        classes=job.classes,
+    )
+    latency = _latency_ms(streaming, FrameModel(one_way).eval(), height, width, job.latency_reps)
+    if job.val is not None:  # the model tsm eval --online and tsm stream will run
+        key = "after_finetune" if job.finetune.epochs > 0 else "after"
+        accuracy[key] = _online_accuracy(verified.reloaded, job)
+    return ConvertResult(
+        out_dir=job.out_dir,
+        checkpoint=job.info.path,
+        arch=str(job.model.config().get("arch")),
+        height=height,
+        width=width,
+        scale_size=job.size[2],
+        num_buffers=streaming.num_buffers,
+        buffer_shapes=streaming.buffer_shapes(height, width),
+        cache_bytes=streaming.cache_bytes(height, width),
+        max_abs_diff=verified.worst_per_export(),
+        diffs=verified.diffs,
+        tolerances=verified.tolerances,
+        latency_ms=latency,
+        converted_from_bidirectional=from_bidirectional,
+        classes=job.classes,
+        opset=job.opset,
+        accuracy=accuracy,
+        finetune_epochs=job.finetune.epochs,
+        finetuned_checkpoint=finetuned,
+    )
+
+
+def _check_finetune(
+    finetune: _Finetune, recipe: Recipe | None, checkpoint: Path, out_dir: Path, overwrite: bool
+) -> None:
+    """Fine-tuning needs the stored recipe, and reads its data: the model dir must not hold
+    it (``--overwrite`` would replace files there)."""
+    if finetune.epochs <= 0:
+        return
+    if recipe is None:
+        raise UsageError(
+            f"{checkpoint}: --finetune-epochs needs the training recipe, which only "
+            "tsmcli checkpoints carry; fine-tune with tsm train --set "
+            "model.shift=unidirectional --set model.init_from=CKPT instead"
+        )
+    data = recipe.data
+    check_out_dir(out_dir, overwrite, [data.root, data.train_list, data.val_list])
+
+
+def _classes(info: CheckpointInfo, val_list: str | Path | None) -> list[str] | None:
+    """The names stored in the checkpoint, else those of classes.txt beside the val list."""
+    if info.classes:
+        return list(info.classes)
+    if val_list is not None:
+        from tsmcli.data.lists import classes_for_list
+
+        return classes_for_list(val_list)
+    return None
+
+
+def _input_size(
+    recipe: Recipe | None, height: int | None, width: int | None
+) -> tuple[int, int, int]:
+    """(height, width, scale_size): the recipe's input size unless given; the test scale
+    keeps the recipe's scale_size / input_size ratio (the defaults' without a recipe)."""
+    data = recipe.data if recipe is not None else DataConfig()
+    ratio = data.scale_size / data.input_size
+    height = int(height or data.input_size)
+    width = int(width or data.input_size)
+    if height < 16 or width < 16:
+        raise UsageError(f"input size {height}x{width} is too small; use at least 16x16")
+    return height, width, max(height, width, round(min(height, width) * ratio))
+
+
+# ---------------------------------------------------------------------------------------------
+# measurements
+
+
+def _latency_ms(
+    streaming: StreamingTSM, plain: nn.Module, height: int, width: int, reps: int
+) -> dict[str, float]:
+    """Median per-frame time of the streaming model and of the same 2D network without shift,
+    interleaved so that drift in the machine's speed hits both alike."""
+    frame = torch.randn(1, 3, height, width)
+    buffers = streaming.initial_buffers(height, width)
+    runs: dict[str, Callable[[], object]] = {
+        "streaming": lambda: streaming(frame, *buffers),
+        "backbone_2d": lambda: plain(frame),
+    }
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    names = list(runs)
+    with torch.inference_mode():  # as deployed: no autograd bookkeeping
+        for rep in range(max(1, reps) + 1):
+            for name in names if rep % 2 else names[::-1]:  # neither always runs first
+                start = time.perf_counter()
+                runs[name]()
+                if rep:  # the first round warms up
+                    times[name].append(time.perf_counter() - start)
+    out = {name: 1000.0 * statistics.median(ts) for name, ts in times.items()}
+    out["ratio"] = out["streaming"] / out["backbone_2d"]
+    out["threads"] = torch.get_num_threads()
+    return out
+
+
+def _offline_accuracy(job: _Job) -> dict[str, Any]:
+    """The checkpoint as trained (offline, its own shift), single centre-crop view."""
+    from tsmcli.engine.evaluate import evaluate
+
+    val = job.val
+    result = evaluate(
+        job.info,
+        val.list_file,
+        val.root,
+        views="single",
+        source=val.source,
+        backend=val.backend,
+        workers=0,
+        arch=ArchOverrides(**job.arch_overrides),
+    )
+    return {
+        "top1": result.top1,
+        "top5": result.top5,
+        "num_videos": result.num_videos,
+        "how": "offline, as trained, one centre-crop clip",
+    }
+
+
+def _online_accuracy(streaming: StreamingTSM, job: _Job) -> dict[str, Any]:
+    """The streaming model fed every frame, running average of per-frame logits."""
+    from tsmcli.engine.online import OnlineModel, evaluate_stream
+
+    height, width, scale_size = job.size
+    val = job.val
+    online = OnlineModel(
+        streaming, height, width, scale_size, streaming.buffer_shapes(height, width), job.classes
+    )
+    result = evaluate_stream(
+        online, val.list_file, val.root, source=val.source, backend=val.backend
+    )
+    return {
+        "top1": result.top1,
+        "top5": result.top5,
+        "top1_at": result.top1_at,
+        "num_videos": result.num_videos,
+        "how": "streaming one-way, frame by frame",
+    }
+
+
+def _finetune(job: _Job, run_dir: Path) -> tuple[nn.Module, Path]:
+    """Fine-tune one-way on the recipe's training data: the recipe the checkpoint was trained
+    with, unidirectional shift, initialised from the checkpoint, ``epochs`` epochs at
+    ``lr_scale`` times its learning rate (a converged model needs small steps), distilling
+    from the checkpoint as trained when ``distill_weight`` > 0."""
+    from tsmcli.engine.train import train
+
+    info, recipe, finetune = job.info, job.recipe, job.finetune
+    checkpoint = str(info.path)
+    derived = replace(
+        recipe,
+        name=f"{recipe.name}_online",
+        model=replace(recipe.model, shift="unidirectional", init_from=checkpoint, pretrained=None),
+        optim=replace(recipe.optim, lr=recipe.optim.lr * finetune.lr_scale, warmup_epochs=0.0),
+        train=replace(
+            recipe.train,
+            epochs=finetune.epochs,
+            eval_every=finetune.epochs,
+            distill_from=checkpoint if finetune.distill_weight > 0 else None,
+            distill_weight=finetune.distill_weight,
+            distill_temperature=finetune.distill_temperature,
+        ),
+    )
+    logger.info("fine-tuning one-way for %d epochs into %s", finetune.epochs, run_dir)
+    result = train(derived, out_dir=run_dir, preloaded=[info])
+    best = result.best_checkpoint or result.last_checkpoint
+    return load_model(best), best

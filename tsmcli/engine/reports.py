@@ -1,0 +1,261 @@
+"""What an evaluation produced (``EvalResult``) and the files of ``tsm eval --out``:
+per-class accuracy, the confusion matrix (as CSV and as a heat map, or the top confusions
+when there are too many classes), per-video predictions.
+
+Every file is written atomically (``fileio``); the heat map is rendered off-screen (Agg).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from tsmcli.data.lists import ListEntry
+from tsmcli.engine.metrics import (
+    confusion_matrix,
+    mean_class_accuracy,
+    per_class_accuracy,
+    rank_classes,
+    topk_accuracy,
+)
+from tsmcli.engine.views import Protocol
+from tsmcli.fileio import atomic_write, atomic_write_with
+
+TOP_K = 5
+HEATMAP_MAX_CLASSES = 60  # above this a heat map is unreadable: list the top confusions instead
+TOP_CONFUSIONS = 50
+
+
+@dataclass(frozen=True)
+class ClassAccuracy:
+    """One row of per_class.csv; ``accuracy`` is None for a class absent from the list."""
+
+    label: int
+    name: str
+    support: int
+    correct: int
+    accuracy: float | None
+
+
+@dataclass(frozen=True)
+class VideoPrediction:
+    """One row of predictions.csv: the best classes of a video, best first, with scores."""
+
+    video: str
+    label: int
+    top_labels: tuple[int, ...]
+    top_scores: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Accuracies in percent; ``scores`` are the view-averaged scores in list order."""
+
+    top1: float
+    top5: float
+    mean_class_accuracy: float
+    num_videos: int
+    views: int
+    videos_per_s: float
+    protocol: Protocol
+    checkpoint: str
+    classes: list[str]
+    per_class: list[ClassAccuracy] = field(repr=False)
+    confusion: Tensor = field(repr=False)  # (K, K) rows true, columns predicted
+    predictions: list[VideoPrediction] = field(repr=False)
+    scores: Tensor = field(repr=False)  # (N, K)
+    labels: Tensor = field(repr=False)  # (N,)
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON report (``--json``): numbers and what produced them."""
+        return {
+            "top1": self.top1,
+            "top5": self.top5,
+            "mean_class_accuracy": self.mean_class_accuracy,
+            "num_videos": self.num_videos,
+            "views": self.views,
+            "checkpoint": self.checkpoint,
+            "protocol": self.protocol.to_dict(),
+        }
+
+
+def eval_result(
+    entries: Sequence[ListEntry],
+    scores: Tensor,
+    views: int,
+    protocol: Protocol,
+    checkpoint: Path,
+    classes: list[str],
+    videos_per_s: float,
+) -> EvalResult:
+    """The metrics of view-averaged ``scores`` (N, K) of the listed videos, in list order."""
+    num_classes = scores.shape[1]
+    labels = torch.tensor([e.label for e in entries], dtype=torch.long)
+    accuracy = topk_accuracy(scores, labels, (1, TOP_K))
+    ranked = rank_classes(scores)[:, :TOP_K]  # (N, k)
+    preds = ranked[:, 0]
+    confusion = confusion_matrix(preds, labels, num_classes)
+    support, correct, per_class = per_class_accuracy(confusion)
+    rows = [
+        ClassAccuracy(
+            k,
+            classes[k],
+            int(support[k]),
+            int(correct[k]),
+            None if support[k] == 0 else float(per_class[k]),
+        )
+        for k in range(num_classes)
+    ]
+    top_scores = scores.gather(1, ranked)
+    predictions = [
+        VideoPrediction(e.path, e.label, tuple(ranked[i].tolist()), tuple(top_scores[i].tolist()))
+        for i, e in enumerate(entries)
+    ]
+    return EvalResult(
+        top1=accuracy[1],
+        top5=accuracy[TOP_K],
+        mean_class_accuracy=mean_class_accuracy(preds, labels, num_classes),
+        num_videos=len(entries),
+        views=views,
+        videos_per_s=videos_per_s,
+        protocol=protocol,
+        checkpoint=str(checkpoint),
+        classes=classes,
+        per_class=rows,
+        confusion=confusion,
+        predictions=predictions,
+        scores=scores,
+        labels=labels,
+    )
+
+
+def write_reports(result: EvalResult, out_dir: str | Path) -> list[Path]:
+    """per_class.csv, confusion.csv, a heat map (or top_confusions.txt), predictions.csv."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [
+        _write_csv(
+            out / "per_class.csv",
+            ["class", "name", "support", "correct", "accuracy"],
+            [
+                [
+                    r.label,
+                    r.name,
+                    r.support,
+                    r.correct,
+                    "" if r.accuracy is None else f"{r.accuracy:.4f}",
+                ]
+                for r in result.per_class
+            ],
+        )
+    ]
+    num_classes = len(result.classes)
+    written.append(
+        _write_csv(
+            out / "confusion.csv",
+            ["class", "name", *map(str, range(num_classes))],
+            [[k, result.classes[k], *result.confusion[k].tolist()] for k in range(num_classes)],
+        )
+    )
+    if num_classes <= HEATMAP_MAX_CLASSES:
+        written.append(_write_heatmap(out / "confusion.png", result.confusion, result.classes))
+    else:
+        written.append(
+            _write_top_confusions(out / "top_confusions.txt", result.confusion, result.classes)
+        )
+    k = len(result.predictions[0].top_labels) if result.predictions else 0
+    header = ["video", "label", *(c for i in range(1, k + 1) for c in (f"pred_{i}", f"score_{i}"))]
+    written.append(
+        _write_csv(
+            out / "predictions.csv",
+            header,
+            [
+                [
+                    p.video,
+                    p.label,
+                    *(
+                        c
+                        for label, score in zip(p.top_labels, p.top_scores, strict=True)
+                        for c in (label, f"{score:.6g}")
+                    ),
+                ]
+                for p in result.predictions
+            ],
+        )
+    )
+    return written
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    atomic_write(path, buffer.getvalue())
+    return path
+
+
+def top_confusions(confusion: Tensor, limit: int = TOP_CONFUSIONS) -> list[tuple[int, int, int]]:
+    """The most frequent mistakes as ``(true, predicted, count)``, most frequent first (ties:
+    lower true class, then lower predicted class)."""
+    off = confusion.clone()
+    off.fill_diagonal_(0)
+    pairs = [(int(t), int(p), int(off[t, p])) for t, p in off.nonzero().tolist()]
+    return sorted(pairs, key=lambda x: (-x[2], x[0], x[1]))[:limit]
+
+
+def _write_top_confusions(path: Path, confusion: Tensor, classes: list[str]) -> Path:
+    support = confusion.sum(dim=1)
+    lines = [
+        f"# {len(classes)} classes: too many for a readable heat map; the most frequent "
+        "confusions (count, share of the true class)"
+    ]
+    for true, pred, count in top_confusions(confusion):
+        share = 100.0 * count / int(support[true])
+        lines.append(f"{count}\t{share:.1f}%\t{classes[true]} -> {classes[pred]}")
+    atomic_write(path, "\n".join(lines) + "\n")
+    return path
+
+
+def _write_heatmap(path: Path, confusion: Tensor, classes: list[str]) -> Path:
+    """Rows normalised to the true class (so rare classes are as visible as common ones)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    k = len(classes)
+    support = confusion.sum(dim=1, keepdim=True).clamp(min=1)
+    share = (100.0 * confusion.double() / support).numpy()  # (K, K)
+    side = min(24.0, 3.0 + 0.3 * k)
+    fig = Figure(figsize=(side + 1.5, side))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=100)
+    fig.colorbar(image, ax=ax, label="% of the true class")
+    fontsize = 8 if k <= 30 else 6
+    names = [n if len(n) <= 24 else n[:23] + "…" for n in classes]
+    ax.set_xticks(range(k), names, rotation=90, fontsize=fontsize)
+    ax.set_yticks(range(k), names, fontsize=fontsize)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if k <= 15:
+        for t in range(k):
+            for p in range(k):
+                if confusion[t, p]:
+                    ax.text(
+                        p,
+                        t,
+                        str(int(confusion[t, p])),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if share[t, p] > 50 else "black",
+                    )
+    fig.tight_layout()
+    return atomic_write_with(path, lambda handle: fig.savefig(handle, format="png", dpi=100))

@@ -1,0 +1,260 @@
+"""The steps of a training run: an epoch of SGD steps, one step, validation, the loss.
+
+Every rank computes the same decisions (stop on NaN, stop on Ctrl-C) from values
+all-reduced once a step; only rank 0 shows a progress bar and logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tsmcli.engine import distributed
+from tsmcli.engine.distributed import DistContext
+from tsmcli.engine.metrics import average_views, topk_correct
+from tsmcli.engine.state import Interrupted, StopOnSignal
+from tsmcli.engine.train_setup import Optimisation, RunModel, TrainData
+from tsmcli.errors import TrainingError
+from tsmcli.recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+# called with (epoch, steps taken, partial sums) when a Ctrl-C stops an epoch
+SaveInterrupted = Callable[[int, int, dict[str, float]], None]
+
+
+@dataclass
+class Loop:
+    """What the steps run on; ``last`` is the run's last.pt (named when a loss is NaN)."""
+
+    recipe: Recipe
+    ctx: DistContext
+    data: TrainData
+    parts: RunModel
+    optim: Optimisation
+    amp_dtype: torch.dtype | None
+    last: Path
+
+    def train_epoch(
+        self,
+        epoch: int,
+        start: int,
+        partial: dict[str, float],
+        stop: StopOnSignal,
+        save_interrupted: SaveInterrupted,
+    ) -> dict[str, Any]:
+        """Steps ``start`` .. the end of ``epoch``; returns its metrics.jsonl row (training
+        part). A Ctrl-C saves through ``save_interrupted`` and raises ``Interrupted``."""
+        from tqdm import tqdm
+
+        t = self.recipe.train
+        self.parts.net.train()
+        self.data.train_set.set_epoch(epoch)
+        self.data.train_sampler.set_epoch(epoch, start=start * t.batch_size)
+        show_bar = self.ctx.is_main and sys.stderr.isatty()
+        bar = tqdm(
+            total=self.data.iters_per_epoch,
+            initial=start,
+            desc=f"epoch {epoch + 1}/{t.epochs}",
+            unit="step",
+            disable=not show_bar,
+            dynamic_ncols=True,
+        )
+        acc = {
+            "loss_sum": 0.0,
+            "clips": 0.0,
+            "seconds": 0.0,
+            "wait": 0.0,
+            "skipped": 0.0,
+            **partial,
+        }
+        batches = iter(self.data.train_loader)
+        lr = self.optim.schedule.lr_at(epoch, start)
+        try:
+            for iteration in range(start, self.data.iters_per_epoch):
+                lr, stop_all = self._timed_step(batches, acc, stop, epoch, iteration)
+                self._progress(bar, acc, lr, show_bar, epoch, iteration)
+                if stop_all:
+                    save_interrupted(epoch, iteration + 1, acc)
+                    raise Interrupted
+        finally:
+            bar.close()
+        return _epoch_row(epoch, acc, lr)
+
+    def _timed_step(
+        self,
+        batches: Iterator[Any],
+        acc: dict[str, float],
+        stop: StopOnSignal,
+        epoch: int,
+        iteration: int,
+    ) -> tuple[float, bool]:
+        """One step, with the time spent waiting for its batch; adds to ``acc``."""
+        step_start = time.perf_counter()
+        batch = next(batches)
+        waited = time.perf_counter() - step_start
+        lr = self.optim.schedule.apply(self.optim.optimizer, epoch, iteration)
+        loss_sum, count, skipped, stop_all = self.step(batch, stop.requested, epoch, iteration)
+        acc["loss_sum"] += loss_sum
+        acc["clips"] += count
+        acc["skipped"] += skipped
+        acc["wait"] += waited
+        acc["seconds"] += time.perf_counter() - step_start
+        return lr, stop_all
+
+    def _progress(
+        self, bar: Any, acc: dict[str, float], lr: float, show_bar: bool, epoch: int, iteration: int
+    ) -> None:
+        """The bar's postfix, or a log line every ``train.log_every`` steps without a bar."""
+        rate = acc["clips"] / max(acc["seconds"], 1e-9)
+        loss = acc["loss_sum"] / max(acc["clips"], 1)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.3g}", clips_s=f"{rate:.1f}", refresh=False)
+        if not show_bar and self.ctx.is_main and (iteration + 1) % self.recipe.train.log_every == 0:
+            log.info(
+                "epoch %d step %d/%d: loss %.4f, lr %.3g, %.1f clips/s",
+                epoch + 1,
+                iteration + 1,
+                self.data.iters_per_epoch,
+                loss,
+                lr,
+                rate,
+            )
+
+    def step(
+        self, batch: Any, stop_requested: bool, epoch: int, iteration: int
+    ) -> tuple[float, int, int, bool]:
+        """One SGD step on one batch. Returns, summed over ranks: the loss times the clips, the
+        clips, the unreadable videos dropped (``data.skip_bad``), and whether to stop."""
+        device = self.ctx.device
+        labels = batch.labels.to(device, non_blocking=True)  # (B,)
+        count = torch.tensor(float(labels.numel()), device=device)
+        flags = torch.tensor([float(len(batch.skipped)), float(stop_requested)], device=device)
+        if self._empty(count, labels):
+            _, _, skipped, stop_all = distributed.all_reduce_sum(
+                torch.cat([torch.zeros(2, device=device), flags]), self.ctx
+            ).tolist()
+            return 0.0, 0, int(skipped), bool(stop_all)
+        clips = batch.model_input(device)  # (B, T, 3, S, S)
+        taught = None
+        with self.autocast():
+            logits = self.parts.net(clips)  # (B, K)
+            if self.parts.teacher is not None:
+                with torch.no_grad():
+                    taught = self.parts.teacher(clips).float()  # (B, K)
+        t = self.recipe.train
+        loss = _loss(logits.float(), labels, taught, t.distill_weight, t.distill_temperature)
+        totals = distributed.all_reduce_sum(
+            torch.cat([torch.stack([loss.detach() * count, count]), flags]), self.ctx
+        )
+        loss_sum, total, skipped, stop_all = totals.tolist()
+        if not math.isfinite(loss_sum):
+            self._non_finite(loss_sum / max(total, 1), epoch, iteration)
+        self._update(loss)
+        return loss_sum, int(total), int(skipped), bool(stop_all)
+
+    def _empty(self, count: torch.Tensor, labels: torch.Tensor) -> bool:
+        """Whether to skip the step: every rank must take part in the gradient all-reduce, so
+        with ``data.skip_bad`` under torchrun the step is skipped everywhere if any rank lost
+        its whole batch to bad videos."""
+        if self.recipe.data.skip_bad and self.ctx.distributed:
+            smallest = count.clone()
+            torch.distributed.all_reduce(smallest, op=torch.distributed.ReduceOp.MIN)
+            return bool(smallest.item() == 0)
+        return labels.numel() == 0
+
+    def _non_finite(self, loss: float, epoch: int, iteration: int) -> None:
+        kept = (
+            f"the last good checkpoint is {self.last}"
+            if self.last.exists()
+            else "no checkpoint was written yet"
+        )
+        raise TrainingError(
+            f"non-finite loss ({loss}) at epoch {epoch + 1} step {iteration + 1}; training "
+            f"stopped and {kept}; lower optim.lr or check the data"
+        )
+
+    def _update(self, loss: torch.Tensor) -> None:
+        """Backward and the optimiser step (gradient clipping, AMP scaling)."""
+        optimizer, scaler = self.optim.optimizer, self.optim.scaler
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if self.recipe.optim.clip_grad > 0:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(self.parts.model.parameters(), self.recipe.optim.clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, Any]:
+        """Top-1/top-5 over the val list, each video counted once across ranks."""
+        assert self.data.val_loader is not None
+        model = self.parts.model
+        model.eval()  # the unwrapped model: no collective calls while ranks hold different counts
+        counts = torch.zeros(3, dtype=torch.float64)  # top-1 hits, top-5 hits, videos
+        for batch in self.data.val_loader:
+            if batch.labels.numel() == 0:
+                continue
+            clips = batch.model_input(self.ctx.device)  # (B, V, T, 3, S, S)
+            b, v = clips.shape[:2]
+            with self.autocast():
+                logits = model(clips.flatten(0, 1))  # (B*V, K)
+            scores = average_views(logits.float().view(b, v, -1))  # (B, K)
+            hits = topk_correct(scores, batch.labels, (1, 5))
+            counts += torch.tensor([hits[1], hits[5], b], dtype=torch.float64)
+        counts = distributed.all_reduce_sum(counts.to(self.ctx.device), self.ctx).cpu()
+        videos = int(counts[2])
+        top1, top5 = (
+            (100.0 * float(counts[0]) / videos, 100.0 * float(counts[1]) / videos)
+            if videos
+            else (0.0, 0.0)
+        )
+        return {"top1": top1, "top5": top5, "val_videos": videos}
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+
+
+def _epoch_row(epoch: int, acc: dict[str, float], lr: float) -> dict[str, Any]:
+    """The training part of an epoch's metrics.jsonl row."""
+    return {
+        "epoch": epoch + 1,
+        "loss": acc["loss_sum"] / max(acc["clips"], 1),
+        "lr": lr,
+        "clips_per_s": acc["clips"] / max(acc["seconds"], 1e-9),
+        "data_wait_share": acc["wait"] / max(acc["seconds"], 1e-9),
+        "seconds": acc["seconds"],
+        "skipped": int(acc["skipped"]),
+    }
+
+
+def _loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    teacher: torch.Tensor | None = None,
+    weight: float = 0.0,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """Mean cross-entropy of (B, K) logits against (B,) labels; with ``teacher`` logits (B, K),
+    ``(1 - weight) * CE + weight * T^2 * KL(teacher_T || student_T)``, both softened by the
+    temperature T (Hinton et al.; T^2 keeps the gradient scale as T changes)."""
+    hard = F.cross_entropy(logits, labels)
+    if teacher is None or weight == 0:
+        return hard
+    student_t = F.log_softmax(logits / temperature, dim=1)
+    teacher_t = F.log_softmax(teacher / temperature, dim=1)
+    soft = F.kl_div(student_t, teacher_t, log_target=True, reduction="batchmean")
+    return (1 - weight) * hard + weight * temperature**2 * soft

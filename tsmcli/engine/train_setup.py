@@ -1,0 +1,307 @@
+"""What a training run is built from, once, before its first step: the backends, the data
+(checked lists, datasets, samplers, loaders), the model (and a distillation teacher), the
+optimiser and its schedule. ``engine.train`` runs the epochs over these.
+
+The order of the steps is part of the run's reproducibility: the global RNG is seeded just
+before the model is built, so the same recipe gives the same initial weights on every rank
+and in every run (``engine.train`` calls these in a fixed order).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from tsmcli.engine.checks import check_train_list, resolve_classes
+from tsmcli.engine.distributed import DistContext, ShardedSampler
+from tsmcli.engine.optim import LRSchedule, build_optimizer, fc_lr5_enabled, scaled_lr
+from tsmcli.engine.state import seed_everything
+from tsmcli.errors import CheckpointError, TrainingError
+from tsmcli.model.checkpoint import CheckpointInfo
+from tsmcli.recipe import Recipe, TrainConfig
+
+log = logging.getLogger(__name__)
+
+# a checkpoint named by the recipe (model.init_from, train.distill_from): the path as
+# written, or the CheckpointInfo the caller read already
+CheckpointSource = Callable[[str], "str | CheckpointInfo"]
+
+
+def configure_backends(t: TrainConfig, ctx: DistContext) -> torch.dtype | None:
+    """Deterministic kernels and cuDNN autotuning as the recipe asks; the autocast dtype
+    (None: full precision). CUDA-only keys are logged as ignored on the CPU."""
+    cuda = ctx.device.type == "cuda"
+    if t.deterministic:
+        if cuda:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    if cuda:
+        torch.backends.cudnn.benchmark = not t.deterministic
+    elif ctx.is_main:
+        for key, value, off in (
+            ("train.amp", t.amp, "none"),
+            ("train.sync_bn", t.sync_bn, False),
+        ):
+            if value != off:
+                log.info("%s=%s applies to CUDA only; ignored on the CPU", key, value)
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(t.amp) if cuda else None
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+@dataclass
+class TrainData:
+    """The run's data: class names and count, datasets, samplers and their loaders."""
+
+    classes: list[str] | None
+    num_classes: int
+    train_set: Any  # VideoClipDataset
+    val_set: Any | None
+    train_sampler: ShardedSampler
+    val_sampler: ShardedSampler | None
+    train_loader: DataLoader
+    val_loader: DataLoader | None
+    global_batch: int
+    iters_per_epoch: int  # full batches only
+
+
+def prepare_data(recipe: Recipe, ctx: DistContext) -> TrainData:
+    """Read and check the lists (labels in range, every video present) before any training,
+    then build the datasets and their loaders."""
+    d, t = recipe.data, recipe.train
+    root = Path(d.root).expanduser()
+    train_list = Path(d.train_list).expanduser()
+    val_list = Path(d.val_list).expanduser() if d.val_list else None
+    classes, num_classes = resolve_classes(train_list, recipe.model.num_classes)
+    for list_file in [train_list] + ([val_list] if val_list else []):
+        check_train_list(list_file, num_classes, root, d.source, d.frame_template)
+    train_set, val_set = _datasets(recipe, root, train_list, val_list, classes)
+    train_sampler = ShardedSampler(
+        len(train_set),
+        rank=ctx.rank,
+        world_size=ctx.world_size,
+        shuffle=True,
+        seed=t.seed,
+        pad=True,
+    )
+    val_sampler = (
+        ShardedSampler(
+            len(val_set), rank=ctx.rank, world_size=ctx.world_size, shuffle=False, pad=False
+        )
+        if val_set
+        else None
+    )
+    # loaders live for the whole run (persistent workers); set_epoch reaches the workers
+    # through the dataset's shared-memory epoch counter
+    cuda = ctx.device.type == "cuda"
+    iters_per_epoch = len(train_sampler) // t.batch_size
+    if iters_per_epoch == 0:
+        raise TrainingError(
+            f"{train_list}: {len(train_set)} videos make no full batch of "
+            f"{t.batch_size} x {ctx.world_size} process(es); lower train.batch_size"
+        )
+    return TrainData(
+        classes=classes,
+        num_classes=num_classes,
+        train_set=train_set,
+        val_set=val_set,
+        train_sampler=train_sampler,
+        val_sampler=val_sampler,
+        train_loader=make_loader(train_set, train_sampler, t, cuda, drop_last=True),
+        val_loader=make_loader(val_set, val_sampler, t, cuda, drop_last=False) if val_set else None,
+        global_batch=t.batch_size * ctx.world_size,
+        iters_per_epoch=iters_per_epoch,
+    )
+
+
+def _datasets(
+    recipe: Recipe, root: Path, train_list: Path, val_list: Path | None, classes: list[str] | None
+) -> tuple[Any, Any | None]:
+    """The train dataset (augmented) and the val dataset (centre views), if any."""
+    from tsmcli.data.dataset import VideoClipDataset
+
+    d, m = recipe.data, recipe.model
+    common = dict(
+        num_segments=m.num_segments,
+        source=d.source,
+        backend=d.backend,
+        template=d.frame_template,
+        input_size=d.input_size,
+        scale_size=d.scale_size,
+        dense=d.sampling == "dense",
+        skip_bad=d.skip_bad,
+        seed=recipe.train.seed,
+    )
+    train_set = VideoClipDataset(
+        train_list,
+        root,
+        mode="train",
+        scales=d.scales,
+        flip=d.flip,
+        flip_pairs=_flip_pairs(recipe, classes),
+        **common,
+    )
+    val_set = VideoClipDataset(val_list, root, mode="val", **common) if val_list else None
+    return train_set, val_set
+
+
+def _flip_pairs(recipe: Recipe, classes: list[str] | None) -> list[tuple[int, int]]:
+    """The left/right label pairs swapped with a flip (``data.flip: swap``), else none."""
+    d = recipe.data
+    if d.flip != "swap":
+        return []
+    from tsmcli.data.manifest import load_manifest
+
+    manifest = load_manifest(d.dataset)
+    # matched by class name, so a list built in another label order swaps the right labels
+    return manifest.flip_pairs_for(classes) if classes else list(manifest.flip_pairs)
+
+
+def make_loader(
+    dataset: Any, sampler: ShardedSampler, t: TrainConfig, cuda: bool, drop_last: bool
+) -> DataLoader:
+    """A loader with a private generator (starting an epoch never draws from the global RNG,
+    dropout's) and, with workers, persistent ones."""
+    from tsmcli.data.dataset import collate_clips
+
+    generator = torch.Generator().manual_seed(t.seed)
+    return DataLoader(
+        dataset,
+        batch_size=t.batch_size,
+        sampler=sampler,
+        num_workers=t.workers,
+        collate_fn=collate_clips,
+        pin_memory=cuda,
+        drop_last=drop_last,
+        generator=generator,
+        worker_init_fn=_init_worker,
+        persistent_workers=t.workers > 0,
+        prefetch_factor=4 if t.workers else None,
+    )
+
+
+def _init_worker(_: int) -> None:
+    torch.set_num_threads(1)  # workers decode; many intra-op threads per worker only contend
+    # Ctrl-C is the training process's to handle (finish the step, save); a worker that died
+    # of it would only break the batch being loaded
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+# ---------------------------------------------------------------------------------------------
+# model and optimiser
+
+
+@dataclass
+class RunModel:
+    """The model as checkpoints store it, as the steps run it, and the teacher."""
+
+    model: nn.Module  # unwrapped: what checkpoints store
+    net: nn.Module  # the model, wrapped in DistributedDataParallel under torchrun
+    teacher: nn.Module | None  # train.distill_from, frozen
+
+
+def build_run_model(
+    recipe: Recipe,
+    num_classes: int,
+    ctx: DistContext,
+    *,
+    load_init_weights: bool,
+    source: CheckpointSource,
+) -> RunModel:
+    """The model, seeded the same on every rank and in every run; ``load_init_weights``
+    loads ``model.pretrained`` / ``model.init_from`` (not when resuming: the weights come
+    from last.pt)."""
+    from tsmcli.model.tsn import build_model
+
+    m, t = recipe.model, recipe.train
+    cuda = ctx.device.type == "cuda"
+    seed_everything(t.seed)  # the same initial weights on every rank and every run
+    model = build_model(
+        **m.architecture(num_classes), pretrained=m.pretrained if load_init_weights else None
+    )
+    if m.init_from and load_init_weights:
+        from tsmcli.model.checkpoint import load_weights_for_finetune
+
+        load_weights_for_finetune(model, source(m.init_from))
+    if t.sync_bn and ctx.distributed and cuda:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(ctx.device)
+    if t.channels_last:
+        model.to(memory_format=torch.channels_last)
+    net: nn.Module = model
+    if ctx.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[ctx.device.index] if cuda else None)
+    if ctx.rank:
+        torch.manual_seed(t.seed + ctx.rank)  # different dropout masks on each rank
+    return RunModel(model, net, _load_teacher(recipe, num_classes, ctx, source))
+
+
+def _load_teacher(
+    recipe: Recipe, num_classes: int, ctx: DistContext, source: CheckpointSource
+) -> nn.Module | None:
+    """``train.distill_from`` in eval mode, frozen, on this device, read at the recipe's
+    segment count (a shift works at any clip length)."""
+    t = recipe.train
+    if not t.distill_from:
+        return None
+    from tsmcli.model.checkpoint import load_model
+
+    teacher = load_model(source(t.distill_from), num_segments=recipe.model.num_segments)
+    if teacher.num_classes != num_classes:
+        raise CheckpointError(
+            f"{t.distill_from}: the teacher (train.distill_from) has {teacher.num_classes} "
+            f"classes, the data {num_classes}; distil from a model of this dataset"
+        )
+    teacher.requires_grad_(False)
+    log.info(
+        "distilling from %s (weight %g, temperature %g)",
+        t.distill_from,
+        t.distill_weight,
+        t.distill_temperature,
+    )
+    return teacher.to(ctx.device).eval()
+
+
+@dataclass
+class Optimisation:
+    """The optimiser over the official parameter groups, its schedule and the AMP scaler."""
+
+    optimizer: torch.optim.Optimizer
+    schedule: LRSchedule
+    scaler: torch.amp.GradScaler
+
+
+def build_optimisation(
+    recipe: Recipe, model: nn.Module, data: TrainData, ctx: DistContext
+) -> Optimisation:
+    """The learning rate scaled to the global batch, fc x5 when fine-tuning, the schedule."""
+    o, t = recipe.optim, recipe.train
+    base_lr = scaled_lr(o.lr, o.reference_batch_size, data.global_batch)
+    fc_lr5 = fc_lr5_enabled(recipe)
+    optimizer = build_optimizer(model, o, base_lr, fc_lr5)
+    schedule = LRSchedule.from_config(o, base_lr, t.epochs, data.iters_per_epoch)
+    scaler = torch.amp.GradScaler("cuda", enabled=ctx.device.type == "cuda" and t.amp == "fp16")
+    if ctx.is_main:
+        log.info(
+            "lr %.4g (%.4g for batch %d, global batch %d), fc lr x5: %s, %d steps an epoch",
+            base_lr,
+            o.lr,
+            o.reference_batch_size,
+            data.global_batch,
+            "on" if fc_lr5 else "off",
+            data.iters_per_epoch,
+        )
+    return Optimisation(optimizer, schedule, scaler)

@@ -1,0 +1,173 @@
+"""Test-time views: the protocol presets, what a user asks for, and how a checkpoint's videos
+are read. Typed settings that travel whole, as torchvision's video presets do.
+
+- ``Protocol``: how each video is viewed (clips x crops, full-res crops, twice-sampling,
+  dense sampling) and how the scores of its views are combined. ``PROTOCOLS`` is the one
+  table of presets.
+- ``ViewRequest``: what was asked (a preset, or None for the checkpoint's default, and the
+  fields to change); ``resolve`` turns it into the ``Protocol`` that is run, once.
+- ``EvalData``: how the videos are read and sized, from the checkpoint's stored recipe
+  (defaults without one) with ``--source`` / ``--backend`` applied.
+
+Test protocols (presets; any explicit option overrides one field of the preset). The crop
+sizes are those of a 224 recipe (``data.input_size`` 224, ``data.scale_size`` 256); other
+recipes scale the same way. Each accuracy is the published top-1 of one official TSM
+ResNet-50 8-frame checkpoint (named as in the model zoo, ``tsmcli.zoo``, which gives the
+source of every number): a number belongs to a checkpoint and a protocol together.
+
+=========  =====  =====  ======================================  ============================
+protocol   clips  crops  views of a video                        published top-1 (checkpoint)
+=========  =====  =====  ======================================  ============================
+single     1      1      segment centres; short side 256,        K400 71.2, 72.8 with
+                         centre 224                              crops=10 (tsm-k400-r50-8f:
+                                                                 uniform, 50 epochs)
+kinetics   10     3      dense (T frames, stride 64/T, 10        K400 74.1
+                         starts); short side 256, three          (tsm-k400-r50-8f-dense:
+                         256x256 crops (full res)                dense, 100 epochs)
+sthv2      1 x2   3      segment centres + starts (twice-        SSv2 61.2
+                         sample); short side 256, three          (tsm-sthv2-r50-8f)
+                         256x256 crops (full res)
+=========  =====  =====  ======================================  ============================
+
+Views: single 1, kinetics 30, sthv2 6. Without a preset the protocol is ``single``, made
+dense when the checkpoint's recipe trained with dense sampling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from tsmcli.data.transforms import TEST_CROPS
+from tsmcli.engine.metrics import AVERAGE_MODES, AverageMode
+from tsmcli.errors import UsageError
+from tsmcli.recipe import DataConfig, Recipe
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How each video is viewed and how its view scores are combined.
+
+    ``clips`` counts temporal clips before twice-sampling, which doubles them (the official
+    Something-Something test: centres and starts of the segments).
+    """
+
+    name: str
+    clips: int = 1
+    crops: int = 1
+    full_res: bool = False
+    twice_sample: bool = False
+    dense: bool = False
+    average: AverageMode = "score"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "single": Protocol("single", clips=1, crops=1),
+    "kinetics": Protocol("kinetics", clips=10, crops=3, full_res=True, dense=True),
+    "sthv2": Protocol("sthv2", clips=1, crops=3, full_res=True, twice_sample=True),
+}
+
+
+def resolve_protocol(
+    name: str | None = None,
+    *,
+    clips: int | None = None,
+    crops: int | None = None,
+    full_res: bool | None = None,
+    twice_sample: bool | None = None,
+    dense: bool | None = None,
+    average: str | None = None,
+) -> Protocol:
+    """A preset (``single`` by default) with the explicitly given fields replaced.
+
+    The name records what changed (``single (clips=2)``), so a JSON report never claims a
+    preset that was not run.
+    """
+    base_name = name or "single"
+    if base_name not in PROTOCOLS:
+        raise UsageError(f"unknown protocol {base_name!r}; choose one of {', '.join(PROTOCOLS)}")
+    base = PROTOCOLS[base_name]
+    given = {
+        "clips": clips,
+        "crops": crops,
+        "full_res": full_res,
+        "twice_sample": twice_sample,
+        "dense": dense,
+        "average": average,
+    }
+    changes = {k: v for k, v in given.items() if v is not None and v != getattr(base, k)}
+    if changes.get("clips", 1) < 1:
+        raise UsageError(f"--clips must be at least 1, got {changes['clips']}")
+    if changes.get("crops", 1) not in TEST_CROPS:
+        raise UsageError(
+            f"--crops must be one of {', '.join(map(str, TEST_CROPS))}, got {changes['crops']}"
+        )
+    if changes.get("average", "score") not in AVERAGE_MODES:
+        raise UsageError(
+            f"--average must be one of {', '.join(AVERAGE_MODES)}, got {changes['average']!r}"
+        )
+    if not changes:
+        return base
+    label = ", ".join(f"{k}={v}" for k, v in changes.items())
+    return replace(base, name=f"{base.name} ({label})", **changes)
+
+
+@dataclass(frozen=True)
+class ViewRequest:
+    """The views asked for: a preset (None: the checkpoint's default) and the fields to
+    change (None: as the preset). ``tsm eval``'s view options, as one object."""
+
+    protocol: str | None = None
+    clips: int | None = None
+    crops: int | None = None
+    full_res: bool | None = None
+    twice_sample: bool | None = None
+    dense: bool | None = None
+    average: str | None = None
+
+    def resolve(self, dense_training: bool = False) -> Protocol:
+        """The protocol to run. Without a preset or an explicit ``dense``, a checkpoint trained
+        with dense sampling is tested with dense views."""
+        dense = self.dense
+        if self.protocol is None and dense is None and dense_training:
+            dense = True
+        return resolve_protocol(
+            self.protocol,
+            clips=self.clips,
+            crops=self.crops,
+            full_res=self.full_res,
+            twice_sample=self.twice_sample,
+            dense=dense,
+            average=self.average,
+        )
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """How eval reads and sizes a checkpoint's videos."""
+
+    source: str | None  # frames or videos; None: detected from the list (no recipe, no option)
+    backend: str
+    frame_template: str
+    input_size: int
+    scale_size: int
+    dense_training: bool
+
+    @classmethod
+    def from_recipe(
+        cls, recipe: Recipe | None, *, source: str | None = None, backend: str | None = None
+    ) -> EvalData:
+        """The stored recipe's data settings (the defaults, and no source, without one), with
+        the ``source`` and ``backend`` given by the caller in their place."""
+        data = recipe.data if recipe is not None else DataConfig()
+        return cls(
+            source=source or (data.source if recipe is not None else None),
+            backend=backend or data.backend,
+            frame_template=data.frame_template,
+            input_size=data.input_size,
+            scale_size=data.scale_size,
+            dense_training=data.sampling == "dense",
+        )

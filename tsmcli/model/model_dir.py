@@ -1,0 +1,269 @@
+"""The online model dir: its layout, writing it safely, and loading it back with nothing
+from it executed. ``export`` fills it; ``engine.convert`` drives the conversion.
+
+A model dir holds ``online_weights.pt`` (a plain checkpoint of the one-way model: what
+``tsm stream`` and ``tsm eval --online`` rebuild and run, so nothing from the dir executes),
+the deployment exports ``online.pt`` (TorchScript, which runs code when loaded: only with
+``trust_torchscript``) and ``online.onnx``, ``report.json`` (input size, test scale, buffer
+shapes, what was verified and measured), ``classes.txt`` when the class names are known, and
+``finetune/`` when the model was fine-tuned one-way. A conversion is staged in a temp dir
+beside the model dir and published at the end; into an existing dir, only the names in
+``OUTPUTS`` are replaced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tsmcli.errors import ExportError, UsageError
+from tsmcli.fileio import atomic_write, check_writable_dir
+from tsmcli.model.checkpoint import load_model
+from tsmcli.model.streaming import StepFn, StreamingTSM
+
+# what a model dir holds; --overwrite replaces these names and no others (report.json last)
+WEIGHTS_FILE = "online_weights.pt"  # what tsm stream / eval --online run (rebuilt, no code)
+TORCHSCRIPT_FILE = "online.pt"  # deployment artifact; runs code when loaded
+ONNX_FILE = "online.onnx"
+CLASSES_FILE = "classes.txt"
+FINETUNE_DIR = "finetune"
+REPORT_FILE = "report.json"
+OUTPUTS = (FINETUNE_DIR, WEIGHTS_FILE, TORCHSCRIPT_FILE, ONNX_FILE, CLASSES_FILE, REPORT_FILE)
+REPORT_FORMAT, REPORT_VERSION = "tsmcli-online", 1
+
+
+def io_names(num_buffers: int) -> tuple[list[str], list[str]]:
+    """ONNX input and output names, buffers in the order the shifted blocks run."""
+    return (
+        [f"buffer_{i}" for i in range(num_buffers)],
+        [f"new_buffer_{i}" for i in range(num_buffers)],
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+
+def check_out_dir(out_dir: Path, overwrite: bool, inputs: Sequence[str | Path | None]) -> None:
+    """Refuse a model dir that would lose something: a file, the current folder (or one above
+    it), a non-empty folder without ``--overwrite``, or, with it, a folder that holds one of
+    ``inputs`` (``--overwrite`` replaces the files the command writes, which could be inputs:
+    classes.txt beside a val list, a checkpoint named online.pt)."""
+    check_writable_dir(out_dir, "--out")
+    target, here = out_dir.resolve(), Path.cwd().resolve()
+    if target == here or target in here.parents:
+        raise UsageError(
+            f"--out {out_dir}: is the current folder or holds it; give the model "
+            "dir a folder of its own, e.g. --out online/"
+        )
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    if not overwrite:
+        raise UsageError(
+            f"{out_dir}: already exists and is not empty; choose another --out or pass --overwrite"
+        )
+    for given in inputs:
+        if given is not None and target in (Path(given).resolve(), *Path(given).resolve().parents):
+            raise UsageError(
+                f"--out {out_dir}: holds {given}, an input of this command; "
+                "--overwrite replaces files in the model dir, so give it a folder "
+                "of its own, e.g. --out online/"
+            )
+
+
+@contextlib.contextmanager
+def staged_model_dir(out_dir: Path) -> Iterator[Path]:
+    """A fresh folder in a temp dir beside ``out_dir`` to write the model dir into, before
+    ``publish`` moves it into place; the temp dir is removed on the way out, whatever
+    happened."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        staged = work / "model"
+        staged.mkdir()
+        yield staged
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def write_report(
+    staged: Path,
+    fields: Mapping[str, Any],
+    *,
+    num_buffers: int,
+    model_config: Mapping[str, Any],
+    classes: Sequence[str] | None,
+) -> None:
+    """report.json and classes.txt (plain writes: the staged dir is published as a whole).
+    ``fields`` are what the conversion measured (JSON values), among them what
+    ``read_report`` reads back: ``height``, ``width``, ``scale_size``, ``buffer_shapes``."""
+    buffer_names, new_buffer_names = io_names(num_buffers)
+    report = dict(fields)
+    report.update(
+        format=REPORT_FORMAT,
+        format_version=REPORT_VERSION,
+        inputs=["frame", *buffer_names],
+        outputs=["logits", *new_buffer_names],
+        model_config=dict(model_config),
+        torch=torch.__version__,
+    )
+    atomic_write(staged / REPORT_FILE, json.dumps(report, indent=2) + "\n")
+    if classes:
+        atomic_write(staged / CLASSES_FILE, "".join(f"{name}\n" for name in classes))
+
+
+def publish(staged: Path, out_dir: Path) -> None:
+    """Move the staged model into place. A new ``out_dir`` is the staged dir renamed. In an
+    existing one (empty, or ``--overwrite``) only the names this command writes (``OUTPUTS``)
+    are replaced, and those this conversion did not produce (classes.txt, finetune/) are
+    removed (into the temp dir, deleted with it); any other file there is left alone.
+    report.json goes last."""
+    if not out_dir.exists():
+        os.rename(staged, out_dir)
+        return
+    previous = staged.parent / "previous"
+    previous.mkdir()
+    for name in OUTPUTS:
+        new, target = staged / name, out_dir / name
+        if new.is_file() and target.is_file() and not target.is_symlink():
+            os.replace(new, target)
+            continue
+        if target.exists() or target.is_symlink():
+            os.rename(target, previous / name)
+        if new.exists():
+            os.rename(new, target)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+@dataclass(frozen=True)
+class ModelDir:
+    """A model dir loaded to run: the step and what its input must look like."""
+
+    step: StepFn  # (frame (1, 3, H, W), *buffers) -> (logits (1, K), *new_buffers)
+    height: int
+    width: int
+    scale_size: int  # short side of the frame before the centre crop
+    buffer_shapes: list[tuple[int, ...]]
+    classes_file: Path | None  # classes.txt, when the dir has one
+    source: str  # the file the step came from (named when a step fails)
+
+
+def load_streaming_model(path: str | Path) -> StreamingTSM:
+    """The streaming model of a model dir's ``online_weights.pt``, rebuilt from this package's
+    code (``build_model`` from the recorded config, weights read with ``weights_only=True``):
+    nothing in the file can run. It computes what ``online.pt`` computes."""
+    return StreamingTSM(load_model(path)).eval()
+
+
+def load_model_dir(model_dir: str | Path, *, trust_torchscript: bool = False) -> ModelDir:
+    """The streaming model of a model dir, with the input size recorded in ``report.json``.
+
+    By default it is rebuilt from ``online_weights.pt`` (no code from the dir runs).
+    ``trust_torchscript=True`` loads ``online.pt`` instead: only for a dir you trust, since
+    loading and running TorchScript runs whatever code it holds.
+    """
+    model_dir = Path(model_dir)
+    report_path = model_dir / REPORT_FILE
+    if not report_path.is_file():
+        raise ExportError(
+            f"{report_path}: missing; {model_dir} is not an online model dir "
+            "(make one with tsm convert-online)"
+        )
+    height, width, scale_size, shapes = read_report(report_path)
+    if trust_torchscript:
+        path = model_dir / TORCHSCRIPT_FILE
+        step: StepFn = load_torchscript(path)
+    else:
+        path = model_dir / WEIGHTS_FILE
+        step = _load_weights(path, model_dir, report_path, height, width, shapes)
+    classes = model_dir / CLASSES_FILE
+    return ModelDir(
+        step, height, width, scale_size, shapes, classes if classes.is_file() else None, str(path)
+    )
+
+
+def _load_weights(
+    path: Path,
+    model_dir: Path,
+    report_path: Path,
+    height: int,
+    width: int,
+    shapes: list[tuple[int, ...]],
+) -> StreamingTSM:
+    """online_weights.pt rebuilt, checked against the buffer shapes of the report."""
+    if not path.is_file():
+        raise ExportError(
+            f"{path}: missing (a model dir from an older tsmcli holds only TorchScript, "
+            "which can run code); run tsm convert-online again, or pass "
+            f"--trust-torchscript if you trust {model_dir / TORCHSCRIPT_FILE}"
+        )
+    step = load_streaming_model(path)
+    if step.buffer_shapes(height, width) != shapes:
+        raise ExportError(
+            f"{report_path}: its buffer_shapes do not match {path} at {height}x{width}; "
+            "the report was edited or belongs to another model: convert again with tsm "
+            "convert-online"
+        )
+    return step
+
+
+def read_report(path: Path) -> tuple[int, int, int, list[tuple[int, ...]]]:
+    """(height, width, scale_size, buffer_shapes) from report.json, checked."""
+
+    def fail(what: str) -> ExportError:
+        return ExportError(f"{path}: {what}; convert the checkpoint again with tsm convert-online")
+
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise fail(f"not valid JSON ({str(exc).splitlines()[0]})") from None
+
+    def size(key: str, least: int) -> int:
+        value = report.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise fail(f"{key} must be an integer of at least {least}, got {value!r}")
+        return value
+
+    if not isinstance(report, dict):
+        raise fail(f"holds a {type(report).__name__}, not the report object")
+    height, width = size("height", 16), size("width", 16)
+    scale_size = size("scale_size", max(height, width))
+    shapes = report.get("buffer_shapes")
+    if not isinstance(shapes, list) or not all(
+        isinstance(shape, list)
+        and shape
+        and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+        for shape in shapes
+    ):
+        raise fail("buffer_shapes must be a list of shapes (lists of positive integers)")
+    return height, width, scale_size, [tuple(shape) for shape in shapes]
+
+
+def load_torchscript(path: Path) -> StepFn:
+    """``online.pt`` loaded: this runs whatever code the file holds."""
+    if not path.is_file():
+        raise ExportError(f"{path}: missing; convert the checkpoint again with tsm convert-online")
+    with warnings.catch_warnings():  # TorchScript is deprecated in torch 2.x, still the format
+        warnings.filterwarnings("ignore", category=FutureWarning, message=r".*torch\.jit")
+        try:
+            return torch.jit.load(str(path), map_location="cpu").eval()
+        except (RuntimeError, ValueError, OSError) as exc:
+            text = str(exc).strip()
+            first = text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
+            raise ExportError(
+                f"{path}: not a readable TorchScript file ({first}); convert the "
+                "checkpoint again with tsm convert-online"
+            ) from exc

@@ -1,0 +1,305 @@
+"""Weight files: safe load and atomic save, which format a file is, and key maps onto ours.
+
+Every file is read with ``torch.load(..., weights_only=True)``: a checkpoint from the
+internet can hold tensors and plain values, never code. Every file is written atomically
+(``fileio.atomic_write_with``): a crash or a full disk mid-save leaves the previous file as
+it was.
+
+Formats (``checkpoint_format``):
+
+- ``tsmcli``: ours, ``{"format": "tsmcli", "format_version": 1, "model_config": ...,
+  "recipe": ..., "classes": ..., "state_dict": ..., + training state}`` (built by
+  ``model.checkpoint.checkpoint_dict``; ``format_version`` 1 files are read as they are).
+- ``official``: official TSM releases, ``{"state_dict": {"module.base_model.layer1.0.conv1
+  .net.weight", ..., "module.new_fc.weight"}}``.
+- ``mmaction2``: mmaction2 TSM files, ``backbone.layer1.0.conv1.conv.net.weight``,
+  ``cls_head.fc_cls.weight``.
+- ``torchvision``: an ImageNet backbone (``layer1.0.conv1.weight``, ``fc.weight``).
+
+This module knows key layouts, not networks: it imports no model module, and the facts it
+needs about a backbone (its family, the attribute of its classifier, which modules carry a
+shift wrapper) are passed in as plain values.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from tsmcli.errors import CheckpointError
+from tsmcli.fileio import atomic_write_with
+
+FORMAT = "tsmcli"
+FORMAT_VERSION = 1
+FORMATS = (FORMAT, "official", "mmaction2", "torchvision", "unknown")
+_PLAIN_TYPES = (
+    type(None),
+    bool,
+    int,
+    float,
+    complex,
+    str,
+    bytes,
+    torch.dtype,
+    torch.device,
+    torch.Size,
+)  # exact types (see _check_plain)
+
+
+# ---------------------------------------------------------------------------------------------
+# files
+
+
+def save_checkpoint(obj: Mapping[str, Any], path: str | Path) -> Path:
+    """Write ``obj`` to ``path`` atomically (``fileio.atomic_write_with``): on any failure,
+    a full disk included, the old file is left untouched. ``obj`` may hold only tensors and
+    plain values (checked first), so that ``load_checkpoint`` can read it back with
+    ``weights_only=True``."""
+    _check_plain(obj, "checkpoint")
+    return atomic_write_with(path, lambda handle: torch.save(dict(obj), handle))
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint on CPU with ``weights_only=True``; every failure is a one-line
+    ``CheckpointError`` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file; check the path")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        # The safe loader names the class it refused ("Unsupported global: GLOBAL
+        # argparse.Namespace ..."); anything else it cannot read is not a checkpoint at all.
+        culprit = next(
+            (line.strip() for line in str(exc).splitlines() if "Unsupported global" in line), None
+        )
+        if culprit is not None:
+            raise CheckpointError(
+                f"{path}: refused by the safe loader (weights_only=True): {culprit}; if you "
+                "trust the file, re-save only its tensors: torch.save(torch.load(path, "
+                "weights_only=False)['state_dict'], 'weights.pth')"
+            ) from exc
+        raise CheckpointError(
+            f"{path}: not a checkpoint (not a file written by torch.save, "
+            "or damaged); check the path, or re-download or re-save it"
+        ) from exc
+    if not isinstance(obj, dict):
+        raise CheckpointError(
+            f"{path}: holds a {type(obj).__name__}, not a dict of weights; "
+            "save a state dict or a checkpoint dict instead"
+        )
+    return obj
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Refuse anything ``weights_only=True`` could not read back (a dataclass, a numpy
+    scalar, a defaultdict): better a TypeError now than an unloadable file later. Types are
+    checked exactly, since subclasses of float or dict (numpy scalars, defaultdict) pickle
+    as their own class."""
+    if isinstance(value, Tensor) or type(value) in _PLAIN_TYPES:
+        return
+    if type(value) in (dict, OrderedDict):
+        for key, item in value.items():
+            if type(key) not in (str, int):
+                raise TypeError(f"{where}: key {key!r} is a {type(key).__name__}; use str or int")
+            _check_plain(item, f"{where}[{key!r}]")
+        return
+    if type(value) in (list, tuple):
+        for index, item in enumerate(value):
+            _check_plain(item, f"{where}[{index}]")
+        return
+    raise TypeError(
+        f"{where} is a {type(value).__name__}; checkpoints hold only tensors and "
+        "plain Python values (convert it, e.g. dataclasses.asdict, float(), "
+        "torch.from_numpy)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# formats
+
+
+def checkpoint_format(ckpt: Mapping[str, Any]) -> str:
+    """``"tsmcli"``, ``"official"``, ``"mmaction2"``, ``"torchvision"`` or ``"unknown"``."""
+    if ckpt.get("format") == FORMAT:
+        return FORMAT
+    state = raw_state_dict(ckpt)
+    if state is None:
+        return "unknown"
+    if any(key.startswith("base_model.") for key in state):
+        return "official"
+    if any(key.startswith("backbone.") for key in state):
+        return "mmaction2"
+    if ("conv1.weight" in state and "fc.weight" in state) or "features.0.0.weight" in state:
+        return "torchvision"
+    return "unknown"
+
+
+def raw_state_dict(ckpt: Mapping[str, Any]) -> dict[str, Tensor] | None:
+    """The tensors of a checkpoint (its ``state_dict`` or itself), without a DataParallel
+    ``module.`` prefix; None when there is no such dict."""
+    state = ckpt.get("state_dict", ckpt)
+    if not isinstance(state, Mapping) or not state:
+        return None
+    if not all(isinstance(key, str) and isinstance(value, Tensor) for key, value in state.items()):
+        return None
+    if all(key.startswith("module.") for key in state):
+        state = {key[len("module.") :]: value for key, value in state.items()}
+    return dict(state)
+
+
+# ---------------------------------------------------------------------------------------------
+# key maps onto ours: base_model.* (the backbone, shift wrappers as .net), new_fc.* (the head)
+
+
+def video_state_dict(
+    state: Mapping[str, Tensor], fmt: str, *, family: str, head: str, arch: str, source: str
+) -> dict[str, Tensor]:
+    """Our key layout for the tensors of a tsmcli, official or mmaction2 file. ``family``
+    (``resnet``, ``mobilenet_v2``), ``head`` (the backbone's classifier attribute) and
+    ``arch`` describe the backbone the weights are for."""
+    if fmt == "official":
+        return _from_official(state, family, head)
+    if fmt == "mmaction2":
+        return _from_mmaction2(state, family, arch, source)
+    return dict(state)
+
+
+def _from_official(state: Mapping[str, Tensor], family: str, head: str) -> dict[str, Tensor]:
+    """Official TSM keys to ours. ResNets already match; the official MobileNetV2 is its own
+    flat layout, renamed onto torchvision's. A release trained with dropout 0 keeps its head
+    inside the backbone (``base_model.fc``), which is our ``new_fc``."""
+    converted = {}
+    head = f"base_model.{head}."
+    # torchvision's nested layout (features.3.conv.0.0.weight) means the keys are ours already
+    flat_mobilenet = family == "mobilenet_v2" and not any(
+        re.match(r"base_model\.features\.\d+\.conv\.\d+\.\d+\.", key) for key in state
+    )
+    for key, value in state.items():
+        if key.startswith(head):
+            key = "new_fc." + key[len(head) :]
+        elif key.startswith("base_model.") and flat_mobilenet:
+            key = "base_model." + _official_mobilenet_key(key[len("base_model.") :], state)
+        converted[key] = value
+    return converted
+
+
+# official MobileNetV2 block: a flat Sequential; torchvision nests conv+BN+ReLU6 triples
+_MOBILENET_EXPANDED = {"0": "0.0", "1": "0.1", "3": "1.0", "4": "1.1", "6": "2", "7": "3"}
+_MOBILENET_PLAIN = {"0": "0.0", "1": "0.1", "3": "1", "4": "2"}
+
+
+def _official_mobilenet_key(key: str, state: Mapping[str, Tensor]) -> str:
+    match = re.fullmatch(r"features\.(\d+)\.conv\.(\d+)\.(.+)", key)
+    if match is None:
+        return key
+    block, index, rest = match.groups()
+    expanded = any(k.startswith(f"base_model.features.{block}.conv.7.") for k in state)
+    table = _MOBILENET_EXPANDED if expanded else _MOBILENET_PLAIN
+    return f"features.{block}.conv.{table.get(index, index)}.{rest}"
+
+
+_MMACTION2_RENAMES = (
+    (re.compile(r"^conv1\.conv\."), "conv1."),
+    (re.compile(r"^conv1\.bn\."), "bn1."),
+    (re.compile(r"\.conv(\d)\.conv\."), r".conv\1."),
+    (re.compile(r"\.conv(\d)\.bn\."), r".bn\1."),
+    (re.compile(r"\.downsample\.conv\."), ".downsample.0."),
+    (re.compile(r"\.downsample\.bn\."), ".downsample.1."),
+)
+
+
+def _from_mmaction2(
+    state: Mapping[str, Tensor], family: str, arch: str, source: str
+) -> dict[str, Tensor]:
+    """mmaction2 ``ResNetTSM`` + ``TSMHead`` keys to ours: its ConvModule pairs
+    (``conv1.conv``/``conv1.bn``) become torchvision's ``conv1``/``bn1``; the shift wrapper's
+    ``net`` stays where it is."""
+    if family != "resnet":
+        raise CheckpointError(
+            f"{source}: mmaction2 checkpoints are read for ResNet backbones "
+            f"only, not {arch}; convert it to a torchvision layout first"
+        )
+    converted = {}
+    for key, value in state.items():
+        if key.startswith("data_preprocessor."):
+            continue  # normalisation constants, not weights
+        if key.startswith("cls_head.fc_cls."):
+            key = "new_fc." + key[len("cls_head.fc_cls.") :]
+        elif key.startswith("backbone."):
+            rest = key[len("backbone.") :]
+            for pattern, replacement in _MMACTION2_RENAMES:
+                rest = pattern.sub(replacement, rest)
+            key = "base_model." + rest
+        converted[key] = value
+    return converted
+
+
+def imagenet_state_dict(
+    state: Mapping[str, Tensor], *, head: str, wrapped: Iterable[str]
+) -> dict[str, Tensor]:
+    """A torchvision ImageNet state dict (``layer1.0.conv1.weight``, ``fc.weight``) as the
+    backbone of a TSN: the ImageNet classifier (``head``) is dropped and the keys of modules
+    now wrapped by a ``TemporalShift`` (the qualified names ``wrapped``) are renamed onto the
+    wrapper: ``layer1.0.conv1.weight`` -> ``layer1.0.conv1.net.weight``
+    (``layer1.0.net.conv1.weight`` for the ``block`` placement)."""
+    wrapped = set(wrapped)
+    renamed = {}
+    for key, value in state.items():
+        if key.startswith(f"{head}."):
+            continue
+        parts = key.split(".")
+        for cut in range(len(parts) - 1, 0, -1):
+            prefix = ".".join(parts[:cut])
+            if prefix in wrapped:
+                key = f"{prefix}.net.{'.'.join(parts[cut:])}"
+                break
+        renamed[key] = value
+    return renamed
+
+
+# ---------------------------------------------------------------------------------------------
+# loading into a module
+
+
+def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, Tensor], source: str) -> None:
+    """Load every tensor or fail with ONE line: counts of missing, unexpected and reshaped keys
+    and up to three of each. Only ``num_batches_tracked`` counters may be absent (old files
+    lack them; they do not affect outputs)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state_dict if k not in expected]
+    reshaped = [
+        k
+        for k in state_dict
+        if k in expected and tuple(state_dict[k].shape) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or reshaped:
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} missing ({some(missing)})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected ({some(unexpected)})")
+        if reshaped:
+            shown = [
+                f"{k} {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}" for k in reshaped
+            ]
+            problems.append(f"{len(reshaped)} of another shape, file vs model ({some(shown)})")
+        raise CheckpointError(
+            f"{source}: weights do not fit the model: {'; '.join(problems)}; "
+            "check arch, shift, shift_place and num_classes"
+        )
+    full = {k: v for k, v in expected.items() if k not in state_dict}  # num_batches_tracked
+    full.update(state_dict)
+    model.load_state_dict(full, strict=True)
+
+
+def some(keys: list[str]) -> str:
+    """Up to three of ``keys`` for a one-line message."""
+    return ", ".join(keys[:3]) + (", ..." if len(keys) > 3 else "")
