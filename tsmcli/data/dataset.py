@@ -189,6 +189,9 @@ class VideoClipDataset(Dataset):
     ``mode="val"``: segment centres, ``crops`` views; clip (V, T, 3, S, S).
     ``mode="test"``: ``clips`` temporal views (twice as many with ``twice_sample``; dense
     starts with ``dense``) x ``crops`` spatial views; clip (V, T, 3, S, S), temporal-major.
+
+    ``entries`` are the items themselves, for data that is not a list file (``tsm predict``'s
+    inputs): ``list_file`` then only names them in messages and no ``classes.txt`` is read.
     """
 
     def __init__(
@@ -213,6 +216,7 @@ class VideoClipDataset(Dataset):
         dense: bool = False,
         skip_bad: bool = False,
         seed: int = 0,
+        entries: Sequence[ListEntry] | None = None,
     ):
         if mode not in MODES:
             raise UsageError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -243,12 +247,12 @@ class VideoClipDataset(Dataset):
             )
         self.list_file = Path(list_file)
         self.root = Path(root)
-        self.entries = read_list(self.list_file)
+        self.entries = read_list(self.list_file) if entries is None else list(entries)
         if not self.entries:
             raise DataError(
                 f"{self.list_file}: the list is empty; check tsm build-list's missing.txt"
             )
-        self.classes = classes_for_list(self.list_file)
+        self.classes = classes_for_list(self.list_file) if entries is None else None
         if self.classes is not None:
             top = max(e.label for e in self.entries)
             if top >= len(self.classes):

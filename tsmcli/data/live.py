@@ -143,6 +143,11 @@ class LiveSummary:
         return self.ending != "finished"
 
 
+def is_url(spec: str | Path) -> bool:
+    """Whether ``spec`` names a URL (``scheme://...``) rather than a path."""
+    return bool(_URL.match(str(spec)))
+
+
 def open_source(
     spec: str | Path | None = None,
     *,
@@ -169,7 +174,7 @@ def open_source(
         name, file, fmt = device.label, device.device, device.format
         inherently_live, paceable, wait = True, False, timeout
         options = {**device.options, **(options or {})}
-    elif _URL.match(str(spec)):
+    elif is_url(spec):
         name, file, fmt = _hide_password(str(spec)), str(spec), None
         inherently_live = urlsplit(file).scheme.lower() in LIVE_SCHEMES
         paceable, wait = not inherently_live, timeout
