@@ -101,6 +101,7 @@ def test_a_server_closing_mid_body_ends_the_loop_with_the_frames_so_far(
     summary = source.summary
     assert [f.index for f in frames] == list(range(len(expected)))  # the decoder drained too
     assert same_images(frames, expected)
+    assert [f.time for f in frames] == [t for t, _ in expected]  # drained frames too, not NaN
     assert summary.ending == "failed" and summary.stopped_early
     assert summary.reason.startswith("stopped mid-stream after ")
     assert summary.decoded == summary.delivered == len(frames) and summary.dropped == 0

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import re
 import sys
 import threading
@@ -430,9 +431,14 @@ class LiveSource:
 
     def _hand_on(self, frame) -> bool:
         """Stamp, pace and put one decoded frame; False once the source is closed. A frame
-        without a pts is stamped by the frame rate, or by the wall clock if there is none."""
+        drained from the decoder after a failure has its pts but no time base of its own (PyAV
+        gives its time as NaN): the stream's is used. A frame without a pts is stamped by the
+        frame rate, or by the wall clock if there is none."""
         index = self._slot.decoded
         stream_time = frame.time
+        if stream_time is not None and math.isnan(stream_time):
+            base = self._stream.time_base
+            stream_time = float(frame.pts * base) if frame.pts is not None and base else None
         if stream_time is None:
             stream_time = index / self.fps if self.fps else time.monotonic() - self._started
         if self._pacer is not None and not self._pacer.wait(stream_time):
