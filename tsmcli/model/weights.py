@@ -218,8 +218,10 @@ def _official_mobilenet_key(
     return f"features.{block}.conv.{table.get(index, index)}.{rest}"
 
 
-# The blocks of the online demo's MobileNetV2 that shift (InvertedResidualWithShift), as
-# indices of ``features``: its shift_block_idx (2, 4, 5, 7, 8, 9, 11, 12, 14, 15) counts the
+# The blocks of the online demo's MobileNetV2 that shift (InvertedResidualWithShift in
+# online_demo/mobilenet_v2_tsm.py of mit-han-lab/temporal-shift-module, read at commit
+# 436e7cf0bec151a73b25fe91e06709af876a04df), as indices of ``features``: its
+# shift_block_idx (2, 4, 5, 7, 8, 9, 11, 12, 14, 15) counts the
 # inverted residual blocks from 0, and features[0] is the stem. They are the blocks with a
 # skip connection and an expansion, where model.backbones inserts the shift too; the demo's
 # shift has no module, so their expansion conv is ``conv.0`` there and ``conv.0.0.net`` here.
