@@ -13,7 +13,10 @@ from tsmcli.data.layout import SOURCES
 
 @click.command("eval")
 @click.option(
-    "--checkpoint", type=click.Path(path_type=Path), default=None, help="Checkpoint to evaluate."
+    "--checkpoint",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Checkpoint to evaluate: a file, or a model zoo name (tsm zoo list), which also gives the architecture and class names.",
 )
 @click.option(
     "--online",
@@ -111,7 +114,9 @@ from tsmcli.data.layout import SOURCES
     help="Video decoder (default: from the recipe, else decord).",
 )
 @click.option(
-    "--arch", default=None, help="Official/mmaction2 checkpoints: backbone, e.g. resnet50."
+    "--arch",
+    default=None,
+    help="Official/mmaction2 files: backbone, e.g. resnet50 (a zoo name gives it).",
 )
 @click.option(
     "--segments",
@@ -124,7 +129,7 @@ from tsmcli.data.layout import SOURCES
     "--shift",
     type=click.Choice(["none", "bidirectional", "unidirectional"]),
     default=None,
-    help="Official/mmaction2 checkpoints: temporal shift.",
+    help="Official/mmaction2 files: temporal shift (a zoo name gives it; given, it wins with a warning).",
 )
 @click.option(
     "--shift-div",
