@@ -25,6 +25,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import interleaved_medians, write_section  # noqa: E402
+from shift import seed_shift  # noqa: E402  (the seed's shift, as bench/shift.py times it)
 
 from tsmcli.engine.optim import build_optimizer, parameter_groups  # noqa: E402
 from tsmcli.model.tsn import TSN, build_model  # noqa: E402
@@ -32,18 +33,6 @@ from tsmcli.recipe import load_recipe  # noqa: E402
 
 CPU_TARGET, GPU_TARGET = 0.85, 0.5
 NUM_CLASSES = 400
-
-
-def seed_shift(x: torch.Tensor, n_segment: int, fold_div: int = 8) -> torch.Tensor:
-    """The seed document's shift: a zero tensor, then three slice copies."""
-    nt, c, h, w = x.size()
-    x = x.view(nt // n_segment, n_segment, c, h, w)
-    out = torch.zeros_like(x)
-    fold = c // fold_div
-    out[:, :-1, :fold] = x[:, 1:, :fold]  # shift left
-    out[:, 1:, fold : 2 * fold] = x[:, :-1, fold : 2 * fold]  # shift right
-    out[:, :, 2 * fold :] = x[:, :, 2 * fold :]  # not shift
-    return out.view(nt, c, h, w)
 
 
 class SeedShift(nn.Module):

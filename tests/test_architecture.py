@@ -2,8 +2,8 @@
 
 Every import counts, at module level or hidden inside a function. The rules:
 
-- Layers, bottom to top: ``errors``, ``resources``, ``fileio``, ``schema``, ``zoo``,
-  ``zoo_cache``; ``data`` and ``model`` side by side; ``recipe``; ``engine``; ``cli``,
+- Layers, bottom to top: ``errors``, ``resources``, ``fileio``, ``schema``, ``zoo_check``,
+  ``zoo``, ``zoo_cache``; ``data`` and ``model`` side by side; ``recipe``; ``engine``; ``cli``,
   ``commands``, ``demo``, ``__main__``. An import
   never climbs a floor, and ``data`` and ``model`` never import each other. ``tsmcli/__init__``
   (the lazy public API) is exempt; a name taken from it counts as an import of the module
@@ -36,6 +36,7 @@ LAYERS = {
     "schema": 0,
     "zoo": 0,
     "zoo_cache": 0,
+    "zoo_check": 0,
     "data": 1,
     "model": 1,
     "recipe": 2,

@@ -62,9 +62,19 @@ def test_every_shipped_entry_is_consistent():
     from tsmcli.recipe import load_recipe
 
     entries = zoo.list_entries()
-    assert len(entries) == len({e.name for e in entries}) == 20
+    assert len(entries) == len({e.name for e in entries}) == 23
     assert "zoo" not in list_manifests()  # the model zoo registry is not a dataset manifest
-    for entry in entries:
+    backbones = [e for e in entries if e.is_backbone]
+    assert [e.name for e in backbones] == [
+        "imagenet-resnet50",
+        "imagenet-resnet101",
+        "imagenet-mobilenet-v2",
+    ]
+    for entry in backbones:  # torchvision's file names carry the SHA-256 prefix too
+        assert entry.arch in list_backbones() and entry.publisher == "torchvision"
+        assert entry.file == f"{entry.arch}-{entry.sha256}.pth"
+        assert entry.class_names() is None and entry.dataset == "imagenet" and not entry.results
+    for entry in (e for e in entries if not e.is_backbone):
         assert entry.arch in list_backbones(), entry.name  # the registry reads arch as text
         manifest = load_manifest(entry.dataset)
         names = entry.class_names()
@@ -93,7 +103,28 @@ def test_every_shipped_entry_is_consistent():
             assert recipe.data.dataset == entry.dataset and recipe.data.sampling == entry.sampling
             # the TSN baseline trains with 5 segments and is tested with 8
             assert m.num_segments == entry.segments or entry.shift == "none", entry.name
-    assert [e.name for e in entries if not e.results] == ["tsm-jester-mbv2-online"]
+            # and it starts from the ImageNet backbone of its arch, by zoo name
+            backbone = zoo.get_entry(m.pretrained)
+            assert backbone.is_backbone and backbone.arch == entry.arch, entry.name
+    assert [e.name for e in entries if not e.results and not e.is_backbone] == [
+        "tsm-jester-mbv2-online"
+    ]
+
+
+def test_the_backbones_are_torchvisions_own_imagenet1k_v1_files():
+    """The URL (and so the hash prefix) of each backbone entry is the one the installed
+    torchvision downloads for ``weights=IMAGENET1K_V1``, and its note quotes that acc@1."""
+    from torchvision.models import MobileNet_V2_Weights, ResNet50_Weights, ResNet101_Weights
+
+    for name, weights in (
+        ("imagenet-resnet50", ResNet50_Weights.IMAGENET1K_V1),
+        ("imagenet-resnet101", ResNet101_Weights.IMAGENET1K_V1),
+        ("imagenet-mobilenet-v2", MobileNet_V2_Weights.IMAGENET1K_V1),
+    ):
+        entry = zoo.get_entry(name)
+        assert entry.urls == (weights.url,), name
+        acc = weights.meta["_metrics"]["ImageNet-1K"]["acc@1"]
+        assert f"acc@1 {acc:g} " in entry.note, name
 
 
 def test_the_official_numbers_are_those_of_the_official_readme():
@@ -148,10 +179,11 @@ def test_recipe_headers_name_the_checkpoint_they_reproduce_and_its_number():
 def test_zoo_sits_at_the_bottom_of_the_package():
     import ast
 
-    from tsmcli import zoo_cache
+    from tsmcli import zoo_cache, zoo_check
 
     for module, allowed in (
-        (zoo, {"tsmcli.errors", "tsmcli.resources"}),
+        (zoo_check, {"tsmcli.errors"}),
+        (zoo, {"tsmcli.errors", "tsmcli.resources", "tsmcli.zoo_check"}),
         (zoo_cache, {"tsmcli.errors", "tsmcli.fileio", "tsmcli.zoo"}),
     ):
         tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
@@ -242,8 +274,40 @@ def test_a_duplicate_name_is_refused(tmp_path):
     raw["entries"].append(raw["entries"][0])
     path = tmp_path / "zoo.yaml"
     path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(DataError, match=r"entries\[20\]\.name: 'tsm-k400-r50-8f' is used twice"):
+    last = len(raw["entries"]) - 1
+    with pytest.raises(
+        DataError, match=rf"entries\[{last}\]\.name: 'tsm-k400-r50-8f' is used twice"
+    ):
         zoo.load_registry(path)
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (
+            lambda e: e.update(labels="kinetics_k400.txt"),
+            ".labels: must be null for a backbone (no video task)",
+        ),
+        (
+            lambda e: e.update(shift="bidirectional"),
+            ".shift: must be 'none' for a backbone (no video task)",
+        ),
+        (
+            lambda e: e.update(dataset="kinetics400"),
+            ".dataset: must be imagenet for a backbone (an ImageNet classifier's weights)",
+        ),
+        (lambda e: e.update(kind="image"), ".kind: 'image' is not one of video, backbone"),
+    ],
+)
+def test_a_backbone_entry_has_no_video_task(tmp_path, change, expected):
+    raw = _shipped_raw()
+    index = next(i for i, e in enumerate(raw["entries"]) if e["name"] == "imagenet-resnet50")
+    change(raw["entries"][index])
+    path = tmp_path / "zoo.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(DataError) as info:
+        zoo.load_registry(path)
+    assert str(info.value) == f"{path}: entries[{index}] (imagenet-resnet50){expected}"
 
 
 def test_an_unknown_arch_is_refused_where_the_backbones_are_known(tmp_path):

@@ -288,6 +288,14 @@ def test_cli_zoo_list_and_download(payload, tmp_path, monkeypatch):
         "-",
         "no",
     ]
+    assert rows["imagenet-resnet50"] == [
+        "imagenet-resnet50",
+        "imagenet",
+        "-",
+        "backbone",
+        "-",
+        "no",
+    ]
     result = CliRunner().invoke(cli, ["zoo", "download", "tsm-sthv2-r50-8f"])
     assert result.exit_code == 0 and result.output.strip().splitlines()[-1] == str(cached)
     result = CliRunner().invoke(cli, ["zoo", "download", "tsm-sthv2-r50"])

@@ -2,11 +2,14 @@
 
 The registry is data shipped with the package (``tsmcli/zoo.yaml``), read strictly into
 frozen ``ZooEntry`` objects: each names its file, URLs, publisher's hash, architecture,
-class list and the published top-1 with the test protocol behind it and its source. Getting
-the files (verified, resumable downloads into ``$TSM_HOME``) is ``zoo_cache``'s.
+class list and the published top-1 with the test protocol behind it and its source. Besides
+the video models (``kind: video``) it lists the ImageNet backbones the recipes start from
+(``kind: backbone``, for ``model.pretrained``), which have no class list and no video result.
+Getting the files (verified, resumable downloads into ``$TSM_HOME``) is ``zoo_cache``'s; the
+strict reads of each value are ``zoo_check``'s.
 
 This module sits at the bottom of the package: it imports the standard library, yaml,
-``errors`` and ``resources`` only, so it cannot ask the model which backbones exist: ``arch``
+``errors``, ``resources`` and ``zoo_check`` only, so it cannot ask the model which backbones exist: ``arch``
 is read as text and checked against ``model.backbones``' registry by the tests (every shipped
 entry) and by ``load_model`` when a model is built from an entry. The other names it accepts
 are constants here, held equal to their owners' by tests/test_zoo.py.
@@ -14,7 +17,6 @@ are constants here, held equal to their owners' by tests/test_zoo.py.
 
 from __future__ import annotations
 
-import difflib
 import re
 import urllib.parse
 from dataclasses import dataclass, fields
@@ -26,6 +28,7 @@ import yaml
 
 from tsmcli.errors import DataError, UsageError
 from tsmcli.resources import datasets_dir, labels_dir, zoo_registry_path
+from tsmcli.zoo_check import Checker, first_line, suggest
 
 FORMAT_VERSION = 1
 
@@ -34,7 +37,9 @@ FORMAT_VERSION = 1
 # recipe's samplings, engine.views.PROTOCOLS, data.transforms.TEST_CROPS, metrics.AVERAGE_MODES.
 # There is no list of backbone names here: an arch is checked against model.backbones' own
 # registry where that is importable (tests/test_zoo.py, and load_model when a model is built).
-PUBLISHERS = ("official", "mmaction2")
+PUBLISHERS = ("official", "mmaction2", "torchvision")
+KINDS = ("video", "backbone")  # a video model, or an ImageNet backbone for model.pretrained
+BACKBONE_DATASET = "imagenet"  # what every backbone entry is trained on (no video manifest)
 SHIFTS = ("none", "bidirectional", "unidirectional")
 SHIFT_PLACES = ("blockres", "block")
 MIN_SHIFT_DIV = 2
@@ -123,15 +128,20 @@ class ZooEntry:
     shift_div: int
     shift_place: str
     dataset: str
-    labels: str
-    label_order: str
+    labels: str | None  # None for a backbone, as label_order and sampling
+    label_order: str | None
     input_size: int
-    sampling: str
+    sampling: str | None
     epochs: int | None
     recipe: str | None
     recipe_overrides: tuple[str, ...]
     results: tuple[ZooResult, ...]
     note: str
+    kind: str = "video"  # or "backbone": an ImageNet network without a video head
+
+    @property
+    def is_backbone(self) -> bool:
+        return self.kind == "backbone"
 
     @property
     def published(self) -> ZooResult | None:
@@ -150,8 +160,10 @@ class ZooEntry:
             options["num_segments"] = self.segments
         return options
 
-    def class_names(self) -> list[str]:
-        """The class names in the order of the checkpoint's outputs."""
+    def class_names(self) -> list[str] | None:
+        """The class names in the order of the checkpoint's outputs (None for a backbone)."""
+        if self.labels is None:
+            return None
         names = _read_labels(labels_dir() / self.labels)
         return sorted(names) if self.label_order == "sorted" else names
 
@@ -189,7 +201,7 @@ def load_registry(path: str | Path) -> dict[str, ZooEntry]:
         raise DataError(
             f"{path}: cannot read the model zoo registry ({first_line(exc)}); reinstall tsmcli"
         ) from None
-    check = _Checker(path)
+    check = Checker(path)
     top = check.mapping(raw, "", required=("format_version", "entries"))
     if top["format_version"] != FORMAT_VERSION:
         check.fail(
@@ -208,27 +220,21 @@ def load_registry(path: str | Path) -> dict[str, ZooEntry]:
     return entries
 
 
-_ENTRY_KEYS = tuple(f.name for f in fields(ZooEntry))  # every key is required
+_OPTIONAL_KEYS = ("kind",)  # "video" when left out
+_ENTRY_KEYS = tuple(f.name for f in fields(ZooEntry) if f.name not in _OPTIONAL_KEYS)
 _PROTOCOL_KEYS = ("preset", "clips", "crops", "full_res", "twice_sample", "dense", "average")
 
 
-def _parse_entry(check: _Checker, raw: Any, where: str) -> ZooEntry:
+def _parse_entry(check: Checker, raw: Any, where: str) -> ZooEntry:
     if isinstance(raw, dict) and isinstance(raw.get("name"), str):
         where = f"{where} ({raw['name']})"  # every message names the entry
-    raw = check.mapping(raw, where, required=_ENTRY_KEYS)
+    raw = check.mapping(raw, where, required=_ENTRY_KEYS, optional=_OPTIONAL_KEYS)
     name = check.text(raw["name"], f"{where}.name")
     if not _NAME.fullmatch(name):
         check.fail(f"{where}.name", f"{name!r} must be lower case letters, digits, '-' and '.'")
     file = check.text(raw["file"], f"{where}.file")
-    urls = _urls(check, raw["urls"], where, file)
-    digest = _sha256(check, raw["sha256"], where, file)
-    dataset = check.choice(raw["dataset"], f"{where}.dataset", _datasets())
-    labels = check.text(raw["labels"], f"{where}.labels")
-    label_order = check.choice(raw["label_order"], f"{where}.label_order", LABEL_ORDERS)
-    _check_labels(check, where, dataset, labels, label_order)
-    results = raw["results"]
-    if not isinstance(results, list):
-        check.fail(f"{where}.results", "must be a list (empty when no number is published)")
+    kind = check.choice(raw.get("kind", "video"), f"{where}.kind", KINDS)
+    task = (_video_task if kind == "video" else _backbone_task)(check, raw, where)
     recipe = raw["recipe"]
     overrides = _recipe_overrides(check, raw["recipe_overrides"], where, recipe)
     return ZooEntry(
@@ -236,29 +242,67 @@ def _parse_entry(check: _Checker, raw: Any, where: str) -> ZooEntry:
         publisher=check.choice(raw["publisher"], f"{where}.publisher", PUBLISHERS),
         description=check.text(raw["description"], f"{where}.description"),
         file=file,
-        urls=tuple(urls),
-        sha256=digest,
+        urls=tuple(_urls(check, raw["urls"], where, file)),
+        sha256=_sha256(check, raw["sha256"], where, file),
         arch=check.text(raw["arch"], f"{where}.arch"),
         segments=check.integer(raw["segments"], f"{where}.segments", minimum=1, optional=True),
         shift=check.choice(raw["shift"], f"{where}.shift", SHIFTS),
         shift_div=check.integer(raw["shift_div"], f"{where}.shift_div", minimum=MIN_SHIFT_DIV),
         shift_place=check.choice(raw["shift_place"], f"{where}.shift_place", SHIFT_PLACES),
-        dataset=dataset,
-        labels=labels,
-        label_order=label_order,
         input_size=check.integer(raw["input_size"], f"{where}.input_size", minimum=16),
-        sampling=check.choice(raw["sampling"], f"{where}.sampling", SAMPLINGS),
         epochs=check.integer(raw["epochs"], f"{where}.epochs", minimum=1, optional=True),
         recipe=None if recipe is None else check.text(recipe, f"{where}.recipe"),
         recipe_overrides=tuple(overrides),
-        results=tuple(
-            _parse_result(check, item, f"{where}.results[{i}]") for i, item in enumerate(results)
-        ),
         note=check.text(raw["note"], f"{where}.note"),
+        kind=kind,
+        **task,
     )
 
 
-def _urls(check: _Checker, raw: Any, where: str, file: str) -> list[str]:
+def _video_task(check: Checker, raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """A video model's dataset, class list and order, sampling and published results."""
+    dataset = check.choice(raw["dataset"], f"{where}.dataset", _datasets())
+    labels = check.text(raw["labels"], f"{where}.labels")
+    label_order = check.choice(raw["label_order"], f"{where}.label_order", LABEL_ORDERS)
+    _check_labels(check, where, dataset, labels, label_order)
+    results = raw["results"]
+    if not isinstance(results, list):
+        check.fail(f"{where}.results", "must be a list (empty when no number is published)")
+    return {
+        "dataset": dataset,
+        "labels": labels,
+        "label_order": label_order,
+        "sampling": check.choice(raw["sampling"], f"{where}.sampling", SAMPLINGS),
+        "results": tuple(
+            _parse_result(check, item, f"{where}.results[{i}]") for i, item in enumerate(results)
+        ),
+    }
+
+
+def _backbone_task(check: Checker, raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """An ImageNet backbone has no video task: no class list, clip, shift, recipe or result."""
+    if raw["dataset"] != BACKBONE_DATASET:
+        check.fail(
+            f"{where}.dataset",
+            f"must be {BACKBONE_DATASET} for a backbone (an ImageNet classifier's weights)",
+        )
+    for key, empty in (
+        ("labels", None),
+        ("label_order", None),
+        ("sampling", None),
+        ("segments", None),
+        ("shift", "none"),
+        ("recipe", None),
+        ("results", []),
+    ):
+        if raw[key] != empty:
+            shown = "null" if empty is None else repr(empty)
+            check.fail(f"{where}.{key}", f"must be {shown} for a backbone (no video task)")
+    nothing = {"labels": None, "label_order": None, "sampling": None, "results": ()}
+    return {"dataset": BACKBONE_DATASET, **nothing}
+
+
+def _urls(check: Checker, raw: Any, where: str, file: str) -> list[str]:
     """http(s) URLs, at least one, each ending with the entry's file name."""
     urls = check.strings(raw, f"{where}.urls")
     if not urls:
@@ -272,7 +316,7 @@ def _urls(check: _Checker, raw: Any, where: str, file: str) -> list[str]:
     return urls
 
 
-def _sha256(check: _Checker, digest: Any, where: str, file: str) -> str | None:
+def _sha256(check: Checker, digest: Any, where: str, file: str) -> str | None:
     """None, 64 hex digits, or the 8-digit prefix that the file name carries."""
     if digest is None:
         return None
@@ -284,7 +328,7 @@ def _sha256(check: _Checker, digest: Any, where: str, file: str) -> str | None:
     return digest
 
 
-def _recipe_overrides(check: _Checker, raw: Any, where: str, recipe: Any) -> list[str]:
+def _recipe_overrides(check: Checker, raw: Any, where: str, recipe: Any) -> list[str]:
     """``key=value`` items, only with a recipe."""
     overrides = check.strings(raw, f"{where}.recipe_overrides")
     if recipe is None and overrides:
@@ -295,7 +339,7 @@ def _recipe_overrides(check: _Checker, raw: Any, where: str, recipe: Any) -> lis
     return overrides
 
 
-def _parse_result(check: _Checker, raw: Any, where: str) -> ZooResult:
+def _parse_result(check: Checker, raw: Any, where: str) -> ZooResult:
     raw = check.mapping(raw, where, required=("protocol", "top1", "source"), optional=("top5",))
     proto = check.mapping(
         raw["protocol"], f"{where}.protocol", required=("preset",), optional=_PROTOCOL_KEYS[1:]
@@ -327,7 +371,7 @@ def _datasets() -> tuple[str, ...]:
     return tuple(sorted(p.stem for p in datasets_dir().glob("*.yaml")))
 
 
-def _check_labels(check: _Checker, where: str, dataset: str, labels: str, order: str) -> None:
+def _check_labels(check: Checker, where: str, dataset: str, labels: str, order: str) -> None:
     """The class list must be the dataset's own, hold its class count, and offer ``order``."""
     manifest = _manifest(dataset)
     listed = Path(str(manifest.get("labels") or "")).name
@@ -360,80 +404,3 @@ def _manifest(dataset: str) -> dict[str, Any]:
 
 def _read_labels(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-class _Checker:
-    """Strict, typed reads of registry values; every failure names the file and the key."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def fail(self, where: str, problem: str) -> None:
-        raise DataError(f"{self.path}: {where or 'top level'}: {problem}")
-
-    def mapping(
-        self, raw: Any, where: str, *, required: tuple[str, ...], optional: tuple[str, ...] = ()
-    ) -> dict[str, Any]:
-        if not isinstance(raw, dict):
-            self.fail(where, f"must be a mapping of {', '.join(required + optional)}")
-        known = required + optional
-        for key in raw:
-            if key not in known:
-                self.fail(
-                    f"{where}.{key}".lstrip("."), f"unknown key; {suggest(str(key), list(known))}"
-                )
-        missing = [key for key in required if key not in raw]
-        if missing:
-            self.fail(where, f"missing {', '.join(missing)}")
-        return raw
-
-    def text(self, value: Any, where: str) -> str:
-        if not isinstance(value, str) or not value.strip():
-            self.fail(where, f"must be a non-empty string, not {value!r}")
-        return value
-
-    def strings(self, value: Any, where: str) -> list[str]:
-        if not isinstance(value, list):
-            self.fail(where, "must be a list of strings")
-        return [self.text(item, f"{where}[{i}]") for i, item in enumerate(value)]
-
-    def choice(self, value: Any, where: str, allowed: tuple[str, ...]) -> str:
-        if value not in allowed:
-            self.fail(where, f"{value!r} is not one of {', '.join(allowed)}")
-        return value
-
-    def integer(self, value: Any, where: str, *, minimum: int, optional: bool = False) -> Any:
-        if value is None and optional:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            self.fail(
-                where,
-                f"must be an integer >= {minimum}{' or null' if optional else ''}, not {value!r}",
-            )
-        return value
-
-    def flag(self, value: Any, where: str) -> bool | None:
-        if value is not None and not isinstance(value, bool):
-            self.fail(where, f"must be true or false, not {value!r}")
-        return value
-
-    def percent(self, value: Any, where: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
-            self.fail(where, f"must be a percentage (0-100), not {value!r}")
-        return float(value)
-
-
-# ---------------------------------------------------------------------------------------------
-# helpers
-
-
-def suggest(name: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-    if close:
-        return "did you mean " + " or ".join(repr(c) for c in close) + "?"
-    return "see `tsm zoo list`" if len(known) > 8 else f"choose one of {', '.join(known)}"
-
-
-def first_line(value: Any) -> str:
-    text = str(value).strip()
-    return text.splitlines()[0] if text else type(value).__name__

@@ -224,22 +224,29 @@ def resolve_checkpoint(
 ) -> tuple[Path, ZooEntry | None]:
     """A checkpoint argument as a local file: an existing path as it is (entry None), a model
     zoo name as its cached file (downloaded when missing). Anything else is one line: a
-    missing path says so, an unknown name lists the closest names."""
+    missing path says so, an unknown name lists the closest names (see ``locate``)."""
+    path, entry = locate(name_or_path, home)
+    return (path, None) if entry is None else (download(entry, home), entry)
+
+
+def locate(
+    name_or_path: str | Path, home: str | Path | None = None
+) -> tuple[Path, ZooEntry | None]:
+    """Where a checkpoint argument lies, without any download: an existing file (entry None),
+    or a model zoo name's cache path (which may not exist yet) and its entry. The text
+    decides, whatever its type: a file that exists wins over a name; a missing path (with a
+    folder or a checkpoint suffix) is a ``CheckpointError``; any other word is a name, and an
+    unknown one is a ``UsageError`` listing the closest names."""
     text = str(name_or_path)
     path = Path(text).expanduser()
     if path.is_file():
         return path, None
     entries = shipped_entries()
     if text in entries:
-        return download(entries[text], home), entries[text]
+        return cache_path(entries[text], home), entries[text]
     if path.exists():
         raise CheckpointError(f"{path}: is a folder, not a checkpoint file; give the file")
-    if (
-        isinstance(name_or_path, Path)
-        or "/" in text
-        or os.sep in text
-        or path.suffix in (".pth", ".pt", ".tar", ".ckpt")
-    ):
+    if "/" in text or os.sep in text or path.suffix in (".pth", ".pt", ".tar", ".ckpt"):
         raise CheckpointError(
             f"{path}: no such checkpoint file; check the path, or give a "
             "model zoo name (tsm zoo list)"
@@ -248,6 +255,17 @@ def resolve_checkpoint(
         f"{text!r} is neither a checkpoint file nor a model zoo name; "
         f"{suggest(text, list(entries))}"
     )
+
+
+def local_path(name_or_path: str | Path, home: str | Path | None = None) -> Path:
+    """The file a checkpoint argument stands for, for checks made before reading it (an
+    output folder must not hold it): a model zoo name's cache path, else the path as
+    written. Nothing is checked or downloaded."""
+    text = str(name_or_path)
+    entry = shipped_entries().get(text)
+    if entry is not None and not Path(text).expanduser().is_file():
+        return cache_path(entry, home)
+    return Path(text).expanduser()
 
 
 def _fetch(url: str, part: Path, *, retries: int, timeout: float, label: str) -> None:

@@ -219,7 +219,7 @@ def test_sthv2_json_templates_without_brackets(tmp_path):
     assert result.unlabeled == {"test": 1}
     manifest = load_manifest("sthv2")
     assert manifest.flip == "off" and manifest.flip_pairs == ((86, 87), (93, 94), (166, 167))
-    assert manifest.test_protocol.twice_sample and manifest.test_protocol.crops == 3
+    assert manifest.test_protocol == "sthv2"  # twice-sampled clips x 3 full-res crops
 
     (ann / "something-something-v2-validation.json").write_text('[{"id": "1",\n "template": }]')
     with pytest.raises(DataError, match=r"validation.json:2: not valid JSON"):

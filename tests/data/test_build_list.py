@@ -101,6 +101,7 @@ def test_cli_build_list_prints_a_summary(tmp_path):
     assert result.exit_code == 0, result.output
     assert "train.txt: 2" in result.output and "val.txt: 2" in result.output
     assert lines(out / "train.txt")[0].endswith(" 2 0")
+    assert "test protocol: tsm eval --protocol single (the views folder's" in result.output
 
 
 def test_paths_with_spaces_are_refused_before_any_work(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import tsmcli.data.manifest as manifest_module
-from tsmcli.data.manifest import ViewProtocol, list_manifests, load_manifest
+from tsmcli.data.manifest import list_manifests, load_manifest
 from tsmcli.errors import DataError, UsageError
 from tsmcli.resources import datasets_dir
 
@@ -19,7 +19,7 @@ annotations: {}
 frame_template: img_{:05d}.jpg
 flip: "on"
 flip_pairs: []
-test_protocol: {clips: 2}
+test_protocol: kinetics
 """
 
 
@@ -51,8 +51,12 @@ def test_an_unknown_dataset_names_the_closest_one():
             'flip must be "on" or "off" (quoted), got True',
         ),
         (
-            lambda text: text.replace("{clips: 2}", "{views: 2}"),
-            "malformed test_protocol, flip_pairs or annotations",
+            lambda text: text.replace("test_protocol: kinetics", "test_protocol: {clips: 2}"),
+            "test_protocol names a preset of tsm eval --protocol (e.g. single), got {'clips': 2}",
+        ),
+        (
+            lambda text: text.replace("flip_pairs: []", "flip_pairs: [[1]]"),
+            "malformed flip_pairs or annotations",
         ),
     ],
 )
@@ -64,7 +68,7 @@ def test_a_manifest_is_read_strictly_and_its_faults_name_the_file(
     path.write_text(edit(_GOOD))
     if message is None:
         manifest = load_manifest("mine")
-        assert manifest.test_protocol == ViewProtocol(clips=2)
+        assert manifest.test_protocol == "kinetics"
         assert (manifest.adapter, manifest.flip, manifest.flip_pairs) == ("folder", "on", ())
         return
     with pytest.raises(DataError) as caught:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tsmcli.data.layout import FRAME_TEMPLATE
+from tsmcli.data.manifest import list_manifests, load_manifest
 from tsmcli.engine.views import PROTOCOLS, EvalData, ViewRequest, resolve_protocol
 from tsmcli.errors import UsageError
 from tsmcli.recipe import DataConfig, Recipe
@@ -66,3 +67,19 @@ def test_eval_data_comes_from_the_stored_recipe_or_the_defaults():
         dense_training=True,
     )
     assert EvalData.from_recipe(recipe, source="frames").source == "frames"
+
+
+def test_every_manifest_names_a_preset_of_the_one_protocol_table():
+    # The protocol table lives here (PROTOCOLS); a manifest only names the preset its
+    # dataset's papers test with, and build-list tells the user which one.
+    named = {name: load_manifest(name).test_protocol for name in list_manifests()}
+    assert set(named.values()) <= set(PROTOCOLS)
+    assert named["kinetics400"] == "kinetics" and named["sthv2"] == named["sthv1"] == "sthv2"
+    kinetics, sthv2 = PROTOCOLS["kinetics"], PROTOCOLS["sthv2"]
+    assert (kinetics.clips, kinetics.crops, kinetics.full_res, kinetics.dense) == (
+        10,
+        3,
+        True,
+        True,
+    )
+    assert (sthv2.crops, sthv2.full_res, sthv2.twice_sample) == (3, True, True)

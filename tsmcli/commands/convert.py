@@ -14,7 +14,7 @@ from tsmcli.commands import print_rows
     "--checkpoint",
     required=True,
     type=click.Path(path_type=Path),
-    help="Checkpoint to convert (ours, official TSM or mmaction2).",
+    help="Checkpoint to convert (ours, official TSM, mmaction2, the official online demo's), or a model zoo name (tsm zoo list).",
 )
 @click.option(
     "--out",
@@ -73,7 +73,9 @@ from tsmcli.commands import print_rows
     help="Replace the files a conversion writes in an existing model dir (never a dir that holds an input).",
 )
 @click.option(
-    "--arch", default=None, help="Official/mmaction2 checkpoints: backbone, e.g. resnet50."
+    "--arch",
+    default=None,
+    help="Official/mmaction2 files: backbone, e.g. resnet50 (a zoo name gives it).",
 )
 @click.option(
     "--segments",

@@ -163,6 +163,10 @@ def build_list(
         )
     for name, count in result.unlabeled.items():
         click.echo(f"{name}: {count} entries without labels, not written")
+    click.echo(
+        f"test protocol: tsm eval --protocol {result.test_protocol} (the views "
+        f"{result.dataset}'s published numbers use)"
+    )
     if result.num_missing:
         click.echo(
             f"{result.num_missing} annotated clips missing or empty: see {result.missing_file}"

@@ -91,7 +91,9 @@ model_options = _apply(
             help="Video decoder (default: from the recipe, else decord).",
         ),
         click.option(
-            "--arch", default=None, help="Official/mmaction2 checkpoints: backbone, e.g. resnet50."
+            "--arch",
+            default=None,
+            help="Official/mmaction2 files: backbone, e.g. resnet50 (a zoo name gives it).",
         ),
         click.option(
             "--segments",
@@ -104,7 +106,7 @@ model_options = _apply(
             "--shift",
             type=click.Choice(["none", "bidirectional", "unidirectional"]),
             default=None,
-            help="Official/mmaction2 checkpoints: temporal shift.",
+            help="Official/mmaction2 files: temporal shift (a zoo name gives it; given, it wins with a warning).",
         ),
         click.option(
             "--shift-div",
@@ -131,7 +133,10 @@ model_options = _apply(
 
 @click.command("eval")
 @click.option(
-    "--checkpoint", type=click.Path(path_type=Path), default=None, help="Checkpoint to evaluate."
+    "--checkpoint",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Checkpoint to evaluate: a file, or a model zoo name (tsm zoo list), which also gives the architecture and class names.",
 )
 @click.option(
     "--online",

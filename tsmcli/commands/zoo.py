@@ -12,19 +12,23 @@ def zoo() -> None:
 
 @zoo.command("list")
 def zoo_list() -> None:
-    """Print every published checkpoint with its protocol and published top-1."""
+    """Print every published checkpoint with its protocol and published top-1 (ImageNet
+    backbones, for model.pretrained, say "backbone" in place of a protocol)."""
     from tsmcli.zoo import list_entries
     from tsmcli.zoo_cache import is_cached
 
     rows = [("name", "dataset", "frames", "protocol", "top-1", "downloaded")]
     for entry in list_entries():
         result = entry.published
+        protocol = (
+            "backbone" if entry.is_backbone else "-" if result is None else str(result.protocol)
+        )
         rows.append(
             (
                 entry.name,
                 entry.dataset,
                 "-" if entry.segments is None else str(entry.segments),
-                "-" if result is None else str(result.protocol),
+                protocol,
                 "-" if result is None else f"{result.top1:g}",
                 "yes" if is_cached(entry) else "no",
             )

@@ -68,6 +68,7 @@ class BuildListResult:
     num_overlaps: int = 0  # rows of a clip already in an earlier split (train, val, test)
     num_conflicts: int = 0  # clips annotated with two different labels (conflicting_labels)
     unlabeled: dict[str, int] = field(default_factory=dict)  # split -> rows without a label
+    test_protocol: str = "single"  # the tsm eval --protocol its papers report (the manifest's)
 
 
 def build_list(
@@ -122,7 +123,7 @@ def build_list(
     entries, missing = _measure_all(root, clips, template, workers)
     if family is None:
         entries = _stratified_split(entries.pop(UNSPLIT), val_fraction, seed, clips.classes)
-    return _write(out, manifest.name, clips, entries, missing, template)
+    return _write(out, manifest, clips, entries, missing, template)
 
 
 def _check_arguments(
@@ -176,6 +177,7 @@ class _Clips:
     source: str
     repeats: _Repeats = _Repeats()
     unlabeled: dict[str, int] = field(default_factory=dict)  # split -> rows without a label
+    test_protocol: str = "single"  # the tsm eval --protocol its papers report (the manifest's)
 
 
 def _collect_folder(root: Path, source: str | None, val_fraction: float) -> _Clips:
@@ -355,7 +357,7 @@ def _stratified_split(
 
 def _write(
     out: Path,
-    dataset: str,
+    manifest: DatasetManifest,
     clips: _Clips,
     entries: dict[str, list[ListEntry]],
     missing: list[str],
@@ -389,7 +391,7 @@ def _write(
             "%s: %d entries have no label (withheld by the dataset); not written", split_name, count
         )
     return BuildListResult(
-        dataset=dataset,
+        dataset=manifest.name,
         source=clips.source,
         template=template,
         lists=lists,
@@ -403,4 +405,5 @@ def _write(
         num_overlaps=repeats.overlaps,
         num_conflicts=repeats.conflicts,
         unlabeled=clips.unlabeled,
+        test_protocol=manifest.test_protocol,
     )

@@ -25,17 +25,6 @@ LABEL_ORDERS = ("official", "sorted")
 
 
 @dataclass(frozen=True)
-class ViewProtocol:
-    """The views a dataset is usually scored with (see the dataset's manifest)."""
-
-    clips: int = 1
-    crops: int = 1
-    full_res: bool = False
-    twice_sample: bool = False
-    dense: bool = False
-
-
-@dataclass(frozen=True)
 class DatasetManifest:
     """A dataset's manifest ``datasets/<name>.yaml``, checked on load."""
 
@@ -50,7 +39,7 @@ class DatasetManifest:
     frame_template: str
     flip: str  # default flip mode: "on" or "off"
     flip_pairs: tuple[tuple[int, int], ...]  # indices in the label file's order
-    test_protocol: ViewProtocol
+    test_protocol: str  # the preset of tsm eval --protocol the dataset's papers test with
 
     def classes(self, label_order: str = "official") -> list[str]:
         """Class names in label order: the shipped file's order, or sorted."""
@@ -124,17 +113,19 @@ def _parse_manifest(name: str, path: Path, raw: Any) -> DatasetManifest:
         or "official" not in raw["label_orders"]
     ):
         raise DataError(f"{path}: label_orders must include 'official', from {LABEL_ORDERS}")
+    if not isinstance(raw["test_protocol"], str) or not raw["test_protocol"].isidentifier():
+        raise DataError(
+            f"{path}: test_protocol names a preset of tsm eval --protocol (e.g. single), "
+            f"got {raw['test_protocol']!r}"
+        )
     try:
-        protocol = ViewProtocol(**(raw["test_protocol"] or {}))
         pairs = tuple((int(a), int(b)) for a, b in raw["flip_pairs"] or ())
         annotations = {
             str(role): tuple(str(n) for n in names)
             for role, names in (raw["annotations"] or {}).items()
         }
     except (TypeError, ValueError) as exc:
-        raise DataError(
-            f"{path}: malformed test_protocol, flip_pairs or annotations ({exc})"
-        ) from exc
+        raise DataError(f"{path}: malformed flip_pairs or annotations ({exc})") from exc
     return DatasetManifest(
         name=name,
         path=path,
@@ -147,5 +138,5 @@ def _parse_manifest(name: str, path: Path, raw: Any) -> DatasetManifest:
         frame_template=check_frame_template(str(raw["frame_template"]), f"{path}: frame_template"),
         flip=raw["flip"],
         flip_pairs=pairs,
-        test_protocol=protocol,
+        test_protocol=raw["test_protocol"],
     )

@@ -15,6 +15,9 @@ from pathlib import Path
 
 from tsmcli.data.lists import CLASSES_FILE, ListEntry, classes_for_list, read_list
 from tsmcli.errors import CheckpointError, DataError, RecipeError, TSMError
+from tsmcli.recipe import Recipe
+from tsmcli.zoo import ZooEntry, list_entries
+from tsmcli.zoo_cache import locate
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +143,10 @@ def eval_class_names(
     list_file: Path, num_classes: int, stored: Sequence[str] | None, checkpoint: str | Path
 ) -> list[str]:
     """Evaluation: class names for the reports. ``classes.txt`` beside the list must match
-    the model's class count; its names win over those stored in the checkpoint (a warning
-    says when they differ); without either, the names are the label numbers."""
+    the model's class count, and must not list the checkpoint's classes in another order
+    (the labels would score other outputs: the published checkpoints' silent ~0%); other
+    names win over those stored in the checkpoint, with a warning; without either, the names
+    are the label numbers."""
     listed = classes_beside(
         list_file,
         num_classes,
@@ -151,6 +156,14 @@ def eval_class_names(
     )
     stored = list(stored) if stored else None
     if listed is not None and stored is not None and listed != stored:
+        if sorted(listed) == sorted(stored):
+            order = "sorted" if stored == sorted(stored) else "official"
+            raise CheckpointError(
+                f"{list_file.parent / CLASSES_FILE}: lists the classes of {checkpoint} in "
+                "another order, so each label would be scored against another class's output; "
+                f"rebuild the list in the checkpoint's order (tsm build-list --label-order "
+                f"{order}, or the order it was trained with)"
+            )
         log.warning(
             "%s: class names differ from those stored in %s; reporting the list's names",
             list_file.parent / CLASSES_FILE,
@@ -160,3 +173,48 @@ def eval_class_names(
         if names is not None and len(names) == num_classes:
             return list(names)
     return [str(i) for i in range(num_classes)]
+
+
+# ---------------------------------------------------------------------------------------------
+# the checkpoints a recipe names
+
+
+def check_recipe_checkpoints(recipe: Recipe, *, resume: bool) -> None:
+    """``model.pretrained``, ``model.init_from`` (not read when resuming) and
+    ``train.distill_from`` each name an existing file or a model zoo checkpoint that fits the
+    model: checked before any work and without network (a name's file is fetched when the
+    model is built). Each problem is one ``RecipeError`` naming the key; an unknown name
+    lists the closest names."""
+    m, t = recipe.model, recipe.train
+    keys = [("train.distill_from", t.distill_from)]
+    if not resume:
+        keys = [("model.pretrained", m.pretrained), ("model.init_from", m.init_from), *keys]
+    for key, value in keys:
+        if not value:
+            continue
+        try:
+            _, entry = locate(value)
+        except TSMError as exc:
+            raise RecipeError(f"{key}: {exc}") from None
+        problem = None if entry is None else _zoo_misfit(key, entry, m.arch)
+        if problem:
+            raise RecipeError(f"{key}: {entry.name} {problem}")
+
+
+def _zoo_misfit(key: str, entry: ZooEntry, arch: str) -> str | None:
+    """Why the model zoo checkpoint ``entry`` cannot serve as ``key`` for a ``arch`` model."""
+    if key == "model.pretrained":
+        if not entry.is_backbone:
+            return "is a video model, not an ImageNet backbone; give it as model.init_from"
+        if entry.arch != arch:
+            fits = [e.name for e in list_entries() if e.is_backbone and e.arch == arch]
+            instead = f"use {fits[0]}" if fits else f"give a torchvision {arch} state dict"
+            return f"is an ImageNet {entry.arch} backbone and model.arch is {arch}; {instead}"
+    elif key == "model.init_from" and entry.arch != arch:
+        return (
+            f"holds {entry.arch} weights and model.arch is {arch}; set model.arch to "
+            f"{entry.arch} or initialise from a {arch} checkpoint"
+        )
+    elif key == "train.distill_from" and entry.is_backbone:
+        return "is an ImageNet backbone without a video head; a teacher is a video model"
+    return None

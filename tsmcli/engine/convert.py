@@ -31,6 +31,7 @@ from tsmcli.model.model_dir import (
 )
 from tsmcli.model.streaming import FrameModel, StreamingTSM
 from tsmcli.recipe import DataConfig, Recipe
+from tsmcli.zoo_cache import local_path
 
 logger = logging.getLogger(__name__)
 
@@ -147,17 +148,19 @@ def convert_online(
     ``distill_weight`` of its loss from the checkpoint's own outputs (the model as trained,
     which saw both directions) softened at ``distill_temperature`` (0: labels only).
     ``arch_overrides`` (``arch``, ``num_segments``, ``shift``, ...) go to ``load_model``: an
-    official TSM or mmaction2 checkpoint does not record its architecture.
+    official TSM or mmaction2 checkpoint does not record its architecture, unless it is given
+    by its model zoo name (``checkpoint`` may be one), which brings its class names too.
     """
-    checkpoint, out_dir = Path(checkpoint), Path(out_dir)
+    out_dir = Path(out_dir)
     if (val_list is None) != (root is None):
         raise UsageError("give --val-list and --root together (or neither)")
     if verify_frames < 2:
         raise UsageError(
             f"verify_frames must be at least 2 to check the buffers, got {verify_frames}"
         )
-    check_out_dir(out_dir, overwrite, [checkpoint, val_list, root])
-    info = read_checkpoint(checkpoint)
+    check_out_dir(out_dir, overwrite, [local_path(checkpoint), val_list, root])
+    info = read_checkpoint(checkpoint)  # a model zoo name: its cached file, fetched if needed
+    checkpoint = info.path
     recipe = Recipe.from_stored(info.recipe, str(checkpoint))
     finetune = _Finetune(finetune_epochs, finetune_lr_scale, distill_weight, distill_temperature)
     _check_finetune(finetune, recipe, checkpoint, out_dir, overwrite)

@@ -5,7 +5,8 @@ view is a T-frame clip scored by the model, and the V score vectors of a video a
 *before* top-k, as in the official TSM test. The model and its data settings (segments, input
 size, decoder) come from the recipe stored in our checkpoints; official TSM and mmaction2
 checkpoints carry no recipe, so their architecture is given (``ArchOverrides``: ``arch``,
-``num_segments``, ``shift``, ...) and never guessed from the file name. The checkpoint is
+``num_segments``, ``shift``, ...) or comes with a model zoo name (``tsm-k400-r50-8f``), and is
+never guessed from the file name. The checkpoint is
 read once (``model.checkpoint.read_checkpoint``); a caller that has read it passes the
 ``CheckpointInfo`` instead of the path.
 
@@ -220,7 +221,7 @@ def load_for_eval(
     """The model, how its videos are read, its stored class names and the file's path. The
     file is read once, here, and only the model is kept."""
     info = as_info(checkpoint)
-    missing = arch.missing_for(info.format)
+    missing = arch.missing_for(info)
     if missing:
         raise CheckpointError(
             f"{info.path}: an {info.format} TSM checkpoint does not record its architecture; "

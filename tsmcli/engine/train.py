@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from tsmcli.engine import distributed
+from tsmcli.engine.checks import check_recipe_checkpoints
 from tsmcli.engine.distributed import DistContext
 from tsmcli.engine.plots import plot_curves
 from tsmcli.engine.state import (
@@ -88,6 +89,7 @@ def train(
     takes it instead of reading the file again. Under torchrun every process calls this.
     """
     _check_arch(recipe)
+    check_recipe_checkpoints(recipe, resume=resume)  # files or model zoo names, no network
     run_dir = _run_dir(recipe, out_dir)
     check_writable_dir(
         run_dir,

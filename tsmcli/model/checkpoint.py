@@ -11,6 +11,12 @@ run adds its state (``epoch``, ``optimizer``, ...) as extra keys.
 
 Official TSM and mmaction2 files do not record their architecture: ``load_model`` takes it
 by keyword (``ArchOverrides``) and reads the number of classes from the head's weights.
+
+A checkpoint may be named by the model zoo (``tsm-k400-r50-8f``) wherever a path is taken:
+``read_checkpoint`` is the one place that resolves a name (``zoo_cache.resolve_checkpoint``:
+the cached file, downloaded and verified when missing) and keeps its entry, whose
+architecture becomes the defaults of ``load_model`` (``arch_options``) and whose class list,
+in the checkpoint's label order, becomes ``classes``.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from tsmcli.model.weights import (
     some,
     video_state_dict,
 )
+from tsmcli.zoo import ZooEntry
+from tsmcli.zoo_cache import resolve_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +58,25 @@ MODEL_KEYS = (
     "dropout",
     "partial_bn",
 )
-# what official / mmaction2 files do not record and a caller must give
+# what official / mmaction2 files do not record and a caller (or the zoo entry) must give
 REQUIRED_FOR_IMPORT = ("arch", "num_segments", "shift")
+IMPORTED_FORMATS = ("official", "mmaction2", "online_demo")  # files without a model_config
+# What a file's layout says of its architecture. The online demo's is MobileNetV2 with the
+# one-way shift of 1/8 of the channels; a streaming model has no clip length, so its clip
+# view (tsm eval --checkpoint) takes 8 frames unless num_segments is given.
+IMPLIED_BY_FORMAT = {
+    "online_demo": {
+        "arch": "mobilenet_v2",
+        "shift": "unidirectional",
+        "shift_div": 8,
+        "shift_place": "blockres",
+        "num_segments": 8,
+    }
+}
+# Keys that say where the weights sit: given values that contradict the file are an error.
+# The others (shift, shift_div, num_segments) change what the same weights compute: a given
+# value wins (with a warning for the shift).
+_WEIGHT_KEYS = ("arch", "shift_place")
 _HEADER = ("format", "format_version", "model_config", "recipe", "classes", "state_dict")
 
 
@@ -63,27 +88,39 @@ class CheckpointInfo:
     resolved recipe stored with ours, as plain values (``recipe.Recipe.from_stored`` types
     it); ``state_dict`` holds the file's tensors without a DataParallel ``module.`` prefix,
     in the file's own key layout; ``content`` is the whole dict (a run's training state).
+    ``zoo`` is the model zoo entry when the checkpoint was named (``classes`` then come from
+    its class list unless the file holds names).
     """
 
     path: Path
-    format: str  # tsmcli, official, mmaction2, torchvision or unknown
+    format: str  # one of model.weights.FORMATS
     model_config: Mapping[str, Any] | None = None
     classes: tuple[str, ...] | None = None
     recipe: Mapping[str, Any] | None = None
     state_dict: Mapping[str, Tensor] | None = field(default=None, repr=False)
     content: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    zoo: ZooEntry | None = None
+
+    @property
+    def label(self) -> str:
+        """How messages name it: the zoo name and file, or the path."""
+        return f"{self.zoo.name} ({self.path})" if self.zoo is not None else str(self.path)
 
 
-def read_checkpoint(path: str | Path) -> CheckpointInfo:
-    """Read ``path`` (``weights_only=True``) into a ``CheckpointInfo``; an unreadable file is
-    one ``CheckpointError`` line naming it."""
-    path = Path(path)
+def read_checkpoint(checkpoint: str | Path) -> CheckpointInfo:
+    """Read a checkpoint file, or the model zoo checkpoint so named (downloaded and verified
+    first when it is not cached), with ``weights_only=True`` into a ``CheckpointInfo``. An
+    unknown name lists the closest names; an unreadable file, or a name whose file cannot be
+    fetched (it says where to put it), is one ``CheckpointError`` line."""
+    path, entry = resolve_checkpoint(checkpoint)
     content = load_checkpoint(path)
     fmt = checkpoint_format(content)
     ours = fmt == FORMAT
     config, classes, recipe = (
         content.get(key) if ours else None for key in ("model_config", "classes", "recipe")
     )
+    if not classes and entry is not None:
+        classes = entry.class_names()
     return CheckpointInfo(
         path=path,
         format=fmt,
@@ -92,6 +129,7 @@ def read_checkpoint(path: str | Path) -> CheckpointInfo:
         recipe=recipe if isinstance(recipe, Mapping) else None,
         state_dict=raw_state_dict(content),
         content=content,
+        zoo=entry,
     )
 
 
@@ -141,21 +179,66 @@ class ArchOverrides:
             f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
         }
 
-    def missing_for(self, fmt: str) -> list[str]:
-        """The keys a file of format ``fmt`` does not record and these do not give."""
-        if fmt not in ("official", "mmaction2"):
+    def missing_for(self, checkpoint: str | CheckpointInfo) -> list[str]:
+        """The keys a checkpoint (or a file of that format) does not record, its layout and
+        zoo entry do not imply, and these do not give."""
+        fmt = checkpoint if isinstance(checkpoint, str) else checkpoint.format
+        if fmt not in IMPORTED_FORMATS:
             return []
-        return [key for key in REQUIRED_FOR_IMPORT if getattr(self, key) is None]
+        known = IMPLIED_BY_FORMAT.get(fmt, {})
+        if isinstance(checkpoint, CheckpointInfo):
+            known = recorded_options(checkpoint)
+        return [k for k in REQUIRED_FOR_IMPORT if getattr(self, k) is None and k not in known]
+
+
+def recorded_options(info: CheckpointInfo) -> dict[str, Any]:
+    """The architecture of a file that does not record it, as far as its layout implies it
+    and its zoo entry says (the entry wins); empty for our own files (their model_config)."""
+    if info.format not in IMPORTED_FORMATS:
+        return {}
+    known = dict(IMPLIED_BY_FORMAT.get(info.format, {}))
+    if info.zoo is not None:
+        known.update(info.zoo.model_options())
+    return known
+
+
+def arch_options(info: CheckpointInfo, given: Mapping[str, Any]) -> dict[str, Any]:
+    """``given`` architecture keys over what ``info`` is known to be (``recorded_options``).
+    A given ``arch`` or ``shift_place`` that contradicts it cannot fit the weights: a
+    ``UsageError``. A given ``shift`` or ``shift_div`` wins with a warning (the same weights
+    computing otherwise, as one-way conversion does); ``num_segments`` is a test-time choice."""
+    known = recorded_options(info)
+    source = f"the model zoo's {info.zoo.name}" if info.zoo else f"its {info.format} layout"
+    for key, value in given.items():
+        if key not in known or known[key] == value:
+            continue
+        if key in _WEIGHT_KEYS:
+            raise UsageError(
+                f"{info.label}: is {key}={known[key]!r} ({source}), so {key}={value!r} "
+                f"cannot fit its weights; drop the {key} option"
+            )
+        if key != "num_segments":
+            logger.warning(
+                "%s: %s=%r as given, not %r (%s): the weights were trained otherwise",
+                info.label,
+                key,
+                value,
+                known[key],
+                source,
+            )
+    return {**known, **given}
 
 
 def load_model(checkpoint: str | Path | CheckpointInfo, **arch_overrides: Any) -> TSN:
-    """The model stored in ``checkpoint`` (a path, or a ``CheckpointInfo`` already read), in
-    eval mode.
+    """The model stored in ``checkpoint`` (a path, a model zoo name, or a ``CheckpointInfo``
+    already read), in eval mode.
 
     Our checkpoints rebuild from their ``model_config``; ``arch_overrides`` change keys of it
     (e.g. ``num_segments=16`` to test on longer clips). Official TSM and mmaction2 files need
     ``arch``, ``num_segments`` and ``shift`` (``shift_div`` 8 and ``shift_place`` "blockres"
-    unless given); ``num_classes`` is read from the head's weights.
+    unless given), which a model zoo name and the online demo's layout supply
+    (``arch_options``: given keys win, within limits); ``num_classes`` is read from the head's
+    weights.
     """
     unknown = sorted(set(arch_overrides) - set(MODEL_KEYS))
     if unknown:
@@ -163,7 +246,7 @@ def load_model(checkpoint: str | Path | CheckpointInfo, **arch_overrides: Any) -
             f"unknown model option(s) {', '.join(unknown)}; choose from {', '.join(MODEL_KEYS)}"
         )
     info = as_info(checkpoint)
-    config, state = _config_and_weights(info, arch_overrides)
+    config, state = _config_and_weights(info, arch_options(info, arch_overrides))
     model = build_model(**config)
     load_state_dict_strict(model, state, str(info.path))
     logger.info("loaded %s (%s): %s", info.path, info.format, config)
@@ -179,10 +262,10 @@ def _config_and_weights(
     if fmt == FORMAT:
         config = {**_our_config(info), **overrides}
         return config, _video_weights(info, config["arch"])
-    if fmt in ("official", "mmaction2"):
+    if fmt in IMPORTED_FORMATS:
         missing = [key for key in REQUIRED_FOR_IMPORT if key not in overrides]
         if missing:
-            label = "an official TSM" if fmt == "official" else "an mmaction2"
+            label = "an official TSM" if fmt == "official" else f"an {fmt}"
             raise CheckpointError(
                 f"{path}: {label} checkpoint does not record its architecture; pass "
                 f"{', '.join(f'{key}=' for key in missing)} (e.g. arch='resnet50', "
@@ -263,6 +346,11 @@ def load_weights_for_finetune(model: TSN, checkpoint: str | Path | CheckpointInf
         raise CheckpointError(
             f"{path}: not a tsmcli, official TSM, mmaction2 or torchvision "
             "checkpoint; cannot initialise from it"
+        )
+    if info.zoo is not None and info.zoo.arch != model.arch:
+        raise CheckpointError(
+            f"{info.label}: holds {info.zoo.arch} weights, the model is a {model.arch}; "
+            f"set model.arch to {info.zoo.arch} or initialise from a {model.arch} checkpoint"
         )
     state = _video_weights(info, model.arch)
     head = state.get("new_fc.weight")

@@ -26,6 +26,7 @@ from tsmcli.model.weights import (
     load_state_dict_strict,
     raw_state_dict,
 )
+from tsmcli.zoo_cache import resolve_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +132,8 @@ def build_model(
     partial_bn: bool = False,
     pretrained: str | Path | None = None,
 ) -> TSN:
-    """A TSN/TSM model; ``pretrained`` is a torchvision ImageNet state dict for the backbone.
+    """A TSN/TSM model; ``pretrained`` is a torchvision ImageNet state dict for the backbone
+    (a path, or a model zoo backbone's name such as ``imagenet-resnet50``).
 
     ``shift`` is ``"none"`` (TSN), ``"bidirectional"`` (offline TSM) or ``"unidirectional"``
     (online TSM). The model is returned in training mode.
@@ -177,8 +179,15 @@ def build_model(
 def load_pretrained_backbone(model: TSN, path: str | Path) -> None:
     """Load a torchvision ImageNet state dict (``layer1.0.conv1.weight``, ``fc.weight``) into
     ``model.base_model``: keys are mapped onto the shift wrappers (``conv1.net.weight``) and
-    the ImageNet classifier is ignored."""
-    path = Path(path)
+    the ImageNet classifier is ignored. ``path`` may be a model zoo backbone's name
+    (``imagenet-resnet50``: the cached file, downloaded and verified when missing)."""
+    path, entry = resolve_checkpoint(path)
+    if entry is not None and (not entry.is_backbone or entry.arch != model.arch):
+        what = "a video model" if not entry.is_backbone else f"{entry.arch} weights"
+        raise CheckpointError(
+            f"{entry.name}: is {what}, not an ImageNet {model.arch} backbone; give the "
+            f"{model.arch} backbone (tsm zoo list) or a torchvision {model.arch} state dict"
+        )
     state = raw_state_dict(load_checkpoint(path))
     if state is None:
         raise CheckpointError(

@@ -14,6 +14,10 @@ Formats (``checkpoint_format``):
   .net.weight", ..., "module.new_fc.weight"}}``.
 - ``mmaction2``: mmaction2 TSM files, ``backbone.layer1.0.conv1.conv.net.weight``,
   ``cls_head.fc_cls.weight``.
+- ``online_demo``: the official online MobileNetV2 (``online_demo/mobilenet_v2_tsm.py`` of
+  the TSM repository, e.g. the Jester gesture model): a plain state dict with flat blocks
+  (``features.3.conv.0.weight``), no shift module (its blocks splice the buffer in
+  ``forward``) and the head as ``classifier.weight``.
 - ``torchvision``: an ImageNet backbone (``layer1.0.conv1.weight``, ``fc.weight``).
 
 This module knows key layouts, not networks: it imports no model module, and the facts it
@@ -37,7 +41,7 @@ from tsmcli.fileio import atomic_write_with
 
 FORMAT = "tsmcli"
 FORMAT_VERSION = 1
-FORMATS = (FORMAT, "official", "mmaction2", "torchvision", "unknown")
+FORMATS = (FORMAT, "official", "mmaction2", "online_demo", "torchvision", "unknown")
 _PLAIN_TYPES = (
     type(None),
     bool,
@@ -126,7 +130,8 @@ def _check_plain(value: Any, where: str) -> None:
 
 
 def checkpoint_format(ckpt: Mapping[str, Any]) -> str:
-    """``"tsmcli"``, ``"official"``, ``"mmaction2"``, ``"torchvision"`` or ``"unknown"``."""
+    """One of ``FORMATS``: ``"tsmcli"``, ``"official"``, ``"mmaction2"``,
+    ``"online_demo"``, ``"torchvision"`` or ``"unknown"``."""
     if ckpt.get("format") == FORMAT:
         return FORMAT
     state = raw_state_dict(ckpt)
@@ -136,6 +141,8 @@ def checkpoint_format(ckpt: Mapping[str, Any]) -> str:
         return "official"
     if any(key.startswith("backbone.") for key in state):
         return "mmaction2"
+    if "features.0.0.weight" in state and "classifier.weight" in state:
+        return "online_demo"  # torchvision's MobileNetV2 head is classifier.1 (after dropout)
     if ("conv1.weight" in state and "fc.weight" in state) or "features.0.0.weight" in state:
         return "torchvision"
     return "unknown"
@@ -161,13 +168,15 @@ def raw_state_dict(ckpt: Mapping[str, Any]) -> dict[str, Tensor] | None:
 def video_state_dict(
     state: Mapping[str, Tensor], fmt: str, *, family: str, head: str, arch: str, source: str
 ) -> dict[str, Tensor]:
-    """Our key layout for the tensors of a tsmcli, official or mmaction2 file. ``family``
-    (``resnet``, ``mobilenet_v2``), ``head`` (the backbone's classifier attribute) and
-    ``arch`` describe the backbone the weights are for."""
+    """Our key layout for the tensors of a tsmcli, official, mmaction2 or online-demo file.
+    ``family`` (``resnet``, ``mobilenet_v2``), ``head`` (the backbone's classifier
+    attribute) and ``arch`` describe the backbone the weights are for."""
     if fmt == "official":
         return _from_official(state, family, head)
     if fmt == "mmaction2":
         return _from_mmaction2(state, family, arch, source)
+    if fmt == "online_demo":
+        return _from_online_demo(state, family, arch, source)
     return dict(state)
 
 
@@ -195,14 +204,51 @@ _MOBILENET_EXPANDED = {"0": "0.0", "1": "0.1", "3": "1.0", "4": "1.1", "6": "2",
 _MOBILENET_PLAIN = {"0": "0.0", "1": "0.1", "3": "1", "4": "2"}
 
 
-def _official_mobilenet_key(key: str, state: Mapping[str, Tensor]) -> str:
+def _official_mobilenet_key(
+    key: str, state: Mapping[str, Tensor], prefix: str = "base_model."
+) -> str:
+    """A flat official block key (``features.3.conv.4.weight``, without ``prefix``) in
+    torchvision's nesting (``features.3.conv.1.1.weight``); other keys stay as they are."""
     match = re.fullmatch(r"features\.(\d+)\.conv\.(\d+)\.(.+)", key)
     if match is None:
         return key
     block, index, rest = match.groups()
-    expanded = any(k.startswith(f"base_model.features.{block}.conv.7.") for k in state)
+    expanded = any(k.startswith(f"{prefix}features.{block}.conv.7.") for k in state)
     table = _MOBILENET_EXPANDED if expanded else _MOBILENET_PLAIN
     return f"features.{block}.conv.{table.get(index, index)}.{rest}"
+
+
+# The blocks of the online demo's MobileNetV2 that shift (InvertedResidualWithShift in
+# online_demo/mobilenet_v2_tsm.py of mit-han-lab/temporal-shift-module, read at commit
+# 436e7cf0bec151a73b25fe91e06709af876a04df), as indices of ``features``: its
+# shift_block_idx (2, 4, 5, 7, 8, 9, 11, 12, 14, 15) counts the
+# inverted residual blocks from 0, and features[0] is the stem. They are the blocks with a
+# skip connection and an expansion, where model.backbones inserts the shift too; the demo's
+# shift has no module, so their expansion conv is ``conv.0`` there and ``conv.0.0.net`` here.
+ONLINE_DEMO_SHIFTED_BLOCKS = (3, 5, 6, 8, 9, 10, 12, 13, 15, 16)
+
+
+def _from_online_demo(
+    state: Mapping[str, Tensor], family: str, arch: str, source: str
+) -> dict[str, Tensor]:
+    """The online demo's MobileNetV2 keys to ours: flat blocks nested as torchvision's, the
+    shifted blocks' expansion moved under the shift wrapper, ``classifier`` as ``new_fc``."""
+    if family != "mobilenet_v2":
+        raise CheckpointError(
+            f"{source}: holds the official online demo's MobileNetV2 (features.N.conv..., "
+            f"classifier), not a {arch}; load it with arch='mobilenet_v2'"
+        )
+    converted = {}
+    for key, value in state.items():
+        if key.startswith("classifier."):
+            converted["new_fc." + key[len("classifier.") :]] = value
+            continue
+        key = _official_mobilenet_key(key, state, prefix="")
+        match = re.fullmatch(r"features\.(\d+)\.conv\.0\.0\.(.+)", key)
+        if match and int(match.group(1)) in ONLINE_DEMO_SHIFTED_BLOCKS:
+            key = f"features.{match.group(1)}.conv.0.0.net.{match.group(2)}"
+        converted["base_model." + key] = value
+    return converted
 
 
 _MMACTION2_RENAMES = (
