@@ -32,7 +32,7 @@ from torch import Tensor
 
 from tsmcli.data.decode import FrameFolder
 from tsmcli.data.layout import FRAME_TEMPLATE
-from tsmcli.data.live import DEFAULT_TIMEOUT, is_url, open_source
+from tsmcli.data.live import DEFAULT_TIMEOUT, URL, open_source
 from tsmcli.engine.online import DECODE_CHUNK, OnlineModel, load_online_model, step_frame
 from tsmcli.engine.predictions import ClassScore
 from tsmcli.errors import UsageError
@@ -120,7 +120,12 @@ def stream(
         check_writable_file(jsonl, "--jsonl")
     model = load_online_model(model_dir, trust_torchscript=trust_torchscript)
     run = _Run(model, topk, stride, on_step, keep_steps)
-    folder = camera is None and source is not None and not is_url(source) and Path(source).is_dir()
+    folder = (
+        camera is None
+        and source is not None
+        and not URL.match(str(source))
+        and Path(source).is_dir()
+    )
     with ExitStack() as stack:
         if folder:
             frames = FrameFolder(Path(source), None, FRAME_TEMPLATE)
