@@ -181,6 +181,7 @@ class InputClipDataset(VideoClipDataset):
     (``skip_bad``), so one unreadable input does not stop the others."""
 
     def __init__(self, items: Sequence[InputClip], *, num_segments: int, **views):
+        self._items = list(items)  # read by _read_entries, during the clip dataset's __init__
         super().__init__(
             "the inputs",
             "",
@@ -188,10 +189,12 @@ class InputClipDataset(VideoClipDataset):
             mode="test",
             source=VIDEOS,
             skip_bad=True,
-            entries=items,
             **views,
         )
         self._last: tuple[tuple[str, str], FrameSource] | None = None
+
+    def _read_entries(self) -> tuple[list[ListEntry], None]:
+        return self._items, None
 
     def _open(self, entry: ListEntry) -> tuple[FrameSource, int]:
         if not isinstance(entry, InputClip):
