@@ -25,7 +25,9 @@ from tsmcli.model.tsn import build_model
 from tsmcli.model.weights import save_checkpoint
 from tsmcli.recipe import DataConfig, ModelConfig, Recipe
 from tsmcli.resources import labels_dir
+from tsmcli.zoo_cache import cache_path
 
+K400 = "tsm-k400-r50-8f"
 CLASSES = ["walk", "run", "jump"]
 FRAMES = [9, 16, 21]
 
@@ -269,3 +271,49 @@ def test_class_names_from_a_file_a_shipped_list_or_the_label_numbers(data, tmp_p
     )
     with pytest.raises(DataError, match=r"^--classes hmdb: no such file, nor a shipped dataset"):
         predict([video], checkpoint, classes="hmdb", workers=0)
+
+
+def test_the_public_api_names_the_workflows():
+    import tsmcli
+    from tsmcli.engine.stream import stream
+
+    assert tsmcli.predict is predict and tsmcli.stream is stream
+    assert {"predict", "stream"} <= set(dir(tsmcli))
+
+
+def test_a_model_zoo_name_is_its_cached_file_with_its_architecture_and_names(
+    data, tmp_path, monkeypatch
+):
+    """A zoo name resolves through read_checkpoint: $TSM_HOME is built here (a tiny ResNet-18
+    of 2 frames in the official layout at tsm-k400-r50-8f's cache path, no network); the entry
+    gives the architecture flags and the 400 Kinetics names."""
+    from zoo_files import randomize, use_zoo
+
+    video = data[0] / "videos" / "v0.mp4"
+    torch.manual_seed(0)
+    model = randomize(build_model("resnet18", 400, num_segments=2, shift="bidirectional"))
+    official = {"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}}
+    tiny = {"arch": "resnet18", "segments": 2}
+    entries = use_zoo(monkeypatch, tmp_path / "home", {K400: (tiny, official)})
+    by_name = predict([video], K400, topk=3, workers=0)
+    path = cache_path(entries[K400])
+    flags = ArchOverrides(arch="resnet18", num_segments=2, shift="bidirectional")
+    by_path = predict([video], path, arch=flags, topk=3, workers=0)
+    (named,), (plain,) = by_name.predictions, by_path.predictions
+    assert torch.equal(named.scores, plain.scores) and by_name.checkpoint == str(path)
+    names = entries[K400].class_names()
+    assert by_name.classes == names and len(names) == 400
+    assert by_path.classes == [str(k) for k in range(400)]  # the file alone has no names
+    assert [c.name for c in named.top] == [names[c.label] for c in plain.top]
+
+    args = ["predict", str(video), "--topk", "1", "--workers", "0", "--device", "cpu"]
+    result = CliRunner().invoke(cli, [*args, "--checkpoint", K400])
+    assert result.exit_code == 0, result.output
+    best = named.top[0]
+    assert result.stdout.splitlines()[1] == f"{video}  {best.name} {best.probability:.3f}"
+    typo = CliRunner().invoke(cli, [*args, "--checkpoint", "tsm-k400-r50-9f"])
+    assert typo.exit_code == 2  # a usage error, as for eval
+    assert typo.output.strip() == (
+        "error: 'tsm-k400-r50-9f' is neither a checkpoint file nor a model zoo name; did you "
+        "mean 'tsm-k400-r50-8f' or 'tsm-k400-r50-16f' or 'tsn-k400-r50'?"
+    )

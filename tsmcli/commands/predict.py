@@ -26,7 +26,7 @@ _FOUND = (
     "--checkpoint",
     required=True,
     type=click.Path(path_type=Path),
-    help="Checkpoint to predict with (ours, official TSM or mmaction2).",
+    help="Checkpoint to predict with: a file (ours, official TSM or mmaction2), or a model zoo name (tsm zoo list), which also gives the architecture and class names.",
 )
 @click.option(
     "--classes",
