@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -278,12 +279,16 @@ def views_loader(
     sampler=None,
     collate_fn=None,
 ):
-    """The DataLoader of test views, in order (``workers``: processes, default up to 4)."""
+    """The DataLoader of test views, in order. ``workers``: processes, by default up to 4 and
+    one fewer than the batches (one batch has nothing to overlap with: starting a worker for
+    it, as for ``tsm predict clip.mp4``, only costs)."""
     from torch.utils.data import DataLoader
 
     from tsmcli.data.dataset import collate_clips
 
-    workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    if workers is None:
+        batches = math.ceil(len(sampler if sampler is not None else dataset) / batch_size)
+        workers = max(0, min(4, os.cpu_count() or 1, batches - 1))
     return DataLoader(
         dataset,
         batch_size=batch_size,
