@@ -77,7 +77,7 @@ view_options = _apply(
             "--workers",
             type=click.IntRange(min=0),
             default=None,
-            help="DataLoader processes (default: up to 4).",
+            help="DataLoader processes (default: up to 4, one fewer than the batches).",
         ),
     ]
 )
