@@ -8,7 +8,7 @@ from tsmcli import __version__
 from tsmcli.cli import cli
 from tsmcli.errors import DataError
 
-COMMANDS = ["extract", "build-list", "train", "eval", "convert-online", "demo"]
+COMMANDS = ["extract", "build-list", "train", "eval", "predict", "stream", "convert-online", "demo"]
 
 
 def test_help_lists_every_command_with_a_summary():
