@@ -18,6 +18,7 @@ from tsmcli.cli import cli
 from tsmcli.engine.convert import convert_online
 from tsmcli.engine.online import load_online_model, step_frame
 from tsmcli.engine.stream import stream
+from tsmcli.errors import UsageError
 from tsmcli.model.checkpoint import checkpoint_dict
 from tsmcli.model.tsn import build_model
 from tsmcli.model.weights import save_checkpoint
@@ -196,3 +197,26 @@ def test_errors_before_any_frame(model_dir, tmp_path):
     missing = runner.invoke(cli, ["stream", str(tmp_path / "no.mp4"), "--model", str(model_dir)])
     assert missing.exit_code == 1
     assert missing.output.strip().startswith(f"error: {tmp_path / 'no.mp4'}: cannot open video (")
+
+
+def test_the_model_leaves_the_reader_a_core_and_torch_its_threads_after(
+    model_dir, tmp_path, make_video, monkeypatch
+):
+    from tsmcli.engine import stream as module
+
+    monkeypatch.setattr(module.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert module.default_threads() == 3
+    monkeypatch.setattr(module.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert module.default_threads() == 1  # one core: the model still gets a thread
+
+    path = make_video(tmp_path / "clip.mp4", num_frames=4, size=32)
+    before = torch.get_num_threads()  # 1 (the one_thread fixture)
+    seen = []
+    for threads in (2, None):
+        stream(
+            path, model_dir, threads=threads, on_step=lambda s: seen.append(torch.get_num_threads())
+        )
+        assert torch.get_num_threads() == before
+    assert seen == [2] * 4 + [1] * 4  # None: default_threads(), 1 on the one core above
+    with pytest.raises(UsageError, match="--threads must be at least 1, got 0"):
+        stream(path, model_dir, threads=0)

@@ -178,6 +178,12 @@ def _summary_rows(result) -> list[tuple[str, str]]:
     is_flag=True,
     help="Run the dir's online.pt (TorchScript, which can run code) instead of the model rebuilt from online_weights.pt.",
 )
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="torch threads for the model (default: every core but one, which decodes the source).",
+)
 def stream(source, camera, **options: Any) -> None:
     """Run an online model frame by frame on SOURCE (a video file, a frame folder or a URL:
     http(s), rtsp, ...) or a camera, printing the running top-k after each frame.

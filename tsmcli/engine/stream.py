@@ -9,6 +9,11 @@ gives every frame. The online model (``engine.online.load_online_model``: rebuil
 weights, or ``online.pt`` with ``trust_torchscript``) takes each frame with its shift buffers;
 after each frame the running average of the logits gives the top-k (``StreamStep``).
 
+The model runs on every core but one (``threads``): the reader thread decodes on the core left
+over. With every core given to torch's intra-op threads the two fight over the CPU, and a
+25 fps source dropped most of its frames on a 2-core machine where one thread keeps them all
+(BENCHMARKS.md, "Using a model").
+
 Every scored frame goes to ``on_step`` and, with ``jsonl``, is one JSON line of that file,
 flushed as it is written, so a run that ends early keeps what it scored. A source that stops
 mid-stream (a server closing the connection, a camera unplugged) ends the run without an
@@ -19,10 +24,11 @@ exception: ``StreamResult.ending`` is ``"failed"`` and ``reason`` says why. Ctrl
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -103,6 +109,7 @@ def stream(
     keep_steps: bool = False,
     trust_torchscript: bool = False,
     opener: Callable[..., Any] | None = None,
+    threads: int | None = None,
 ) -> StreamResult:
     """Run the online model of ``model_dir`` on ``source`` (a frame folder, a video file or a
     URL) or on ``camera`` (an index or a device name), until the source ends.
@@ -111,11 +118,14 @@ def stream(
     and ``opener`` are ``data.live.open_source``'s (None: cameras and rtsp/... URLs live, files
     and http(s) not). ``on_step`` is called after each scored frame; ``jsonl`` gets one JSON
     line per scored frame; ``keep_steps`` keeps every step in the result (a camera's stream
-    can be long: off by default). An unreadable model dir, source or camera raises before any
+    can be long: off by default). ``threads``: torch's intra-op threads while it runs (None:
+    ``default_threads()``; torch's setting is restored after). An unreadable model dir, source or camera raises before any
     frame; a source that stops mid-stream does not raise (see ``StreamResult.ending``).
     """
     if topk < 1 or stride < 1:
         raise UsageError(f"--topk and --stride must be at least 1, got {topk}, {stride}")
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {threads}")
     if jsonl is not None:
         check_writable_file(jsonl, "--jsonl")
     model = load_online_model(model_dir, trust_torchscript=trust_torchscript)
@@ -127,6 +137,7 @@ def stream(
         and Path(source).is_dir()
     )
     with ExitStack() as stack:
+        stack.enter_context(intra_op_threads(threads or default_threads()))
         if folder:
             frames = FrameFolder(Path(source), None, FRAME_TEMPLATE)
             name, live = str(source), None
@@ -143,6 +154,26 @@ def stream(
         except KeyboardInterrupt:
             run.interrupted = True
     return run.result(name, live, jsonl)
+
+
+def default_threads() -> int:
+    """Every core this process may use but one (which the reader thread decodes on), at least 1."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    return max(1, cores - 1)
+
+
+@contextmanager
+def intra_op_threads(count: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``count`` inside the block, and back after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _open_events(jsonl: str | Path | None, stack: ExitStack) -> IO[str] | None:
