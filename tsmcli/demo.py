@@ -35,6 +35,9 @@ MODELS = {
 # model needs several times the demo's CPU budget to start separating the pairs.
 ONLINE_FROM = "tsm"
 ONLINE_FINETUNE_EPOCHS = 5
+# The demo's set: the first pairs of the synthetic classes (the moving and growing ones), the
+# set its recipe was sized on
+DEMO_NUM_CLASSES = 6
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ def demo(
         "per_class": per_class or synth_module.DEFAULT_PER_CLASS,
         "size": size or synth_module.DEFAULT_SIZE,
         "num_frames": num_frames or synth_module.DEFAULT_NUM_FRAMES,
+        "classes": list(synth_module.first_classes(DEMO_NUM_CLASSES)),
     }
     lists, frames = _prepare_data(out, synth_options)
     rows = []

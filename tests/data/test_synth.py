@@ -47,7 +47,8 @@ def test_same_seed_gives_identical_frames_and_another_seed_does_not(tmp_path):
 
 def test_layout_class_names_and_counts(tmp_path):
     result = synth(tmp_path / "out", per_class=2, size=32, num_frames=4)
-    assert result.classes == DEFAULT_CLASSES == CLASSES[:6]  # whole pairs, rotation left out
+    assert result.classes == DEFAULT_CLASSES == first_classes(8)  # whole pairs, no rotation
+    assert "rotating_clockwise" not in DEFAULT_CLASSES and "appearing" in DEFAULT_CLASSES
     assert result.counts == {name: 2 for name in DEFAULT_CLASSES}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(DEFAULT_CLASSES)
     for name in DEFAULT_CLASSES:
@@ -162,7 +163,9 @@ def test_the_fastest_moving_object_stays_in_view():
 
 
 def test_first_classes_are_whole_pairs():
-    assert first_classes(8) == CLASSES[:8]
+    assert first_classes(8) == CLASSES[:6] + ("appearing", "fading")
+    rotating = ("rotating_clockwise", "rotating_counterclockwise")
+    assert first_classes(10) == first_classes(8) + rotating
     assert first_classes(2) == ("moving_right", "moving_left")
     for bad in (0, 3, 12, True):
         message = (
@@ -280,7 +283,7 @@ def test_cli_knobs_class_count_speed_and_seed(tmp_path):
     args = ["synth", str(out), "--per-class", "1", "--frames", "4", "--num-classes", "4"]
     result = CliRunner().invoke(cli, [*args, "--speed", "0.5", "--seed", "9"])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == sorted(CLASSES[:4])
+    assert sorted(p.name for p in out.iterdir()) == sorted(first_classes(4)) == sorted(CLASSES[:4])
     decoded = PyAVVideo(out / "moving_down" / "moving_down_0000.mp4").get(range(4))
     expected = generate_frames("moving_down", video_rng(9, 2, 0), 32, 4, speed=0.5)
     error = (decoded.float() - torch.from_numpy(expected).permute(0, 3, 1, 2).float()).abs()

@@ -214,15 +214,16 @@ def build_list(
     "--num-classes",
     type=int,
     default=None,
-    help="Write the first N classes, whole pairs in the order of --classes' list (2, 4, ..., 10).",
+    help="Write the first N classes, whole pairs in the order of --classes' list "
+    "(2, 4, ..., 10; default 8).",
 )
 @click.option(
     "--classes",
     default=None,
     metavar="A,B,...",
     help="Classes to write, by name: moving_right,moving_left, moving_down,moving_up, "
-    "growing,shrinking, rotating_clockwise,rotating_counterclockwise, appearing,fading "
-    "(default: the first three pairs).",
+    "growing,shrinking, appearing,fading, rotating_clockwise,rotating_counterclockwise "
+    "(default: the first four pairs; the rotating pair, the hardest to learn, is extra).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace class folders that exist in OUT.")
 def synth(
