@@ -57,7 +57,7 @@ KNOWN_CLIMBS: set[tuple[str, str]] = set()
 KNOWN_SIDEWAYS: set[tuple[str, str]] = set()
 KNOWN_CYCLES: set[frozenset[str]] = set()
 KNOWN_LONG_MODULES: set[str] = set()
-KNOWN_LONG_FUNCTIONS = {"tsmcli.data.dataset.VideoClipDataset.__init__"}
+KNOWN_LONG_FUNCTIONS: set[str] = set()
 
 
 # ---------------------------------------------------------------------------- reading the source

@@ -15,10 +15,9 @@ from tsmcli.data.dataset import (
     Sample,
     VideoClipDataset,
     collate_clips,
-    find_missing,
 )
 from tsmcli.data.decode import open_video
-from tsmcli.data.lists import ListEntry, read_list, write_classes, write_list
+from tsmcli.data.lists import ListEntry, find_missing, read_list, write_classes, write_list
 from tsmcli.data.transforms import multiscale_crop_sizes, normalize, resize_crop
 from tsmcli.errors import DataError, UsageError
 

@@ -20,7 +20,7 @@ import contextlib
 import logging
 import math
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -38,13 +38,12 @@ from tsmcli.data.decode import (
     check_frame_template,
     open_video,
 )
-from tsmcli.data.lists import ListEntry, classes_for_list, read_list
+from tsmcli.data.layout import SOURCES
+from tsmcli.data.lists import ListEntry, read_labelled_list
 from tsmcli.data.sampling import MODES, sample_indices
 from tsmcli.errors import DataError, TSMError, UsageError
 
 log = logging.getLogger(__name__)
-
-SOURCES = ("frames", "videos")
 
 
 @dataclass(frozen=True)
@@ -154,32 +153,47 @@ def _new_uint8(*shape: int) -> torch.Tensor:
     return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
 
 
-def find_missing(
-    entries: Iterable[ListEntry], root: str | Path, source: str, template: str = FRAME_TEMPLATE
-) -> list[str]:
-    """List paths of the entries that cannot be loaded: a missing or empty video, or a frame
-    folder without its first or last frame. Stat calls only, so a pre-flight check of a
-    large list is quick."""
-    if source not in SOURCES:
-        raise UsageError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
-    if source == "frames":
-        check_frame_template(template)
-    root = Path(root)
-    missing = []
-    for entry in entries:
-        path = root / entry.path
-        if source == "videos":
-            try:
-                ok = path.stat().st_size > 0
-            except OSError:
-                ok = False
-        else:
-            ok = (path / template.format(1)).is_file() and (
-                path / template.format(entry.num_frames)
-            ).is_file()
-        if not ok:
-            missing.append(entry.path)
-    return missing
+def _check_options(
+    *,
+    mode: str,
+    source: str,
+    backend: str,
+    flip: str,
+    flip_pairs: Sequence[tuple[int, int]] | None,
+    crops: int,
+    num_segments: int,
+    clips: int,
+    seed: int,
+    sizes: tuple[int, int, bool],
+) -> None:
+    """Raise ``UsageError`` naming the first of ``VideoClipDataset``'s options that is out of
+    range; ``sizes`` is (input_size, scale_size, full_res)."""
+    for name, value, allowed in (
+        ("mode", mode, MODES),
+        ("source", source, SOURCES),
+        ("backend", backend, BACKENDS),
+        ("flip", flip, transforms.FLIP_MODES),
+    ):
+        if value not in allowed:
+            raise UsageError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+    if flip == "swap" and mode == "train" and not flip_pairs:
+        raise UsageError(
+            "flip 'swap' needs the dataset's left/right label pairs and none were "
+            "given; use flip 'on' or 'off'"
+        )
+    if crops not in transforms.TEST_CROPS:
+        raise UsageError(f"crops must be one of {transforms.TEST_CROPS}, got {crops}")
+    if num_segments < 1 or clips < 1 or seed < 0:
+        raise UsageError(
+            f"num_segments and clips must be >= 1 and seed >= 0, got "
+            f"{num_segments}, {clips}, {seed}"
+        )
+    input_size, scale_size, full_res = sizes
+    if (full_res and scale_size < input_size) or min(input_size, scale_size) < 1:
+        raise UsageError(
+            f"input_size {input_size} and scale_size {scale_size} must be "
+            "positive, and scale_size >= input_size"
+        )
 
 
 class VideoClipDataset(Dataset):
@@ -214,48 +228,21 @@ class VideoClipDataset(Dataset):
         skip_bad: bool = False,
         seed: int = 0,
     ):
-        if mode not in MODES:
-            raise UsageError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        if source not in SOURCES:
-            raise UsageError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
-        if backend not in BACKENDS:
-            raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-        if flip not in transforms.FLIP_MODES:
-            raise UsageError(
-                f"flip must be one of {', '.join(transforms.FLIP_MODES)}, got {flip!r}"
-            )
-        if flip == "swap" and mode == "train" and not flip_pairs:
-            raise UsageError(
-                "flip 'swap' needs the dataset's left/right label pairs and none were "
-                "given; use flip 'on' or 'off'"
-            )
-        if crops not in transforms.TEST_CROPS:
-            raise UsageError(f"crops must be one of {transforms.TEST_CROPS}, got {crops}")
-        if num_segments < 1 or clips < 1 or seed < 0:
-            raise UsageError(
-                f"num_segments and clips must be >= 1 and seed >= 0, got "
-                f"{num_segments}, {clips}, {seed}"
-            )
-        if (full_res and scale_size < input_size) or min(input_size, scale_size) < 1:
-            raise UsageError(
-                f"input_size {input_size} and scale_size {scale_size} must be "
-                "positive, and scale_size >= input_size"
-            )
+        _check_options(
+            mode=mode,
+            source=source,
+            backend=backend,
+            flip=flip,
+            flip_pairs=flip_pairs,
+            crops=crops,
+            num_segments=num_segments,
+            clips=clips,
+            seed=seed,
+            sizes=(input_size, scale_size, full_res),
+        )
         self.list_file = Path(list_file)
         self.root = Path(root)
-        self.entries = read_list(self.list_file)
-        if not self.entries:
-            raise DataError(
-                f"{self.list_file}: the list is empty; check tsm build-list's missing.txt"
-            )
-        self.classes = classes_for_list(self.list_file)
-        if self.classes is not None:
-            top = max(e.label for e in self.entries)
-            if top >= len(self.classes):
-                raise DataError(
-                    f"{self.list_file}: label {top} but classes.txt beside it has "
-                    f"{len(self.classes)} classes; rebuild both with tsm build-list"
-                )
+        self.entries, self.classes = read_labelled_list(self.list_file)
         self.num_segments = num_segments
         self.mode = mode
         self.source = source

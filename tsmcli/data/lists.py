@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from tsmcli.data.layout import FRAME_TEMPLATE, check_frame_template, check_source
 from tsmcli.errors import DataError
 from tsmcli.fileio import atomic_write
 
@@ -123,3 +124,47 @@ def classes_for_list(list_path: str | Path) -> list[str] | None:
     """The class names in ``classes.txt`` beside a list file, or None when there is none."""
     candidate = Path(list_path).parent / CLASSES_FILE
     return read_classes(candidate) if candidate.is_file() else None
+
+
+def read_labelled_list(list_file: Path) -> tuple[list[ListEntry], list[str] | None]:
+    """The list's entries and the class names of the classes.txt beside it (None without
+    one); a ``DataError`` for an empty list or a label beyond the class names."""
+    entries = read_list(list_file)
+    if not entries:
+        raise DataError(f"{list_file}: the list is empty; check tsm build-list's missing.txt")
+    classes = classes_for_list(list_file)
+    if classes is not None:
+        top = max(e.label for e in entries)
+        if top >= len(classes):
+            raise DataError(
+                f"{list_file}: label {top} but classes.txt beside it has "
+                f"{len(classes)} classes; rebuild both with tsm build-list"
+            )
+    return entries, classes
+
+
+def find_missing(
+    entries: Iterable[ListEntry], root: str | Path, source: str, template: str = FRAME_TEMPLATE
+) -> list[str]:
+    """List paths of the entries that cannot be loaded: a missing or empty video, or a frame
+    folder without its first or last frame. Stat calls only, so a pre-flight check of a
+    large list is quick."""
+    check_source(source)
+    if source == "frames":
+        check_frame_template(template)
+    root = Path(root)
+    missing = []
+    for entry in entries:
+        path = root / entry.path
+        if source == "videos":
+            try:
+                ok = path.stat().st_size > 0
+            except OSError:
+                ok = False
+        else:
+            ok = (path / template.format(1)).is_file() and (
+                path / template.format(entry.num_frames)
+            ).is_file()
+        if not ok:
+            missing.append(entry.path)
+    return missing

@@ -73,7 +73,7 @@ def check_present(
     """Every listed video (or frame folder, with its first and last frame) exists under
     ``root``. Stat calls only, before any decoding (and on every rank alike). ``options``
     name the root and the source where the user set them (``--root``, ``--source``)."""
-    from tsmcli.data.dataset import find_missing
+    from tsmcli.data.lists import find_missing
 
     missing = find_missing(entries, root, source, template)
     if not missing:
