@@ -179,6 +179,15 @@ def test_ranges_are_checked():
     )
     assert "optim.lr_steps must be in increasing order" in _error("demo", ["optim.lr_steps=[5, 2]"])
     assert "data.flip" in _error("demo", ["data.flip=swap"])  # swap needs a manifest
+    assert "train.steps must be 0 (use train.epochs) or more, got -1" in _error(
+        "demo", ["train.steps=-1"]
+    )
+    assert "optim.warmup_epochs must not exceed train.epochs" in _error(
+        "demo", ["train.epochs=1", "optim.warmup_epochs=2", "train.steps=0"]
+    )
+    # with train.steps the number of epochs is known only from the list: not checked here
+    steps = ["train.epochs=1", "optim.warmup_epochs=2", "train.steps=100"]
+    assert load_recipe("demo", steps).train.steps == 100
 
 
 @pytest.mark.parametrize(

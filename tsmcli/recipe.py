@@ -182,6 +182,10 @@ class TrainConfig:
     _section: ClassVar[str] = "train"
 
     epochs: int = 50
+    # > 0: train this many optimizer steps whatever the size of the train list, in whole epochs
+    # (the last one completes the count); train.epochs is then not used. A small list gets as
+    # many updates as a large one instead of as many passes.
+    steps: int = 0
     batch_size: int = 16  # per process; the global batch is this times the number of processes
     workers: int = 4  # DataLoader worker processes per training process
     amp: Literal["none", "fp16", "bf16"] = "none"  # CUDA only; ignored (with a log line) on CPU
@@ -202,6 +206,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check_types(self)
         _require(self.epochs >= 1, "train.epochs", "must be at least 1", self.epochs)
+        _require(self.steps >= 0, "train.steps", "must be 0 (use train.epochs) or more", self.steps)
         _require(self.batch_size >= 1, "train.batch_size", "must be at least 1", self.batch_size)
         _require(self.workers >= 0, "train.workers", "must be 0 or more", self.workers)
         _require(self.eval_every >= 1, "train.eval_every", "must be at least 1", self.eval_every)
@@ -254,8 +259,8 @@ class Recipe:
                 raise RecipeError(
                     f"{section} must be a {cls.__name__}, got {type(getattr(self, section)).__name__}"
                 )
-        _require(
-            self.optim.warmup_epochs <= self.train.epochs,
+        _require(  # with train.steps the epochs are known only from the list: checked there
+            self.train.steps > 0 or self.optim.warmup_epochs <= self.train.epochs,
             "optim.warmup_epochs",
             "must not exceed train.epochs",
             self.optim.warmup_epochs,

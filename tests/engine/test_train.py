@@ -190,6 +190,21 @@ def test_run_dir_contents_and_checkpoint_layout(tiny_data, straight_run):
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_steps_set_the_length_whatever_the_list_size(tiny_data, straight_run, tmp_path):
+    """train.steps=5 with 3 steps an epoch is 2 whole epochs (train.epochs unused): the same
+    run, weights and schedule as train.epochs=2."""
+    from tsmcli.engine.train_setup import planned_epochs
+
+    lengths = [tiny_recipe(tiny_data, f"train.steps={n}").train for n in (1, 3, 4, 6, 7)]
+    assert [planned_epochs(t, 3) for t in lengths] == [1, 1, 2, 2, 3]
+    assert planned_epochs(tiny_recipe(tiny_data, "train.epochs=4").train, 3) == 4
+    recipe = tiny_recipe(tiny_data, "train.steps=5", "train.epochs=9")
+    result = train(recipe, out_dir=tmp_path / "r")
+    assert result.epochs == 2 and [row["epoch"] for row in result.history] == [1, 2]
+    _assert_identical(_weights(result.last_checkpoint), _weights(straight_run.last_checkpoint))
+    assert [row["lr"] for row in result.history] == [row["lr"] for row in straight_run.history]
+
+
 def test_existing_run_is_refused_without_resume(tiny_data, straight_run, tmp_path):
     with pytest.raises(TrainingError, match="--resume") as info:
         train(tiny_recipe(tiny_data), out_dir=straight_run.run_dir)

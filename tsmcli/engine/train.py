@@ -252,20 +252,20 @@ class _Run:
         )
 
     def _epochs(self, stop: StopOnSignal) -> None:
-        t, progress = self.recipe.train, self.progress
-        for epoch in range(progress.epoch, t.epochs):
+        t, progress, epochs = self.recipe.train, self.progress, self.data.epochs
+        for epoch in range(progress.epoch, epochs):
             row = self.loop.train_epoch(
                 epoch, progress.iteration, progress.partial, stop, self._save_interrupted
             )
             progress.iteration, progress.partial = 0, {}
             if self.data.val_set is not None and (
-                (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs
+                (epoch + 1) % t.eval_every == 0 or epoch + 1 == epochs
             ):
                 row.update(self.loop.validate())
             else:
                 row.update(top1=None, top5=None, val_videos=0)
             self._end_epoch(epoch, row)
-            if epoch + 1 < t.epochs and self._everywhere(stop.requested):
+            if epoch + 1 < epochs and self._everywhere(stop.requested):
                 if self.ctx.is_main:  # Ctrl-C during validation: last.pt is this epoch's
                     log.warning("stopped after epoch %d; continue with --resume", epoch + 1)
                 raise Interrupted
@@ -291,7 +291,7 @@ class _Run:
             for key in ("loss", "lr", "top1", "top5", "clips_per_s", "data_wait_share"):
                 if row.get(key) is not None:
                     self.tensorboard.add_scalar(key, row[key], epoch + 1)
-        _log_epoch(epoch, self.recipe.train.epochs, row)
+        _log_epoch(epoch, self.data.epochs, row)
 
     def _save_interrupted(self, epoch: int, iteration: int, acc: dict[str, float]) -> None:
         state = self._checkpoint(epoch, iteration, acc)
