@@ -194,6 +194,9 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False  # deterministic kernels (slower); CPU runs are exact without it
     eval_every: int = 1  # validate every N epochs, and always after the last one
+    # write last.pt (and curves.png) every N epochs, at a new best top-1 and after the last
+    # epoch; Ctrl-C always saves. Short epochs (a small list) need not each pay for a save.
+    save_every: int = 1
     out_dir: str = "runs"  # the run dir is out_dir/<recipe name> unless --out says otherwise
     sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
     log_every: int = 50  # a log line every N steps when there is no progress bar
@@ -210,6 +213,7 @@ class TrainConfig:
         _require(self.batch_size >= 1, "train.batch_size", "must be at least 1", self.batch_size)
         _require(self.workers >= 0, "train.workers", "must be 0 or more", self.workers)
         _require(self.eval_every >= 1, "train.eval_every", "must be at least 1", self.eval_every)
+        _require(self.save_every >= 1, "train.save_every", "must be at least 1", self.save_every)
         _require(self.log_every >= 1, "train.log_every", "must be at least 1", self.log_every)
         _require(
             0.0 <= self.distill_weight <= 1.0,

@@ -14,6 +14,7 @@ import torch
 from click.testing import CliRunner
 
 import tsmcli.data.dataset as dataset_module
+import tsmcli.engine.train as train_module
 import tsmcli.engine.train_loop as train_loop
 from tsmcli.cli import cli
 from tsmcli.engine.train import train
@@ -203,6 +204,50 @@ def test_steps_set_the_length_whatever_the_list_size(tiny_data, straight_run, tm
     assert result.epochs == 2 and [row["epoch"] for row in result.history] == [1, 2]
     _assert_identical(_weights(result.last_checkpoint), _weights(straight_run.last_checkpoint))
     assert [row["lr"] for row in result.history] == [row["lr"] for row in straight_run.history]
+
+
+def test_save_every_writes_last_pt_when_due_and_at_the_end(tiny_data, tmp_path, monkeypatch):
+    """train.save_every=2 over 3 unvalidated epochs: last.pt after epochs 2 and 3 only (the
+    curves with it), each epoch's row still in metrics.jsonl."""
+    saved = []
+    real_save = train_module.save_checkpoint
+
+    def record(state, path):
+        saved.append((Path(path).name, state["epoch"]))
+        return real_save(state, path)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", record)
+    recipe = tiny_recipe(tiny_data, "train.epochs=3", "train.save_every=2", "data.val_list=")
+    result = train(recipe, out_dir=tmp_path / "r")
+    assert saved == [("last.pt", 2), ("last.pt", 3)]
+    rows = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in rows] == [1, 2, 3] and result.epochs == 3
+    assert (tmp_path / "r" / "curves.png").exists()
+
+
+def test_ctrl_c_after_an_epoch_not_due_for_a_save_saves_it(
+    tiny_data, straight_run, tmp_path, monkeypatch
+):
+    """A Ctrl-C that lands after the last step of an epoch that train.save_every would not
+    save still leaves that epoch's last.pt, and the resumed run ends as the straight one."""
+    log_epoch = train_module._log_epoch
+
+    def interrupting_log(epoch, epochs, row):
+        if epoch == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+        return log_epoch(epoch, epochs, row)
+
+    monkeypatch.setattr(train_module, "_log_epoch", interrupting_log)
+    run = tmp_path / "interrupted"
+    recipe = tiny_recipe(tiny_data, "train.save_every=5", "train.eval_every=2")
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, out_dir=run)
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert (state["epoch"], state["iteration"]) == (1, 0)
+    monkeypatch.setattr(train_module, "_log_epoch", log_epoch)
+    resumed = train(recipe, out_dir=run, resume=True)
+    assert resumed.epochs == 2
+    _assert_identical(_weights(straight_run.last_checkpoint), _weights(run / "last.pt"))
 
 
 def test_existing_run_is_refused_without_resume(tiny_data, straight_run, tmp_path):

@@ -264,14 +264,19 @@ class _Run:
                 row.update(self.loop.validate())
             else:
                 row.update(top1=None, top5=None, val_videos=0)
-            self._end_epoch(epoch, row)
+            saved = self._end_epoch(epoch, row)
             if epoch + 1 < epochs and self._everywhere(stop.requested):
+                if not saved:  # Ctrl-C during an epoch not due for a save: saved now
+                    self._save_epoch(epoch, is_best=False)
                 if self.ctx.is_main:  # Ctrl-C during validation: last.pt is this epoch's
                     log.warning("stopped after epoch %d; continue with --resume", epoch + 1)
                 raise Interrupted
 
-    def _end_epoch(self, epoch: int, row: dict[str, Any]) -> None:
-        """Record the epoch, save last.pt (best.pt when it is the best), metrics, curves."""
+    def _end_epoch(self, epoch: int, row: dict[str, Any]) -> bool:
+        """Record the epoch (metrics.jsonl, tensorboard, the log line); write last.pt, best.pt
+        and the curves when due: every ``train.save_every`` epochs, at a new best top-1 and
+        after the last epoch. Returns whether they were written. Every rank calls it (the
+        checkpoint is collective)."""
         progress = self.progress
         is_best = row["top1"] is not None and (
             progress.best_top1 is None or row["top1"] > progress.best_top1
@@ -279,19 +284,29 @@ class _Run:
         if is_best:
             progress.best_top1 = row["top1"]
         progress.history.append(row)
-        state = self._checkpoint(epoch + 1, 0, {})  # collective (gathers every rank's RNG)
+        done = epoch + 1
+        due = is_best or done % self.recipe.train.save_every == 0 or done == self.data.epochs
+        if due:
+            self._save_epoch(epoch, is_best)
         if not self.ctx.is_main:
-            return
-        self._save(state)
-        self._write_metrics()
-        if is_best:
-            atomic_link(self.run_dir / LAST, self.run_dir / BEST)
-        plot_curves(progress.history, self.run_dir / CURVES_FILE)
+            return due
+        self._write_metrics()  # ahead of last.pt between saves; a resume rewrites it to match
         if self.tensorboard is not None:
             for key in ("loss", "lr", "top1", "top5", "clips_per_s", "data_wait_share"):
                 if row.get(key) is not None:
-                    self.tensorboard.add_scalar(key, row[key], epoch + 1)
+                    self.tensorboard.add_scalar(key, row[key], done)
         _log_epoch(epoch, self.data.epochs, row)
+        return due
+
+    def _save_epoch(self, epoch: int, is_best: bool) -> None:
+        """last.pt after ``epoch`` (best.pt too when ``is_best``) and the curves; collective."""
+        state = self._checkpoint(epoch + 1, 0, {})  # gathers every rank's RNG
+        if not self.ctx.is_main:
+            return
+        self._save(state)
+        if is_best:
+            atomic_link(self.run_dir / LAST, self.run_dir / BEST)
+        plot_curves(self.progress.history, self.run_dir / CURVES_FILE)
 
     def _save_interrupted(self, epoch: int, iteration: int, acc: dict[str, float]) -> None:
         state = self._checkpoint(epoch, iteration, acc)
