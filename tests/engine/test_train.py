@@ -208,7 +208,8 @@ def test_steps_set_the_length_whatever_the_list_size(tiny_data, straight_run, tm
 
 def test_save_every_writes_last_pt_when_due_and_at_the_end(tiny_data, tmp_path, monkeypatch):
     """train.save_every=2 over 3 unvalidated epochs: last.pt after epochs 2 and 3 only (the
-    curves with it), each epoch's row still in metrics.jsonl."""
+    curves with it), each epoch's row still in metrics.jsonl and told to on_epoch, after
+    its save when it had one."""
     saved = []
     real_save = train_module.save_checkpoint
 
@@ -217,9 +218,15 @@ def test_save_every_writes_last_pt_when_due_and_at_the_end(tiny_data, tmp_path, 
         return real_save(state, path)
 
     monkeypatch.setattr(train_module, "save_checkpoint", record)
+    seen = []
+
+    def on_epoch(row):
+        seen.append((row["epoch"], row["epochs"], row["steps_per_epoch"], len(saved)))
+
     recipe = tiny_recipe(tiny_data, "train.epochs=3", "train.save_every=2", "data.val_list=")
-    result = train(recipe, out_dir=tmp_path / "r")
+    result = train(recipe, out_dir=tmp_path / "r", on_epoch=on_epoch)
     assert saved == [("last.pt", 2), ("last.pt", 3)]
+    assert seen == [(1, 3, 3, 0), (2, 3, 3, 1), (3, 3, 3, 2)]
     rows = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in rows] == [1, 2, 3] and result.epochs == 3
     assert (tmp_path / "r" / "curves.png").exists()

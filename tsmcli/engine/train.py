@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,10 @@ from tsmcli.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
+# called on the main process with each epoch's metrics row, plus the plan: "epochs" and
+# "steps_per_epoch"
+EpochHook = Callable[[dict[str, Any]], None]
+
 LAST, BEST = "last.pt", "best.pt"
 RECIPE_FILE, METRICS_FILE, CURVES_FILE = "recipe.yaml", "metrics.jsonl", "curves.png"
 RUN_FILES = (LAST, BEST, RECIPE_FILE, METRICS_FILE, CURVES_FILE)  # what a run writes
@@ -80,13 +84,16 @@ def train(
     resume: bool = False,
     *,
     preloaded: Sequence[CheckpointInfo] = (),
+    on_epoch: EpochHook | None = None,
 ) -> TrainResult:
     """Train ``recipe`` into ``out_dir`` (default ``train.out_dir/<recipe name>``).
 
     ``resume`` continues from ``last.pt`` there; without it a run dir that already holds a
     ``last.pt`` is refused rather than overwritten. ``preloaded`` are checkpoints the caller
     has read already: ``model.init_from`` or ``train.distill_from`` naming one of their paths
-    takes it instead of reading the file again. Under torchrun every process calls this.
+    takes it instead of reading the file again. ``on_epoch`` is told each epoch's metrics
+    row once the epoch is recorded (and saved, when due), on the main process (``tsm demo``
+    projects its total from the first). Under torchrun every process calls this.
     """
     _check_arch(recipe)
     check_recipe_checkpoints(recipe, resume=resume)  # files or model zoo names, no network
@@ -100,6 +107,7 @@ def train(
     previous_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         run = _Run(recipe, run_dir, resume, ctx, preloaded)
+        run.on_epoch = on_epoch
         with StopOnSignal(announce=ctx.is_main) as stop:
             return run.fit(stop)
     finally:
@@ -137,6 +145,7 @@ class _Run:
     ):
         self.recipe, self.run_dir, self.ctx = recipe, run_dir, ctx
         self.preloaded = {info.path: info for info in preloaded}
+        self.on_epoch: EpochHook | None = None
         self._check_run_dir(resume)
         if ctx.is_main:  # a kill during a save leaves its temp file (a checkpoint's size)
             for stale in remove_stale_temps(run_dir, RUN_FILES):
@@ -265,6 +274,9 @@ class _Run:
             else:
                 row.update(top1=None, top5=None, val_videos=0)
             saved = self._end_epoch(epoch, row)
+            if self.on_epoch is not None and self.ctx.is_main:
+                plan = {"epochs": epochs, "steps_per_epoch": self.data.iters_per_epoch}
+                self.on_epoch({**row, **plan})
             if epoch + 1 < epochs and self._everywhere(stop.requested):
                 if not saved:  # Ctrl-C during an epoch not due for a save: saved now
                     self._save_epoch(epoch, is_best=False)
