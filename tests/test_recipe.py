@@ -186,6 +186,9 @@ def test_ranges_are_checked():
         "demo", ["train.epochs=1", "optim.warmup_epochs=2", "train.steps=0"]
     )
     assert "train.save_every must be at least 1, got 0" in _error("demo", ["train.save_every=0"])
+    assert "data.colour_jitter must be in [0, 1) (0: off), got 1.0" in _error(
+        "demo", ["data.colour_jitter=1"]
+    )
     # with train.steps the number of epochs is known only from the list: not checked here
     steps = ["train.epochs=1", "optim.warmup_epochs=2", "train.steps=100"]
     assert load_recipe("demo", steps).train.steps == 100

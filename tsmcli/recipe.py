@@ -107,6 +107,9 @@ class DataConfig:
     sampling: Literal["segments", "dense"] = "segments"
     flip: Literal["off", "on", "swap"] = "on"  # swap: flip and swap left/right labels
     skip_bad: bool = False
+    # train: per clip and RGB channel, a gain in [1 - j, 1 + j] and an offset of up to j * 128
+    # levels (0: off); the same in every frame, so the motion is untouched
+    colour_jitter: float = 0.0
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -122,6 +125,12 @@ class DataConfig:
             "data.scales",
             "must be a non-empty list of numbers in (0, 1]",
             list(self.scales),
+        )
+        _require(
+            0.0 <= self.colour_jitter < 1.0,
+            "data.colour_jitter",
+            "must be in [0, 1) (0: off)",
+            self.colour_jitter,
         )
         _require(
             self.flip != "swap" or self.dataset is not None,

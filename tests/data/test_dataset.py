@@ -18,7 +18,7 @@ from tsmcli.data.dataset import (
 )
 from tsmcli.data.decode import open_video
 from tsmcli.data.lists import ListEntry, find_missing, read_list, write_classes, write_list
-from tsmcli.data.transforms import multiscale_crop_sizes, normalize, resize_crop
+from tsmcli.data.transforms import jitter_colour, multiscale_crop_sizes, normalize, resize_crop
 from tsmcli.errors import DataError, UsageError
 
 NUM_FRAMES = 16  # make_video: frame k is a flat grey of level 8 * k
@@ -119,6 +119,22 @@ def test_deterministic_across_workers_and_epochs(tiny):
     assert torch.equal(collate_clips([dataset[2]]).model_input("cpu")[0], e1[2])  # resume: alone
 
 
+def test_colour_jitter_changes_each_clips_colours_and_nothing_else(tiny):
+    """With colour_jitter the clips are the same frames and crops, each clip then given the
+    colour change drawn for it; without it no draw is made and no change is applied."""
+    plain, jittered = make(tiny, seed=2), make(tiny, seed=2, colour_jitter=0.4)
+    for dataset in (plain, jittered):
+        dataset.set_epoch(3)
+    before = collate_clips([plain[i] for i in range(3)])
+    after = collate_clips([jittered[i] for i in range(3)])
+    assert before.colours is None
+    assert after.colours.shape == (3, 6) and len(set(map(tuple, after.colours.tolist()))) == 3
+    assert torch.equal(after.clips, before.clips) and torch.equal(after.flips, before.flips)
+    expected = jitter_colour(before.model_input("cpu"), after.colours)
+    assert torch.equal(after.model_input("cpu"), expected)
+    assert not torch.allclose(expected, before.model_input("cpu"))
+
+
 def test_train_batch_pads_crops_and_finishes_each_as_its_own():
     """Crops of different sizes share one zero-padded batch; the model input of each is its own
     crop resized and mirrored, then normalised, as if it had been batched alone."""
@@ -199,6 +215,8 @@ def test_a_frame_template_without_a_field_is_refused_before_any_frame_is_read(ti
 def test_bad_options_and_labels_are_refused(tiny):
     with pytest.raises(UsageError, match="flip 'swap' needs"):
         make(tiny, flip="swap")
+    with pytest.raises(UsageError, match=r"colour_jitter must be in \[0, 1\) \(0: off\), got 1.5"):
+        make(tiny, colour_jitter=1.5)
     write_classes(tiny / "frames" / "classes.txt", ["a", "b"])
     with pytest.raises(DataError, match=r"list.txt: label 2 but classes.txt beside it has 2"):
         make(tiny)

@@ -33,6 +33,7 @@ class Sample:
     error: str | None = None
     flip: bool = False
     resize_to: int | None = None
+    colour: tuple[float, ...] | None = None  # train: transforms.draw_colour_jitter's, if on
 
 
 class ClipBatch(NamedTuple):
@@ -52,10 +53,12 @@ class ClipBatch(NamedTuple):
     sizes: torch.Tensor
     flips: torch.Tensor
     resize_to: int | None
+    colours: torch.Tensor | None = None  # (B, 6): each train clip's colour jitter, if on
 
     def model_input(self, device: torch.device | str) -> torch.Tensor:
         """The batch as the model takes it, computed on ``device``: crops resized and mirrored,
-        then normalised; float32 (B, T, 3, S, S) or (B, V, T, 3, S, S)."""
+        then normalised (and colour-jittered, if drawn); float32 (B, T, 3, S, S) or
+        (B, V, T, 3, S, S)."""
         clips = self.clips.to(device, non_blocking=True)
         if self.resize_to is not None and len(clips):
             clips = torch.stack(
@@ -66,7 +69,10 @@ class ClipBatch(NamedTuple):
                     )
                 ]
             )  # (B, T, 3, S, S)
-        return transforms.normalize(clips)
+        clips = transforms.normalize(clips)
+        if self.colours is not None and len(clips):
+            clips = transforms.jitter_colour(clips, self.colours)
+        return clips
 
 
 def collate_clips(samples: Sequence[Sample]) -> ClipBatch:
@@ -93,6 +99,9 @@ def collate_clips(samples: Sequence[Sample]) -> ClipBatch:
         ).view(-1, 2),
         flips=torch.tensor([s.flip for s in good] if resize_to else [], dtype=torch.bool),
         resize_to=resize_to,
+        colours=torch.tensor([s.colour for s in good], dtype=torch.float32)
+        if good and good[0].colour is not None
+        else None,
     )
 
 

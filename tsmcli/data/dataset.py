@@ -60,6 +60,7 @@ def _check_options(
     clips: int,
     seed: int,
     sizes: tuple[int, int, bool],
+    colour_jitter: float = 0.0,
 ) -> None:
     """Raise ``UsageError`` naming the first of ``VideoClipDataset``'s options that is out of
     range; ``sizes`` is (input_size, scale_size, full_res)."""
@@ -89,12 +90,15 @@ def _check_options(
             f"input_size {input_size} and scale_size {scale_size} must be "
             "positive, and scale_size >= input_size"
         )
+    if not 0 <= colour_jitter < 1:
+        raise UsageError(f"colour_jitter must be in [0, 1) (0: off), got {colour_jitter}")
 
 
 class VideoClipDataset(Dataset):
     """Clips of the videos of a TSN list file, as in the official TSM training and testing.
 
-    ``mode="train"``: segment (or dense) sampling, multi-scale crop, flip; clip (T, 3, S, S).
+    ``mode="train"``: segment (or dense) sampling, multi-scale crop, flip, colour jitter (off
+    at 0); clip (T, 3, S, S).
     ``mode="val"``: segment centres, ``crops`` views; clip (V, T, 3, S, S).
     ``mode="test"``: ``clips`` temporal views (twice as many with ``twice_sample``; dense
     starts with ``dense``) x ``crops`` spatial views; clip (V, T, 3, S, S), temporal-major.
@@ -115,6 +119,7 @@ class VideoClipDataset(Dataset):
         scales: Sequence[float] = transforms.TRAIN_SCALES,
         flip: str = "on",
         flip_pairs: Sequence[tuple[int, int]] | None = None,
+        colour_jitter: float = 0.0,
         clips: int = 1,
         crops: int = 1,
         full_res: bool = False,
@@ -134,6 +139,7 @@ class VideoClipDataset(Dataset):
             clips=clips,
             seed=seed,
             sizes=(input_size, scale_size, full_res),
+            colour_jitter=colour_jitter,
         )
         self.list_file = Path(list_file)
         self.root = Path(root)
@@ -148,6 +154,7 @@ class VideoClipDataset(Dataset):
         self.scales = tuple(scales)
         self.flip = flip
         self.flip_pairs = tuple(flip_pairs or ())
+        self.colour_jitter = colour_jitter
         self.clips = clips
         self.crops = crops
         self.full_res = full_res
@@ -274,7 +281,12 @@ class VideoClipDataset(Dataset):
             clip = transforms.crop_view(frames, draw.box)  # a view: collate copies the crop
             if inverse is not None:
                 clip = clip[torch.from_numpy(inverse)]
-        return Sample(clip, draw.label, index, flip=draw.flip, resize_to=self.input_size)
+        # drawn after everything else, so clips without jitter are what they always were
+        jitter = self.colour_jitter
+        colour = transforms.draw_colour_jitter(jitter, rng) if jitter > 0 else None
+        return Sample(
+            clip, draw.label, index, flip=draw.flip, resize_to=self.input_size, colour=colour
+        )
 
 
 @contextlib.contextmanager

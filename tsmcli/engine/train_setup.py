@@ -161,6 +161,7 @@ def _datasets(
         scales=d.scales,
         flip=d.flip,
         flip_pairs=_flip_pairs(recipe, classes),
+        colour_jitter=d.colour_jitter,
         **common,
     )
     val_set = VideoClipDataset(val_list, root, mode="val", **common) if val_list else None
