@@ -104,7 +104,10 @@ class DataConfig:
     input_size: int = 224
     scale_size: int = 256  # val: short side resized to this, then a centre crop of input_size
     scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)  # train multi-scale crop
-    sampling: Literal["segments", "dense"] = "segments"
+    # segments: train on one random frame inside each segment (official); even: frames one
+    # segment apart from one random offset (every clip keeps the video's speed); dense: T
+    # frames with stride 64 / T. Validation takes the segment centres (dense: its window).
+    sampling: Literal["segments", "even", "dense"] = "segments"
     flip: Literal["off", "on", "swap"] = "on"  # swap: flip and swap left/right labels
     skip_bad: bool = False
     # train: per clip and RGB channel, a gain in [1 - j, 1 + j] and an offset of up to j * 128

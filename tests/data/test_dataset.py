@@ -85,6 +85,15 @@ def test_val_and_test_sample_the_official_indices(tiny):
     assert [frame_indices(view) for view in test] == [[2, 6, 10, 14]] * 3 + [[0, 4, 8, 12]] * 3
 
 
+def test_even_sampling_gives_evenly_spaced_train_frames(tiny):
+    even = make(tiny, even=True, seed=3)
+    for epoch in range(3):
+        even.set_epoch(epoch)
+        got = [frame_indices(even[i].clip) for i in range(3)]
+        assert all(x[0] < 4 and x == [x[0] + 4 * k for k in range(4)] for x in got)
+    assert frame_indices(make(tiny, mode="val", even=True)[0].clip[0]) == [2, 6, 10, 14]
+
+
 def test_videos_and_frames_sample_the_same_frames(tiny):
     for mode in ("train", "test"):
         runs = [

@@ -97,8 +97,8 @@ def _check_options(
 class VideoClipDataset(Dataset):
     """Clips of the videos of a TSN list file, as in the official TSM training and testing.
 
-    ``mode="train"``: segment (or dense) sampling, multi-scale crop, flip, colour jitter (off
-    at 0); clip (T, 3, S, S).
+    ``mode="train"``: segment sampling (dense, or ``even``: evenly spaced), multi-scale crop,
+    flip, colour jitter (off at 0); clip (T, 3, S, S).
     ``mode="val"``: segment centres, ``crops`` views; clip (V, T, 3, S, S).
     ``mode="test"``: ``clips`` temporal views (twice as many with ``twice_sample``; dense
     starts with ``dense``) x ``crops`` spatial views; clip (V, T, 3, S, S), temporal-major.
@@ -125,6 +125,7 @@ class VideoClipDataset(Dataset):
         full_res: bool = False,
         twice_sample: bool = False,
         dense: bool = False,
+        even: bool = False,
         skip_bad: bool = False,
         seed: int = 0,
     ):
@@ -153,13 +154,12 @@ class VideoClipDataset(Dataset):
         self.scale_size = scale_size
         self.scales = tuple(scales)
         self.flip = flip
-        self.flip_pairs = tuple(flip_pairs or ())
-        self.colour_jitter = colour_jitter
+        self.flip_pairs, self.colour_jitter = tuple(flip_pairs or ()), colour_jitter
         self.clips = clips
         self.crops = crops
         self.full_res = full_res
         self.twice_sample = twice_sample
-        self.dense = dense
+        self.dense, self.even = dense, even
         self.skip_bad = skip_bad
         self.seed = seed
         # Shared memory, so set_epoch reaches persistent DataLoader workers too.
@@ -225,6 +225,7 @@ class VideoClipDataset(Dataset):
             clips=self.clips,
             twice_sample=self.twice_sample,
             dense=self.dense,
+            even=self.even,
         )  # (V_t, T)
         # Decode each distinct frame once, in order (short videos and views repeat frames).
         order = indices.reshape(-1)

@@ -151,6 +151,7 @@ def _datasets(
         input_size=d.input_size,
         scale_size=d.scale_size,
         dense=d.sampling == "dense",
+        even=d.sampling == "even",
         skip_bad=d.skip_bad,
         seed=recipe.train.seed,
     )
