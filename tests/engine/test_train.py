@@ -566,7 +566,7 @@ def test_unknown_arch_names_the_key_and_the_choices(tiny_data, tmp_path):
     )
     assert message == (
         "model.arch: unknown arch 'resnet9'; did you mean 'resnet50'? choose one "
-        "of mobilenet_v2, resnet101, resnet152, resnet18, resnet34, resnet50"
+        "of mobilenet_v2, resnet101, resnet152, resnet18, resnet18_narrow, resnet34, resnet50"
     )
     assert not (tmp_path / "run").exists()
 
