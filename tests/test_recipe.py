@@ -6,6 +6,7 @@ import dataclasses
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tsmcli.errors import RecipeError
 from tsmcli.recipe import Recipe, apply_overrides, load_recipe, shipped_recipes
@@ -89,6 +90,15 @@ def test_official_hyperparameters_are_what_the_papers_scripts_use():
         None,
         None,
     )
+
+
+def test_every_shipped_recipe_spells_out_every_key():
+    """The shipped recipes are the documentation of their runs: each names every key."""
+    for name in shipped_recipes():
+        raw = yaml.safe_load((recipes_dir() / f"{name}.yaml").read_text(encoding="utf-8"))
+        for section, config in load_recipe(name).to_dict().items():
+            if section != "name":
+                assert set(raw[section]) == set(config), (name, section)
 
 
 def test_name_with_or_without_yaml_and_path_give_the_same_recipe(tmp_path, monkeypatch):
