@@ -85,11 +85,12 @@ def test_official_hyperparameters_are_what_the_papers_scripts_use():
     assert ucf.optim.lr < k400.optim.lr and ucf.train.epochs < k400.train.epochs
     demo = load_recipe("demo")
     assert (demo.model.arch, demo.data.flip, demo.model.pretrained, demo.model.init_from) == (
-        "resnet18",
-        "off",
+        "resnet18_narrow",
+        "swap",  # mirrored with the label swapped: moving right <-> left
         None,
         None,
     )
+    assert demo.data.dataset == "synth" and demo.train.steps > 0
 
 
 def test_every_shipped_recipe_spells_out_every_key():
@@ -188,7 +189,7 @@ def test_ranges_are_checked():
         "demo", ["data.scale_size=16"]
     )
     assert "optim.lr_steps must be in increasing order" in _error("demo", ["optim.lr_steps=[5, 2]"])
-    assert "data.flip" in _error("demo", ["data.flip=swap"])  # swap needs a manifest
+    assert "data.flip" in _error("demo", ["data.dataset=", "data.flip=swap"])  # needs a manifest
     assert "train.steps must be 0 (use train.epochs) or more, got -1" in _error(
         "demo", ["train.steps=-1"]
     )
@@ -242,7 +243,7 @@ def test_set_errors_blame_the_set_and_file_errors_the_file(tmp_path):
     # a file only the overrides complete is fine
     swap = _write(tmp_path, "data:\n  flip: swap\n", "swap.yaml")
     assert load_recipe(swap, ["data.dataset=sthv2"]).data.flip == "swap"
-    assert _error(demo, ["data.flip=swap"]).startswith("--set data.flip=swap: data.flip swap")
+    assert _error(demo, ["data.dataset="]).startswith("--set data.dataset=: data.flip swap")
 
 
 def test_text_keys_keep_the_text_as_typed():

@@ -57,7 +57,7 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 def tiny_recipe(root: Path, *overrides: str) -> Recipe:
-    """The demo recipe shrunk to seconds on the CPU: ResNet-18, 2 segments, 32 px, batch 2."""
+    """The demo recipe shrunk to seconds on the CPU: 2 segments, 32 px, batch 2, 2 epochs."""
     base = load_recipe(
         "demo",
         [
@@ -71,6 +71,10 @@ def tiny_recipe(root: Path, *overrides: str) -> Recipe:
             "train.batch_size=2",
             "train.workers=0",
             "train.epochs=2",
+            "train.steps=0",  # the demo's length is in steps; these runs count epochs
+            "train.save_every=1",
+            "train.eval_every=1",
+            "data.flip=off",  # no mirror-image pairs among these classes
             "train.device=cpu",
             "train.deterministic=true",
             "optim.warmup_epochs=0.5",
@@ -353,7 +357,12 @@ def test_init_from_and_pretrained_load_the_weights(tiny_data, straight_run, tmp_
     imagenet = torchvision.models.resnet18().state_dict()
     torch.save(imagenet, tmp_path / "resnet18.pth")
     pre = train(
-        tiny_recipe(tiny_data, *tiny_lr, f"model.pretrained={tmp_path / 'resnet18.pth'}"),
+        tiny_recipe(
+            tiny_data,
+            *tiny_lr,
+            "model.arch=resnet18",  # the ImageNet weights are ResNet-18's
+            f"model.pretrained={tmp_path / 'resnet18.pth'}",
+        ),
         out_dir=tmp_path / "pre",
     )
     first_conv = pre.model.base_model.conv1

@@ -53,7 +53,7 @@ def train(recipe, overrides, out, resume) -> None:
     "--per-class",
     type=click.IntRange(min=2),
     default=None,
-    help="Synthetic videos per class (default: 150, a quarter of them for validation).",
+    help="Synthetic videos per class (default: 40, of which 30 train).",
 )
 @click.option(
     "--seed",
