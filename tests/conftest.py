@@ -1,9 +1,12 @@
-"""Shared fixtures: tiny real videos written with PyAV, built in tmp_path."""
+"""Shared fixtures: tiny real videos written with PyAV, built in tmp_path; a loopback HTTP\nserver of a folder's files."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import http.server
 import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -84,3 +87,45 @@ def deadline():
             signal.signal(signal.SIGALRM, previous)
 
     return limit
+
+
+class _QuietFiles(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+class _HalfBody(http.server.BaseHTTPRequestHandler):
+    """Announces the whole file, sends half of it, then closes the connection."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        data = (self.server.root / self.path.lstrip("/")).read_bytes()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data[: len(data) // 2])
+        self.wfile.flush()
+        self.close_connection = True
+
+
+@pytest.fixture
+def serve():
+    """``serve(root, half=False)`` -> base URL of a 127.0.0.1 server of ``root``'s files."""
+    servers = []
+
+    def start(root, half: bool = False) -> str:
+        handler = _HalfBody if half else functools.partial(_QuietFiles, directory=str(root))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        server.root = root
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_port}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()

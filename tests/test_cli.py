@@ -8,7 +8,7 @@ from tsmcli import __version__
 from tsmcli.cli import cli
 from tsmcli.errors import DataError
 
-COMMANDS = ["extract", "build-list", "train", "eval", "convert-online", "demo"]
+COMMANDS = ["extract", "build-list", "train", "eval", "predict", "stream", "convert-online", "demo"]
 
 
 def test_help_lists_every_command_with_a_summary():
@@ -44,3 +44,15 @@ def test_user_error_is_one_line_and_debug_shows_traceback(monkeypatch):
         assert isinstance(result.exception, DataError)
     finally:
         cli.commands.pop("boom-test")
+
+
+def test_view_choices_of_eval_and_predict_are_the_engines_tables():
+    """The commands spell the choices out (importing the engine would slow `tsm --help`);
+    this holds them equal to the protocol table and the crop counts the engine accepts."""
+    from tsmcli.data.transforms import TEST_CROPS
+    from tsmcli.engine.views import PROTOCOLS
+
+    for name in ("eval", "predict"):
+        params = {p.name: p for p in cli.commands[name].params}
+        assert list(params["protocol"].type.choices) == list(PROTOCOLS)
+        assert [int(c) for c in params["crops"].type.choices] == list(TEST_CROPS)

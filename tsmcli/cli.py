@@ -13,7 +13,7 @@ import os
 import click
 
 from tsmcli import __version__
-from tsmcli.commands import convert, data, evaluate, train, zoo
+from tsmcli.commands import convert, data, evaluate, predict, train, zoo
 from tsmcli.errors import TSMError
 
 
@@ -96,7 +96,8 @@ for _command in (
     train.train,
     evaluate.evaluate,
     convert.convert_online,
-    evaluate.stream,
+    predict.predict,
+    predict.stream,
     train.demo,
     zoo.zoo,
 ):

@@ -7,20 +7,17 @@ except that a paced source never hands a frame on before its time."""
 from __future__ import annotations
 
 import errno
-import functools
-import http.server
 import itertools
 import socket
 import sys
 import threading
 import time
 from fractions import Fraction
-from types import SimpleNamespace
 
 import av
-import numpy as np
 import pytest
 import torch
+from live_fakes import FakeDevice, Opener, fake_pixels
 
 from tsmcli.data.live import (
     CAMERA_INPUTS,
@@ -67,48 +64,6 @@ def reader_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("tsm-live")]
 
 
-class _QuietFiles(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
-class _HalfBody(http.server.BaseHTTPRequestHandler):
-    """Announces the whole file, sends half of it, then closes the connection."""
-
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):
-        data = (self.server.root / self.path.lstrip("/")).read_bytes()
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data[: len(data) // 2])
-        self.wfile.flush()
-        self.close_connection = True
-
-
-@pytest.fixture
-def serve():
-    """``serve(root, half=False)`` -> base URL of a 127.0.0.1 server of ``root``'s files."""
-    servers = []
-
-    def start(root, half: bool = False) -> str:
-        handler = _HalfBody if half else functools.partial(_QuietFiles, directory=str(root))
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        server.root = root
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return f"http://127.0.0.1:{server.server_port}"
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
-
-
 @pytest.mark.parametrize("name", ["clip.mp4", "clip.mkv"])
 def test_a_file_served_over_http_gives_the_files_frames_none_dropped(
     tmp_path, make_video, serve, deadline, name
@@ -146,6 +101,7 @@ def test_a_server_closing_mid_body_ends_the_loop_with_the_frames_so_far(
     summary = source.summary
     assert [f.index for f in frames] == list(range(len(expected)))  # the decoder drained too
     assert same_images(frames, expected)
+    assert [f.time for f in frames] == [t for t, _ in expected]  # drained frames too, not NaN
     assert summary.ending == "failed" and summary.stopped_early
     assert summary.reason.startswith("stopped mid-stream after ")
     assert summary.decoded == summary.delivered == len(frames) and summary.dropped == 0
@@ -211,57 +167,6 @@ def test_a_file_is_read_with_backpressure_every_frame_and_a_bounded_queue(
     assert same_images(frames, expected)
     assert (summary.decoded, summary.delivered, summary.dropped) == (20, 20, 0)
     assert summary.max_pending == summary.bound == FILE_BOUND
-
-
-def fake_pixels(k: int, size: int = 16) -> np.ndarray:
-    return np.full((size, size, 3), (7 * k) % 256, dtype=np.uint8)  # (H, W, 3)
-
-
-class FakeDevice:
-    """A capture device at the container interface the reader uses from PyAV:
-    ``streams.video[0]`` (``average_rate``, ``decode(None)`` to drain), ``decode(stream)``
-    yielding ``av.VideoFrame``s at ``rate`` per second (frame k is the grey 7k, pts k), and
-    ``close()``. It fails like an unplugged camera after ``fail_after`` frames."""
-
-    def __init__(
-        self, rate: int = 200, fail_after: int | None = None, tick: Fraction | None = None
-    ):
-        self.rate, self.fail_after = rate, fail_after
-        self.tick = tick or Fraction(1, rate)  # stream seconds between frames
-        self.stream = SimpleNamespace(average_rate=Fraction(rate), decode=lambda packet: [])
-        self.streams = SimpleNamespace(video=[self.stream])
-        self.closed = self.reading = False
-
-    def decode(self, stream):
-        assert stream is self.stream
-        self.reading = True
-        try:
-            for k in itertools.count():
-                if k == self.fail_after:
-                    raise av.error.OSError(errno.EIO, "Input/output error")
-                time.sleep(1 / self.rate)
-                frame = av.VideoFrame.from_ndarray(fake_pixels(k), format="rgb24")
-                frame.pts, frame.time_base = k, self.tick
-                yield frame
-        finally:
-            self.reading = False
-
-    def close(self):
-        assert not self.reading, "the container was closed while its frames were being read"
-        self.closed = True
-
-
-class Opener:
-    """Stands in for ``av.open``: records each call and returns the fake device."""
-
-    def __init__(self, device=None, error: BaseException | None = None):
-        self.device, self.error, self.calls = device, error, []
-
-    def __call__(self, file, **kwargs):
-        self.calls.append((file, kwargs))
-        if self.error is not None:
-            raise self.error
-        return self.device
 
 
 def test_a_camera_is_live_its_frames_come_through_and_a_slow_consumer_drops(deadline):

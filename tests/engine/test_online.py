@@ -16,7 +16,8 @@ from tsmcli.data import transforms
 from tsmcli.data.decode import open_video
 from tsmcli.engine.convert import convert_online
 from tsmcli.engine.metrics import topk_accuracy
-from tsmcli.engine.online import evaluate_online, stream
+from tsmcli.engine.online import evaluate_online
+from tsmcli.engine.stream import stream
 from tsmcli.model.checkpoint import load_model
 from tsmcli.model.export import rebuild
 from tsmcli.model.tsn import build_model
@@ -113,7 +114,7 @@ def test_evaluate_online_equals_offline_one_way_frame_averages(model_dir, videos
 def test_stream_yields_the_running_top_k_of_every_frame(model_dir, videos):
     out, checkpoint = model_dir
     scale = json.loads((out / "report.json").read_text())["scale_size"]
-    steps = list(stream(videos / "v2.mp4", out, topk=2))
+    steps = stream(videos / "v2.mp4", out, topk=2, keep_steps=True).steps
     running = offline_running_means(checkpoint, videos / "v2.mp4", scale)
 
     assert [s.index for s in steps] == list(range(VIDEO_FRAMES[2]))
@@ -128,8 +129,12 @@ def test_stream_yields_the_running_top_k_of_every_frame(model_dir, videos):
         cli, ["stream", str(videos / "v0.mp4"), "--model", str(out), "--topk", "1"]
     )
     assert printed.exit_code == 0, printed.output
-    lines = printed.output.strip().splitlines()
+    lines = printed.stdout.strip().splitlines()
     assert len(lines) == VIDEO_FRAMES[0] and all(line.startswith("frame ") for line in lines)
+    assert printed.stderr == (
+        f"{videos / 'v0.mp4'}: 5 frames scored, 0 dropped (5 decoded); reached the end of "
+        "the stream\n"
+    )
     assert lines[-1].split()[4] in CLASSES  # "frame 4  1.23 ms  <label> <score>"
 
 
@@ -206,8 +211,8 @@ def test_a_hostile_online_pt_does_not_run_without_the_flag(model_dir, hostile_di
     assert not target.exists()  # online.pt was never loaded
     genuine = runner.invoke(cli, ["stream", str(videos / "v2.mp4"), "--model", str(out)])
     # the same model as the genuine dir's: the same top-k on every line (latencies differ)
-    assert [line.split()[4:] for line in streamed.output.splitlines()] == [
-        line.split()[4:] for line in genuine.output.splitlines()
+    assert [line.split()[4:] for line in streamed.stdout.splitlines()] == [
+        line.split()[4:] for line in genuine.stdout.splitlines()
     ]
     assert evaluate_online(hostile, videos / "val.txt", videos).scores.equal(
         evaluate_online(out, videos / "val.txt", videos).scores
@@ -227,8 +232,8 @@ def test_the_rebuilt_model_equals_the_torchscript_one(model_dir, videos):
     scripted = evaluate_online(out, videos / "val.txt", videos, trust_torchscript=True)
     assert (rebuilt.scores - scripted.scores).abs().max() < 1e-5
     assert rebuilt.top1 == scripted.top1 and rebuilt.num_frames == scripted.num_frames
-    steps = list(stream(videos / "v1.mp4", out, topk=3))
-    trusted = list(stream(videos / "v1.mp4", out, topk=3, trust_torchscript=True))
+    steps = stream(videos / "v1.mp4", out, topk=3, keep_steps=True).steps
+    trusted = stream(videos / "v1.mp4", out, topk=3, trust_torchscript=True, keep_steps=True).steps
     assert [s.labels for s in steps] == [s.labels for s in trusted]
     assert [s.scores for s in steps] == [pytest.approx(s.scores, abs=1e-6) for s in trusted]
 

@@ -342,7 +342,8 @@ def test_the_jester_online_model_streams_by_name(tmp_path, monkeypatch, videos):
         cli, ["stream", str(videos / "v0.mp4"), "--model", str(out), "--topk", "1"]
     )
     assert streamed.exit_code == 0, streamed.output
-    lines = streamed.output.strip().splitlines()
+    lines = streamed.stdout.strip().splitlines()  # stderr: the summary at the end
     assert [line.split()[:2] for line in lines] == [["frame", str(i)] for i in range(8)]
+    assert "8 frames scored, 0 dropped (8 decoded)" in streamed.stderr
     labels = [line.split(" ms  ", 1)[1].rsplit(" ", 1)[0] for line in lines]
     assert set(labels) <= set(names)  # every frame's top-1 is a Jester class, by name

@@ -1,4 +1,5 @@
-"""``tsm eval`` (a checkpoint, or an online model dir frame by frame) and ``tsm stream``."""
+"""``tsm eval``: a checkpoint, or an online model dir frame by frame; the view and model
+options ``tsm predict`` shares."""
 
 from __future__ import annotations
 
@@ -9,6 +10,125 @@ import click
 
 from tsmcli.commands import print_rows
 from tsmcli.data.layout import SOURCES
+
+
+def _apply(options):
+    """Several click options as one decorator, shown in ``--help`` in the order listed."""
+
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+# the test views and their loading: tsm eval and tsm predict read videos alike
+view_options = _apply(
+    [
+        click.option(
+            "--protocol",
+            type=click.Choice(["single", "kinetics", "sthv2"]),
+            default=None,
+            help="Test preset: single (1 view), kinetics (10 dense clips x 3 full-res crops), sthv2 (2 twice-sampled clips x 3 full-res crops). Default: single.",
+        ),
+        click.option(
+            "--clips",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Temporal clips per video (overrides the protocol).",
+        ),
+        click.option(
+            "--crops",
+            type=click.Choice(["1", "3", "10"]),
+            default=None,
+            help="Spatial crops per clip (overrides the protocol).",
+        ),
+        click.option(
+            "--full-res/--no-full-res",
+            default=None,
+            help="Crops of the scaled short side (256) instead of the input size (224).",
+        ),
+        click.option(
+            "--twice-sample/--no-twice-sample",
+            default=None,
+            help="Add the segment starts to the segment centres (2x clips).",
+        ),
+        click.option(
+            "--dense/--no-dense",
+            default=None,
+            help="Dense sampling: T frames with stride 64/T from evenly spaced starts.",
+        ),
+        click.option(
+            "--average",
+            type=click.Choice(["score", "prob"]),
+            default="score",
+            show_default=True,
+            help="Average raw scores, or softmax probabilities, over the views of a video.",
+        ),
+        click.option(
+            "--batch-size",
+            type=click.IntRange(min=1),
+            default=4,
+            show_default=True,
+            help="Videos per batch (each with all its views).",
+        ),
+        click.option(
+            "--workers",
+            type=click.IntRange(min=0),
+            default=None,
+            help="DataLoader processes (default: up to 4, one fewer than the batches).",
+        ),
+    ]
+)
+# the model: for official / mmaction2 checkpoints, and the device
+model_options = _apply(
+    [
+        click.option(
+            "--backend",
+            type=click.Choice(["decord", "pyav"]),
+            default=None,
+            help="Video decoder (default: from the recipe, else decord).",
+        ),
+        click.option(
+            "--arch",
+            default=None,
+            help="Official/mmaction2 files: backbone, e.g. resnet50 (a zoo name gives it).",
+        ),
+        click.option(
+            "--segments",
+            "num_segments",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Frames per clip: required for official/mmaction2 checkpoints; overrides the recipe's for ours.",
+        ),
+        click.option(
+            "--shift",
+            type=click.Choice(["none", "bidirectional", "unidirectional"]),
+            default=None,
+            help="Official/mmaction2 files: temporal shift (a zoo name gives it; given, it wins with a warning).",
+        ),
+        click.option(
+            "--shift-div",
+            type=int,
+            default=None,
+            help="Official/mmaction2 checkpoints: 1/N of the channels shift each way.",
+        ),
+        click.option(
+            "--shift-place",
+            type=click.Choice(["blockres", "block"]),
+            default=None,
+            help="Official/mmaction2 checkpoints: where the shift sits.",
+        ),
+        click.option(
+            "--device",
+            type=click.Choice(["auto", "cpu", "cuda"]),
+            default="auto",
+            show_default=True,
+            help="Where the model runs (auto: CUDA when available).",
+        ),
+    ]
+)
 
 
 @click.command("eval")
@@ -34,59 +154,7 @@ from tsmcli.data.layout import SOURCES
     type=click.Path(path_type=Path),
     help="Folder the list's paths are relative to.",
 )
-@click.option(
-    "--protocol",
-    type=click.Choice(["single", "kinetics", "sthv2"]),
-    default=None,
-    help="Test preset: single (1 view), kinetics (10 dense clips x 3 full-res crops), sthv2 (2 twice-sampled clips x 3 full-res crops). Default: single.",
-)
-@click.option(
-    "--clips",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Temporal clips per video (overrides the protocol).",
-)
-@click.option(
-    "--crops",
-    type=click.Choice(["1", "3", "10"]),
-    default=None,
-    help="Spatial crops per clip (overrides the protocol).",
-)
-@click.option(
-    "--full-res/--no-full-res",
-    default=None,
-    help="Crops of the scaled short side (256) instead of the input size (224).",
-)
-@click.option(
-    "--twice-sample/--no-twice-sample",
-    default=None,
-    help="Add the segment starts to the segment centres (2x clips).",
-)
-@click.option(
-    "--dense/--no-dense",
-    default=None,
-    help="Dense sampling: T frames with stride 64/T from evenly spaced starts.",
-)
-@click.option(
-    "--average",
-    type=click.Choice(["score", "prob"]),
-    default="score",
-    show_default=True,
-    help="Average raw scores, or softmax probabilities, over the views of a video.",
-)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=4,
-    show_default=True,
-    help="Videos per batch (each with all its views).",
-)
-@click.option(
-    "--workers",
-    type=click.IntRange(min=0),
-    default=None,
-    help="DataLoader processes (default: up to 4).",
-)
+@view_options
 @click.option(
     "--json",
     "json_path",
@@ -107,49 +175,7 @@ from tsmcli.data.layout import SOURCES
     default=None,
     help="What ROOT holds (default: from the checkpoint's recipe).",
 )
-@click.option(
-    "--backend",
-    type=click.Choice(["decord", "pyav"]),
-    default=None,
-    help="Video decoder (default: from the recipe, else decord).",
-)
-@click.option(
-    "--arch",
-    default=None,
-    help="Official/mmaction2 files: backbone, e.g. resnet50 (a zoo name gives it).",
-)
-@click.option(
-    "--segments",
-    "num_segments",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Frames per clip: required for official/mmaction2 checkpoints; overrides the recipe's for ours.",
-)
-@click.option(
-    "--shift",
-    type=click.Choice(["none", "bidirectional", "unidirectional"]),
-    default=None,
-    help="Official/mmaction2 files: temporal shift (a zoo name gives it; given, it wins with a warning).",
-)
-@click.option(
-    "--shift-div",
-    type=int,
-    default=None,
-    help="Official/mmaction2 checkpoints: 1/N of the channels shift each way.",
-)
-@click.option(
-    "--shift-place",
-    type=click.Choice(["blockres", "block"]),
-    default=None,
-    help="Official/mmaction2 checkpoints: where the shift sits.",
-)
-@click.option(
-    "--device",
-    type=click.Choice(["auto", "cpu", "cuda"]),
-    default="auto",
-    show_default=True,
-    help="Where the model runs (auto: CUDA when available).",
-)
+@model_options
 @click.option(
     "--trust-torchscript",
     is_flag=True,
@@ -164,7 +190,7 @@ def evaluate(**options: Any) -> None:
     from tsmcli.engine.distributed import env_rank
     from tsmcli.engine.evaluate import run_eval
 
-    views, arch = _settings(options)
+    views, arch = view_and_arch(options)
     result = run_eval(views=views, arch=arch, **options)
     if options["online_dir"] is not None:
         print_rows(_online_rows(options["online_dir"], result))
@@ -176,7 +202,7 @@ def evaluate(**options: Any) -> None:
         )
 
 
-def _settings(options: dict[str, Any]) -> tuple[Any, Any]:
+def view_and_arch(options: dict[str, Any]) -> tuple[Any, Any]:
     """The view options as one ``ViewRequest`` and the model options as one
     ``ArchOverrides``, taken out of ``options`` (the rest are ``run_eval``'s keywords)."""
     from tsmcli.engine.views import ViewRequest
@@ -231,35 +257,3 @@ def _checkpoint_rows(
     return rows + [
         (name, str(path)) for name, path in (("json", json_path), ("reports", out_dir)) if path
     ]
-
-
-@click.command()
-@click.argument("video", type=click.Path(path_type=Path))
-@click.option(
-    "--model",
-    "model_dir",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="Online model dir from tsm convert-online.",
-)
-@click.option(
-    "--topk",
-    type=click.IntRange(min=1),
-    default=5,
-    show_default=True,
-    help="Classes shown per frame.",
-)
-@click.option(
-    "--trust-torchscript",
-    is_flag=True,
-    help="Run the dir's online.pt (TorchScript, which can run code) instead of the model rebuilt from online_weights.pt.",
-)
-def stream(video, model_dir, topk, trust_torchscript) -> None:
-    """Run a video through an online model frame by frame, printing the running top-k."""
-    from tsmcli.engine.online import stream as run_stream
-
-    for step in run_stream(video, model_dir, topk=topk, trust_torchscript=trust_torchscript):
-        best = "  ".join(
-            f"{label} {score:.3f}" for label, score in zip(step.labels, step.scores, strict=True)
-        )
-        click.echo(f"frame {step.index:5d}  {step.latency_ms:7.2f} ms  {best}")

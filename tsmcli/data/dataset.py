@@ -144,7 +144,7 @@ class VideoClipDataset(Dataset):
         )
         self.list_file = Path(list_file)
         self.root = Path(root)
-        self.entries, self.classes = read_labelled_list(self.list_file)
+        self.entries, self.classes = self._read_entries()
         self.num_segments = num_segments
         self.mode = mode
         self.source = source
@@ -164,6 +164,11 @@ class VideoClipDataset(Dataset):
         self.seed = seed
         # Shared memory, so set_epoch reaches persistent DataLoader workers too.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def _read_entries(self) -> tuple[list[ListEntry], list[str] | None]:
+        """The items and their class names (None: no classes.txt): the list file's. A subclass
+        over items that are not a list file (``tsm predict``'s inputs) gives its own."""
+        return read_labelled_list(self.list_file)
 
     @property
     def num_views(self) -> int:

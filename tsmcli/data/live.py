@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import re
 import sys
 import threading
@@ -58,7 +59,7 @@ LIVE_BOUND = 1  # decoded frames waiting for the consumer of a live source: the 
 FILE_BOUND = 4  # decoded frames a file's reader runs ahead of its consumer
 MAX_PACE_GAP = 2.0  # seconds: a larger jump of a paced stream's clock restarts the pacing
 _POLL = 0.25  # seconds between checks while waiting, so Ctrl-C is seen on every platform
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # a source so named is a URL, not a path
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,7 @@ def open_source(
         name, file, fmt = device.label, device.device, device.format
         inherently_live, paceable, wait = True, False, timeout
         options = {**device.options, **(options or {})}
-    elif _URL.match(str(spec)):
+    elif URL.match(str(spec)):
         name, file, fmt = _hide_password(str(spec)), str(spec), None
         inherently_live = urlsplit(file).scheme.lower() in LIVE_SCHEMES
         paceable, wait = not inherently_live, timeout
@@ -425,9 +426,13 @@ class LiveSource:
 
     def _hand_on(self, frame) -> bool:
         """Stamp, pace and put one decoded frame; False once the source is closed. A frame
-        without a pts is stamped by the frame rate, or by the wall clock if there is none."""
+        drained after a failure has no time base of its own (PyAV's time is NaN): the stream's
+        is used; one without a pts is stamped by the frame rate, else by the wall clock."""
         index = self._slot.decoded
         stream_time = frame.time
+        if stream_time is not None and math.isnan(stream_time):
+            base = self._stream.time_base
+            stream_time = float(frame.pts * base) if frame.pts is not None and base else None
         if stream_time is None:
             stream_time = index / self.fps if self.fps else time.monotonic() - self._started
         if self._pacer is not None and not self._pacer.wait(stream_time):

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ from tsmcli.engine.checks import (
 )
 from tsmcli.engine.metrics import AverageMode, average_views
 from tsmcli.engine.reports import EvalResult, eval_result, write_reports
-from tsmcli.engine.views import EvalData, Protocol, ViewRequest
+from tsmcli.engine.views import EvalData, Protocol, ViewRequest, Views, view_request
 from tsmcli.errors import CheckpointError, TSMError, UsageError
 from tsmcli.fileio import atomic_write, check_writable_dir, check_writable_file
 from tsmcli.model.checkpoint import ArchOverrides, CheckpointInfo, as_info, load_model
@@ -55,7 +56,6 @@ log = logging.getLogger(__name__)
 
 _CLI_OPTION = {"arch": "--arch", "num_segments": "--segments", "shift": "--shift"}
 JSON_KEYS = ("top1", "top5", "mean_class_accuracy", "num_videos", "views", "checkpoint", "protocol")
-Views = ViewRequest | Protocol | str | None
 
 
 def run_eval(
@@ -137,7 +137,7 @@ def evaluate(
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
     if device not in (None, "auto", "cpu", "cuda"):
         raise UsageError(f"--device must be auto, cpu or cuda, got {device!r}")
-    request = _request(views)
+    request = view_request(views)
     if out_dir is not None:  # found now, not after the whole evaluation
         check_writable_dir(out_dir, "--out")
     if json_path is not None:
@@ -162,15 +162,6 @@ def evaluate(
         distributed.teardown(ctx)
 
 
-def _request(views: Views) -> ViewRequest | Protocol:
-    """``views`` as a request (checked now: a bad option fails before any work) or a protocol."""
-    if isinstance(views, Protocol):
-        return views
-    request = views if isinstance(views, ViewRequest) else ViewRequest(protocol=views)
-    request.resolve()
-    return request
-
-
 def _evaluate(
     ctx: distributed.DistContext,
     checkpoint: str | Path | CheckpointInfo,
@@ -187,7 +178,7 @@ def _evaluate(
     json_path: str | Path | None,
 ) -> EvalResult:
     entries = read_entries(list_file)
-    model, data, stored_classes, path = _load(checkpoint, arch, source, backend)
+    model, data, stored_classes, path = load_for_eval(checkpoint, arch, source, backend)
     num_classes = int(model.num_classes)
     classes = eval_class_names(list_file, num_classes, stored_classes, path)
     check_labels(
@@ -222,7 +213,7 @@ def _evaluate(
     return result
 
 
-def _load(
+def load_for_eval(
     checkpoint: str | Path | CheckpointInfo,
     arch: ArchOverrides,
     source: str | None,
@@ -261,9 +252,7 @@ def _loader(
     ctx: distributed.DistContext,
 ) -> tuple[Any, distributed.ShardedSampler]:
     """The test-mode loader of this rank's share of the list, and its sampler."""
-    from torch.utils.data import DataLoader
-
-    from tsmcli.data.dataset import VideoClipDataset, collate_clips
+    from tsmcli.data.dataset import VideoClipDataset
 
     dataset = VideoClipDataset(
         list_file,
@@ -271,31 +260,43 @@ def _loader(
         num_segments=num_segments,
         mode="test",
         source=source,
-        backend=data.backend,
-        template=data.frame_template,
-        input_size=data.input_size,
-        scale_size=data.scale_size,
-        clips=protocol.clips,
-        crops=protocol.crops,
-        full_res=protocol.full_res,
-        twice_sample=protocol.twice_sample,
-        dense=protocol.dense,
         skip_bad=False,
         seed=0,
+        **data.dataset_options(protocol),
     )
     sampler = distributed.ShardedSampler(
         len(dataset), rank=ctx.rank, world_size=ctx.world_size, shuffle=False, pad=False
     )
-    workers = min(4, os.cpu_count() or 1) if workers is None else workers
-    loader = DataLoader(
+    return views_loader(dataset, batch_size, workers, ctx.device, sampler=sampler), sampler
+
+
+def views_loader(
+    dataset,
+    batch_size: int,
+    workers: int | None,
+    device: torch.device,
+    *,
+    sampler=None,
+    collate_fn=None,
+):
+    """The DataLoader of test views, in order. ``workers``: processes, by default up to 4 and
+    one fewer than the batches (one batch has nothing to overlap with: starting a worker for
+    it, as for ``tsm predict clip.mp4``, only costs)."""
+    from torch.utils.data import DataLoader
+
+    from tsmcli.data.batch import collate_clips
+
+    if workers is None:
+        batches = math.ceil(len(sampler if sampler is not None else dataset) / batch_size)
+        workers = max(0, min(4, os.cpu_count() or 1, batches - 1))
+    return DataLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
-        collate_fn=collate_clips,
-        pin_memory=ctx.device.type == "cuda",
+        collate_fn=collate_fn or collate_clips,
+        pin_memory=device.type == "cuda",
     )
-    return loader, sampler
 
 
 def _write(result: EvalResult, out_dir: str | Path | None, json_path: str | Path | None) -> None:
@@ -335,14 +336,13 @@ def _score_shard(
     bar = tqdm(total=total, desc="eval", unit="video", disable=True if not ctx.is_main else None)
     try:
         with torch.inference_mode(), bar, loader_errors("--workers"):
-            for batch in loader:
-                clips = batch.model_input(ctx.device)  # (B, V, T, 3, S, S)
-                b, v = clips.shape[:2]
-                logits = model(clips.flatten(0, 1))  # (B*V, K)
-                scores.append(average_views(logits.float().cpu().view(b, v, -1), average))  # (B, K)
-                indices.append(torch.as_tensor(batch.indices, dtype=torch.long))
-                views = v
-                bar.update(b)
+            for batch_indices, batch_scores, batch_views in score_batches(
+                model, loader, average, ctx.device
+            ):
+                views = batch_views
+                scores.append(batch_scores)
+                indices.append(batch_indices)
+                bar.update(len(batch_indices))
     except Exception as exc:
         if not ctx.distributed:
             raise
@@ -357,6 +357,22 @@ def _score_shard(
             torch.zeros(0, dtype=torch.long), torch.zeros(0, int(model.num_classes)), None
         )
     return _Shard(torch.cat(indices), torch.cat(scores), views)
+
+
+def score_batches(
+    model: torch.nn.Module, batches: Iterable, average: AverageMode, device: torch.device
+) -> Iterator[tuple[Tensor, Tensor, int]]:
+    """``(item indices (B,), view-averaged scores (B, K), views V)`` of each ``ClipBatch``
+    of test views: the one scoring of eval and predict (call under ``inference_mode``). A
+    batch whose items all failed to load is passed over."""
+    for batch in batches:
+        if not len(batch.indices):
+            continue
+        clips = batch.model_input(device)  # (B, V, T, 3, S, S)
+        b, v = clips.shape[:2]
+        logits = model(clips.flatten(0, 1))  # (B*V, K)
+        scores = average_views(logits.float().cpu().view(b, v, -1), average)  # (B, K)
+        yield torch.as_tensor(batch.indices, dtype=torch.long), scores, v
 
 
 def _gather(

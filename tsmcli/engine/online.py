@@ -1,4 +1,5 @@
-"""Streaming evaluation of an exported online model, and ``tsm stream``.
+"""Streaming evaluation of an exported online model (``tsm eval --online``), and the online
+model as ``tsm stream`` runs it (``engine.stream``).
 
 An online model dir (written by ``tsm convert-online``; its layout and loading are
 ``model.model_dir``'s) is run here as ``load_model_dir`` gives it: rebuilt from the package's own
@@ -106,16 +107,6 @@ class OnlineEvalResult:
     labels: Tensor = field(repr=False)  # (N,)
 
 
-@dataclass(frozen=True)
-class StreamStep:
-    """One frame of ``tsm stream``: the running top-k after this frame."""
-
-    index: int  # 0-based frame index in the video
-    labels: tuple[str, ...]
-    scores: tuple[float, ...]  # softmax of the running average of logits
-    latency_ms: float
-
-
 def evaluate_online(
     model_dir: str | Path,
     list_file: str | Path,
@@ -208,33 +199,6 @@ def _online_result(
     )
 
 
-def stream(
-    video: str | Path,
-    model_dir: str | Path,
-    topk: int = 5,
-    *,
-    backend: str | None = None,
-    stride: int = 1,
-    trust_torchscript: bool = False,
-) -> Iterator[StreamStep]:
-    """Run a video (file or frame folder) through an online model one frame at a time,
-    yielding the running top-k after each frame (``tsm stream``; ``trust_torchscript`` as
-    in ``load_online_model``)."""
-    model = load_online_model(model_dir, trust_torchscript=trust_torchscript)
-    source = _open(Path(video), None, None, backend, FRAME_TEMPLATE)
-    indices = list(range(0, source.num_frames, max(1, stride)))
-    for count, mean_logits, latency in _running_average(model, source, indices):
-        probs = mean_logits[0].softmax(dim=0)  # (K,)
-        k = min(topk, probs.numel())
-        order = torch.sort(probs, descending=True, stable=True).indices[:k]
-        yield StreamStep(
-            index=indices[count - 1],
-            labels=tuple(model.label(int(i)) for i in order),
-            scores=tuple(float(probs[i]) for i in order),
-            latency_ms=latency * 1000.0,
-        )
-
-
 def _running_average(
     model: OnlineModel, video: FrameSource, indices: Sequence[int]
 ) -> Iterator[tuple[int, Tensor, float]]:
@@ -247,19 +211,28 @@ def _running_average(
             frames = model.prepare(video.get(indices[start : start + DECODE_CHUNK]))  # (n, 3, H, W)
             for frame in frames:
                 begin = time.perf_counter()
-                try:
-                    logits, *buffers = model.step(frame.unsqueeze(0), *buffers)  # (1, K)
-                except (RuntimeError, ValueError) as exc:  # a model that does not fit its report
-                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                    raise ExportError(
-                        f"{model.source}: failed on a {model.height}x{model.width} frame with "
-                        f"{len(buffers)} buffers ({type(exc).__name__}: {first[:200]}); "
-                        "convert the checkpoint again with tsm convert-online"
-                    ) from exc
+                logits, buffers = step_frame(model, frame.unsqueeze(0), buffers)  # (1, K)
                 latency = time.perf_counter() - begin
                 total = logits if total is None else total + logits
                 count += 1
                 yield count, total / count, latency
+
+
+def step_frame(
+    model: OnlineModel, frame: Tensor, buffers: list[Tensor]
+) -> tuple[Tensor, list[Tensor]]:
+    """One prepared frame ``(1, 3, H, W)`` through the model: its logits ``(1, K)`` and the
+    new buffers. A model that does not fit its report fails here, in one line."""
+    try:
+        logits, *buffers = model.step(frame, *buffers)
+    except (RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ExportError(
+            f"{model.source}: failed on a {model.height}x{model.width} frame with "
+            f"{len(buffers)} buffers ({type(exc).__name__}: {first[:200]}); "
+            "convert the checkpoint again with tsm convert-online"
+        ) from exc
+    return logits, buffers
 
 
 def _open(

@@ -1,4 +1,4 @@
-"""``curves.png``: training loss and validation accuracy per epoch, from metrics.jsonl rows."""
+"""Plots: training curves (``curves.png``) and the timelines of ``tsm predict --plot``."""
 
 from __future__ import annotations
 
@@ -45,3 +45,28 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
         acc_axes.legend(loc="lower right")
     figure.tight_layout()
     return atomic_write_with(path, lambda handle: figure.savefig(handle, format="png"))
+
+
+def plot_timelines(
+    panels: Sequence[tuple[str, Sequence[float], Mapping[str, Sequence[float]]]],
+    path: str | Path,
+) -> Path:
+    """``tsm predict --plot``: one panel per video, each class's probability (0-1) against
+    time in seconds at the centres of the windows; written atomically, off-screen (Agg)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(10, 0.6 + 2.6 * max(1, len(panels))), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(max(1, len(panels)), 1, squeeze=False)[:, 0]
+    for ax, (title, times, lines) in zip(axes, panels, strict=False):
+        for name, values in lines.items():
+            ax.plot(times, values, marker="o", markersize=3, label=name)
+        ax.set_title(title if len(title) <= 90 else "…" + title[-89:], fontsize=9)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("probability")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper right", fontsize=8)
+    axes[-1].set_xlabel("time (s), window centres")
+    figure.tight_layout()
+    return atomic_write_with(Path(path), lambda handle: figure.savefig(handle, format="png"))

@@ -145,6 +145,18 @@ class ViewRequest:
         )
 
 
+Views = ViewRequest | Protocol | str | None  # what a caller may give as the views
+
+
+def view_request(views: Views) -> ViewRequest | Protocol:
+    """``views`` as a request (checked now: a bad option fails before any work) or a protocol."""
+    if isinstance(views, Protocol):
+        return views
+    request = views if isinstance(views, ViewRequest) else ViewRequest(protocol=views)
+    request.resolve()
+    return request
+
+
 @dataclass(frozen=True)
 class EvalData:
     """How eval reads and sizes a checkpoint's videos."""
@@ -171,3 +183,18 @@ class EvalData:
             scale_size=data.scale_size,
             dense_training=data.sampling == "dense",
         )
+
+    def dataset_options(self, protocol: Protocol) -> dict[str, Any]:
+        """The test-mode keywords of ``data.dataset.VideoClipDataset`` for ``protocol``: the one
+        place where eval and predict get their decoder, sizes and views."""
+        return {
+            "backend": self.backend,
+            "template": self.frame_template,
+            "input_size": self.input_size,
+            "scale_size": self.scale_size,
+            "clips": protocol.clips,
+            "crops": protocol.crops,
+            "full_res": protocol.full_res,
+            "twice_sample": protocol.twice_sample,
+            "dense": protocol.dense,
+        }

@@ -1,0 +1,237 @@
+"""``tsm stream`` and ``tsmcli.stream``: an online model on a live source, frame by frame.
+
+The source is a frame folder (its frames in order, read from disk), or, through
+``data.live``: a video file, a URL PyAV can open (http(s), rtsp, rtmp, udp, ...) or a camera.
+A live source (a camera, an rtsp/rtmp/udp/... URL, or any source with ``realtime=True``) runs
+in real time: when the model is slower than the source, ``data.live`` drops the older waiting
+frame (counted in ``StreamResult.dropped``) rather than queueing; a file or an http(s) URL
+gives every frame. The online model (``engine.online.load_online_model``: rebuilt from its
+weights, or ``online.pt`` with ``trust_torchscript``) takes each frame with its shift buffers;
+after each frame the running average of the logits gives the top-k (``StreamStep``).
+
+Every scored frame goes to ``on_step`` and, with ``jsonl``, is one JSON line of that file,
+flushed as it is written, so a run that ends early keeps what it scored. A source that stops
+mid-stream (a server closing the connection, a camera unplugged) ends the run without an
+exception: ``StreamResult.ending`` is ``"failed"`` and ``reason`` says why. Ctrl-C ends it as
+``"interrupted"``, with the same result.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from torch import Tensor
+
+from tsmcli.data.decode import FrameFolder
+from tsmcli.data.layout import FRAME_TEMPLATE
+from tsmcli.data.live import DEFAULT_TIMEOUT, URL, open_source
+from tsmcli.engine.online import DECODE_CHUNK, OnlineModel, load_online_model, step_frame
+from tsmcli.engine.predictions import ClassScore
+from tsmcli.errors import UsageError
+from tsmcli.fileio import check_writable_file
+
+Frames = Iterator[tuple[int, float | None, Tensor]]  # (index, time in seconds, uint8 (3, H, W))
+
+
+@dataclass(frozen=True)
+class StreamStep:
+    """One scored frame: the running top-k after it."""
+
+    index: int  # the frame's 0-based index in the source; dropped frames leave gaps
+    time: float | None  # its presentation time in seconds (None: a frame folder has none)
+    top: tuple[ClassScore, ...]  # softmax of the running mean of logits, best first
+    latency_ms: float  # from the decoded frame to its scores: resize, normalise, model step
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.top)
+
+    @property
+    def scores(self) -> tuple[float, ...]:
+        return tuple(c.probability for c in self.top)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Its line of the ``--jsonl`` file."""
+        return {
+            "index": self.index,
+            "time": self.time,
+            "top": [c.to_dict() for c in self.top],
+            "latency_ms": self.latency_ms,
+        }
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """How a stream went: what was scored, what the source did, how it ended."""
+
+    source: str  # as messages name it (a URL's password hidden)
+    live: bool  # frames were dropped rather than queued when the model fell behind
+    frames: int  # frames scored
+    decoded: int  # frames the source gave
+    dropped: int  # frames the source dropped because the model was busy
+    ending: str  # finished, failed (the source stopped mid-stream), interrupted (Ctrl-C)
+    reason: str  # one line: why it ended
+    last: StreamStep | None  # the running top-k after the last frame scored
+    latency_ms: float | None  # median per scored frame
+    jsonl: Path | None = None
+    steps: list[StreamStep] = field(default_factory=list, repr=False)  # kept with keep_steps
+
+    @property
+    def failed(self) -> bool:
+        return self.ending == "failed"
+
+
+def stream(
+    source: str | Path | None,
+    model_dir: str | Path,
+    topk: int = 5,
+    *,
+    camera: int | str | None = None,
+    stride: int = 1,
+    realtime: bool | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    jsonl: str | Path | None = None,
+    on_step: Callable[[StreamStep], None] | None = None,
+    keep_steps: bool = False,
+    trust_torchscript: bool = False,
+    opener: Callable[..., Any] | None = None,
+) -> StreamResult:
+    """Run the online model of ``model_dir`` on ``source`` (a frame folder, a video file or a
+    URL) or on ``camera`` (an index or a device name), until the source ends.
+
+    ``stride=k`` scores one frame in k (of those the source delivers). ``realtime``, ``timeout``
+    and ``opener`` are ``data.live.open_source``'s (None: cameras and rtsp/... URLs live, files
+    and http(s) not). ``on_step`` is called after each scored frame; ``jsonl`` gets one JSON
+    line per scored frame; ``keep_steps`` keeps every step in the result (a camera's stream
+    can be long: off by default). An unreadable model dir, source or camera raises before any
+    frame; a source that stops mid-stream does not raise (see ``StreamResult.ending``).
+    """
+    if topk < 1 or stride < 1:
+        raise UsageError(f"--topk and --stride must be at least 1, got {topk}, {stride}")
+    if jsonl is not None:
+        check_writable_file(jsonl, "--jsonl")
+    model = load_online_model(model_dir, trust_torchscript=trust_torchscript)
+    run = _Run(model, topk, stride, on_step, keep_steps)
+    folder = (
+        camera is None
+        and source is not None
+        and not URL.match(str(source))
+        and Path(source).is_dir()
+    )
+    with ExitStack() as stack:
+        if folder:
+            frames = FrameFolder(Path(source), None, FRAME_TEMPLATE)
+            name, live = str(source), None
+        else:
+            live = stack.enter_context(
+                open_source(
+                    source, camera=camera, realtime=realtime, timeout=timeout, opener=opener
+                )
+            )
+            name = live.name
+        run.events = _open_events(jsonl, stack)
+        try:
+            run.feed(_folder_frames(frames, stride) if live is None else _live_frames(live))
+        except KeyboardInterrupt:
+            run.interrupted = True
+    return run.result(name, live, jsonl)
+
+
+def _open_events(jsonl: str | Path | None, stack: ExitStack) -> IO[str] | None:
+    """The ``--jsonl`` file, opened once the source is: written line by line, flushed."""
+    if jsonl is None:
+        return None
+    Path(jsonl).parent.mkdir(parents=True, exist_ok=True)
+    return stack.enter_context(open(jsonl, "w", encoding="utf-8"))  # noqa: SIM115
+
+
+def _folder_frames(folder: FrameFolder, stride: int) -> Frames:
+    indices = list(range(0, folder.num_frames, stride))
+    for start in range(0, len(indices), DECODE_CHUNK):
+        chunk = indices[start : start + DECODE_CHUNK]
+        yield from ((i, None, image) for i, image in zip(chunk, folder.get(chunk), strict=True))
+
+
+def _live_frames(source) -> Frames:
+    for frame in source:
+        yield frame.index, frame.time, frame.image
+
+
+class _Run:
+    """The running average of one stream, and what it scored."""
+
+    def __init__(self, model: OnlineModel, topk, stride, on_step, keep_steps):
+        self.model, self.topk, self.stride = model, topk, stride
+        self.on_step, self.keep_steps = on_step, keep_steps
+        self.events: IO[str] | None = None
+        self.steps: list[StreamStep] = []
+        self.latencies: list[float] = []
+        self.last: StreamStep | None = None
+        self.interrupted = False
+
+    def feed(self, frames: Frames) -> None:
+        """Score ``frames``, one in ``stride`` (by index: a live source's drops leave gaps)."""
+        model, buffers = self.model, self.model.initial_buffers()
+        total: Tensor | None = None
+        count = wanted = 0  # frames scored; the next index to score
+        with torch.no_grad():
+            for index, seconds, image in frames:
+                if index < wanted:
+                    continue
+                wanted = index + self.stride
+                begin = time.perf_counter()
+                logits, buffers = step_frame(model, model.prepare(image[None]), buffers)  # (1, K)
+                total = logits if total is None else total + logits
+                count += 1
+                probs = (total[0] / count).softmax(dim=0)  # (K,)
+                latency = time.perf_counter() - begin
+                self._record(StreamStep(index, seconds, self._top(probs), 1000.0 * latency))
+
+    def _top(self, probs: Tensor) -> tuple[ClassScore, ...]:
+        order = torch.sort(probs, descending=True, stable=True).indices[: self.topk]
+        return tuple(ClassScore(int(i), self.model.label(int(i)), float(probs[i])) for i in order)
+
+    def _record(self, step: StreamStep) -> None:
+        self.latencies.append(step.latency_ms)
+        self.last = step
+        if self.keep_steps:
+            self.steps.append(step)
+        if self.events is not None:
+            self.events.write(json.dumps(step.to_dict()) + "\n")
+            self.events.flush()
+        if self.on_step is not None:
+            self.on_step(step)
+
+    def result(self, name: str, live, jsonl: str | Path | None) -> StreamResult:
+        """The result, from the live source's summary (None: a frame folder, read whole)."""
+        count = len(self.latencies)
+        if live is None:
+            decoded, dropped, is_live = count, 0, False
+            ending, reason = "finished", "read every frame of the folder"
+        else:
+            summary = live.summary
+            decoded, dropped, is_live = summary.decoded, summary.dropped, summary.live
+            ending, reason = summary.ending, summary.reason
+        if self.interrupted:
+            ending, reason = "interrupted", f"stopped by Ctrl-C after {count} frames scored"
+        return StreamResult(
+            source=name,
+            live=is_live,
+            frames=count,
+            decoded=decoded,
+            dropped=dropped,
+            ending=ending,
+            reason=reason,
+            last=self.last,
+            latency_ms=statistics.median(self.latencies) if self.latencies else None,
+            jsonl=Path(jsonl) if jsonl is not None else None,
+            steps=self.steps,
+        )
