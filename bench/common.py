@@ -15,22 +15,46 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> str:
-    """One line: CPU model, cores, torch version and threads (or the GPU when one is used)."""
+    """One line: CPU model, cores, the instruction set torch's CPU kernels use (AVX2, AVX512:
+    ``torch.backends.cpu.get_cpu_capability()``; marked a stand-in when forced with
+    ``ATEN_CPU_CAPABILITY`` or ``ONEDNN_MAX_CPU_ISA``), torch version and intra-op threads,
+    and the GPU when one is used. Every section of BENCHMARKS.md starts with it: CPU times
+    differ several-fold between AVX2 and AVX-512 machines."""
     import torch
 
-    cpu = platform.processor() or "unknown CPU"
+    isa = torch.backends.cpu.get_cpu_capability()
+    forced = [
+        f"{key}={os.environ[key]}"
+        for key in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+        if os.environ.get(key)
+    ]
+    if forced:
+        isa += f" (forced with {' '.join(forced)}: a stand-in for such a CPU)"
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (
+        f"{cpu_name()}, {os.cpu_count()} cores, {isa}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads{gpu}"
+    )
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return (
-        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads{gpu}"
-    )
+    return platform.processor() or "unknown CPU"
+
+
+def load_average() -> float:
+    """The 1-minute load average (0 where the OS does not give one): above the core count,
+    other work shared the CPU and absolute times are inflated."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0
 
 
 def interleaved_medians(

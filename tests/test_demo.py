@@ -1,27 +1,55 @@
 """A shrunken `tsm demo` end to end: every step runs, the report agrees with the files the
-steps wrote, and a re-run reuses the finished steps instead of redoing them."""
+steps wrote, the steps are timed and the total projected, and a re-run reuses the finished
+steps instead of redoing them."""
 
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 
-from tsmcli.demo import MODELS, demo
+from tsmcli.demo import DEMO_NUM_CLASSES, MODELS, STEPS, demo
+from tsmcli.demo import clock as clock_module
+from tsmcli.demo.clock import Projection, StepClock
 
 SMALL = ["train.batch_size=4", "train.workers=0"]
+LOGGED: list[str] = []  # what the small demo logged (tsmcli.demo), filled by its fixture
+REPORT: list[str] = []  # its report.md as first written (a re-run writes it again)
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
 
 
 @pytest.fixture(scope="module")
 def small_demo(tmp_path_factory):
+    """The demo on 4 videos a class of 8 frames, one epoch a model, TSN in its own process
+    beside the offline TSM (as on any machine of two cores or more)."""
     out = tmp_path_factory.mktemp("demo")
-    return demo(out, per_class=4, epochs=1, num_frames=8, overrides=SMALL)
+    logger, lines = logging.getLogger("tsmcli.demo"), _Lines()
+    level = logger.level
+    logger.addHandler(lines)
+    logger.setLevel(logging.INFO)
+    try:
+        result = demo(out, per_class=4, epochs=1, num_frames=8, parallel=True, overrides=SMALL)
+    finally:
+        logger.removeHandler(lines)
+        logger.setLevel(level)
+    LOGGED[:] = lines.lines
+    REPORT[:] = result.report.read_text().splitlines()
+    return result
 
 
 def test_every_step_leaves_its_result(small_demo):
     out = small_demo.out_dir
-    assert len(list((out / "videos").rglob("*.mp4"))) == 4 * 6
-    assert len(list((out / "frames").rglob("img_00008.jpg"))) == 4 * 6
+    assert len(list((out / "videos").rglob("*.mp4"))) == 4 * DEMO_NUM_CLASSES
+    assert len(list((out / "frames").rglob("img_00008.jpg"))) == 4 * DEMO_NUM_CLASSES
     assert (out / "lists" / "classes.txt").read_text().split() == sorted(
         (out / "lists" / "classes.txt").read_text().split()
     )
@@ -39,7 +67,7 @@ def test_report_numbers_are_the_evaluations(small_demo):
     for row in small_demo.rows:
         summary = json.loads((out / "eval" / row.name / "summary.json").read_text())
         assert (row.top1, row.top5) == (summary["top1"], summary["top5"])
-        assert summary["num_videos"] == 6  # one val video per class
+        assert summary["num_videos"] == DEMO_NUM_CLASSES  # one val video per class
         assert row.title in report
     online = small_demo.rows[-1]
     assert (
@@ -66,3 +94,49 @@ def test_rerun_reuses_finished_steps(small_demo):
     again = demo(out, per_class=4, epochs=1, num_frames=8, overrides=SMALL)
     assert {path: path.stat().st_mtime_ns for path in watched} == before
     assert [row.top1 for row in again.rows] == [row.top1 for row in small_demo.rows]
+
+
+def test_logs_step_times_a_projected_total_and_the_total(small_demo):
+    """Every step is timed in order; one projection after the first training epoch; the
+    total at the end; the report says what machine the times are from."""
+    assert list(small_demo.timings) == list(STEPS)
+    assert all(seconds >= 0 for seconds in small_demo.timings.values())
+    projected = [line for line in LOGGED if line.startswith("projected total: ")]
+    assert len(projected) == 1
+    first_training = LOGGED.index(f"[4/{len(STEPS)}] training TSN and the offline TSM side by side")
+    assert LOGGED.index(projected[0]) > first_training
+    assert LOGGED[-1].startswith(f"demo finished in {small_demo.seconds / 60:.1f} min")
+    whole = next(line for line in REPORT if "Whole run" in line)
+    assert whole.startswith(f"Whole run: {small_demo.seconds / 60:.1f} min on ")
+    for name in STEPS[:-1]:  # the report is written inside the last step
+        assert f"{name} {small_demo.timings[name]:.0f} s" in whole
+
+
+def test_the_online_model_is_fine_tuned_from_the_offline_one_and_distilled(small_demo):
+    """The online run starts from the offline TSM's last.pt and learns from its outputs."""
+    from tsmcli.recipe import load_recipe
+
+    online = load_recipe(small_demo.out_dir / "runs" / "tsm_online" / "recipe.yaml")
+    teacher = str(small_demo.out_dir / "runs" / "tsm" / "last.pt")
+    assert (online.model.shift, online.model.init_from) == ("unidirectional", teacher)
+    assert online.train.distill_from == teacher
+    assert (online.train.distill_weight, online.train.distill_temperature) == (0.5, 4.0)
+    assert (online.train.epochs, online.train.steps) == (1, 0)  # --epochs 1 for every model
+
+
+def test_projection_counts_the_steps_left_at_the_first_epochs_pace(monkeypatch, caplog):
+    """After the first epoch: the time so far plus, at that epoch's pace, the run's steps left,
+    the runs after it and what follows the trainings; logged once."""
+    now = [100.0]
+    monkeypatch.setattr(clock_module.time, "perf_counter", lambda: now[0])
+    clock = StepClock(STEPS)
+    projection = Projection(clock, {"tsm": 600, "tsn": 600, "tsm_online": 150}, 80)
+    now[0] = 110.0
+    projection.begin("tsm", ["tsn", "tsm_online"])
+    now[0] = 140.0  # the first epoch: 15 steps in 30 s, 2 s a step
+    with caplog.at_level(logging.INFO, logger="tsmcli.demo"):
+        projection.epoch({"epoch": 1, "steps_per_epoch": 15})
+        now[0] = 170.0
+        projection.epoch({"epoch": 2, "steps_per_epoch": 15})
+    # 40 s so far + 2 s x (600 - 15 + 600 + 150 + 80) steps = 2870 s
+    assert caplog.messages == ["projected total: 47.8 min (2.00 s a training step on this machine)"]

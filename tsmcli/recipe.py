@@ -104,9 +104,15 @@ class DataConfig:
     input_size: int = 224
     scale_size: int = 256  # val: short side resized to this, then a centre crop of input_size
     scales: tuple[float, ...] = (1.0, 0.875, 0.75, 0.66)  # train multi-scale crop
-    sampling: Literal["segments", "dense"] = "segments"
+    # segments: train on one random frame inside each segment (official); even: frames one
+    # segment apart from one random offset (every clip keeps the video's speed); dense: T
+    # frames with stride 64 / T. Validation takes the segment centres (dense: its window).
+    sampling: Literal["segments", "even", "dense"] = "segments"
     flip: Literal["off", "on", "swap"] = "on"  # swap: flip and swap left/right labels
     skip_bad: bool = False
+    # train: per clip and RGB channel, a gain in [1 - j, 1 + j] and an offset of up to j * 128
+    # levels (0: off); the same in every frame, so the motion is untouched
+    colour_jitter: float = 0.0
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -122,6 +128,12 @@ class DataConfig:
             "data.scales",
             "must be a non-empty list of numbers in (0, 1]",
             list(self.scales),
+        )
+        _require(
+            0.0 <= self.colour_jitter < 1.0,
+            "data.colour_jitter",
+            "must be in [0, 1) (0: off)",
+            self.colour_jitter,
         )
         _require(
             self.flip != "swap" or self.dataset is not None,
@@ -182,6 +194,10 @@ class TrainConfig:
     _section: ClassVar[str] = "train"
 
     epochs: int = 50
+    # > 0: train this many optimizer steps whatever the size of the train list, in whole epochs
+    # (the last one completes the count); train.epochs is then not used. A small list gets as
+    # many updates as a large one instead of as many passes.
+    steps: int = 0
     batch_size: int = 16  # per process; the global batch is this times the number of processes
     workers: int = 4  # DataLoader worker processes per training process
     amp: Literal["none", "fp16", "bf16"] = "none"  # CUDA only; ignored (with a log line) on CPU
@@ -190,6 +206,9 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False  # deterministic kernels (slower); CPU runs are exact without it
     eval_every: int = 1  # validate every N epochs, and always after the last one
+    # write last.pt (and curves.png) every N epochs, at a new best top-1 and after the last
+    # epoch; Ctrl-C always saves. Short epochs (a small list) need not each pay for a save.
+    save_every: int = 1
     out_dir: str = "runs"  # the run dir is out_dir/<recipe name> unless --out says otherwise
     sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
     log_every: int = 50  # a log line every N steps when there is no progress bar
@@ -202,9 +221,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check_types(self)
         _require(self.epochs >= 1, "train.epochs", "must be at least 1", self.epochs)
+        _require(self.steps >= 0, "train.steps", "must be 0 (use train.epochs) or more", self.steps)
         _require(self.batch_size >= 1, "train.batch_size", "must be at least 1", self.batch_size)
         _require(self.workers >= 0, "train.workers", "must be 0 or more", self.workers)
         _require(self.eval_every >= 1, "train.eval_every", "must be at least 1", self.eval_every)
+        _require(self.save_every >= 1, "train.save_every", "must be at least 1", self.save_every)
         _require(self.log_every >= 1, "train.log_every", "must be at least 1", self.log_every)
         _require(
             0.0 <= self.distill_weight <= 1.0,
@@ -254,8 +275,8 @@ class Recipe:
                 raise RecipeError(
                     f"{section} must be a {cls.__name__}, got {type(getattr(self, section)).__name__}"
                 )
-        _require(
-            self.optim.warmup_epochs <= self.train.epochs,
+        _require(  # with train.steps the epochs are known only from the list: checked there
+            self.train.steps > 0 or self.optim.warmup_epochs <= self.train.epochs,
             "optim.warmup_epochs",
             "must not exceed train.epochs",
             self.optim.warmup_epochs,

@@ -18,7 +18,7 @@ from tsmcli.data.dataset import (
 )
 from tsmcli.data.decode import open_video
 from tsmcli.data.lists import ListEntry, find_missing, read_list, write_classes, write_list
-from tsmcli.data.transforms import multiscale_crop_sizes, normalize, resize_crop
+from tsmcli.data.transforms import jitter_colour, multiscale_crop_sizes, normalize, resize_crop
 from tsmcli.errors import DataError, UsageError
 
 NUM_FRAMES = 16  # make_video: frame k is a flat grey of level 8 * k
@@ -85,6 +85,15 @@ def test_val_and_test_sample_the_official_indices(tiny):
     assert [frame_indices(view) for view in test] == [[2, 6, 10, 14]] * 3 + [[0, 4, 8, 12]] * 3
 
 
+def test_even_sampling_gives_evenly_spaced_train_frames(tiny):
+    even = make(tiny, even=True, seed=3)
+    for epoch in range(3):
+        even.set_epoch(epoch)
+        got = [frame_indices(even[i].clip) for i in range(3)]
+        assert all(x[0] < 4 and x == [x[0] + 4 * k for k in range(4)] for x in got)
+    assert frame_indices(make(tiny, mode="val", even=True)[0].clip[0]) == [2, 6, 10, 14]
+
+
 def test_videos_and_frames_sample_the_same_frames(tiny):
     for mode in ("train", "test"):
         runs = [
@@ -117,6 +126,22 @@ def test_deterministic_across_workers_and_epochs(tiny):
     assert torch.equal(epoch_clips(workers, 1), e1)  # set_epoch reaches persistent workers
     dataset.set_epoch(1)
     assert torch.equal(collate_clips([dataset[2]]).model_input("cpu")[0], e1[2])  # resume: alone
+
+
+def test_colour_jitter_changes_each_clips_colours_and_nothing_else(tiny):
+    """With colour_jitter the clips are the same frames and crops, each clip then given the
+    colour change drawn for it; without it no draw is made and no change is applied."""
+    plain, jittered = make(tiny, seed=2), make(tiny, seed=2, colour_jitter=0.4)
+    for dataset in (plain, jittered):
+        dataset.set_epoch(3)
+    before = collate_clips([plain[i] for i in range(3)])
+    after = collate_clips([jittered[i] for i in range(3)])
+    assert before.colours is None
+    assert after.colours.shape == (3, 6) and len(set(map(tuple, after.colours.tolist()))) == 3
+    assert torch.equal(after.clips, before.clips) and torch.equal(after.flips, before.flips)
+    expected = jitter_colour(before.model_input("cpu"), after.colours)
+    assert torch.equal(after.model_input("cpu"), expected)
+    assert not torch.allclose(expected, before.model_input("cpu"))
 
 
 def test_train_batch_pads_crops_and_finishes_each_as_its_own():
@@ -199,6 +224,8 @@ def test_a_frame_template_without_a_field_is_refused_before_any_frame_is_read(ti
 def test_bad_options_and_labels_are_refused(tiny):
     with pytest.raises(UsageError, match="flip 'swap' needs"):
         make(tiny, flip="swap")
+    with pytest.raises(UsageError, match=r"colour_jitter must be in \[0, 1\) \(0: off\), got 1.5"):
+        make(tiny, colour_jitter=1.5)
     write_classes(tiny / "frames" / "classes.txt", ["a", "b"])
     with pytest.raises(DataError, match=r"list.txt: label 2 but classes.txt beside it has 2"):
         make(tiny)

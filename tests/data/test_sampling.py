@@ -10,6 +10,7 @@ from tsmcli.data.sampling import (
     dense_train_indices,
     eval_segment_indices,
     sample_indices,
+    train_even_indices,
     train_segment_indices,
     val_segment_indices,
 )
@@ -36,6 +37,26 @@ def test_train_is_random_but_deterministic_under_a_seed():
     assert not np.array_equal(a, c)
     draws = {tuple(train_segment_indices(300, 8, np.random.default_rng(s))) for s in range(20)}
     assert len(draws) == 20
+
+
+@pytest.mark.parametrize("num_frames", [3, 8, 24, 25, 301])
+def test_even_train_keeps_the_spacing_with_one_random_offset(num_frames):
+    """Frames one segment length apart, the first inside the first segment: every offset is
+    drawn, each clip is one of them, never out of range; val stays the segment centres."""
+    rng = np.random.default_rng(1)
+    average = num_frames // 8
+    clips = {tuple(train_even_indices(num_frames, 8, rng).tolist()) for _ in range(600)}
+    if average == 0:  # shorter than the clip: every frame in order, as the segment rule
+        assert clips == {tuple(train_segment_indices(num_frames, 8, rng).tolist())}
+        return
+    assert clips == {tuple(offset + average * k for k in range(8)) for offset in range(average)}
+    assert max(max(c) for c in clips) < num_frames
+    even = sample_indices(num_frames, 8, "train", np.random.default_rng(2), even=True)
+    assert even.tolist() == [train_even_indices(num_frames, 8, np.random.default_rng(2)).tolist()]
+    assert np.array_equal(
+        sample_indices(num_frames, 8, "val", rng, even=True),
+        sample_indices(num_frames, 8, "val", rng),
+    )
 
 
 def test_val_takes_the_segment_centres():

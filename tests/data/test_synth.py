@@ -17,6 +17,7 @@ from tsmcli.data.synth import (
     DEFAULT_CLASSES,
     Scene,
     Sprite,
+    first_classes,
     generate_frames,
     render_scene,
     sample_scene,
@@ -46,7 +47,8 @@ def test_same_seed_gives_identical_frames_and_another_seed_does_not(tmp_path):
 
 def test_layout_class_names_and_counts(tmp_path):
     result = synth(tmp_path / "out", per_class=2, size=32, num_frames=4)
-    assert result.classes == DEFAULT_CLASSES == CLASSES[:6]  # whole pairs, rotation left out
+    assert result.classes == DEFAULT_CLASSES == first_classes(8)  # whole pairs, no rotation
+    assert "rotating_clockwise" not in DEFAULT_CLASSES and "appearing" in DEFAULT_CLASSES
     assert result.counts == {name: 2 for name in DEFAULT_CLASSES}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(DEFAULT_CLASSES)
     for name in DEFAULT_CLASSES:
@@ -55,9 +57,9 @@ def test_layout_class_names_and_counts(tmp_path):
     assert len(result.paths) == 2 * len(DEFAULT_CLASSES)
 
     every = synth(tmp_path / "all", per_class=1, size=32, num_frames=4, classes=CLASSES)
-    assert len(CLASSES) == 2 * len(CLASS_PAIRS) == 8
+    assert len(CLASSES) == 2 * len(CLASS_PAIRS) == 10
     assert sorted(p.name for p in (tmp_path / "all").iterdir()) == sorted(CLASSES)
-    assert len(every.paths) == 8
+    assert len(every.paths) == 10
 
 
 def test_unknown_class_or_odd_size_is_a_usage_error(tmp_path):
@@ -65,6 +67,9 @@ def test_unknown_class_or_odd_size_is_a_usage_error(tmp_path):
         synth(tmp_path / "out", classes=("spinning",))
     with pytest.raises(UsageError, match="even"):
         synth(tmp_path / "out", size=33)
+    for speed in (0, -1, 1.6):
+        with pytest.raises(UsageError, match=rf"--speed must be in \(0, 1.5\], got {speed}"):
+            synth(tmp_path / "out", speed=speed)
     assert not (tmp_path / "out").exists()
 
 
@@ -110,6 +115,65 @@ def test_main_object_does_what_its_class_says():
         assert np.all(np.diff(growing.radius) > 0) and growing.radius[-1] > 1.7 * growing.radius[0]
         turning = sample_scene("rotating_clockwise", rng, 64, 12).sprites[-1]
         assert turning.shape == "bar" and np.all(np.diff(turning.angle) > 0)
+        appearing = sample_scene("appearing", rng, 64, 12).sprites[-1]
+        assert np.all(np.diff(appearing.opacity) > 0)
+        assert appearing.opacity[0] == 0 and appearing.opacity[-1] == 1
+        assert np.ptp(appearing.radius) == 0  # only its opacity tells the time
+    assert all(
+        sample_scene(name, rng, 64, 12).sprites[-1].opacity is None
+        for name in CLASSES
+        if name not in ("appearing", "fading")
+    )
+
+
+@pytest.mark.parametrize(
+    "name", ["moving_right", "moving_down", "growing", "rotating_clockwise", "appearing"]
+)
+def test_speed_scales_the_main_objects_change_and_nothing_else(name):
+    """Half speed: half the travel, half the growth (in log radius), half the turn, half the
+    opacity ramp, from the same draws; the background, camera and distractors are equal."""
+
+    def scene(speed: float) -> Scene:
+        return sample_scene(name, video_rng(3, 0, 0), 64, 12, speed=speed)
+
+    full, half = scene(1.0), scene(0.5)
+    assert len(full.sprites) == len(half.sprites)
+    for a, b in zip(full.sprites[:-1], half.sprites[:-1], strict=True):
+        pairs = zip(dataclasses.astuple(a), dataclasses.astuple(b), strict=True)
+        assert all(np.array_equal(x, y) for x, y in pairs)
+    assert np.array_equal(full.camera, half.camera)
+    assert np.array_equal(full.base_colour, half.base_colour)
+    main, slow = full.sprites[-1], half.sprites[-1]
+    change = {
+        "moving_right": lambda s: np.ptp(s.centre[:, 0]),
+        "moving_down": lambda s: np.ptp(s.centre[:, 1]),
+        "growing": lambda s: np.log(s.radius[-1] / s.radius[0]),
+        "rotating_clockwise": lambda s: np.ptp(s.angle),
+        "appearing": lambda s: np.ptp(s.opacity),
+    }[name]
+    assert change(slow) == pytest.approx(change(main) / 2)
+    assert np.array_equal(main.colours, slow.colours)
+
+
+def test_the_fastest_moving_object_stays_in_view():
+    for video in range(20):
+        sprite = sample_scene("moving_right", video_rng(0, 0, video), 32, 8, speed=1.5).sprites[-1]
+        x = sprite.centre[:, 0]
+        assert x.min() - sprite.radius[0] >= -1e-9 and x.max() + sprite.radius[0] <= 32 + 1e-9
+
+
+def test_first_classes_are_whole_pairs():
+    assert first_classes(8) == CLASSES[:6] + ("appearing", "fading")
+    rotating = ("rotating_clockwise", "rotating_counterclockwise")
+    assert first_classes(10) == first_classes(8) + rotating
+    assert first_classes(2) == ("moving_right", "moving_left")
+    for bad in (0, 3, 12, True):
+        message = (
+            "--num-classes must be an even number from 2 to 10 "
+            rf"\(whole time-reversed pairs\), got {bad}"
+        )
+        with pytest.raises(UsageError, match=message):
+            first_classes(bad)
 
 
 def _alone(sprite: Sprite, num_frames: int) -> Scene:
@@ -212,3 +276,63 @@ def test_an_out_that_is_or_is_under_a_file_is_refused_before_any_video(tmp_path,
     )
     assert result.output.splitlines() == [f"error: {expected}"]
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_cli_knobs_class_count_speed_and_seed(tmp_path):
+    out = tmp_path / "out"
+    args = ["synth", str(out), "--per-class", "1", "--frames", "4", "--num-classes", "4"]
+    result = CliRunner().invoke(cli, [*args, "--speed", "0.5", "--seed", "9"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == sorted(first_classes(4)) == sorted(CLASSES[:4])
+    decoded = PyAVVideo(out / "moving_down" / "moving_down_0000.mp4").get(range(4))
+    expected = generate_frames("moving_down", video_rng(9, 2, 0), 32, 4, speed=0.5)
+    error = (decoded.float() - torch.from_numpy(expected).permute(0, 3, 1, 2).float()).abs()
+    assert error.mean() < 4
+
+    both = ["synth", str(tmp_path / "x"), "--num-classes", "2", "--classes", "growing,shrinking"]
+    result = CliRunner().invoke(cli, both)
+    assert result.exit_code == 2
+    assert result.output == "error: give --num-classes or --classes, not both\n"
+    odd = CliRunner().invoke(cli, ["synth", str(tmp_path / "x"), "--num-classes", "3"])
+    assert odd.exit_code == 2 and odd.output.splitlines() == [
+        "error: --num-classes must be an even number from 2 to 10 (whole time-reversed "
+        "pairs), got 3"
+    ]
+    assert not (tmp_path / "x").exists()
+    help_text = CliRunner().invoke(cli, ["synth", "--help"]).output
+    for option in ("--seed", "--per-class", "--frames", "--speed", "--num-classes", "--classes"):
+        assert option in help_text
+
+
+def test_synth_manifest_flip_pairs_are_the_mirror_image_classes():
+    """datasets/synth.yaml lists the classes in CLASSES order and, as flip pairs, exactly the
+    classes a left-right mirror turns into each other: a mirrored moving_right clip moves left,
+    a mirrored clockwise bar turns counterclockwise; a mirrored downward, growing or appearing
+    clip still does what its class says."""
+    from tsmcli.data.manifest import load_manifest
+
+    manifest = load_manifest("synth")
+    assert tuple(manifest.classes()) == CLASSES
+    assert {(CLASSES[a], CLASSES[b]) for a, b in manifest.flip_pairs} == {
+        ("moving_right", "moving_left"),
+        ("rotating_clockwise", "rotating_counterclockwise"),
+    }
+    assert manifest.flip_pairs_for(sorted(CLASSES[:8])) == [(3, 2), (5, 6)]
+
+    scene = sample_scene("moving_right", np.random.default_rng(2), 64, 8)
+    disc = dataclasses.replace(scene.sprites[-1], shape="disc")
+    mirrored = render_scene(_alone(disc, 8), 64)[:, :, ::-1]
+    assert np.all(np.diff(_centroids(mirrored)[:, 0]) < 0)
+    down = sample_scene("moving_down", np.random.default_rng(2), 64, 8).sprites[-1]
+    down = dataclasses.replace(down, shape="disc")
+    assert np.all(np.diff(_centroids(render_scene(_alone(down, 8), 64)[:, :, ::-1])[:, 1]) > 0)
+    bar = Sprite(
+        "bar",
+        np.full((8, 2), 32.0),
+        np.full(8, 16.0),
+        np.linspace(0, np.pi, 8),
+        np.zeros((2, 3)),
+        np.array([1.0, 0.0, 0.0]),
+    )
+    path = _centroids(render_scene(_alone(bar, 8), 64)[:, :, ::-1]) - 32
+    assert np.sum(path[:-1, 0] * path[1:, 1] - path[1:, 0] * path[:-1, 1]) < 0  # counterclockwise

@@ -11,9 +11,11 @@ from tsmcli.data.transforms import (
     IMAGENET_STD,
     CropBox,
     centre_crop,
+    draw_colour_jitter,
     eval_crop_boxes,
     eval_views,
     fixed_crop_offsets,
+    jitter_colour,
     map_box,
     multiscale_crop_sizes,
     normalize,
@@ -240,6 +242,28 @@ def test_normalize_reads_any_layout_and_batch_shape():
         clips[1].double() / 255 - torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(3, 1, 1)
     ) / torch.tensor(IMAGENET_STD, dtype=torch.float64).view(3, 1, 1)
     assert (out[1].double() - expected).abs().max() < 1e-5
+
+
+def test_colour_jitter_is_a_per_clip_per_channel_affine_change_of_the_pixels():
+    """Jittering normalised clips equals normalising the changed pixels (gain * x + offset,
+    in 0-255 levels), each clip with its own draw, every frame of a clip alike."""
+    rng = np.random.default_rng(4)
+    draws = [draw_colour_jitter(0.3, rng) for _ in range(2)]
+    for draw in draws:
+        assert all(0.7 <= g <= 1.3 for g in draw[:3]) and all(abs(o) <= 38.4 for o in draw[3:])
+    assert draws[0] != draws[1]
+    clips = torch.stack([_frames(4, 6, 5, seed=k) for k in range(2)])  # (2, T, 3, H, W)
+    got = jitter_colour(normalize(clips), torch.tensor(draws))
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float64).view(3, 1, 1)
+    for k, draw in enumerate(draws):
+        gains = torch.tensor(draw[:3], dtype=torch.float64).view(3, 1, 1)
+        offsets = torch.tensor(draw[3:], dtype=torch.float64).view(3, 1, 1)
+        changed = clips[k].double() * gains + offsets  # (T, 3, H, W), not clipped
+        expected = (changed / 255 - mean) / std
+        assert (got[k].double() - expected).abs().max() < 1e-4
+    same = np.random.default_rng(4)
+    assert [draw_colour_jitter(0.3, same) for _ in range(2)] == draws  # a function of the rng
 
 
 def test_resize_short_side_and_centre_crop():

@@ -245,7 +245,7 @@ def test_trained_two_way_run_to_fine_tuned_online_model(tmp_path):
             "data.input_size=32",
             "data.scale_size=32",
             "model.num_segments=4",
-            "train.epochs=1",
+            "train.steps=4",  # 2 epochs of 2 steps; the fine-tune counts its own epochs
             "train.batch_size=8",
             "train.workers=0",
             "train.device=cpu",
@@ -277,6 +277,8 @@ def test_trained_two_way_run_to_fine_tuned_online_model(tmp_path):
     assert model.config()["shift"] == "unidirectional"
     tuned = load_recipe(fine_tuned.parent / "recipe.yaml").train  # distilled from the original
     assert tuned.distill_from == str(run.last_checkpoint)
+    assert (run.epochs, tuned.steps, tuned.epochs) == (2, 0, 1)
+    assert len((fine_tuned.parent / "metrics.jsonl").read_text().splitlines()) == 1
     assert (tuned.distill_weight, tuned.distill_temperature) == (0.5, 4.0)
     frames = torch.randn(1, 4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     step = load_online_model(tmp_path / "online").step

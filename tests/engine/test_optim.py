@@ -89,6 +89,42 @@ def test_adamw_keeps_the_same_groups():
     assert settings(adamw) == settings(sgd)  # decoupled decay still off for biases and BN
 
 
+def test_adamw_is_fused_and_steps_like_the_per_tensor_loop():
+    """The fused AdamW makes the same update as torch's per-tensor AdamW, to float rounding."""
+    torch.manual_seed(0)
+    fused_model, loop_model = Tiny(), Tiny()
+    loop_model.load_state_dict(fused_model.state_dict())
+    start = fused_model.conv1.weight.detach().clone()
+    config = OptimConfig(optimizer="adamw", weight_decay=1e-2)
+    fused = build_optimizer(fused_model, config, lr=0.01, fc_lr5=True)
+    assert fused.defaults["fused"] is True
+    params = dict(loop_model.named_parameters())
+    groups = [
+        {**group, "params": [params[name] for name in names]}
+        for group, names in zip(fused.param_groups, _group_names(fused_model, fused), strict=True)
+    ]
+    loop = torch.optim.AdamW(groups, foreach=False)
+    for step in range(3):
+        x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(step))
+        for model, optimizer in ((fused_model, fused), (loop_model, loop)):
+            optimizer.zero_grad()
+            _forward(model, x).square().sum().backward()
+            optimizer.step()
+    for (name, a), b in zip(fused_model.named_parameters(), loop_model.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6), name
+    assert (fused_model.conv1.weight != start).all()  # every weight moved
+
+
+def _forward(model: Tiny, x: torch.Tensor) -> torch.Tensor:
+    features = model.bn2(model.conv2(model.bn1(model.conv1(x))))  # (N, 4, H', W')
+    return model.new_fc(features.mean(dim=(2, 3)))  # (N, 2)
+
+
+def _group_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[list[str]]:
+    names = {id(p): name for name, p in model.named_parameters()}
+    return [[names[id(p)] for p in group["params"]] for group in optimizer.param_groups]
+
+
 def test_unknown_parametrised_module_is_refused():
     model = nn.Sequential(nn.Conv2d(3, 3, 1), nn.PReLU())
     with pytest.raises(ValueError, match="PReLU"):

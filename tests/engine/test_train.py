@@ -14,6 +14,7 @@ import torch
 from click.testing import CliRunner
 
 import tsmcli.data.dataset as dataset_module
+import tsmcli.engine.train as train_module
 import tsmcli.engine.train_loop as train_loop
 from tsmcli.cli import cli
 from tsmcli.engine.train import train
@@ -56,7 +57,7 @@ def tiny_data(tmp_path_factory) -> Path:
 
 
 def tiny_recipe(root: Path, *overrides: str) -> Recipe:
-    """The demo recipe shrunk to seconds on the CPU: ResNet-18, 2 segments, 32 px, batch 2."""
+    """The demo recipe shrunk to seconds on the CPU: 2 segments, 32 px, batch 2, 2 epochs."""
     base = load_recipe(
         "demo",
         [
@@ -70,6 +71,10 @@ def tiny_recipe(root: Path, *overrides: str) -> Recipe:
             "train.batch_size=2",
             "train.workers=0",
             "train.epochs=2",
+            "train.steps=0",  # the demo's length is in steps; these runs count epochs
+            "train.save_every=1",
+            "train.eval_every=1",
+            "data.flip=off",  # no mirror-image pairs among these classes
             "train.device=cpu",
             "train.deterministic=true",
             "optim.warmup_epochs=0.5",
@@ -190,6 +195,72 @@ def test_run_dir_contents_and_checkpoint_layout(tiny_data, straight_run):
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_steps_set_the_length_whatever_the_list_size(tiny_data, straight_run, tmp_path):
+    """train.steps=5 with 3 steps an epoch is 2 whole epochs (train.epochs unused): the same
+    run, weights and schedule as train.epochs=2."""
+    from tsmcli.engine.train_setup import planned_epochs
+
+    lengths = [tiny_recipe(tiny_data, f"train.steps={n}").train for n in (1, 3, 4, 6, 7)]
+    assert [planned_epochs(t, 3) for t in lengths] == [1, 1, 2, 2, 3]
+    assert planned_epochs(tiny_recipe(tiny_data, "train.epochs=4").train, 3) == 4
+    recipe = tiny_recipe(tiny_data, "train.steps=5", "train.epochs=9")
+    result = train(recipe, out_dir=tmp_path / "r")
+    assert result.epochs == 2 and [row["epoch"] for row in result.history] == [1, 2]
+    _assert_identical(_weights(result.last_checkpoint), _weights(straight_run.last_checkpoint))
+    assert [row["lr"] for row in result.history] == [row["lr"] for row in straight_run.history]
+
+
+def test_save_every_writes_last_pt_when_due_and_at_the_end(tiny_data, tmp_path, monkeypatch):
+    """train.save_every=2 over 3 unvalidated epochs: last.pt after epochs 2 and 3 only (the
+    curves with it), each epoch's row still in metrics.jsonl and told to on_epoch, after
+    its save when it had one."""
+    saved = []
+    real_save = train_module.save_checkpoint
+
+    def record(state, path):
+        saved.append((Path(path).name, state["epoch"]))
+        return real_save(state, path)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", record)
+    seen = []
+
+    def on_epoch(row):
+        seen.append((row["epoch"], row["epochs"], row["steps_per_epoch"], len(saved)))
+
+    recipe = tiny_recipe(tiny_data, "train.epochs=3", "train.save_every=2", "data.val_list=")
+    result = train(recipe, out_dir=tmp_path / "r", on_epoch=on_epoch)
+    assert saved == [("last.pt", 2), ("last.pt", 3)]
+    assert seen == [(1, 3, 3, 0), (2, 3, 3, 1), (3, 3, 3, 2)]
+    rows = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in rows] == [1, 2, 3] and result.epochs == 3
+    assert (tmp_path / "r" / "curves.png").exists()
+
+
+def test_ctrl_c_after_an_epoch_not_due_for_a_save_saves_it(
+    tiny_data, straight_run, tmp_path, monkeypatch
+):
+    """A Ctrl-C that lands after the last step of an epoch that train.save_every would not
+    save still leaves that epoch's last.pt, and the resumed run ends as the straight one."""
+    log_epoch = train_module._log_epoch
+
+    def interrupting_log(epoch, epochs, row):
+        if epoch == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+        return log_epoch(epoch, epochs, row)
+
+    monkeypatch.setattr(train_module, "_log_epoch", interrupting_log)
+    run = tmp_path / "interrupted"
+    recipe = tiny_recipe(tiny_data, "train.save_every=5", "train.eval_every=2")
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, out_dir=run)
+    state = torch.load(run / "last.pt", weights_only=True)
+    assert (state["epoch"], state["iteration"]) == (1, 0)
+    monkeypatch.setattr(train_module, "_log_epoch", log_epoch)
+    resumed = train(recipe, out_dir=run, resume=True)
+    assert resumed.epochs == 2
+    _assert_identical(_weights(straight_run.last_checkpoint), _weights(run / "last.pt"))
+
+
 def test_existing_run_is_refused_without_resume(tiny_data, straight_run, tmp_path):
     with pytest.raises(TrainingError, match="--resume") as info:
         train(tiny_recipe(tiny_data), out_dir=straight_run.run_dir)
@@ -286,7 +357,12 @@ def test_init_from_and_pretrained_load_the_weights(tiny_data, straight_run, tmp_
     imagenet = torchvision.models.resnet18().state_dict()
     torch.save(imagenet, tmp_path / "resnet18.pth")
     pre = train(
-        tiny_recipe(tiny_data, *tiny_lr, f"model.pretrained={tmp_path / 'resnet18.pth'}"),
+        tiny_recipe(
+            tiny_data,
+            *tiny_lr,
+            "model.arch=resnet18",  # the ImageNet weights are ResNet-18's
+            f"model.pretrained={tmp_path / 'resnet18.pth'}",
+        ),
         out_dir=tmp_path / "pre",
     )
     first_conv = pre.model.base_model.conv1
@@ -499,7 +575,7 @@ def test_unknown_arch_names_the_key_and_the_choices(tiny_data, tmp_path):
     )
     assert message == (
         "model.arch: unknown arch 'resnet9'; did you mean 'resnet50'? choose one "
-        "of mobilenet_v2, resnet101, resnet152, resnet18, resnet34, resnet50"
+        "of mobilenet_v2, resnet101, resnet152, resnet18, resnet18_narrow, resnet34, resnet50"
     )
     assert not (tmp_path / "run").exists()
 

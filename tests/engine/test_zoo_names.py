@@ -229,6 +229,9 @@ def test_classes_that_disagree_with_the_list_are_the_clear_error(tmp_path, monke
 def _tiny_run(videos: Path, *overrides: str) -> list[str]:
     """The demo recipe on the three videos: ResNet-18, 2 frames, 32 px, one short epoch."""
     return [
+        "model.arch=resnet18",  # the tests load ResNet-18 ImageNet weights by name
+        "train.steps=0",
+        "data.flip=off",
         f"data.root={videos}",
         f"data.train_list={videos / 'val.txt'}",
         "data.val_list=",

@@ -29,6 +29,7 @@ def test_registry_lists_the_torchvision_architectures():
         "resnet101",
         "resnet152",
         "resnet18",
+        "resnet18_narrow",
         "resnet34",
         "resnet50",
     ]
@@ -37,6 +38,7 @@ def test_registry_lists_the_torchvision_architectures():
         "resnet101": 2048,
         "resnet152": 2048,
         "resnet18": 512,
+        "resnet18_narrow": 256,
         "resnet34": 512,
         "resnet50": 2048,
     }
@@ -47,7 +49,7 @@ def test_unknown_arch_suggests_the_closest():
         get_backbone("resnet5")
     assert str(info.value) == (
         "unknown arch 'resnet5'; did you mean 'resnet50'? choose one of "
-        "mobilenet_v2, resnet101, resnet152, resnet18, resnet34, resnet50"
+        "mobilenet_v2, resnet101, resnet152, resnet18, resnet18_narrow, resnet34, resnet50"
     )
     with pytest.raises(UsageError, match="choose one of mobilenet_v2, resnet101"):
         get_backbone("vgg")
@@ -68,6 +70,8 @@ def test_registering_a_name_twice_is_refused():
         ("resnet18", "blockres", 8),
         ("resnet34", "blockres", 16),
         ("resnet50", "blockres", 16),
+        ("resnet18_narrow", "blockres", 8),
+        ("resnet18_narrow", "block", 8),
         ("resnet101", "blockres", 18),
         ("resnet152", "blockres", 26),
         ("resnet18", "block", 8),
@@ -129,7 +133,7 @@ def test_mobilenet_v2_shifts_expanding_residual_blocks_before_the_expansion():
         meta_backbone("mobilenet_v2", shift="bidirectional", shift_place="block")
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "resnet152", "mobilenet_v2"])
+@pytest.mark.parametrize("arch", ["resnet18", "resnet152", "mobilenet_v2", "resnet18_narrow"])
 def test_shift_none_inserts_nothing(arch):
     model, _ = meta_backbone(arch, shift="none")
     assert shifted_module_names(model) == []
@@ -143,10 +147,64 @@ def test_bad_shift_options():
         meta_backbone("resnet18", shift_place="res")
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "mobilenet_v2"])
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "mobilenet_v2", "resnet18_narrow"])
 def test_feature_dim_is_the_output_size(arch):
     torch.manual_seed(0)
     model, spec = build_backbone(arch, num_segments=2, shift="bidirectional")
     with torch.no_grad():
         out = model.eval()(torch.randn(2 * 2, 3, 32, 32))  # (N*T, D)
     assert out.shape == (4, spec.feature_dim)
+
+
+def test_narrow_resnet_is_resnet18_at_a_width():
+    """At width 64 it is torchvision's ResNet-18 key for key and shape for shape (so the ResNet
+    shift placement and checkpoint layout apply); resnet18_narrow is it at width 32: every
+    convolution and norm has half the channels (about a quarter of the parameters)."""
+    import torchvision
+
+    from tsmcli.model.backbones import NarrowResNet
+
+    with torch.device("meta"):
+        full = NarrowResNet(64).state_dict()
+        reference = torchvision.models.resnet18(weights=None).state_dict()
+        narrow, _ = build_backbone("resnet18_narrow", num_segments=8, shift="none")
+    assert {k: v.shape for k, v in full.items()} == {k: v.shape for k, v in reference.items()}
+    half = narrow.state_dict()
+    assert half.keys() == {k for k in reference if not k.startswith("fc.")}
+    for key, value in half.items():
+        want = reference[key].shape
+        if value.dim() == 4:  # conv: both channel counts halved (the stem keeps its 3 inputs)
+            assert value.shape == (want[0] // 2, max(3, want[1] // 2), *want[2:]), key
+        else:  # norms: half the channels
+            assert value.shape == tuple(d // 2 for d in want), key
+
+
+def test_narrow_resnet_computes_what_torchvisions_resnet18_computes():
+    """At width 64, with torchvision's ResNet-18 weights loaded, the same outputs."""
+    import torchvision
+
+    from tsmcli.model.backbones import NarrowResNet
+
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18(weights=None).eval()
+    ours = NarrowResNet(64).eval()
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(ours(x), reference(x))
+
+
+def test_resnet18_narrow_shifts_conv1_of_every_block_and_streams_exactly():
+    model, _ = meta_backbone("resnet18_narrow", shift="unidirectional")
+    expected = [f"layer{s}.{i}.conv1" for s in (1, 2, 3, 4) for i in (0, 1)]
+    assert shifted_module_names(model) == expected
+    from tsmcli.model.streaming import StreamingTSM, run_stream
+    from tsmcli.model.tsn import build_model
+
+    torch.manual_seed(0)
+    tsm = build_model("resnet18_narrow", 5, num_segments=6, shift="unidirectional").eval()
+    clip = torch.randn(1, 6, 3, 32, 32)
+    streaming = StreamingTSM(tsm).eval()
+    with torch.no_grad():
+        stream = run_stream(streaming, clip[0], streaming.initial_buffers(32, 32)).outputs
+        assert torch.allclose(stream, tsm.frame_logits(clip)[0], atol=1e-5)

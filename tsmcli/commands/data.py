@@ -184,31 +184,70 @@ def build_list(
 
 @click.command()
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--seed",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Generator seed: the videos are a pure function of it and the options below.",
+)
 @click.option("--per-class", type=int, default=None, help="Videos per class (default: 150).")
 @click.option("--size", type=int, default=None, help="Frame side in pixels, even (default: 32).")
 @click.option(
-    "--frames", "num_frames", type=int, default=None, help="Frames per video (default: 24)."
+    "--frames",
+    "num_frames",
+    type=int,
+    default=None,
+    help="Frames per video, the clip length (default: 24).",
 )
 @click.option(
     "--fps", type=float, default=None, help="Frame rate written in the videos (default: 8)."
 )
 @click.option(
+    "--speed",
+    type=float,
+    default=None,
+    help="How far the main object moves, grows, turns or fades over a clip, relative to the "
+    "default (1); up to 1.5.",
+)
+@click.option(
+    "--num-classes",
+    type=int,
+    default=None,
+    help="Write the first N classes, whole pairs in the order of --classes' list "
+    "(2, 4, ..., 10; default 8).",
+)
+@click.option(
     "--classes",
     default=None,
     metavar="A,B,...",
-    help="Classes to write (default: the moving and growing pairs; the rotating pair is extra).",
+    help="Classes to write, by name: moving_right,moving_left, moving_down,moving_up, "
+    "growing,shrinking, appearing,fading, rotating_clockwise,rotating_counterclockwise "
+    "(default: the first four pairs; the rotating pair, the hardest to learn, is extra).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace class folders that exist in OUT.")
-def synth(out, seed, per_class, size, num_frames, fps, classes, overwrite) -> None:
-    """Write the synthetic time-reversal dataset (real H.264 videos, folder layout)."""
-    from tsmcli.data.synth import synth as run_synth
+def synth(
+    out, seed, per_class, size, num_frames, fps, speed, num_classes, classes, overwrite
+) -> None:
+    """Write the synthetic time-reversal dataset (real H.264 videos, folder layout).
 
+    The classes come in pairs whose videos are each other played backwards, so only the
+    order of the frames tells a pair apart.
+    """
+    from tsmcli.data.synth import first_classes
+    from tsmcli.data.synth import synth as run_synth
+    from tsmcli.errors import UsageError
+
+    if num_classes is not None and classes is not None:
+        raise UsageError("give --num-classes or --classes, not both")
+    if num_classes is not None:
+        classes = ",".join(first_classes(num_classes))
     given = {
         "per_class": per_class,
         "size": size,
         "num_frames": num_frames,
         "fps": fps,
+        "speed": speed,
         "classes": None
         if classes is None
         else [c.strip() for c in classes.split(",") if c.strip()],

@@ -1,7 +1,8 @@
 """The clip Dataset: a list file + a root -> sampled, cropped uint8 clips.
 
-The trainer finishes them on its device after the transfer (``ClipBatch.model_input``: train
-crops resized and mirrored, then normalised; see ``transforms`` for why the work is split).
+The trainer finishes them on its device after the transfer (``ClipBatch.model_input`` in
+``data.batch``: train crops resized and mirrored, then normalised; see ``transforms`` for why
+the work is split).
 
 Item ``i`` of epoch ``e`` draws all its randomness (frame sampling, crop, flip) from
 ``np.random.default_rng([seed, e, i])`` and nothing else, so a clip is the same whatever the
@@ -18,18 +19,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset
 
 from tsmcli.data import transforms
+from tsmcli.data.batch import ClipBatch, Sample, collate_clips
 from tsmcli.data.decode import (
     BACKENDS,
     FRAME_TEMPLATE,
@@ -45,112 +44,8 @@ from tsmcli.errors import DataError, TSMError, UsageError
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class Sample:
-    """One item, uint8, as a data worker leaves it.
-
-    Train mode: ``clip`` is the clip's crop (T, 3, h, w), still to be resized to
-    ``resize_to`` x ``resize_to`` and mirrored if ``flip`` (``ClipBatch.model_input`` does
-    both on the trainer's device). Val/test mode: ``clip`` is the finished views
-    (V, T, 3, S, S) and ``resize_to`` is None. ``clip`` is None, with ``error`` set, when the
-    item could not be loaded and ``skip_bad`` is on.
-    """
-
-    clip: torch.Tensor | None
-    label: int
-    index: int
-    error: str | None = None
-    flip: bool = False
-    resize_to: int | None = None
-
-
-class ClipBatch(NamedTuple):
-    """A collated batch (a NamedTuple, so DataLoader's ``pin_memory`` handles it).
-
-    ``clips`` uint8: train, (B, T, 3, H, W) holding crop b in ``[..., :sizes[b][0],
-    :sizes[b][1]]`` (zero elsewhere); val/test, (B, V, T, 3, S, S). (0,) when every item
-    was skipped. ``labels``, ``indices``: (B,) int64. ``skipped``: the error of each dropped
-    item. ``sizes`` (B, 2) and ``flips`` (B,) describe the train crops (empty otherwise), to
-    be resized to ``resize_to``. The model's input is ``model_input(device)``.
-    """
-
-    clips: torch.Tensor
-    labels: torch.Tensor
-    indices: torch.Tensor
-    skipped: list[str]
-    sizes: torch.Tensor
-    flips: torch.Tensor
-    resize_to: int | None
-
-    def model_input(self, device: torch.device | str) -> torch.Tensor:
-        """The batch as the model takes it, computed on ``device``: crops resized and mirrored,
-        then normalised; float32 (B, T, 3, S, S) or (B, V, T, 3, S, S)."""
-        clips = self.clips.to(device, non_blocking=True)
-        if self.resize_to is not None and len(clips):
-            clips = torch.stack(
-                [
-                    transforms.resize_crop(clips[b, ..., :height, :width], self.resize_to, flip)
-                    for b, ((height, width), flip) in enumerate(
-                        zip(self.sizes.tolist(), self.flips.tolist(), strict=True)
-                    )
-                ]
-            )  # (B, T, 3, S, S)
-        return transforms.normalize(clips)
-
-
-def collate_clips(samples: Sequence[Sample]) -> ClipBatch:
-    """Batch the loaded samples; the ones that failed go to ``skipped``.
-
-    Train crops of different sizes share one zero-padded tensor in the crops' own memory
-    layout (channels-last from the frame sources): each crop is copied once, row by row.
-    """
-    good = [s for s in samples if s.clip is not None]
-    resize_to = good[0].resize_to if good else None
-    if not good:
-        clips = torch.empty(0, dtype=torch.uint8)
-    elif resize_to is None:
-        clips = torch.stack([s.clip for s in good], out=_new_uint8(len(good), *good[0].clip.shape))
-    else:
-        clips = _pad_crops([s.clip for s in good])
-    return ClipBatch(
-        clips=clips,
-        labels=torch.tensor([s.label for s in good], dtype=torch.int64),
-        indices=torch.tensor([s.index for s in good], dtype=torch.int64),
-        skipped=[s.error or f"item {s.index}" for s in samples if s.clip is None],
-        sizes=torch.tensor(
-            [list(s.clip.shape[-2:]) for s in good] if resize_to else [], dtype=torch.int64
-        ).view(-1, 2),
-        flips=torch.tensor([s.flip for s in good] if resize_to else [], dtype=torch.bool),
-        resize_to=resize_to,
-    )
-
-
-def _pad_crops(crops: Sequence[torch.Tensor]) -> torch.Tensor:
-    """(B, T, 3, H, W) uint8, crop b in its top-left corner and zeros around it."""
-    frames, channels = crops[0].shape[:2]
-    height = max(c.shape[-2] for c in crops)
-    width = max(c.shape[-1] for c in crops)
-    channels_last = crops[0].stride(-3) == 1
-    if channels_last:  # (B, T, H, W, 3) in memory
-        batch = _new_uint8(len(crops), frames, height, width, channels).permute(0, 1, 4, 2, 3)
-    else:
-        batch = _new_uint8(len(crops), frames, channels, height, width)
-    for slot, crop in zip(batch, crops, strict=True):
-        if crop.shape[-2:] != (height, width):
-            slot.zero_()  # no uninitialised memory leaves a worker
-        slot[..., : crop.shape[-2], : crop.shape[-1]].copy_(crop)
-    return batch
-
-
-def _new_uint8(*shape: int) -> torch.Tensor:
-    """An empty uint8 batch; in shared memory when built in a DataLoader worker, so that it
-    reaches the trainer without the copy that moving it there would cost (as torch's
-    default_collate does)."""
-    if get_worker_info() is None:
-        return torch.empty(shape, dtype=torch.uint8)
-    storage = torch.UntypedStorage._new_shared(math.prod(shape))
-    return torch.empty(0, dtype=torch.uint8).set_(storage).view(shape)
+# the batch lives in data.batch; its names stay importable from here
+__all__ = ["ClipBatch", "Sample", "VideoClipDataset", "collate_clips", "loader_errors"]
 
 
 def _check_options(
@@ -165,6 +60,7 @@ def _check_options(
     clips: int,
     seed: int,
     sizes: tuple[int, int, bool],
+    colour_jitter: float = 0.0,
 ) -> None:
     """Raise ``UsageError`` naming the first of ``VideoClipDataset``'s options that is out of
     range; ``sizes`` is (input_size, scale_size, full_res)."""
@@ -194,12 +90,15 @@ def _check_options(
             f"input_size {input_size} and scale_size {scale_size} must be "
             "positive, and scale_size >= input_size"
         )
+    if not 0 <= colour_jitter < 1:
+        raise UsageError(f"colour_jitter must be in [0, 1) (0: off), got {colour_jitter}")
 
 
 class VideoClipDataset(Dataset):
     """Clips of the videos of a TSN list file, as in the official TSM training and testing.
 
-    ``mode="train"``: segment (or dense) sampling, multi-scale crop, flip; clip (T, 3, S, S).
+    ``mode="train"``: segment sampling (dense, or ``even``: evenly spaced), multi-scale crop,
+    flip, colour jitter (off at 0); clip (T, 3, S, S).
     ``mode="val"``: segment centres, ``crops`` views; clip (V, T, 3, S, S).
     ``mode="test"``: ``clips`` temporal views (twice as many with ``twice_sample``; dense
     starts with ``dense``) x ``crops`` spatial views; clip (V, T, 3, S, S), temporal-major.
@@ -220,11 +119,13 @@ class VideoClipDataset(Dataset):
         scales: Sequence[float] = transforms.TRAIN_SCALES,
         flip: str = "on",
         flip_pairs: Sequence[tuple[int, int]] | None = None,
+        colour_jitter: float = 0.0,
         clips: int = 1,
         crops: int = 1,
         full_res: bool = False,
         twice_sample: bool = False,
         dense: bool = False,
+        even: bool = False,
         skip_bad: bool = False,
         seed: int = 0,
     ):
@@ -239,6 +140,7 @@ class VideoClipDataset(Dataset):
             clips=clips,
             seed=seed,
             sizes=(input_size, scale_size, full_res),
+            colour_jitter=colour_jitter,
         )
         self.list_file = Path(list_file)
         self.root = Path(root)
@@ -252,12 +154,12 @@ class VideoClipDataset(Dataset):
         self.scale_size = scale_size
         self.scales = tuple(scales)
         self.flip = flip
-        self.flip_pairs = tuple(flip_pairs or ())
+        self.flip_pairs, self.colour_jitter = tuple(flip_pairs or ()), colour_jitter
         self.clips = clips
         self.crops = crops
         self.full_res = full_res
         self.twice_sample = twice_sample
-        self.dense = dense
+        self.dense, self.even = dense, even
         self.skip_bad = skip_bad
         self.seed = seed
         # Shared memory, so set_epoch reaches persistent DataLoader workers too.
@@ -328,6 +230,7 @@ class VideoClipDataset(Dataset):
             clips=self.clips,
             twice_sample=self.twice_sample,
             dense=self.dense,
+            even=self.even,
         )  # (V_t, T)
         # Decode each distinct frame once, in order (short videos and views repeat frames).
         order = indices.reshape(-1)
@@ -384,7 +287,12 @@ class VideoClipDataset(Dataset):
             clip = transforms.crop_view(frames, draw.box)  # a view: collate copies the crop
             if inverse is not None:
                 clip = clip[torch.from_numpy(inverse)]
-        return Sample(clip, draw.label, index, flip=draw.flip, resize_to=self.input_size)
+        # drawn after everything else, so clips without jitter are what they always were
+        jitter = self.colour_jitter
+        colour = transforms.draw_colour_jitter(jitter, rng) if jitter > 0 else None
+        return Sample(
+            clip, draw.label, index, flip=draw.flip, resize_to=self.input_size, colour=colour
+        )
 
 
 @contextlib.contextmanager

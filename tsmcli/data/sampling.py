@@ -43,6 +43,17 @@ def train_segment_indices(
     return np.arange(num_segments) * average + rng.integers(0, average, size=num_segments)
 
 
+def train_even_indices(num_frames: int, num_segments: int, rng: np.random.Generator) -> np.ndarray:
+    """``T`` frames one segment length ``n // T`` apart from one random offset inside the first
+    segment: (T,). Every clip keeps the video's frame spacing (and so its speeds), where
+    ``train_segment_indices`` spaces consecutive frames anywhere from 1 to ``2 n // T - 1``."""
+    _check(num_frames, num_segments)
+    average = num_frames // num_segments
+    if average == 0:
+        return _spread(num_frames, num_segments)
+    return np.arange(num_segments) * average + int(rng.integers(0, average))
+
+
 def eval_segment_indices(
     num_frames: int, num_segments: int, clips: int = 1, twice_sample: bool = False
 ) -> np.ndarray:
@@ -104,8 +115,12 @@ def sample_indices(
     clips: int = 1,
     twice_sample: bool = False,
     dense: bool = False,
+    even: bool = False,
 ) -> np.ndarray:
     """The frame indices of one item, always (V, T): V = 1 for train and val.
+
+    ``even`` (train only) spaces the segments' frames evenly (``train_even_indices``);
+    validation and test take the segment centres either way.
 
     Validation is deterministic in both styles (dense validation uses the first test start,
     where the official code draws a random one) so that val accuracy is comparable across
@@ -114,7 +129,9 @@ def sample_indices(
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if mode == "train":
-        pick = dense_train_indices if dense else train_segment_indices
+        pick = (
+            dense_train_indices if dense else train_even_indices if even else train_segment_indices
+        )
         return pick(num_frames, num_segments, rng)[None, :]
     if dense:
         return dense_test_indices(num_frames, num_segments, clips=1 if mode == "val" else clips)

@@ -217,6 +217,34 @@ def _affine(
     return scale.to(device), shift.to(device)
 
 
+def draw_colour_jitter(strength: float, rng: np.random.Generator) -> tuple[float, ...]:
+    """One clip's colour change: per RGB channel a gain in ``[1 - strength, 1 + strength]``
+    and an offset of up to ``strength * 128`` levels, as (gain_r, gain_g, gain_b, offset_r,
+    offset_g, offset_b). The same for every frame of the clip, so it changes how the clip
+    looks and nothing of how it moves."""
+    gains = rng.uniform(1.0 - strength, 1.0 + strength, 3)
+    offsets = rng.uniform(-128.0 * strength, 128.0 * strength, 3)
+    return tuple(float(v) for v in (*gains, *offsets))
+
+
+def jitter_colour(
+    clips: torch.Tensor,
+    jitter: torch.Tensor,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> torch.Tensor:
+    """Apply ``draw_colour_jitter``'s changes to normalised clips, in place: ``clips``
+    (B, ..., 3, H, W) float from ``normalize``, ``jitter`` (B, 6). The result is the
+    normalised ``gain * pixel + offset`` (pixels in 0-255, not clipped)."""
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=clips.device)
+    std_t = torch.tensor(std, dtype=torch.float32, device=clips.device)
+    gains, offsets = jitter.to(clips.device, torch.float32).split(3, dim=1)  # (B, 3) each
+    # normalised n = (x / 255 - m) / s; for x' = g x + o: n' = g n + (g - 1) m / s + o / (255 s)
+    shift = (gains - 1) * mean_t / std_t + offsets / (255.0 * std_t)  # (B, 3)
+    view = (clips.shape[0],) + (1,) * (clips.dim() - 4) + (3, 1, 1)
+    return clips.mul_(gains.view(view)).add_(shift.view(view))
+
+
 class TrainDraw(NamedTuple):
     """The random part of a train clip, drawn in a data worker (see ``draw_train_crop``)."""
 

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tsmcli.data.dataset import ClipBatch, Sample, VideoClipDataset, collate_clips
+from tsmcli.data.batch import ClipBatch, Sample, collate_clips
+from tsmcli.data.dataset import VideoClipDataset
 from tsmcli.data.decode import FrameFolder, FrameSource, _first_line, _open_error, open_video
 from tsmcli.data.inputs import FRAMES, VIDEOS, FoundInput
 from tsmcli.data.lists import ListEntry

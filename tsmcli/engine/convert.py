@@ -392,6 +392,7 @@ def _finetune(job: _Job, run_dir: Path) -> tuple[nn.Module, Path]:
         train=replace(
             recipe.train,
             epochs=finetune.epochs,
+            steps=0,  # --finetune-epochs counts epochs, whatever the recipe's length was
             eval_every=finetune.epochs,
             distill_from=checkpoint if finetune.distill_weight > 0 else None,
             distill_weight=finetune.distill_weight,

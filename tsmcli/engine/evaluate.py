@@ -284,7 +284,7 @@ def views_loader(
     it, as for ``tsm predict clip.mp4``, only costs)."""
     from torch.utils.data import DataLoader
 
-    from tsmcli.data.dataset import collate_clips
+    from tsmcli.data.batch import collate_clips
 
     if workers is None:
         batches = math.ceil(len(sampler if sampler is not None else dataset) / batch_size)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,10 @@ from tsmcli.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
+# called on the main process with each epoch's metrics row, plus the plan: "epochs" and
+# "steps_per_epoch"
+EpochHook = Callable[[dict[str, Any]], None]
+
 LAST, BEST = "last.pt", "best.pt"
 RECIPE_FILE, METRICS_FILE, CURVES_FILE = "recipe.yaml", "metrics.jsonl", "curves.png"
 RUN_FILES = (LAST, BEST, RECIPE_FILE, METRICS_FILE, CURVES_FILE)  # what a run writes
@@ -80,13 +84,16 @@ def train(
     resume: bool = False,
     *,
     preloaded: Sequence[CheckpointInfo] = (),
+    on_epoch: EpochHook | None = None,
 ) -> TrainResult:
     """Train ``recipe`` into ``out_dir`` (default ``train.out_dir/<recipe name>``).
 
     ``resume`` continues from ``last.pt`` there; without it a run dir that already holds a
     ``last.pt`` is refused rather than overwritten. ``preloaded`` are checkpoints the caller
     has read already: ``model.init_from`` or ``train.distill_from`` naming one of their paths
-    takes it instead of reading the file again. Under torchrun every process calls this.
+    takes it instead of reading the file again. ``on_epoch`` is told each epoch's metrics
+    row once the epoch is recorded (and saved, when due), on the main process (``tsm demo``
+    projects its total from the first). Under torchrun every process calls this.
     """
     _check_arch(recipe)
     check_recipe_checkpoints(recipe, resume=resume)  # files or model zoo names, no network
@@ -100,6 +107,7 @@ def train(
     previous_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         run = _Run(recipe, run_dir, resume, ctx, preloaded)
+        run.on_epoch = on_epoch
         with StopOnSignal(announce=ctx.is_main) as stop:
             return run.fit(stop)
     finally:
@@ -137,6 +145,7 @@ class _Run:
     ):
         self.recipe, self.run_dir, self.ctx = recipe, run_dir, ctx
         self.preloaded = {info.path: info for info in preloaded}
+        self.on_epoch: EpochHook | None = None
         self._check_run_dir(resume)
         if ctx.is_main:  # a kill during a save leaves its temp file (a checkpoint's size)
             for stale in remove_stale_temps(run_dir, RUN_FILES):
@@ -252,26 +261,34 @@ class _Run:
         )
 
     def _epochs(self, stop: StopOnSignal) -> None:
-        t, progress = self.recipe.train, self.progress
-        for epoch in range(progress.epoch, t.epochs):
+        t, progress, epochs = self.recipe.train, self.progress, self.data.epochs
+        for epoch in range(progress.epoch, epochs):
             row = self.loop.train_epoch(
                 epoch, progress.iteration, progress.partial, stop, self._save_interrupted
             )
             progress.iteration, progress.partial = 0, {}
             if self.data.val_set is not None and (
-                (epoch + 1) % t.eval_every == 0 or epoch + 1 == t.epochs
+                (epoch + 1) % t.eval_every == 0 or epoch + 1 == epochs
             ):
                 row.update(self.loop.validate())
             else:
                 row.update(top1=None, top5=None, val_videos=0)
-            self._end_epoch(epoch, row)
-            if epoch + 1 < t.epochs and self._everywhere(stop.requested):
+            saved = self._end_epoch(epoch, row)
+            if self.on_epoch is not None and self.ctx.is_main:
+                plan = {"epochs": epochs, "steps_per_epoch": self.data.iters_per_epoch}
+                self.on_epoch({**row, **plan})
+            if epoch + 1 < epochs and self._everywhere(stop.requested):
+                if not saved:  # Ctrl-C during an epoch not due for a save: saved now
+                    self._save_epoch(epoch, is_best=False)
                 if self.ctx.is_main:  # Ctrl-C during validation: last.pt is this epoch's
                     log.warning("stopped after epoch %d; continue with --resume", epoch + 1)
                 raise Interrupted
 
-    def _end_epoch(self, epoch: int, row: dict[str, Any]) -> None:
-        """Record the epoch, save last.pt (best.pt when it is the best), metrics, curves."""
+    def _end_epoch(self, epoch: int, row: dict[str, Any]) -> bool:
+        """Record the epoch (metrics.jsonl, tensorboard, the log line); write last.pt, best.pt
+        and the curves when due: every ``train.save_every`` epochs, at a new best top-1 and
+        after the last epoch. Returns whether they were written. Every rank calls it (the
+        checkpoint is collective)."""
         progress = self.progress
         is_best = row["top1"] is not None and (
             progress.best_top1 is None or row["top1"] > progress.best_top1
@@ -279,19 +296,29 @@ class _Run:
         if is_best:
             progress.best_top1 = row["top1"]
         progress.history.append(row)
-        state = self._checkpoint(epoch + 1, 0, {})  # collective (gathers every rank's RNG)
+        done = epoch + 1
+        due = is_best or done % self.recipe.train.save_every == 0 or done == self.data.epochs
+        if due:
+            self._save_epoch(epoch, is_best)
         if not self.ctx.is_main:
-            return
-        self._save(state)
-        self._write_metrics()
-        if is_best:
-            atomic_link(self.run_dir / LAST, self.run_dir / BEST)
-        plot_curves(progress.history, self.run_dir / CURVES_FILE)
+            return due
+        self._write_metrics()  # ahead of last.pt between saves; a resume rewrites it to match
         if self.tensorboard is not None:
             for key in ("loss", "lr", "top1", "top5", "clips_per_s", "data_wait_share"):
                 if row.get(key) is not None:
-                    self.tensorboard.add_scalar(key, row[key], epoch + 1)
-        _log_epoch(epoch, self.recipe.train.epochs, row)
+                    self.tensorboard.add_scalar(key, row[key], done)
+        _log_epoch(epoch, self.data.epochs, row)
+        return due
+
+    def _save_epoch(self, epoch: int, is_best: bool) -> None:
+        """last.pt after ``epoch`` (best.pt too when ``is_best``) and the curves; collective."""
+        state = self._checkpoint(epoch + 1, 0, {})  # gathers every rank's RNG
+        if not self.ctx.is_main:
+            return
+        self._save(state)
+        if is_best:
+            atomic_link(self.run_dir / LAST, self.run_dir / BEST)
+        plot_curves(self.progress.history, self.run_dir / CURVES_FILE)
 
     def _save_interrupted(self, epoch: int, iteration: int, acc: dict[str, float]) -> None:
         state = self._checkpoint(epoch, iteration, acc)

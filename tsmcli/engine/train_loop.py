@@ -66,7 +66,7 @@ class Loop:
         bar = tqdm(
             total=self.data.iters_per_epoch,
             initial=start,
-            desc=f"epoch {epoch + 1}/{t.epochs}",
+            desc=f"epoch {epoch + 1}/{self.data.epochs}",
             unit="step",
             disable=not show_bar,
             dynamic_ncols=True,

@@ -10,6 +10,7 @@ and in every run (``engine.train`` calls these in a fixed order).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 from collections.abc import Callable
@@ -74,6 +75,7 @@ class TrainData:
     val_loader: DataLoader | None
     global_batch: int
     iters_per_epoch: int  # full batches only
+    epochs: int  # the epochs the run makes (planned_epochs)
 
 
 def prepare_data(recipe: Recipe, ctx: DistContext) -> TrainData:
@@ -122,7 +124,16 @@ def prepare_data(recipe: Recipe, ctx: DistContext) -> TrainData:
         val_loader=make_loader(val_set, val_sampler, t, cuda, drop_last=False) if val_set else None,
         global_batch=t.batch_size * ctx.world_size,
         iters_per_epoch=iters_per_epoch,
+        epochs=planned_epochs(t, iters_per_epoch),
     )
+
+
+def planned_epochs(config: TrainConfig, iters_per_epoch: int) -> int:
+    """The epochs a run makes: ``train.epochs``, or with ``train.steps`` the fewest whole
+    epochs of ``iters_per_epoch`` steps that hold that many steps."""
+    if config.steps:
+        return math.ceil(config.steps / iters_per_epoch)
+    return config.epochs
 
 
 def _datasets(
@@ -140,6 +151,7 @@ def _datasets(
         input_size=d.input_size,
         scale_size=d.scale_size,
         dense=d.sampling == "dense",
+        even=d.sampling == "even",
         skip_bad=d.skip_bad,
         seed=recipe.train.seed,
     )
@@ -150,6 +162,7 @@ def _datasets(
         scales=d.scales,
         flip=d.flip,
         flip_pairs=_flip_pairs(recipe, classes),
+        colour_jitter=d.colour_jitter,
         **common,
     )
     val_set = VideoClipDataset(val_list, root, mode="val", **common) if val_list else None
@@ -292,16 +305,17 @@ def build_optimisation(
     base_lr = scaled_lr(o.lr, o.reference_batch_size, data.global_batch)
     fc_lr5 = fc_lr5_enabled(recipe)
     optimizer = build_optimizer(model, o, base_lr, fc_lr5)
-    schedule = LRSchedule.from_config(o, base_lr, t.epochs, data.iters_per_epoch)
+    schedule = LRSchedule.from_config(o, base_lr, data.epochs, data.iters_per_epoch)
     scaler = torch.amp.GradScaler("cuda", enabled=ctx.device.type == "cuda" and t.amp == "fp16")
     if ctx.is_main:
         log.info(
-            "lr %.4g (%.4g for batch %d, global batch %d), fc lr x5: %s, %d steps an epoch",
+            "lr %.4g (%.4g for batch %d, global batch %d), fc lr x5: %s, %d epochs of %d steps",
             base_lr,
             o.lr,
             o.reference_batch_size,
             data.global_batch,
             "on" if fc_lr5 else "off",
+            data.epochs,
             data.iters_per_epoch,
         )
     return Optimisation(optimizer, schedule, scaler)
