@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import collections
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -123,9 +124,17 @@ def table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def shared(*loads: float) -> str:
+    cores = os.cpu_count() or 1
+    if max(loads) > cores:
+        return f"above the {cores} cores, other work shared the CPU and the times are inflated"
+    return f"within the {cores} cores, the demos had the CPU to themselves"
+
+
 def describe(rows: list[dict], minutes: float, load_before: float) -> str:
     claimed = [row for row in rows if row["claim"]]
     held = sum(verdict(row) == "holds" for row in claimed)
+    load_after = load_average()
     return f"""
 Each row is a whole `tsm demo` (`tsmcli.demo.demo`) on a set written with that seed: the
 `demo` recipe as shipped, top-1 on the set's validation list (a quarter of its videos),
@@ -135,8 +144,7 @@ brackets, run frame by frame as exported; time is the demo's wall clock. The cla
 TSN <= {BARS["tsn"]:g}; pair level is 50) is made for 8 classes and 30 training videos a
 class: it held on {held} of {len(claimed)} such sets. The other rows probe beyond it. Tuning
 used the seeds {", ".join(map(str, TUNING_SEEDS))} only. {len(rows)} sets in {minutes:.0f} min;
-load average (1 min) {load_before:.1f} before, {load_average():.1f} after (above the core
-count, other work shared the CPU and the times are inflated).
+load average (1 min) {load_before:.1f} before, {load_after:.1f} after: {shared(load_before, load_after)}.
 """
 
 
