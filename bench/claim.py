@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import collections
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load_average, machine, write_section  # noqa: E402
+from common import load_average, load_line, machine, write_section  # noqa: E402
 
 from tsmcli.data.lists import read_list  # noqa: E402
 from tsmcli.demo import demo  # noqa: E402
@@ -124,13 +123,6 @@ def table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def shared(*loads: float) -> str:
-    cores = os.cpu_count() or 1
-    if max(loads) > cores:
-        return f"above the {cores} cores, other work shared the CPU and the times are inflated"
-    return f"within the {cores} cores, the demos had the CPU to themselves"
-
-
 def describe(rows: list[dict], minutes: float, load_before: float) -> str:
     claimed = [row for row in rows if row["claim"]]
     held = sum(verdict(row) == "holds" for row in claimed)
@@ -144,7 +136,7 @@ brackets, run frame by frame as exported; time is the demo's wall clock. The cla
 TSN <= {BARS["tsn"]:g}; pair level is 50) is made for 8 classes and 30 training videos a
 class: it held on {held} of {len(claimed)} such sets. The other rows probe beyond it. Tuning
 used the seeds {", ".join(map(str, TUNING_SEEDS))} only. {len(rows)} sets in {minutes:.0f} min;
-load average (1 min) {load_before:.1f} before, {load_after:.1f} after: {shared(load_before, load_after)}.
+{load_line(load_before, load_after)}.
 """
 
 

@@ -57,6 +57,18 @@ def load_average() -> float:
         return 0.0
 
 
+def load_line(before: float, after: float) -> str:
+    """The load average before and after a run, and what it says about the times."""
+    cores = os.cpu_count() or 1
+    if max(before, after) > cores:
+        verdict = "above the core count, other work shared the CPU and the times are inflated"
+    else:
+        verdict = "within the core count, the run had the CPU to itself"
+    return (
+        f"load average (1 min) {before:.1f} before, {after:.1f} after on {cores} cores: {verdict}"
+    )
+
+
 def interleaved_medians(
     fns: dict[str, Callable[[], object]], reps: int, warmup: int = 1
 ) -> dict[str, float]:

@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved_medians, write_section  # noqa: E402
+from common import interleaved_medians, load_average, load_line, write_section  # noqa: E402
 
 from tsmcli.data.lists import ListEntry, write_classes, write_list  # noqa: E402
 from tsmcli.data.synth import CLASSES, synth  # noqa: E402
@@ -257,20 +257,19 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     isa = torch.backends.cpu.get_cpu_capability()
-    load = os.getloadavg()[0]
+    load = load_average()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         compare = predict_vs_eval(work, args.reps)
         live = live_stream(work, args.seconds, sorted({args.threads, 2}))
     torch.set_num_threads(args.threads)  # what the section's machine line reports
-    load_after = os.getloadavg()[0]
+    load_after = load_average()
     videos = "; ".join(
         f"{name}: {side}x{side}, {frames} frames, {arch} at {size}"
         for name, (arch, size, _, side, frames, _) in CONFIGS.items()
     )
     body = f"""CPU ISA {isa}, {args.threads} torch thread(s) unless a row says otherwise (the CLI rows
-run with OMP_NUM_THREADS={args.threads}); load average (1 min) {load:.1f} before, {load_after:.1f}
-after, on {os.cpu_count()} cores: above the core count, other work shared the CPU.
+run with OMP_NUM_THREADS={args.threads}); {load_line(load, load_after)}.
 {WORKERS} DataLoader workers, batch {BATCH}, protocol single, on synthetic H.264 videos
 ({videos}), random weights. API: the whole `tsmcli.evaluate` / `tsmcli.predict` call, median of {args.reps}
 interleaved reps, in wall time (with {WORKERS} workers) or in CPU time of the process (0 workers:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -653,3 +655,32 @@ def test_unwritable_json_or_out_is_refused_before_evaluating(table_setup, tmp_pa
         assert result.output.strip().splitlines() == [f"error: {expected}"]
     assert model.shapes == []  # refused before a single clip was scored
     assert (tmp_path / "file").read_text() == "x"
+
+
+@pytest.mark.parametrize(
+    ("source", "backend", "workers", "loaded"),
+    [
+        ("videos", "decord", 1, "decord"),
+        ("videos", "pyav", 1, "av"),
+        ("frames", "decord", 1, None),
+        ("videos", "decord", 0, None),
+    ],
+)
+def test_the_loader_forks_its_workers_with_the_decoder_already_imported(
+    source, backend, workers, loaded
+):
+    # in a fresh interpreter: whether views_loader imported the decoder before the workers
+    code = f"""
+import json, sys, types, torch
+from tsmcli.engine.evaluate import views_loader
+dataset = types.SimpleNamespace(source={source!r}, backend={backend!r})
+before = {{"decord", "av"}} & set(sys.modules)
+views_loader(dataset, 1, {workers}, torch.device("cpu"))
+print(json.dumps([sorted(before), sorted({{"decord", "av"}} & set(sys.modules))]))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    before, after = json.loads(result.stdout)
+    assert before == []
+    assert after == ([] if loaded is None else [loaded])

@@ -285,10 +285,13 @@ def views_loader(
     from torch.utils.data import DataLoader
 
     from tsmcli.data.batch import collate_clips
+    from tsmcli.data.decode import preload_decoder
 
     if workers is None:
         batches = math.ceil(len(sampler if sampler is not None else dataset) / batch_size)
         workers = max(0, min(4, os.cpu_count() or 1, batches - 1))
+    if workers:
+        preload_decoder(dataset.source, dataset.backend)
     return DataLoader(
         dataset,
         batch_size=batch_size,

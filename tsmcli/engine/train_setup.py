@@ -187,7 +187,10 @@ def make_loader(
     """A loader with a private generator (starting an epoch never draws from the global RNG,
     dropout's) and, with workers, persistent ones."""
     from tsmcli.data.dataset import collate_clips
+    from tsmcli.data.decode import preload_decoder
 
+    if t.workers:
+        preload_decoder(dataset.source, dataset.backend)
     generator = torch.Generator().manual_seed(t.seed)
     return DataLoader(
         dataset,
