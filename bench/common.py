@@ -11,41 +11,23 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tsmcli.demo.clock import cpu_isa, cpu_name
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def machine() -> str:
-    """One line: CPU model, cores, the instruction set torch's CPU kernels use (AVX2, AVX512:
-    ``torch.backends.cpu.get_cpu_capability()``; marked a stand-in when forced with
-    ``ATEN_CPU_CAPABILITY`` or ``ONEDNN_MAX_CPU_ISA``), torch version and intra-op threads,
-    and the GPU when one is used. Every section of BENCHMARKS.md starts with it: CPU times
-    differ several-fold between AVX2 and AVX-512 machines."""
+    """One line: CPU model, cores, the instruction set torch's CPU kernels use (AVX2, AVX512;
+    marked a stand-in when forced lower), torch version and intra-op threads, and the GPU when
+    one is used. Every section of BENCHMARKS.md starts with it: CPU times differ several-fold
+    between AVX2 and AVX-512 machines."""
     import torch
 
-    isa = torch.backends.cpu.get_cpu_capability()
-    forced = [
-        f"{key}={os.environ[key]}"
-        for key in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
-        if os.environ.get(key)
-    ]
-    if forced:
-        isa += f" (forced with {' '.join(forced)}: a stand-in for such a CPU)"
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return (
-        f"{cpu_name()}, {os.cpu_count()} cores, {isa}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads{gpu}"
+        f"{cpu_name() or platform.processor() or 'unknown CPU'}, {os.cpu_count()} cores, "
+        f"{cpu_isa()}, torch {torch.__version__}, {torch.get_num_threads()} threads{gpu}"
     )
-
-
-def cpu_name() -> str:
-    """The CPU's model name (/proc/cpuinfo on Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def load_average() -> float:

@@ -140,3 +140,18 @@ def test_projection_counts_the_steps_left_at_the_first_epochs_pace(monkeypatch, 
         projection.epoch({"epoch": 2, "steps_per_epoch": 15})
     # 40 s so far + 2 s x (600 - 15 + 600 + 150 + 80) steps = 2870 s
     assert caplog.messages == ["projected total: 47.8 min (2.00 s a training step on this machine)"]
+
+
+def test_the_machine_line_marks_an_isa_forced_lower_as_a_stand_in(monkeypatch):
+    import torch
+
+    for key in clock_module.ISA_OVERRIDES:
+        monkeypatch.delenv(key, raising=False)
+    isa = torch.backends.cpu.get_cpu_capability()
+    assert clock_module.cpu_isa() == isa
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert (
+        clock_module.cpu_isa()
+        == f"{isa} (forced with ONEDNN_MAX_CPU_ISA=AVX2: a stand-in for such a CPU)"
+    )
+    assert clock_module.cpu_isa() in clock_module.machine()

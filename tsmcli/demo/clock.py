@@ -90,12 +90,25 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+# set to make an AVX-512 CPU run torch's and oneDNN's AVX2 kernels: a stand-in for an AVX2 CPU
+ISA_OVERRIDES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+
+
 def machine() -> str:
     """The CPU, the instruction set torch's kernels use and the core count, for the report."""
+    return f"{cpu_name() or platform.machine()} ({cpu_isa()}, {os.cpu_count()} cores)"
+
+
+def cpu_isa() -> str:
+    """The instruction set torch's CPU kernels use (AVX2, AVX512, ...), marked a stand-in when
+    forced lower with ``ISA_OVERRIDES``: CPU times differ several-fold between AVX2 and AVX-512."""
     import torch
 
     isa = torch.backends.cpu.get_cpu_capability()
-    return f"{cpu_name() or platform.machine()} ({isa}, {os.cpu_count()} cores)"
+    forced = [f"{key}={os.environ[key]}" for key in ISA_OVERRIDES if os.environ.get(key)]
+    if forced:
+        isa += f" (forced with {' '.join(forced)}: a stand-in for such a CPU)"
+    return isa
 
 
 def cpu_name() -> str | None:
