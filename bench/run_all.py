@@ -37,7 +37,13 @@ def main() -> int:
         if subprocess.call([sys.executable, str(script)]) != 0:
             failed.append(name)
         print(f"   ({time.perf_counter() - start:.0f} s)", flush=True)
-    sections = [BENCH / "results" / f"{name}.md" for name in [*ORDER, GPU_SECTION]]
+    # a script may write one section per machine kind: results/<name>.md, results/<name>_*.md
+    results = BENCH / "results"
+    sections = [
+        path
+        for name in [*ORDER, GPU_SECTION]
+        for path in [results / f"{name}.md", *sorted(results.glob(f"{name}_*.md"))]
+    ]
     body = "\n".join(p.read_text() for p in sections if p.exists())
     (BENCH.parent / "BENCHMARKS.md").write_text(HEADER + "\n" + body)
     if failed:
