@@ -66,6 +66,16 @@ def make_video():
     return write_video
 
 
+@pytest.fixture(autouse=True, scope="session")
+def sigint_raises_keyboard_interrupt():
+    """The Ctrl-C tests send SIGINT to this process and expect KeyboardInterrupt. A shell that
+    starts pytest in the background (``make test &``, nohup, some CI runners) hands it SIGINT
+    ignored, and Python keeps that: give SIGINT Python's own handler for the session."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.fixture
 def deadline():
     """``with deadline(seconds):`` raises TimeoutError in the block if it is still running

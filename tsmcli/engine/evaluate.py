@@ -291,7 +291,7 @@ def views_loader(
         batches = math.ceil(len(sampler if sampler is not None else dataset) / batch_size)
         workers = max(0, min(4, os.cpu_count() or 1, batches - 1))
     if workers:
-        preload_decoder(dataset.source, dataset.backend)
+        preload_decoder(dataset)
     return DataLoader(
         dataset,
         batch_size=batch_size,

@@ -190,7 +190,7 @@ def make_loader(
     from tsmcli.data.decode import preload_decoder
 
     if t.workers:
-        preload_decoder(dataset.source, dataset.backend)
+        preload_decoder(dataset)
     generator = torch.Generator().manual_seed(t.seed)
     return DataLoader(
         dataset,
