@@ -113,6 +113,9 @@ class DataConfig:
     # train: per clip and RGB channel, a gain in [1 - j, 1 + j] and an offset of up to j * 128
     # levels (0: off); the same in every frame, so the motion is untouched
     colour_jitter: float = 0.0
+    # MiB of decoded JPEG frames each loading process keeps in memory, per dataset (0: none):
+    # a small frame set is then decoded once, not once an epoch (source: frames only)
+    frame_cache_mb: int = 0
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -128,6 +131,12 @@ class DataConfig:
             "data.scales",
             "must be a non-empty list of numbers in (0, 1]",
             list(self.scales),
+        )
+        _require(
+            self.frame_cache_mb >= 0,
+            "data.frame_cache_mb",
+            "must be >= 0 (0: off)",
+            self.frame_cache_mb,
         )
         _require(
             0.0 <= self.colour_jitter < 1.0,

@@ -254,3 +254,42 @@ def test_a_list_count_past_the_video_end_is_an_error_with_pyav(tiny):
         val["pyav"][0]  # centres of 20 frames: 2, 7, 12, 17
     lenient = make(tiny, source="videos", backend="pyav", mode="val", skip_bad=True)
     assert lenient[0].clip is None and "not the 20 given" in lenient[0].error
+
+
+def test_the_frame_cache_gives_the_same_clips_and_reads_each_frame_once(tiny, monkeypatch):
+    import torchvision.io
+
+    reads: list[str] = []
+    real = torchvision.io.read_file
+    monkeypatch.setattr(torchvision.io, "read_file", lambda path: reads.append(path) or real(path))
+    plain, cached = make(tiny, seed=3), make(tiny, seed=3, frame_cache_mb=1)
+    assert plain.frame_cache is None
+    plain_reads, cached_reads = [], []
+    for epoch in range(3):  # train mode: each epoch draws other frames and crops
+        plain.set_epoch(epoch)
+        cached.set_epoch(epoch)
+        reads.clear()
+        expected = [plain[i].clip for i in range(len(plain))]
+        plain_reads += reads
+        reads.clear()
+        got = [cached[i].clip for i in range(len(cached))]
+        cached_reads += reads
+        assert all(torch.equal(a, b) for a, b in zip(expected, got, strict=True))
+    assert len(plain_reads) > len(set(plain_reads))  # without the cache, frames are read again
+    assert sorted(cached_reads) == sorted(set(plain_reads))  # with it, each once
+    assert len(cached.frame_cache) == len(cached_reads)
+    assert cached.frame_cache.used == len(cached_reads) * 3 * 32 * 32
+
+
+def test_the_frame_cache_keeps_no_more_than_its_budget():
+    from tsmcli.data.frame_cache import FrameCache, frame_cache_for
+
+    cache = FrameCache(budget=2 * 3 * 32 * 32)
+    frames = [torch.full((3, 32, 32), k, dtype=torch.uint8) for k in range(3)]
+    for k, frame in enumerate(frames):
+        cache.put(k, frame)
+    assert len(cache) == 2 and cache.used == cache.budget and cache.get(2) is None
+    assert cache.get(1) is frames[1]
+    assert frame_cache_for("videos", 64) is None and frame_cache_for("frames", 0) is None
+    with pytest.raises(UsageError, match="frame_cache_mb"):
+        VideoClipDataset("unused.txt", ".", num_segments=4, frame_cache_mb=-1)

@@ -37,6 +37,7 @@ from tsmcli.data.decode import (
     check_frame_template,
     open_video,
 )
+from tsmcli.data.frame_cache import frame_cache_for
 from tsmcli.data.layout import SOURCES
 from tsmcli.data.lists import ListEntry, read_labelled_list
 from tsmcli.data.sampling import MODES, sample_indices
@@ -61,6 +62,7 @@ def _check_options(
     seed: int,
     sizes: tuple[int, int, bool],
     colour_jitter: float = 0.0,
+    frame_cache_mb: int = 0,
 ) -> None:
     """Raise ``UsageError`` naming the first of ``VideoClipDataset``'s options that is out of
     range; ``sizes`` is (input_size, scale_size, full_res)."""
@@ -92,6 +94,8 @@ def _check_options(
         )
     if not 0 <= colour_jitter < 1:
         raise UsageError(f"colour_jitter must be in [0, 1) (0: off), got {colour_jitter}")
+    if frame_cache_mb < 0:
+        raise UsageError(f"frame_cache_mb must be >= 0 (0: off), got {frame_cache_mb}")
 
 
 class VideoClipDataset(Dataset):
@@ -102,6 +106,8 @@ class VideoClipDataset(Dataset):
     ``mode="val"``: segment centres, ``crops`` views; clip (V, T, 3, S, S).
     ``mode="test"``: ``clips`` temporal views (twice as many with ``twice_sample``; dense
     starts with ``dense``) x ``crops`` spatial views; clip (V, T, 3, S, S), temporal-major.
+    ``frame_cache_mb``: MiB of decoded JPEG frames kept in memory by each process that loads
+    (0: none; frame folders only; see ``frame_cache``).
     """
 
     def __init__(
@@ -128,6 +134,7 @@ class VideoClipDataset(Dataset):
         even: bool = False,
         skip_bad: bool = False,
         seed: int = 0,
+        frame_cache_mb: int = 0,
     ):
         _check_options(
             mode=mode,
@@ -141,6 +148,7 @@ class VideoClipDataset(Dataset):
             seed=seed,
             sizes=(input_size, scale_size, full_res),
             colour_jitter=colour_jitter,
+            frame_cache_mb=frame_cache_mb,
         )
         self.list_file = Path(list_file)
         self.root = Path(root)
@@ -150,18 +158,16 @@ class VideoClipDataset(Dataset):
         self.source = source
         self.backend = backend
         self.template = check_frame_template(template) if source == "frames" else template
-        self.input_size = input_size
-        self.scale_size = scale_size
+        self.input_size, self.scale_size = input_size, scale_size
         self.scales = tuple(scales)
         self.flip = flip
         self.flip_pairs, self.colour_jitter = tuple(flip_pairs or ()), colour_jitter
-        self.clips = clips
-        self.crops = crops
-        self.full_res = full_res
-        self.twice_sample = twice_sample
+        self.clips, self.crops = clips, crops
+        self.full_res, self.twice_sample = full_res, twice_sample
         self.dense, self.even = dense, even
         self.skip_bad = skip_bad
         self.seed = seed
+        self.frame_cache = frame_cache_for(source, frame_cache_mb)
         # Shared memory, so set_epoch reaches persistent DataLoader workers too.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
@@ -206,7 +212,9 @@ class VideoClipDataset(Dataset):
         """The frame source of an entry and the frame count to sample from."""
         path = self.root / entry.path
         if self.source == "frames":
-            folder = FrameFolder(path, num_frames=entry.num_frames, template=self.template)
+            folder = FrameFolder(
+                path, num_frames=entry.num_frames, template=self.template, cache=self.frame_cache
+            )
             return folder, entry.num_frames
         # PyAV would decode the whole video to count its frames: it takes the list's count, as
         # a frame folder does. decord's count comes from the container, for nothing.

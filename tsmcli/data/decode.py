@@ -26,6 +26,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from tsmcli.data.frame_cache import FrameCache
 from tsmcli.data.layout import FRAME_TEMPLATE, check_frame_template
 from tsmcli.errors import DataError
 
@@ -291,10 +292,12 @@ class FrameFolder:
         num_frames: int | None = None,
         template: str = FRAME_TEMPLATE,
         start_index: int = 1,
+        cache: FrameCache | None = None,
     ):
         self.path = Path(path)
         self.template = check_frame_template(template)
         self.start_index = start_index
+        self.cache = cache  # decoded frames kept across reads (data.frame_cache)
         if num_frames is None:
             if not self.path.is_dir():
                 raise DataError(f"{self.path}: frame folder does not exist; run tsm extract")
@@ -323,15 +326,19 @@ class FrameFolder:
         frames = []
         for i in indices:
             file = self.frame_path(i)
-            try:
-                frame = decode_jpeg(read_file(str(file)), mode=ImageReadMode.RGB)  # (3, H, W)
-            except RuntimeError as exc:
-                if not file.exists():
-                    raise DataError(
-                        f"{file}: frame is missing; extract the video again "
-                        "(tsm extract --overwrite)"
-                    ) from exc
-                raise DataError(f"{file}: cannot decode JPEG ({_first_line(exc)})") from exc
+            frame = self.cache.get(file) if self.cache is not None else None
+            if frame is None:
+                try:
+                    frame = decode_jpeg(read_file(str(file)), mode=ImageReadMode.RGB)  # (3, H, W)
+                except RuntimeError as exc:
+                    if not file.exists():
+                        raise DataError(
+                            f"{file}: frame is missing; extract the video again "
+                            "(tsm extract --overwrite)"
+                        ) from exc
+                    raise DataError(f"{file}: cannot decode JPEG ({_first_line(exc)})") from exc
+                if self.cache is not None:
+                    self.cache.put(file, frame)
             if frames and frame.shape != frames[0].shape:
                 (_, height, width), (_, first_h, first_w) = frame.shape, frames[0].shape
                 raise DataError(

@@ -154,6 +154,7 @@ def _datasets(
         even=d.sampling == "even",
         skip_bad=d.skip_bad,
         seed=recipe.train.seed,
+        frame_cache_mb=d.frame_cache_mb,
     )
     train_set = VideoClipDataset(
         train_list,
