@@ -297,7 +297,7 @@ class FrameFolder:
         self.path = Path(path)
         self.template = check_frame_template(template)
         self.start_index = start_index
-        self.cache = cache  # decoded frames kept across reads (data.frame_cache)
+        self.cache = cache  # decoded frames kept across reads (data.frame_cache_mb)
         if num_frames is None:
             if not self.path.is_dir():
                 raise DataError(f"{self.path}: frame folder does not exist; run tsm extract")

@@ -20,7 +20,7 @@ MIB = 2**20
 
 
 class FrameCache:
-    """Frames by key (a frame folder and an index), up to ``budget`` bytes."""
+    """Frames by key (``FrameFolder`` uses the frame's file path), up to ``budget`` bytes."""
 
     def __init__(self, budget: int) -> None:
         if budget < 0:
