@@ -182,8 +182,9 @@ def main() -> None:
     # one section for each kind of machine: the accuracies differ with the instruction set
     # (AVX2 and AVX-512 kernels round differently, and training carries it on)
     isa = cpu_isa()
-    kind = isa.split()[0].lower() + ("_standin" if "stand-in" in isa else "")
-    title = f"The demo's claim on held-out synthetic sets, {isa.split()[0]} (bench/claim.py)"
+    name = isa.split()[0]  # AVX2, AVX512, ...
+    kind = name.lower() + ("_standin" if "stand-in" in isa else "")
+    title = f"The demo's claim on held-out synthetic sets, {name} (bench/claim.py)"
     print(write_section(f"claim_{kind}", title, body))
 
 

@@ -45,6 +45,7 @@ from common import interleaved_medians, load_average, load_line, write_section  
 
 from tsmcli.data.lists import ListEntry, write_classes, write_list  # noqa: E402
 from tsmcli.data.synth import CLASSES, synth  # noqa: E402
+from tsmcli.demo.clock import cpu_isa  # noqa: E402
 from tsmcli.engine.convert import convert_online  # noqa: E402
 from tsmcli.engine.evaluate import evaluate  # noqa: E402
 from tsmcli.engine.predict import predict  # noqa: E402
@@ -256,7 +257,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    isa = torch.backends.cpu.get_cpu_capability()
+    isa = cpu_isa()  # marked a stand-in when forced lower
     load = load_average()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

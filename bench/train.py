@@ -4,7 +4,8 @@ and the share of step time spent waiting for data, for the demo recipe and TSM-R
 End to end runs the real ``train()`` on a few synthetic videos written to a temp folder
 (the last of a few epochs, with warm workers and a filled frame cache, is reported). Model
 alone runs the same SGD step on a batch already in memory, interleaved rep by rep, so the
-ratio of the two is the cost of the input pipeline. Target (issue 4): data wait < 10% of a demo step with the default workers.
+ratio of the two is the cost of the input pipeline. Target (issue 4): data wait < 10% of a
+demo step with the default workers.
 
     .venv/bin/python bench/train.py [--r50-steps 3]
 """
@@ -112,9 +113,9 @@ def main() -> None:
         )
         # the last epoch is the one reported: workers warm, and for the demo the frame cache
         # (data.frame_cache_mb) holding most of what a long run holds
-        common = ["train.steps=0", "train.device=cpu", "train.eval_every=100", "data.val_list="]
-        r50 = [*common, "train.epochs=2"]
-        common = [*common, f"train.epochs={DEMO_EPOCHS}"]
+        every_run = ["train.steps=0", "train.device=cpu", "train.eval_every=100", "data.val_list="]
+        r50 = [*every_run, "train.epochs=2"]
+        common = [*every_run, f"train.epochs={DEMO_EPOCHS}"]  # the demo rows
         for label, recipe, data in [
             (
                 f"demo ({demo.model.arch} {demo.model.num_segments}x{demo.data.input_size} from videos, "
@@ -177,9 +178,10 @@ def main() -> None:
     verdict = "meets" if demo_wait < 10 else "misses"
     body = "\n".join(table) + (
         f"\n\nDemo recipe with its default workers: {demo_wait:.1f}% of step time waiting for data "
-        f"({verdict} the < 10% target). End to end is the last epoch of `train()` (of {DEMO_EPOCHS} for "
-        "the demo rows, of 2 for R50) on synthetic videos or frames on disk (decode, sampling, augmentation, SGD step); model alone is the same step on an "
-        "in-memory batch. CPU only; other processes may have shared the cores while this ran.\n"
+        f"({verdict} the < 10% target). End to end is the last epoch of `train()` (of {DEMO_EPOCHS} "
+        "for the demo rows, of 2 for R50) on synthetic videos or frames on disk (decode, sampling, "
+        "augmentation, SGD step); model alone is the same step on an in-memory batch. CPU only; "
+        "other processes may have shared the cores while this ran.\n"
     )
     print(write_section("train", "Training speed (bench/train.py)", body))
 
