@@ -155,3 +155,44 @@ def test_the_machine_line_marks_an_isa_forced_lower_as_a_stand_in(monkeypatch):
         == f"{isa} (forced with ONEDNN_MAX_CPU_ISA=AVX2: a stand-in for such a CPU)"
     )
     assert clock_module.cpu_isa() in clock_module.machine()
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v2"])
+def test_multiply_adds_count_what_torchs_flop_counter_counts(arch):
+    """On torchvision's networks (plain convolutions, grouped ones, linear layers) the count
+    is torch's FlopCounterMode's, a multiply-add counted once."""
+    import torch
+    import torchvision
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from tsmcli.demo.report import multiply_adds
+
+    model = getattr(torchvision.models, arch)(weights=None).eval()
+    x = torch.randn(2, 3, 64, 64)
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(x)
+    with torch.no_grad():
+        assert multiply_adds(model, x) == counter.get_total_flops() // 2
+
+
+def test_multiply_adds_count_a_one_output_conv_as_the_convolution_it_is():
+    """The demo network at 32 px computes its last stage's 1x1 frames as matrix products;
+    the count is still the network's, the same as with plain convolutions."""
+    import torch
+    from torch import nn
+
+    from tsmcli.demo.report import multiply_adds
+    from tsmcli.model.backbones import NarrowResNet, OneOutputConv2d
+
+    net = NarrowResNet(32).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ours = multiply_adds(net, x)
+        for module in list(net.modules()):
+            for name, child in module.named_children():
+                if isinstance(child, OneOutputConv2d):
+                    shape = (child.in_channels, child.out_channels, child.kernel_size)
+                    plain = nn.Conv2d(*shape, child.stride, child.padding, bias=False)
+                    setattr(module, name, plain)
+        assert ours == multiply_adds(net, x)

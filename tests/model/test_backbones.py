@@ -208,3 +208,99 @@ def test_resnet18_narrow_shifts_conv1_of_every_block_and_streams_exactly():
     with torch.no_grad():
         stream = run_stream(streaming, clip[0], streaming.initial_buffers(32, 32)).outputs
         assert torch.allclose(stream, tsm.frame_logits(clip)[0], atol=1e-5)
+
+
+# (input size, kernel, stride, padding): each gives a 1x1 output
+ONE_OUTPUT = [
+    ((1, 1), 3, 1, 1),  # the last stage's 3x3 on 1x1 frames: only the centre tap reads them
+    ((2, 2), 3, 2, 1),  # its stride-2 entry: the lower-right 2x2 taps
+    ((2, 2), 1, 2, 0),  # its downsample: one pixel of four
+    ((1, 2), 3, 2, 1),  # not square
+    ((1, 1), 7, 2, 3),  # a 7x7 stride-2 stem on a 1x1 frame
+    ((2, 2), 2, 1, 0),  # no padding: every tap
+]
+
+
+@pytest.mark.parametrize(("size", "kernel", "stride", "padding"), ONE_OUTPUT)
+def test_one_output_conv_is_the_convolution_as_a_matrix_product(size, kernel, stride, padding):
+    """Output and every gradient equal ``F.conv2d``'s (float64, to rounding); the taps that
+    read only padding get exactly zero gradient, as the convolution gives them."""
+    from tsmcli.model.backbones import OneOutputConv2d
+
+    torch.manual_seed(0)
+    conv = OneOutputConv2d(5, 7, kernel, stride=stride, padding=padding, bias=True).double()
+    x = torch.randn(3, 5, *size, dtype=torch.double, requires_grad=True)
+    out = conv(x)
+    assert type(out.grad_fn).__name__ != "ConvolutionBackward0"  # the matrix product ran
+    want = nn.functional.conv2d(x, conv.weight, conv.bias, stride, padding)
+    assert out.shape == want.shape == (3, 7, 1, 1)
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+    grad_out = torch.randn_like(want)
+    ours = torch.autograd.grad(out, (x, conv.weight, conv.bias), grad_out)
+    theirs = torch.autograd.grad(want, (x, conv.weight, conv.bias), grad_out)
+    for got, expected in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert torch.equal(ours[1] == 0, theirs[1] == 0)
+
+
+@pytest.mark.parametrize("size", [(2, 2), (4, 4), (8, 3)])
+def test_one_output_conv_leaves_larger_outputs_to_the_convolution(size):
+    from tsmcli.model.backbones import OneOutputConv2d
+
+    torch.manual_seed(0)
+    conv = OneOutputConv2d(4, 6, 3, padding=1, bias=False)
+    x = torch.randn(2, 4, *size)
+    out = conv(x)
+    assert type(out.grad_fn).__name__ == "ConvolutionBackward0"
+    assert torch.equal(out, nn.functional.conv2d(x, conv.weight, None, 1, 1))
+
+
+def test_a_traced_one_output_conv_works_at_other_frame_sizes():
+    """Graph capture takes the convolution's path, so the trace does not bake in the 1x1
+    frame it was captured at."""
+    from tsmcli.model.backbones import OneOutputConv2d
+
+    torch.manual_seed(0)
+    conv = OneOutputConv2d(4, 6, 3, padding=1).eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(conv, torch.randn(1, 4, 1, 1))
+        x = torch.randn(2, 4, 5, 5)
+        assert torch.equal(traced(x), nn.functional.conv2d(x, conv.weight, conv.bias, 1, 1))
+
+
+def test_narrow_resnet_on_32_px_frames_matches_torchvisions_resnet18():
+    """At 32 px the last stage sees 1x1 frames and every one of its convolutions takes the
+    matrix product; at width 64 with ResNet-18's weights, outputs and weight gradients still
+    equal torchvision's to float rounding."""
+    import torchvision
+
+    from tsmcli.model.backbones import NarrowResNet, OneOutputConv2d
+
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18(weights=None).double()
+    ours = NarrowResNet(64)
+    swapped = [m for m in ours.modules() if isinstance(m, OneOutputConv2d)]
+    assert len(swapped) == 20  # every convolution: the stem's and the blocks' take the check
+    ours.double().load_state_dict(reference.state_dict())
+    x = torch.randn(4, 3, 32, 32, dtype=torch.double)
+    out, want = ours(x), reference(x)
+    torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-10)
+    out.square().sum().backward()
+    want.square().sum().backward()
+    for (name, got), expected in zip(ours.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(got.grad, expected.grad, rtol=1e-8, atol=1e-8, msg=name)
+
+
+def test_swapping_in_one_output_convs_changes_no_weight(monkeypatch):
+    """The swap keeps each convolution's parameters and draws no random numbers: the same
+    seed gives the same initial weights, key for key, as the network without it."""
+    from tsmcli.model import backbones
+
+    torch.manual_seed(0)
+    swapped = backbones.NarrowResNet(32).state_dict()
+    monkeypatch.setattr(backbones, "_one_output_convs", lambda module: None)
+    torch.manual_seed(0)
+    plain = backbones.NarrowResNet(32)
+    assert not any(isinstance(m, backbones.OneOutputConv2d) for m in plain.modules())
+    assert list(swapped) == list(plain.state_dict())
+    assert all(torch.equal(swapped[k], v) for k, v in plain.state_dict().items())

@@ -64,20 +64,48 @@ def measure_clip_cost(model, size: int, reps: int = 5) -> tuple[float, float]:
     import statistics
 
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
     clip = torch.randn(1, model.num_segments, 3, size, size)  # (B, T, 3, H, W)
     with torch.no_grad():
-        counter = FlopCounterMode(display=False)
-        with counter:
-            model(clip)
-        macs = counter.get_total_flops() / 2  # FlopCounterMode counts a multiply-add as 2
+        macs = multiply_adds(model, clip)
         times = []
         for _ in range(reps):
             start = time.perf_counter()
             model(clip)
             times.append(time.perf_counter() - start)
     return macs / 1e9, 1000 * statistics.median(times) / model.num_segments
+
+
+def multiply_adds(model, inputs) -> int:
+    """The multiply-adds of ``model(inputs)`` as the TSM paper and the usual counters count
+    them: each convolution's kernel times its output positions (taps that read padding
+    included), and each linear layer's weight. A count of the network, not of the kernels
+    that ran: a convolution computed as a matrix product (``OneOutputConv2d``) counts as a
+    convolution still."""
+    from torch import nn
+
+    total = 0
+
+    def conv(module, _, output) -> None:
+        nonlocal total
+        kernel = module.weight[0].numel()  # (in / groups) * kh * kw
+        total += kernel * output.numel()  # output: (N, out, H, W)
+
+    def linear(module, _, output) -> None:
+        nonlocal total
+        total += module.in_features * output.numel()
+
+    hooks = [
+        m.register_forward_hook(conv if isinstance(m, nn.Conv2d) else linear)
+        for m in model.modules()
+        if isinstance(m, nn.Conv2d | nn.Linear)
+    ]
+    try:
+        model(inputs)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total
 
 
 def format_table(rows: Sequence[DemoRow]) -> str:

@@ -10,6 +10,7 @@ dimension and the attribute of its ImageNet classifier, which the TSN wrapper re
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torchvision
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.models.resnet import BasicBlock, conv1x1
 
@@ -161,6 +163,78 @@ def _shift_mobilenet_v2(
 # a backbone of our own
 
 
+@functools.lru_cache(maxsize=256)
+def _one_output_window(size: int, kernel: int, stride: int, padding: int) -> tuple[int, int] | None:
+    """Along one axis of a convolution (no dilation): when it has a single output, the first
+    tap that reads the input and how many do (the rest read zero padding); else None."""
+    if (size + 2 * padding - kernel) // stride != 0:
+        return None
+    first = max(0, padding)
+    return first, min(kernel, size + padding) - first
+
+
+class OneOutputConv2d(nn.Conv2d):
+    """``nn.Conv2d`` that computes a 1x1 output as the matrix product it is.
+
+    At 32 px the last stage of a ResNet sees 1x1 frames (2x2 into its stride-2 convolution):
+    each output then reads one window of the input through one crop of the kernel, and the
+    other taps read only zero padding, which the convolution kernels multiply all the same.
+    A 3x3 convolution on a 1x1 frame is a 1x1 one: 1/9 of the work, and the crop's
+    gradient is the kernel's (zero on the taps that read padding). Equal to ``nn.Conv2d``
+    to float rounding; any other output size takes ``nn.Conv2d``'s own path, and so do
+    graph captures (``torch.jit.trace``, ONNX export), so that an exported model does not
+    bake in the frame size it was captured at.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (
+            self.groups != 1
+            or self.dilation != (1, 1)
+            or not isinstance(self.padding, tuple)
+            or torch.jit.is_tracing()
+            or torch.onnx.is_in_onnx_export()
+        ):
+            return super().forward(x)
+        axes = zip(x.shape[-2:], self.kernel_size, self.stride, self.padding, strict=True)
+        windows = [_one_output_window(*axis) for axis in axes]
+        if None in windows:
+            return super().forward(x)
+        (top, rows), (left, cols) = windows
+        (pad_top, pad_left) = self.padding
+        taps = self.weight[:, :, top : top + rows, left : left + cols]
+        read = x[
+            :, :, top - pad_top : top - pad_top + rows, left - pad_left : left - pad_left + cols
+        ]
+        return F.linear(read.flatten(1), taps.flatten(1), self.bias)[:, :, None, None]
+
+    @classmethod
+    def like(cls, conv: nn.Conv2d) -> OneOutputConv2d:
+        """The same convolution with the same parameters (shared, not copied)."""
+        new = nn.utils.skip_init(
+            cls,
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+        )
+        new.weight, new.bias = conv.weight, conv.bias
+        return new
+
+
+def _one_output_convs(module: nn.Module) -> None:
+    """Replace every ``nn.Conv2d`` under ``module`` by its ``OneOutputConv2d``."""
+    for name, child in module.named_children():
+        if type(child) is nn.Conv2d:
+            setattr(module, name, OneOutputConv2d.like(child))
+        else:
+            _one_output_convs(child)
+
+
 class NarrowResNet(nn.Module):
     """torchvision's ResNet-18 layout (7x7 stride-2 stem, max-pool, four stages of two basic
     blocks, stages 2-4 halving the resolution) with ``width`` channels in the first stage
@@ -193,6 +267,7 @@ class NarrowResNet(nn.Module):
         for module in self.modules():  # torchvision's ResNet initialisation
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        _one_output_convs(self)  # the last stage's 1x1 frames at 32 px
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (N, width, H / 4, W / 4)

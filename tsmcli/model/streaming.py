@@ -63,10 +63,14 @@ def restore(result: Tensor, head: Tensor, new_buffer: Tensor) -> Tensor:
 
 
 class _ShiftLeafTracer(fx.Tracer):
-    """Trace through the backbone but keep each ``TemporalShift`` as one call to rewrite."""
+    """Trace through the backbone but keep each ``TemporalShift`` as one call to rewrite, and
+    each convolution as one call (a subclass, such as ``OneOutputConv2d``, too: its path
+    depends on the frame size, which tracing cannot follow)."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, TemporalShift) or super().is_leaf_module(m, module_qualified_name)
+        if isinstance(m, TemporalShift | nn.Conv2d):
+            return True
+        return super().is_leaf_module(m, module_qualified_name)
 
 
 def _rewrite_backbone(backbone: nn.Module, streaming: bool) -> tuple[fx.GraphModule, int]:

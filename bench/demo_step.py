@@ -1,0 +1,129 @@
+"""The demo recipe's training step with 1x1-output convolutions as matrix products, against
+the same network with every convolution left to ``nn.Conv2d``: same weights, same batch,
+interleaved.
+
+At the demo's 32 px the last stage of ``resnet18_narrow`` runs on 1x1 frames, where a 3x3
+convolution reads only its centre tap and the convolution kernels multiply the other eight
+by zero padding (``OneOutputConv2d`` in tsmcli/model/backbones.py). The step is the demo's:
+the offline TSM, a batch of 16 clips of 8 frames, fused AdamW, gradient clipping, one
+thread. With ``--stand-in`` the same is run again in a child process forced to the AVX2
+kernels (``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2``), a stand-in for an AVX2-only
+CPU, and both rows are written.
+
+    .venv/bin/python bench/demo_step.py [--reps 30] [--stand-in]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import interleaved_medians, machine, write_section  # noqa: E402
+from train_step import sgd_step  # noqa: E402
+
+from tsmcli.engine.optim import build_optimizer  # noqa: E402
+from tsmcli.model.backbones import OneOutputConv2d  # noqa: E402
+from tsmcli.model.tsn import build_model  # noqa: E402
+from tsmcli.recipe import load_recipe  # noqa: E402
+
+NUM_CLASSES = 8
+STAND_IN = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def plain_convs(module: nn.Module) -> None:
+    """Every ``OneOutputConv2d`` under ``module`` back to an ``nn.Conv2d`` with its parameters."""
+    for name, child in module.named_children():
+        if isinstance(child, OneOutputConv2d):
+            conv = nn.utils.skip_init(
+                nn.Conv2d,
+                child.in_channels,
+                child.out_channels,
+                child.kernel_size,
+                stride=child.stride,
+                padding=child.padding,
+                bias=child.bias is not None,
+            )
+            conv.weight, conv.bias = child.weight, child.bias
+            setattr(module, name, conv)
+        else:
+            plain_convs(child)
+
+
+def build_steps() -> dict[str, Callable[[], None]]:
+    """A training step of each network, from the same weights on the same batch."""
+    recipe = load_recipe("demo")
+    m, o, d = recipe.model, recipe.optim, recipe.data
+    steps = {}
+    for name in ("nn.Conv2d", "OneOutputConv2d"):
+        torch.manual_seed(0)
+        model = build_model(**m.architecture(NUM_CLASSES)).train()
+        if name == "nn.Conv2d":
+            plain_convs(model)
+        optimizer = build_optimizer(model, o, o.lr, fc_lr5=False)
+        generator = torch.Generator().manual_seed(1)
+        shape = (recipe.train.batch_size, m.num_segments, 3, d.input_size, d.input_size)
+        clips = torch.randn(shape, generator=generator)
+        labels = torch.randint(0, NUM_CLASSES, (recipe.train.batch_size,), generator=generator)
+        steps[name] = sgd_step(model, optimizer, clips, labels, o.clip_grad)
+    return steps
+
+
+def measure(reps: int) -> dict[str, object]:
+    torch.set_num_threads(1)
+    times = interleaved_medians(build_steps(), reps=reps, warmup=3)
+    return {
+        "machine": machine(),
+        "plain": times["nn.Conv2d"],
+        "ours": times["OneOutputConv2d"],
+    }
+
+
+def row(result: dict[str, object]) -> str:
+    plain, ours = float(result["plain"]), float(result["ours"])
+    return f"| {result['machine']} | {plain * 1e3:.1f} | {ours * 1e3:.1f} | {ours / plain:.3f} |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--stand-in", action="store_true", help="also run forced to AVX2")
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # the child
+    args = parser.parse_args()
+    if args.json:
+        print(json.dumps(measure(args.reps)))
+        return
+    results = [measure(args.reps)]
+    if args.stand_in:
+        command = [sys.executable, __file__, "--reps", str(args.reps), "--json"]
+        child = subprocess.run(
+            command, env={**os.environ, **STAND_IN}, capture_output=True, text=True, check=True
+        )
+        results.append(json.loads(child.stdout.splitlines()[-1]))
+    lines = [
+        "| machine | nn.Conv2d ms/step | OneOutputConv2d ms/step | ratio |",
+        "|---|---:|---:|---:|",
+        *(row(result) for result in results),
+        "",
+        "The demo's training step (offline TSM, 16 clips x 8 frames x 32 px, fused AdamW, one "
+        "thread) with the 1x1-output convolutions of the last stage as matrix products, against "
+        "the same weights with every convolution left to `nn.Conv2d`. Median of "
+        f"{args.reps} interleaved steps each. The forced-AVX2 row is a stand-in for an AVX2-only "
+        "CPU: the same kernels on a faster core.",
+    ]
+    for line in lines[2 : 2 + len(results)]:
+        print(line)
+    title = "The demo's training step: 1x1 outputs as matrix products (bench/demo_step.py)"
+    print(write_section("demo_step", title, "\n".join(lines)))
+
+
+if __name__ == "__main__":
+    main()
