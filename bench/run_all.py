@@ -10,7 +10,17 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 # claim last: it runs the whole demo on nine synthetic sets (as long as everything before it
 # together, or longer)
-ORDER = ["shift", "loader", "extract", "train", "train_step", "online", "predict", "claim"]
+ORDER = [
+    "shift",
+    "loader",
+    "extract",
+    "train",
+    "train_step",
+    "demo_step",
+    "online",
+    "predict",
+    "claim",
+]
 GPU_SECTION = "gpu"  # written on a lent GPU machine by bench/gpu.py; kept, never rerun here
 
 HEADER = """# Benchmarks
@@ -38,11 +48,14 @@ def main() -> int:
             failed.append(name)
         print(f"   ({time.perf_counter() - start:.0f} s)", flush=True)
     # a script may write one section per machine kind: results/<name>.md, results/<name>_*.md
+    # (not another script's own section: train_step.md is not a kind of train.md)
     results = BENCH / "results"
+    names = [*ORDER, GPU_SECTION]
     sections = [
         path
-        for name in [*ORDER, GPU_SECTION]
+        for name in names
         for path in [results / f"{name}.md", *sorted(results.glob(f"{name}_*.md"))]
+        if path.stem == name or path.stem not in names
     ]
     body = "\n".join(p.read_text() for p in sections if p.exists())
     (BENCH.parent / "BENCHMARKS.md").write_text(HEADER + "\n" + body)
