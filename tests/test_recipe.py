@@ -203,6 +203,9 @@ def test_ranges_are_checked():
     assert "data.frame_cache_mb must be >= 0 (0: off), got -1" in _error(
         "demo", ["data.frame_cache_mb=-1"]
     )
+    assert "train.label_smoothing must be in [0, 1), got 1.0" in _error(
+        "demo", ["train.label_smoothing=1"]
+    )
     # with train.steps the number of epochs is known only from the list: not checked here
     steps = ["train.epochs=1", "optim.warmup_epochs=2", "train.steps=100"]
     assert load_recipe("demo", steps).train.steps == 100

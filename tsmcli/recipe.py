@@ -226,6 +226,9 @@ class TrainConfig:
     distill_from: str | None = None
     distill_weight: float = 0.5  # the rest is cross-entropy with the labels
     distill_temperature: float = 1.0
+    # cross-entropy against (1 - s) on the label and s spread over all classes (Szegedy et
+    # al.); 0: plain labels
+    label_smoothing: float = 0.0
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -247,6 +250,12 @@ class TrainConfig:
             "train.distill_temperature",
             "must be positive",
             self.distill_temperature,
+        )
+        _require(
+            0.0 <= self.label_smoothing < 1.0,
+            "train.label_smoothing",
+            "must be in [0, 1)",
+            self.label_smoothing,
         )
 
 

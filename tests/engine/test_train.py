@@ -405,6 +405,20 @@ def test_distillation_loss_by_hand():
     assert torch.allclose(same, (1 - weight) * hard, atol=1e-6)  # KL of a model with itself
 
 
+def test_label_smoothing_by_hand():
+    """(1 - s) of the target on the label and s spread evenly over all K classes."""
+    gen = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(4, 5, generator=gen), torch.tensor([0, 3, 1, 4])
+    smoothing = 0.2
+    target = torch.full((4, 5), smoothing / 5).scatter_add_(
+        1, labels[:, None], torch.full((4, 1), 1 - smoothing)
+    )
+    expected = -(target * logits.log_softmax(1)).sum(1).mean()
+    got = train_loop._loss(logits, labels, smoothing=smoothing)
+    assert torch.allclose(got, expected, atol=1e-6)
+    assert not torch.allclose(got, train_loop._loss(logits, labels), atol=1e-3)
+
+
 def test_distill_weight_one_learns_from_the_teacher_alone(tiny_data, straight_run, tmp_path):
     """With train.distill_weight=1 the labels carry no gradient: training on a list with every
     label flipped gives the same weights. At 0.5 they do (the test can fail)."""

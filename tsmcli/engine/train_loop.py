@@ -154,7 +154,14 @@ class Loop:
                 with torch.no_grad():
                     taught = self.parts.teacher(clips).float()  # (B, K)
         t = self.recipe.train
-        loss = _loss(logits.float(), labels, taught, t.distill_weight, t.distill_temperature)
+        loss = _loss(
+            logits.float(),
+            labels,
+            taught,
+            t.distill_weight,
+            t.distill_temperature,
+            t.label_smoothing,
+        )
         totals = distributed.all_reduce_sum(
             torch.cat([torch.stack([loss.detach() * count, count]), flags]), self.ctx
         )
@@ -247,11 +254,13 @@ def _loss(
     teacher: torch.Tensor | None = None,
     weight: float = 0.0,
     temperature: float = 1.0,
+    smoothing: float = 0.0,
 ) -> torch.Tensor:
-    """Mean cross-entropy of (B, K) logits against (B,) labels; with ``teacher`` logits (B, K),
-    ``(1 - weight) * CE + weight * T^2 * KL(teacher_T || student_T)``, both softened by the
-    temperature T (Hinton et al.; T^2 keeps the gradient scale as T changes)."""
-    hard = F.cross_entropy(logits, labels)
+    """Mean cross-entropy of (B, K) logits against (B,) labels (smoothed by ``smoothing``);
+    with ``teacher`` logits (B, K), ``(1 - weight) * CE + weight * T^2 * KL(teacher_T ||
+    student_T)``, both softened by the temperature T (Hinton et al.; T^2 keeps the gradient
+    scale as T changes)."""
+    hard = F.cross_entropy(logits, labels, label_smoothing=smoothing)
     if teacher is None or weight == 0:
         return hard
     student_t = F.log_softmax(logits / temperature, dim=1)
