@@ -166,7 +166,9 @@ def _shift_mobilenet_v2(
 @functools.lru_cache(maxsize=256)
 def _one_output_window(size: int, kernel: int, stride: int, padding: int) -> tuple[int, int] | None:
     """Along one axis of a convolution (no dilation): when it has a single output, the first
-    tap that reads the input and how many do (the rest read zero padding); else None."""
+    tap that reads the input and how many do (the rest read zero padding); else None. The
+    output's window starts ``padding`` before the input, so those taps read its first
+    pixels."""
     if (size + 2 * padding - kernel) // stride != 0:
         return None
     first = max(0, padding)
@@ -200,11 +202,8 @@ class OneOutputConv2d(nn.Conv2d):
         if None in windows:
             return super().forward(x)
         (top, rows), (left, cols) = windows
-        (pad_top, pad_left) = self.padding
         taps = self.weight[:, :, top : top + rows, left : left + cols]
-        read = x[
-            :, :, top - pad_top : top - pad_top + rows, left - pad_left : left - pad_left + cols
-        ]
+        read = x[:, :, :rows, :cols]
         return F.linear(read.flatten(1), taps.flatten(1), self.bias)[:, :, None, None]
 
     @classmethod
