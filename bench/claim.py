@@ -183,8 +183,10 @@ def main() -> None:
     # (AVX2 and AVX-512 kernels round differently, and training carries it on)
     isa = cpu_isa()
     name = isa.split()[0]  # AVX2, AVX512, ...
-    kind = name.lower() + ("_standin" if "stand-in" in isa else "")
-    title = f"The demo's claim on held-out synthetic sets, {name} (bench/claim.py)"
+    stand_in = "stand-in" in isa
+    kind = name.lower() + ("_standin" if stand_in else "")
+    forced = " forced (a stand-in)" if stand_in else ""
+    title = f"The demo's claim on held-out synthetic sets, {name}{forced} (bench/claim.py)"
     print(write_section(f"claim_{kind}", title, body))
 
 
