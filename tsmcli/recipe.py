@@ -113,8 +113,8 @@ class DataConfig:
     # train: per clip and RGB channel, a gain in [1 - j, 1 + j] and an offset of up to j * 128
     # levels (0: off); the same in every frame, so the motion is untouched
     colour_jitter: float = 0.0
-    # MiB of decoded JPEG frames each loading process keeps in memory, per dataset (0: none):
-    # a small frame set is then decoded once, not once an epoch (source: frames only)
+    # MiB of decoded frames (from JPEGs or videos) each loading process keeps in memory, per
+    # dataset (0: none): a small set is then decoded once, not once an epoch
     frame_cache_mb: int = 0
 
     def __post_init__(self) -> None:

@@ -281,6 +281,44 @@ def test_the_frame_cache_gives_the_same_clips_and_reads_each_frame_once(tiny, mo
     assert cached.frame_cache.used == len(cached_reads) * 3 * 32 * 32
 
 
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+@pytest.mark.parametrize("mode", ["train", "val"])
+def test_the_frame_cache_decodes_each_video_frame_once(tiny, monkeypatch, backend, mode):
+    """From videos: the same clips as without the cache, each frame decoded once over three
+    epochs, and a video is opened again only while some frame it is asked for is not kept."""
+    from tsmcli.data import dataset as dataset_module
+
+    opened: list[Path] = []
+    decoded: list[tuple[Path, int]] = []
+
+    def counting_open(path, backend, num_frames=None):
+        video = open_video(path, backend, num_frames=num_frames)
+        get = video.get
+
+        def counted_get(indices):
+            decoded.extend((Path(path), i) for i in indices)
+            return get(indices)
+
+        opened.append(Path(path))
+        video.get = counted_get
+        return video
+
+    options = {"source": "videos", "backend": backend, "mode": mode, "seed": 3}
+    plain, cached = make(tiny, **options), make(tiny, frame_cache_mb=1, **options)
+    for epoch in range(3):  # train mode: each epoch draws other frames and crops
+        plain.set_epoch(epoch)
+        cached.set_epoch(epoch)
+        expected = [plain[i].clip for i in range(len(plain))]
+        monkeypatch.setattr(dataset_module, "open_video", counting_open)
+        got = [cached[i].clip for i in range(len(cached))]
+        monkeypatch.undo()
+        assert all(torch.equal(a, b) for a, b in zip(expected, got, strict=True))
+    assert len(decoded) == len(set(decoded)) == len(cached.frame_cache)  # each frame once
+    assert cached.frame_cache.used == len(decoded) * 3 * 32 * 32
+    if mode == "val":  # the same frames every epoch: opened in the first only
+        assert len(opened) == len(set(opened)) == len(cached)
+
+
 def test_the_frame_cache_keeps_no_more_than_its_budget():
     from tsmcli.data.frame_cache import FrameCache, frame_cache_for
 
@@ -290,6 +328,6 @@ def test_the_frame_cache_keeps_no_more_than_its_budget():
         cache.put(k, frame)
     assert len(cache) == 2 and cache.used == cache.budget and cache.get(2) is None
     assert cache.get(1) is frames[1]
-    assert frame_cache_for("videos", 64) is None and frame_cache_for("frames", 0) is None
+    assert frame_cache_for(0) is None and frame_cache_for(1).budget == 2**20
     with pytest.raises(UsageError, match="frame_cache_mb"):
         VideoClipDataset("unused.txt", ".", num_segments=4, frame_cache_mb=-1)

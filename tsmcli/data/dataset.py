@@ -37,7 +37,7 @@ from tsmcli.data.decode import (
     check_frame_template,
     open_video,
 )
-from tsmcli.data.frame_cache import frame_cache_for
+from tsmcli.data.frame_cache import CachedVideo, frame_cache_for
 from tsmcli.data.layout import SOURCES
 from tsmcli.data.lists import ListEntry, read_labelled_list
 from tsmcli.data.sampling import MODES, sample_indices
@@ -106,8 +106,8 @@ class VideoClipDataset(Dataset):
     ``mode="val"``: segment centres, ``crops`` views; clip (V, T, 3, S, S).
     ``mode="test"``: ``clips`` temporal views (twice as many with ``twice_sample``; dense
     starts with ``dense``) x ``crops`` spatial views; clip (V, T, 3, S, S), temporal-major.
-    ``frame_cache_mb``: MiB of decoded JPEG frames kept in memory by each process that loads
-    (0: none; frame folders only; see ``frame_cache``).
+    ``frame_cache_mb``: MiB of decoded frames (from JPEGs or videos) kept in memory by each
+    process that loads (0: none; see ``frame_cache``).
     """
 
     def __init__(
@@ -167,7 +167,8 @@ class VideoClipDataset(Dataset):
         self.dense, self.even = dense, even
         self.skip_bad = skip_bad
         self.seed = seed
-        self.frame_cache = frame_cache_for(source, frame_cache_mb)
+        self.frame_cache = frame_cache_for(frame_cache_mb)
+        self._video_frames: dict[Path, int] = {}  # a cached video's frame count, once read
         # Shared memory, so set_epoch reaches persistent DataLoader workers too.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
@@ -216,9 +217,16 @@ class VideoClipDataset(Dataset):
                 path, num_frames=entry.num_frames, template=self.template, cache=self.frame_cache
             )
             return folder, entry.num_frames
+
         # PyAV would decode the whole video to count its frames: it takes the list's count, as
         # a frame folder does. decord's count comes from the container, for nothing.
-        video = open_video(path, self.backend, num_frames=entry.num_frames)
+        def opened() -> FrameSource:
+            return open_video(path, self.backend, num_frames=entry.num_frames)
+
+        if self.frame_cache is not None and path in self._video_frames:
+            count = self._video_frames[path]  # the video is opened only for frames not kept
+            return CachedVideo(path, count, self.frame_cache, opened), count
+        video = opened()
         if video.num_frames != entry.num_frames:
             log.debug(
                 "%s: %d frames decoded, the list says %d; sampling from the smaller",
@@ -226,7 +234,11 @@ class VideoClipDataset(Dataset):
                 video.num_frames,
                 entry.num_frames,
             )
-        return video, min(video.num_frames, entry.num_frames)
+        count = min(video.num_frames, entry.num_frames)
+        if self.frame_cache is None:
+            return video, count
+        self._video_frames[path] = count
+        return CachedVideo(path, count, self.frame_cache, lambda: video), count
 
     def _load(self, entry: ListEntry, index: int, rng: np.random.Generator) -> Sample:
         source, num_frames = self._open(entry)
