@@ -447,6 +447,37 @@ def test_distill_weight_one_learns_from_the_teacher_alone(tiny_data, straight_ru
     assert any(not torch.equal(only_teacher[k], half[k]) for k in half)
 
 
+def test_the_teacher_beside_the_student_trains_the_same_weights(
+    tiny_data, straight_run, tmp_path, monkeypatch
+):
+    """With a core spare, the teacher's forward runs in a second thread during the student's:
+    the same weights, bit for bit, as running it after (one intra-op thread either way)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    distil = [f"train.distill_from={straight_run.last_checkpoint}", "train.epochs=1"]
+    submitted = []
+
+    class Recording(ThreadPoolExecutor):
+        def submit(self, fn, /, *args, **kwargs):
+            submitted.append(fn)
+            return super().submit(fn, *args, **kwargs)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with Recording(max_workers=1) as beside:
+            monkeypatch.setattr(train_loop, "_spare_thread", lambda: beside)
+            monkeypatch.setattr(train_loop.os, "cpu_count", lambda: 2)  # one core spare
+            overlapped = train(tiny_recipe(tiny_data, *distil), out_dir=tmp_path / "beside")
+            steps = len(submitted)
+            monkeypatch.setattr(train_loop.os, "cpu_count", lambda: 1)  # none spare
+            after = train(tiny_recipe(tiny_data, *distil), out_dir=tmp_path / "after")
+    finally:
+        torch.set_num_threads(threads)
+    assert steps == 3 and len(submitted) == steps  # 6 videos, batch 2: 3 steps, each beside
+    _assert_identical(_weights(overlapped.last_checkpoint), _weights(after.last_checkpoint))
+
+
 def test_a_teacher_of_another_dataset_is_refused(tiny_data, tmp_path):
     from tsmcli.errors import CheckpointError
     from tsmcli.model.tsn import build_model

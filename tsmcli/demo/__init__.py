@@ -12,10 +12,11 @@ neighbouring frames in every block, tells them apart.
 Where the time goes: the trainings, by far. TSN and the offline TSM do not depend on each
 other, so on a machine with two cores or more they train side by side, TSN in a second
 process: small convolutions gain less from a second thread than from a second independent
-run. The online model needs the offline one and trains after it. The whole demo runs on one
-intra-op thread (``clock.one_thread``), so its accuracies do not depend on the machine's
-core count. It logs the time each step took, the projected total after the first training
-epoch and the total at the end; ``report.md`` gives them with the machine.
+run. The online model needs the offline one and trains after it, its teacher's forward on the
+core TSN has left (``train_loop``). The whole demo runs on one intra-op thread
+(``clock.one_thread``), so its accuracies do not depend on the machine's core count. It logs
+the time each step took, the projected total after the first training epoch and the total at
+the end; ``report.md`` gives them with the machine.
 """
 
 from __future__ import annotations
