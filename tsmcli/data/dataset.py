@@ -165,10 +165,9 @@ class VideoClipDataset(Dataset):
         self.clips, self.crops = clips, crops
         self.full_res, self.twice_sample = full_res, twice_sample
         self.dense, self.even = dense, even
-        self.skip_bad = skip_bad
-        self.seed = seed
-        self.frame_cache = frame_cache_for(frame_cache_mb)
+        self.skip_bad, self.seed = skip_bad, seed
         self._video_frames: dict[Path, int] = {}  # a cached video's frame count, once read
+        self.frame_cache = frame_cache_for(frame_cache_mb)
         # Shared memory, so set_epoch reaches persistent DataLoader workers too.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
