@@ -1,6 +1,6 @@
 """The demo recipe's training step with 1x1-output convolutions as matrix products, against
 the same network with every convolution left to ``nn.Conv2d``: same weights, same batch,
-interleaved.
+interleaved; and its online fine-tuning step with the teacher beside the student.
 
 At the demo's 32 px the last stage of ``resnet18_narrow`` runs on 1x1 frames, where a 3x3
 convolution reads only its centre tap and the convolution kernels multiply the other eight
@@ -16,6 +16,7 @@ CPU, and both rows are written.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -77,19 +78,60 @@ def build_steps() -> dict[str, Callable[[], None]]:
     return steps
 
 
+def build_fine_tune_steps() -> dict[str, Callable[[], None]]:
+    """The demo's online fine-tuning step (the one-way model learning from the offline one's
+    outputs as well as the labels), with the teacher's forward after the student's and
+    beside it in a second thread (``train_loop.teacher_logits``)."""
+    from tsmcli.demo import ONLINE_DISTILL
+    from tsmcli.engine.train_loop import _loss, teacher_logits
+
+    recipe = load_recipe("demo", ONLINE_DISTILL)
+    m, o, d, t = recipe.model, recipe.optim, recipe.data, recipe.train
+    torch.manual_seed(0)
+    teacher = build_model(**m.architecture(NUM_CLASSES)).eval()
+    generator = torch.Generator().manual_seed(1)
+    clips = torch.randn(
+        (t.batch_size, m.num_segments, 3, d.input_size, d.input_size), generator=generator
+    )
+    labels = torch.randint(0, NUM_CLASSES, (t.batch_size,), generator=generator)
+    steps = {}
+    for beside in (False, True):
+        student = build_model(**{**m.architecture(NUM_CLASSES), "shift": "unidirectional"})
+        optimizer = build_optimizer(student, o, o.lr, fc_lr5=False)
+
+        def step(student=student, optimizer=optimizer, beside=beside) -> None:
+            taught = teacher_logits(teacher, clips, contextlib.nullcontext, beside=beside)
+            logits = student(clips)
+            loss = _loss(logits, labels, taught(), t.distill_weight, t.distill_temperature)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(student.parameters(), o.clip_grad)
+            optimizer.step()
+
+        steps["beside" if beside else "after"] = step
+    return steps
+
+
 def measure(reps: int) -> dict[str, object]:
     torch.set_num_threads(1)
     times = interleaved_medians(build_steps(), reps=reps, warmup=3)
+    fine_tune = interleaved_medians(build_fine_tune_steps(), reps=reps, warmup=3)
     return {
         "machine": machine(),
         "plain": times["nn.Conv2d"],
         "ours": times["OneOutputConv2d"],
+        "after": fine_tune["after"],
+        "beside": fine_tune["beside"],
     }
 
 
 def row(result: dict[str, object]) -> str:
     plain, ours = float(result["plain"]), float(result["ours"])
-    return f"| {result['machine']} | {plain * 1e3:.1f} | {ours * 1e3:.1f} | {ours / plain:.3f} |"
+    after, beside = float(result["after"]), float(result["beside"])
+    return (
+        f"| {result['machine']} | {plain * 1e3:.1f} | {ours * 1e3:.1f} | {ours / plain:.3f} | "
+        f"{after * 1e3:.1f} | {beside * 1e3:.1f} | {beside / after:.3f} |"
+    )
 
 
 def main() -> None:
@@ -109,19 +151,22 @@ def main() -> None:
         )
         results.append(json.loads(child.stdout.splitlines()[-1]))
     lines = [
-        "| machine | nn.Conv2d ms/step | OneOutputConv2d ms/step | ratio |",
-        "|---|---:|---:|---:|",
+        "| machine | nn.Conv2d ms/step | OneOutputConv2d ms/step | ratio | fine-tune, teacher "
+        "after ms/step | teacher beside ms/step | ratio |",
+        "|---|---:|---:|---:|---:|---:|---:|",
         *(row(result) for result in results),
         "",
         "The demo's training step (offline TSM, 16 clips x 8 frames x 32 px, fused AdamW, one "
         "thread) with the 1x1-output convolutions of the last stage as matrix products, against "
-        "the same weights with every convolution left to `nn.Conv2d`. Median of "
-        f"{args.reps} interleaved steps each. The forced-AVX2 row is a stand-in for an AVX2-only "
-        "CPU: the same kernels on a faster core.",
+        "the same weights with every convolution left to `nn.Conv2d`; and the online fine-tuning "
+        "step (distilling from the offline model) with the teacher's forward after the "
+        "student's, or beside it in a second thread on the core the demo has spare (the same "
+        f"weights bit for bit). Median of {args.reps} interleaved steps each. The forced-AVX2 "
+        "row is a stand-in for an AVX2-only CPU: the same kernels on a faster core.",
     ]
     for line in lines[2 : 2 + len(results)]:
         print(line)
-    title = "The demo's training step: 1x1 outputs as matrix products (bench/demo_step.py)"
+    title = "The demo's training steps: 1x1 outputs as matrix products, the teacher beside (bench/demo_step.py)"
     print(write_section("demo_step", title, "\n".join(lines)))
 
 

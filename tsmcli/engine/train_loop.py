@@ -230,30 +230,13 @@ class Loop:
         return {"top1": top1, "top5": top5, "val_videos": videos}
 
     def _teach(self, clips: torch.Tensor) -> Callable[[], torch.Tensor | None]:
-        """The teacher's (B, K) logits for ``clips`` (None without a teacher), to be fetched.
-
-        On a CPU with a core that the intra-op threads leave spare (the demo fine-tunes on
-        one thread of two cores), the teacher runs in a second thread while the student's
-        forward runs in this one: each op still runs on one thread with the same kernels,
-        so the logits are bit for bit those of running it after, 0.74x the time of a demo
-        fine-tuning step on the AVX-512 EPYC. Grad mode, autocast and OpenMP's thread count
-        are per thread, so the thread sets them itself.
-        """
+        """The teacher's (B, K) logits for ``clips`` (None without a teacher), to be fetched;
+        computed beside the student's forward when a CPU core is spare (``teacher_logits``)."""
         teacher = self.parts.teacher
         if teacher is None:
             return lambda: None
-
-        threads = torch.get_num_threads()
-
-        def forward() -> torch.Tensor:
-            torch.set_num_threads(threads)  # OpenMP's count is per thread too
-            with torch.no_grad(), self.autocast():
-                return teacher(clips).float()
-
-        if clips.device.type != "cpu" or threads >= (os.cpu_count() or 1):
-            taught = forward()
-            return lambda: taught
-        return _spare_thread().submit(forward).result
+        spare = clips.device.type == "cpu" and torch.get_num_threads() < (os.cpu_count() or 1)
+        return teacher_logits(teacher, clips, self.autocast, beside=spare)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
@@ -261,9 +244,36 @@ class Loop:
         return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
 
 
+def teacher_logits(
+    teacher: nn.Module,
+    clips: torch.Tensor,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+    beside: bool,
+) -> Callable[[], torch.Tensor]:
+    """Start the teacher's forward on ``clips``: with ``beside``, in a second thread, where it
+    runs while the caller computes the student's forward; returns what fetches the logits.
+
+    Each op still runs on one thread with the same kernels, so the logits are bit for bit
+    those of running it after: on a CPU with a core spare (the demo fine-tunes on one thread
+    of two cores) the step takes 0.77x the time (``bench/demo_step.py``). Grad mode, autocast
+    and OpenMP's thread count are per thread, so the thread sets them itself.
+    """
+    threads = torch.get_num_threads()
+
+    def forward() -> torch.Tensor:
+        torch.set_num_threads(threads)  # OpenMP's count is per thread too
+        with torch.no_grad(), autocast():
+            return teacher(clips).float()
+
+    if not beside:
+        taught = forward()
+        return lambda: taught
+    return _spare_thread().submit(forward).result
+
+
 @functools.cache
 def _spare_thread() -> ThreadPoolExecutor:
-    """One worker thread for work beside the training step (``Loop._teach``)."""
+    """One worker thread for work beside the training step (``teacher_logits``)."""
     return ThreadPoolExecutor(max_workers=1, thread_name_prefix="tsm-teacher")
 
 
