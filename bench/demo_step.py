@@ -32,31 +32,12 @@ from common import interleaved_medians, machine, write_section  # noqa: E402
 from train_step import sgd_step  # noqa: E402
 
 from tsmcli.engine.optim import build_optimizer  # noqa: E402
-from tsmcli.model.backbones import OneOutputConv2d  # noqa: E402
+from tsmcli.model.backbones import convert_convs  # noqa: E402
 from tsmcli.model.tsn import build_model  # noqa: E402
 from tsmcli.recipe import load_recipe  # noqa: E402
 
 NUM_CLASSES = 8
 STAND_IN = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
-
-
-def plain_convs(module: nn.Module) -> None:
-    """Every ``OneOutputConv2d`` under ``module`` back to an ``nn.Conv2d`` with its parameters."""
-    for name, child in module.named_children():
-        if isinstance(child, OneOutputConv2d):
-            conv = nn.utils.skip_init(
-                nn.Conv2d,
-                child.in_channels,
-                child.out_channels,
-                child.kernel_size,
-                stride=child.stride,
-                padding=child.padding,
-                bias=child.bias is not None,
-            )
-            conv.weight, conv.bias = child.weight, child.bias
-            setattr(module, name, conv)
-        else:
-            plain_convs(child)
 
 
 def build_steps() -> dict[str, Callable[[], None]]:
@@ -68,7 +49,7 @@ def build_steps() -> dict[str, Callable[[], None]]:
         torch.manual_seed(0)
         model = build_model(**m.architecture(NUM_CLASSES)).train()
         if name == "nn.Conv2d":
-            plain_convs(model)
+            convert_convs(model, nn.Conv2d)
         optimizer = build_optimizer(model, o, o.lr, fc_lr5=False)
         generator = torch.Generator().manual_seed(1)
         shape = (recipe.train.batch_size, m.num_segments, 3, d.input_size, d.input_size)

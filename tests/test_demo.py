@@ -183,16 +183,12 @@ def test_multiply_adds_count_a_one_output_conv_as_the_convolution_it_is():
     from torch import nn
 
     from tsmcli.demo.report import multiply_adds
-    from tsmcli.model.backbones import NarrowResNet, OneOutputConv2d
+    from tsmcli.model.backbones import NarrowResNet, OneOutputConv2d, convert_convs
 
     net = NarrowResNet(32).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         ours = multiply_adds(net, x)
-        for module in list(net.modules()):
-            for name, child in module.named_children():
-                if isinstance(child, OneOutputConv2d):
-                    shape = (child.in_channels, child.out_channels, child.kernel_size)
-                    plain = nn.Conv2d(*shape, child.stride, child.padding, bias=False)
-                    setattr(module, name, plain)
+        convert_convs(net, nn.Conv2d)
+        assert not any(isinstance(m, OneOutputConv2d) for m in net.modules())
         assert ours == multiply_adds(net, x)

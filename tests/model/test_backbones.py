@@ -298,7 +298,7 @@ def test_swapping_in_one_output_convs_changes_no_weight(monkeypatch):
 
     torch.manual_seed(0)
     swapped = backbones.NarrowResNet(32).state_dict()
-    monkeypatch.setattr(backbones, "_one_output_convs", lambda module: None)
+    monkeypatch.setattr(backbones, "convert_convs", lambda module, kind: None)
     torch.manual_seed(0)
     plain = backbones.NarrowResNet(32)
     assert not any(isinstance(m, backbones.OneOutputConv2d) for m in plain.modules())

@@ -206,32 +206,28 @@ class OneOutputConv2d(nn.Conv2d):
         read = x[:, :, :rows, :cols]
         return F.linear(read.flatten(1), taps.flatten(1), self.bias)[:, :, None, None]
 
-    @classmethod
-    def like(cls, conv: nn.Conv2d) -> OneOutputConv2d:
-        """The same convolution with the same parameters (shared, not copied)."""
-        new = nn.utils.skip_init(
-            cls,
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            stride=conv.stride,
-            padding=conv.padding,
-            dilation=conv.dilation,
-            groups=conv.groups,
-            bias=conv.bias is not None,
-            padding_mode=conv.padding_mode,
-        )
-        new.weight, new.bias = conv.weight, conv.bias
-        return new
 
-
-def _one_output_convs(module: nn.Module) -> None:
-    """Replace every ``nn.Conv2d`` under ``module`` by its ``OneOutputConv2d``."""
+def convert_convs(module: nn.Module, kind: type[nn.Conv2d]) -> None:
+    """Replace every convolution under ``module`` that is not a ``kind`` by a ``kind`` with the
+    same settings and the same parameters (shared, not copied; no random numbers drawn)."""
     for name, child in module.named_children():
-        if type(child) is nn.Conv2d:
-            setattr(module, name, OneOutputConv2d.like(child))
-        else:
-            _one_output_convs(child)
+        if not isinstance(child, nn.Conv2d):
+            convert_convs(child, kind)
+        elif type(child) is not kind:
+            new = nn.utils.skip_init(
+                kind,
+                child.in_channels,
+                child.out_channels,
+                child.kernel_size,
+                stride=child.stride,
+                padding=child.padding,
+                dilation=child.dilation,
+                groups=child.groups,
+                bias=child.bias is not None,
+                padding_mode=child.padding_mode,
+            )
+            new.weight, new.bias = child.weight, child.bias
+            setattr(module, name, new)
 
 
 class NarrowResNet(nn.Module):
@@ -266,7 +262,7 @@ class NarrowResNet(nn.Module):
         for module in self.modules():  # torchvision's ResNet initialisation
             if isinstance(module, nn.Conv2d):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-        _one_output_convs(self)  # the last stage's 1x1 frames at 32 px
+        convert_convs(self, OneOutputConv2d)  # the last stage's 1x1 frames at 32 px
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))  # (N, width, H / 4, W / 4)
