@@ -26,7 +26,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from tsmcli.data.frame_cache import FrameCache
+from tsmcli.data.frame_cache import FrameCache, stack_frames
 from tsmcli.data.layout import FRAME_TEMPLATE, check_frame_template
 from tsmcli.errors import DataError
 
@@ -314,8 +314,7 @@ class FrameFolder:
         return self.path / self.template.format(index + self.start_index)
 
     def get(self, indices: Sequence[int]) -> torch.Tensor:
-        frames = [frame.permute(1, 2, 0) for frame in self.frames(indices)]  # (H, W, 3) each
-        return torch.stack(frames).permute(0, 3, 1, 2)  # (N, 3, H, W), channels-last view
+        return stack_frames(self.frames(indices))
 
     def frames(self, indices: Sequence[int]) -> list[torch.Tensor]:
         """The frames one by one, each ``(3, H, W)``: a channels-last view of its decoder's

@@ -79,8 +79,13 @@ class CachedVideo:
         return [found[i] for i in indices]
 
     def get(self, indices: Sequence[int]) -> torch.Tensor:
-        frames = [frame.permute(1, 2, 0) for frame in self.frames(indices)]  # (H, W, 3) each
-        return torch.stack(frames).permute(0, 3, 1, 2)  # (N, 3, H, W), channels-last view
+        return stack_frames(self.frames(indices))
+
+
+def stack_frames(frames: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``(3, H, W)`` frames as one uint8 ``(N, 3, H, W)`` batch, a channels-last view of an
+    ``(N, H, W, 3)`` buffer, as a video decoder gives them."""
+    return torch.stack([frame.permute(1, 2, 0) for frame in frames]).permute(0, 3, 1, 2)
 
 
 def frame_cache_for(megabytes: int) -> FrameCache | None:
