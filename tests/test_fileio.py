@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
+from pathlib import Path
 
 import pytest
 
@@ -179,3 +181,123 @@ def test_check_writable_dir_refuses_a_folder_without_write_permission(tmp_path, 
     monkeypatch.setattr(os, "access", lambda p, mode: p != denied and real_access(p, mode))
     with pytest.raises(UsageError, match=r"readonly is not writable \(permission denied\)"):
         fileio.check_writable_dir(denied / "run", "--out")
+
+
+def test_a_fifo_is_written_through_not_replaced(tmp_path):
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    fileio.atomic_write(fifo, b'{"top1": 1}\n')
+    reader.join(timeout=10)
+    assert received == [b'{"top1": 1}\n']
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)  # still the FIFO, no regular file in its place
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]
+
+
+def test_dev_paths_are_written_through_and_appended(tmp_path):
+    shell_file = tmp_path / "out.txt"
+    shell_file.write_text("printed before\n")
+    with open(shell_file, "ab") as handle:  # what a shell's `> out.txt` hands a command as fd 1
+        link = f"/proc/self/fd/{handle.fileno()}"
+        assert fileio.writes_through(link) and fileio.writes_through("/dev/null")
+        fileio.atomic_write(link, "the json\n")
+    assert shell_file.read_text() == "printed before\nthe json\n"  # appended, never truncated
+    fileio.atomic_write("/dev/null", "gone\n")
+    assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+    assert not fileio.writes_through(shell_file) and not fileio.writes_through(tmp_path / "new")
+
+
+def test_check_outputs_keeps_inputs_one_path_per_output_and_existing_files(tmp_path):
+    checkpoint = tmp_path / "c.pt"
+    checkpoint.write_bytes(b"weights")
+    (tmp_path / "alias.pt").symlink_to(checkpoint)
+    old = tmp_path / "old.json"
+    old.write_text("{}")
+
+    def refused(files, overwrite=False):
+        with pytest.raises(UsageError) as info:
+            fileio.check_outputs(files, [checkpoint, None], overwrite=overwrite)
+        return str(info.value)
+
+    out = fileio.outputs
+    for name in ("c.pt", "alias.pt"):  # by its own name or another
+        assert refused(out(json=tmp_path / name), overwrite=True) == (
+            f"--json {tmp_path / name}: is an input of this command ({checkpoint}); writing it "
+            "would destroy that input, so choose another path"
+        )
+    same = tmp_path / "p.txt"
+    assert refused(out(json=same, csv=tmp_path / "." / "p.txt")) == (
+        f"--json {same} and --csv {tmp_path / '.' / 'p.txt'}: the same file; give each output "
+        "its own path"
+    )
+    assert refused(out(json=old)) == (
+        f"--json {old}: already exists; pass --overwrite to replace it, or choose another path"
+    )
+    fileio.check_outputs(out(json=old, csv=tmp_path / "new.csv"), [checkpoint], overwrite=True)
+    devnull = out(json="/dev/null", csv="/dev/null")  # written through: may be shared
+    fileio.check_outputs(devnull, [checkpoint], overwrite=False)
+    assert fileio.outputs(out_csv="a", json=None) == [fileio.Output("--out-csv", Path("a"))]
+
+
+def test_exclusive_lock_refuses_a_second_holder_and_is_taken_over_after_a_kill(tmp_path):
+    import subprocess
+    import sys
+
+    lock = tmp_path / ".lock"
+
+    def busy(pid):
+        return OutputError(f"held by {pid}")
+
+    with fileio.exclusive_lock(lock, busy):
+        assert lock.read_text() == f"{os.getpid()}\n"
+        script = (
+            "import sys; from pathlib import Path; from tsmcli import fileio\n"
+            "from tsmcli.errors import OutputError\n"
+            "try:\n"
+            "    with fileio.exclusive_lock(Path(sys.argv[1]), lambda p: OutputError(p)): pass\n"
+            "except OutputError as e: print('busy', e)\n"
+        )
+        other = subprocess.run([sys.executable, "-c", script, str(lock)], capture_output=True)
+        assert other.stdout.decode().strip() == f"busy {os.getpid()}"
+    assert not lock.exists()  # freed and removed at the end of the block
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from tsmcli import fileio\n"
+            "with fileio.exclusive_lock(sys.argv[1], RuntimeError):\n"
+            "    print('held', flush=True); time.sleep(60)\n",
+            str(lock),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    assert holder.stdout.readline().strip() == b"held"
+    with (
+        pytest.raises(OutputError, match=f"held by {holder.pid}"),
+        fileio.exclusive_lock(lock, busy),
+    ):
+        pass
+    holder.kill()  # kill -9: the lock file stays, the kernel's lock goes with the process
+    holder.wait()
+    assert lock.exists()
+    with fileio.exclusive_lock(lock, busy):  # a stale lock is taken over
+        assert lock.read_text() == f"{os.getpid()}\n"
+
+
+def test_a_line_log_on_a_full_disk_keeps_its_lines_and_names_the_file(tmp_path):
+    path = tmp_path / "events.jsonl"
+    log = fileio.LineLog(path)
+    log.write_line('{"index": 0}')
+    log._handle = FullDisk(log._handle, errno.ENOSPC, left=0)
+    with pytest.raises(OutputError) as info:
+        log.write_line('{"index": 1}')
+    log.close()
+    assert str(info.value) == (
+        f"no space left on the disk of {path} while writing it; the lines before this one are "
+        "kept: free some space and run again"
+    )
+    assert path.read_text() == '{"index": 0}\n'

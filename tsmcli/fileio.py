@@ -10,6 +10,12 @@ is one line naming the folder (``OutputError``), not an ``OSError``.
 
 ``check_writable_dir`` / ``check_writable_file`` run before the work that fills an output,
 so a bad ``--out`` or ``--json`` is found in a second, not after an hour of evaluation.
+
+``check_outputs`` is the one rule for the files a command writes: never one of the same
+command's inputs, never two outputs on one path, an existing file replaced only when the user
+said ``--overwrite``. A special file (``/dev/stdout``, a FIFO, a device) is written through,
+appending, and never replaced by a regular file. ``exclusive_lock`` keeps a second process out
+of a folder a first one is writing (a run dir, an extraction's DST).
 """
 
 from __future__ import annotations
@@ -20,7 +26,9 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Callable, Iterable, Iterator
+import stat
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -47,6 +55,8 @@ def atomic_write_with(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Pa
     it over ``path``. On any failure the temp file is removed and ``path`` is untouched; a
     full disk is an ``OutputError`` naming the folder."""
     path = Path(path)
+    if writes_through(path):
+        return _write_through(path, write)
     with _no_space_as_error(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = temp_path(path)
@@ -144,7 +154,132 @@ def check_writable_file(path: str | Path, what: str, error: type[TSMError] = Usa
     path = Path(path)
     if path.is_dir():
         raise error(f"{what} {path}: is a folder; give a file name")
+    if writes_through(path):
+        if not os.access(path, os.W_OK):
+            raise error(f"{what} {path}: is not writable (permission denied); choose another path")
+        return
     _check_creatable(path.parent, path, what, error)
+
+
+def writes_through(path: str | Path) -> bool:
+    """Whether a write to ``path`` goes through the existing file instead of replacing it: a
+    special file (a device, a FIFO, a socket) or anything under ``/dev`` or ``/proc``
+    (``/dev/stdout`` redirected to a regular file is still the shell's file, not ours)."""
+    absolute = os.path.abspath(path)
+    if absolute.startswith(("/dev/", "/proc/")):
+        return True
+    try:
+        mode = os.stat(absolute).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def _write_through(path: Path, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Write into a special file as it is: appending, so that ``--json /dev/stdout`` after a
+    shell's ``> out.txt`` adds to what the command printed instead of truncating it."""
+    with _no_space_as_error(path), open(path, "ab") as handle:
+        write(handle)
+        handle.flush()
+    return path
+
+
+@dataclass(frozen=True)
+class Output:
+    """A file a command will write, with the option the user named it by (``--json``)."""
+
+    option: str
+    path: Path
+
+
+def outputs(**named: str | Path | None) -> list[Output]:
+    """``Output``s of the options given (``json=path``, ``csv=None``: left out); a keyword
+    ``out_csv`` names the option ``--out-csv``."""
+    return [
+        Output("--" + option.replace("_", "-"), Path(path))
+        for option, path in named.items()
+        if path is not None
+    ]
+
+
+def check_outputs(
+    files: Sequence[Output],
+    inputs: Iterable[str | Path | None],
+    *,
+    overwrite: bool,
+    error: type[TSMError] = UsageError,
+) -> None:
+    """The one rule for the files a command writes, checked before any work: each can be
+    written, none is one of the command's ``inputs`` (the same file by any name), no two share
+    a path, and a file that exists is replaced only with ``overwrite``. Special files are
+    written through (``writes_through``), so they are exempt from the last two."""
+    sources = [Path(p) for p in inputs if p is not None]
+    seen: dict[Path, Output] = {}
+    for output in files:
+        check_writable_file(output.path, output.option, error)
+        for source in sources:
+            if _same_file(output.path, source):
+                raise error(
+                    f"{output.option} {output.path}: is an input of this command ({source}); "
+                    "writing it would destroy that input, so choose another path"
+                )
+        if writes_through(output.path):
+            continue
+        key = Path(os.path.realpath(output.path))
+        if key in seen:
+            first = seen[key]
+            raise error(
+                f"{first.option} {first.path} and {output.option} {output.path}: the same file; "
+                "give each output its own path"
+            )
+        seen[key] = output
+        if not overwrite and output.path.exists():
+            raise error(
+                f"{output.option} {output.path}: already exists; pass --overwrite to replace "
+                "it, or choose another path"
+            )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` and ``b`` name one file (links included; a missing one by its path)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path, busy: Callable[[str], TSMError]) -> Iterator[None]:
+    """Hold the lock file ``path`` for the block, so that a second process that wants the same
+    folder gets ``busy(holder_pid)`` at once instead of writing beside the first. The kernel
+    releases the lock when its process dies (``kill -9`` included), so the lock file of a
+    killed process is simply taken over; the file holds the holder's PID, for the message, and
+    is removed when the block ends."""
+    import fcntl
+
+    path = Path(path)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise busy(holder) from None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:  # the holder removed it as we opened it
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # before the unlock: a waiting process then locks a new file
+        os.close(fd)
 
 
 def _check_creatable(folder: Path, given: Path, what: str, error: type[TSMError]) -> None:
@@ -165,6 +300,42 @@ def _check_creatable(folder: Path, given: Path, what: str, error: type[TSMError]
             f"{what} {given}: {probe} is not writable (permission denied); choose "
             "another path or fix its permissions"
         )
+
+
+class LineLog:
+    """A text file written line by line as a command goes (``tsm stream --jsonl``), each line
+    flushed, so a reader can follow it and a kill keeps every finished line. A full disk is one
+    ``OutputError`` naming the file; the lines before it stay."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        through = writes_through(self.path)
+        if not through:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        with _no_space_as_error(self.path):
+            self._handle = open(self.path, "a" if through else "w", encoding="utf-8")  # noqa: SIM115
+
+    def write_line(self, text: str) -> None:
+        try:
+            self._handle.write(text + "\n")
+            self._handle.flush()
+        except OSError as exc:
+            if exc.errno not in _FULL:
+                raise
+            raise OutputError(
+                f"{_FULL[exc.errno]} the disk of {self.path} while writing it; the lines "
+                "before this one are kept: free some space and run again"
+            ) from exc
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):  # a full disk already said so; the lines are out
+            self._handle.close()
+
+    def __enter__(self) -> LineLog:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 @contextlib.contextmanager
