@@ -1,13 +1,16 @@
 """The local cache of model zoo checkpoints: downloads a user can trust, into ``$TSM_HOME``.
 
 Downloads land in ``$TSM_HOME/checkpoints/`` (default ``~/.cache/tsmcli``). Bytes go to
-``<file>.part``, which a later attempt resumes with an HTTP Range request (a server that
-ignores Range sends the whole file again, and the part restarts from zero); the finished
-file is checked against the publisher's SHA-256 (the full digest, or the 8-digit prefix in
-mmaction2 file names) before it is renamed into place, so a file under its final name is
-always one that passed the check. Where no hash is published, the digest of the first
-download is recorded in ``sha256.json`` beside the files, with a warning, and every later
-use is checked against it. A cached file needs no network.
+``<file>.part``, which a later attempt resumes with an HTTP Range request, only from the
+same URL and with If-Range and the ETag or Last-Modified saved in ``<file>.part.json`` when
+the part began: a changed file, or a server that cannot resume, restarts it from zero. A
+server that sends nothing, or a full disk, ends the download at once; a file or folder in
+the way of the cache is found before it starts. The finished file is checked against the
+publisher's SHA-256 (the full digest, or the 8-digit prefix in mmaction2 file names) before
+it is renamed into place: a file under its final name always passed the check. Where no
+hash is published, the digest of the first download is recorded in ``sha256.json`` beside
+the files, with a warning, and every later use is checked against it. A cached file needs
+no network.
 
 At the bottom of the package with the registry (``zoo``): it imports the standard library,
 tqdm, ``errors``, ``fileio`` and ``zoo`` only.
@@ -31,8 +34,8 @@ from typing import Any
 
 from tqdm import tqdm
 
-from tsmcli.errors import CheckpointError, UsageError
-from tsmcli.fileio import atomic_write
+from tsmcli.errors import CheckpointError, OutputError, UsageError
+from tsmcli.fileio import _FULL, _sync_dir, atomic_write, check_writable_dir
 from tsmcli.zoo import ZooEntry, first_line, get_entry, shipped_entries, suggest
 
 logger = logging.getLogger(__name__)
@@ -42,7 +45,9 @@ DEFAULT_HOME = Path("~/.cache/tsmcli")
 CACHE_SUBDIR = "checkpoints"
 RECORDED_HASHES = "sha256.json"  # file name -> SHA-256 of files published without a hash
 CHUNK_BYTES = 1 << 20
+_EMPTY_TRIES = 2  # tries in a row that receive no byte of the body before a URL is given up
 
+_BAR = {"unit": "B", "unit_scale": True, "unit_divisor": 1024}
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
@@ -82,13 +87,11 @@ def verify_cached(entry: ZooEntry, home: str | Path | None = None) -> Path:
     if expected is None:
         expected, kind = _recorded_hashes(path.parent).get(entry.file), "recorded on first use"
     if expected is None:
-        _warn_unpublished(entry, digest, path.parent)
-        _record_hash(path.parent, entry.file, digest)
+        _record_first_hash(entry, digest, path.parent)
     elif not digest.startswith(expected):
         raise CheckpointError(
-            f"{path}: SHA-256 {digest} does not match the {kind} {expected}; "
-            "the file changed or is corrupt: delete it and run again to "
-            "download it afresh"
+            f"{path}: SHA-256 {digest} does not match the {kind} {expected}; the file changed "
+            "or is corrupt: delete it and run again to download it afresh"
         )
     return path
 
@@ -101,22 +104,19 @@ def _recorded_hashes(folder: Path) -> dict[str, str]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CheckpointError(
-            f"{path}: unreadable ({first_line(exc)}); delete it (the "
-            "hashes are recorded again on next use)"
+            f"{path}: unreadable ({first_line(exc)}); delete it (the hashes are recorded "
+            "again on next use)"
         ) from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: not a mapping of file name to SHA-256; delete it")
     return {str(key): str(value) for key, value in data.items()}
 
 
-def _record_hash(folder: Path, file: str, digest: str) -> None:
+def _record_first_hash(entry: ZooEntry, digest: str, folder: Path) -> None:
     with _exclusive(folder / RECORDED_HASHES):  # read-modify-write: one process at a time
         hashes = _recorded_hashes(folder)
-        hashes[file] = digest
+        hashes[entry.file] = digest
         atomic_write(folder / RECORDED_HASHES, json.dumps(hashes, indent=1, sort_keys=True) + "\n")
-
-
-def _warn_unpublished(entry: ZooEntry, digest: str, folder: Path) -> None:
     logger.warning(
         "%s: the publisher gives no hash for %s; its SHA-256 %s is recorded in %s "
         "and checked on every later use",
@@ -127,32 +127,36 @@ def _warn_unpublished(entry: ZooEntry, digest: str, folder: Path) -> None:
     )
 
 
-def _promote(part: Path, dest: Path) -> None:
-    """Rename the verified ``.part`` into place and make the rename durable."""
-    os.replace(part, dest)
-    with contextlib.suppress(OSError):
-        fd = os.open(dest.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 @contextlib.contextmanager
 def _exclusive(dest: Path) -> Iterator[None]:
     """One process at a time on ``dest`` (e.g. every rank of a torchrun job downloading the
-    same file), through an advisory lock on ``<dest>.lock``."""
+    same file), through an advisory lock on ``<dest>.lock``. The holder deletes the lock file
+    before it lets go, so none is left behind; a waiter that then gets the lock of the deleted
+    file sees that the path no longer names it and locks the path's new file instead."""
     try:
         import fcntl
     except ImportError:  # not POSIX: no lock, the hash check still guards the result
         yield
         return
-    with open(dest.with_name(dest.name + ".lock"), "a") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+    lock = dest.with_name(dest.name + ".lock")
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
         try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if os.path.samestat(os.fstat(fd), os.stat(lock)):
+                break
+        except FileNotFoundError:  # deleted by the holder it waited for: lock the new one
+            pass
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()  # while still held, so that no two processes hold it at once
+        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,6 +167,10 @@ class _Interrupted(Exception):
     """The body stopped early (connection lost, timeout): worth resuming."""
 
 
+class _Empty(_Interrupted):
+    """The body stopped before its first byte."""
+
+
 class _Failed(Exception):
     """This URL will not give the file (HTTP error, host unreachable): try the next one."""
 
@@ -171,45 +179,39 @@ def download(
     entry: ZooEntry, home: str | Path | None = None, *, retries: int = 3, timeout: float = 30.0
 ) -> Path:
     """The cached file of ``entry``, downloaded first when it is missing. ``retries`` is the
-    number of resumes after a lost connection, per URL."""
+    number of resumes after a lost connection, per URL; ``timeout`` the seconds without a
+    byte after which a connection counts as lost."""
     dest = cache_path(entry, home)
     if dest.is_file():
         return verify_cached(entry, home)
+    _check_cache_dir(entry, dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(dest):
         if dest.is_file():  # another process finished it while we waited
             return verify_cached(entry, home)
-        part = dest.with_name(dest.name + ".part")
-        failures = []
-        for url in entry.urls:
-            try:
-                _fetch(url, part, retries=retries, timeout=timeout, label=entry.file)
-                break
-            except _Failed as exc:
-                failures.append(f"{url}: {exc}")
-        else:
-            kept = part.stat().st_size if part.is_file() else 0
-            resume = (
-                f"; the {kept} bytes received are kept in {part} and the next try resumes"
-                if kept
-                else ""
-            )
-            raise CheckpointError(
-                f"{entry.name}: cannot download {entry.file} ({'; '.join(failures)}){resume}; "
-                f"without network, put the file at {dest} (from {entry.urls[0]}) and run again"
-            )
+        part = _part(dest)
+        try:
+            _fetch_any(entry, dest, part, retries=retries, timeout=timeout)
+        except OSError as exc:
+            if exc.errno not in _FULL:
+                raise
+            raise OutputError(
+                f"{_FULL[exc.errno]} {dest.parent} while downloading {entry.file}; free some "
+                f"space and run again{_kept(part)}"
+            ) from None
         digest = sha256_file(part)
         if entry.sha256 is not None and not digest.startswith(entry.sha256):
-            part.unlink()
+            _discard(part)
             raise CheckpointError(
                 f"{entry.name}: the download of {entry.file} has SHA-256 {digest}, not the "
                 f"published {entry.sha256}; it was deleted: run again, and if it repeats the "
                 "file on the server is not the published one"
             )
-        _promote(part, dest)
+        os.replace(part, dest)  # verified: into place, durably
+        _sync_dir(dest.parent)
+        _sidecar(part).unlink(missing_ok=True)
         if entry.sha256 is None:
-            _warn_unpublished(entry, digest, dest.parent)
-            _record_hash(dest.parent, entry.file, digest)
+            _record_first_hash(entry, digest, dest.parent)
     logger.info("%s: downloaded %s", entry.name, dest)
     return dest
 
@@ -268,13 +270,81 @@ def local_path(name_or_path: str | Path, home: str | Path | None = None) -> Path
     return Path(text).expanduser()
 
 
+def _fetch_any(entry: ZooEntry, dest: Path, part: Path, *, retries: int, timeout: float) -> None:
+    """Fill ``part`` from the first of ``entry``'s URLs that gives the whole file."""
+    failures = []
+    for url in entry.urls:
+        try:
+            _fetch(url, part, retries=retries, timeout=timeout, label=entry.file)
+            return
+        except _Failed as exc:
+            failures.append(f"{url}: {exc}")
+    raise CheckpointError(
+        f"{entry.name}: cannot download {entry.file} ({'; '.join(failures)}){_kept(part)}; "
+        f"without network, put the file at {dest} (from {entry.urls[0]}) and run again"
+    )
+
+
+def _check_cache_dir(entry: ZooEntry, dest: Path) -> None:
+    """Fail before any download, in one line, where the cache cannot hold ``dest``: a file
+    where a folder of its path must be (``$TSM_HOME`` itself, say), or a folder where the
+    download writes a file. Nothing is created."""
+    check_writable_dir(dest.parent, f"the model zoo cache (${HOME_ENV})")
+    part = _part(dest)
+    for path in (dest, part, _sidecar(part), dest.with_name(dest.name + ".lock")):
+        if path.is_dir():
+            raise UsageError(
+                f"the model zoo cache {path}: is a folder, not a file (the download of "
+                f"{entry.file} writes it); move it away and run again"
+            )
+
+
+def _part(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".part")
+
+
+def _sidecar(part: Path) -> Path:
+    """Where the URL and validators (ETag, Last-Modified) of ``part``'s bytes are kept."""
+    return part.with_name(part.name + ".json")
+
+
+def _read_sidecar(part: Path) -> dict[str, str]:
+    try:
+        data = json.loads(_sidecar(part).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, str)} if isinstance(data, dict) else {}
+
+
+def _discard(part: Path) -> None:
+    for path in (part, _sidecar(part)):
+        path.unlink(missing_ok=True)
+
+
+def _kept(part: Path) -> str:
+    """What an error says of the bytes received: kept when a later run can resume them,
+    else deleted (they could only be downloaded again)."""
+    have = part.stat().st_size if part.is_file() else 0
+    if have and _resume_headers(_read_sidecar(part).get("url", ""), part)[0]:
+        return f" (the {have} bytes received are kept in {part} and the next try resumes)"
+    _discard(part)
+    return ""
+
+
 def _fetch(url: str, part: Path, *, retries: int, timeout: float, label: str) -> None:
-    """Fill ``part`` with the body of ``url``, resuming after each lost connection."""
+    """Fill ``part`` with the body of ``url``, resuming after each lost connection. Retries
+    are for transfers that move: a server that sends nothing ``_EMPTY_TRIES`` times in a
+    row is given up."""
+    empty = 0
     for attempt in range(retries + 1):
         try:
             _fetch_once(url, part, timeout=timeout, label=label)
             return
         except _Interrupted as exc:
+            empty = empty + 1 if isinstance(exc, _Empty) else 0
+            if empty and (empty == _EMPTY_TRIES or attempt == retries):
+                times = "" if empty == 1 else f", {empty} tries in a row"
+                raise _Failed(f"the server sent nothing after its headers ({exc}){times}") from None
             have = part.stat().st_size if part.is_file() else 0
             if attempt == retries:
                 raise _Failed(f"connection lost after {have} bytes ({exc})") from None
@@ -282,69 +352,98 @@ def _fetch(url: str, part: Path, *, retries: int, timeout: float, label: str) ->
 
 
 def _fetch_once(url: str, part: Path, *, timeout: float, label: str) -> None:
-    start = part.stat().st_size if part.is_file() else 0
-    headers = {"User-Agent": "tsmcli", "Accept-Encoding": "identity"}
-    if start:
-        headers["Range"] = f"bytes={start}-"
+    start, resume = _resume_headers(url, part)
+    headers = {"User-Agent": "tsmcli", "Accept-Encoding": "identity", **resume}
     try:
         response = urllib.request.urlopen(
             urllib.request.Request(url, headers=headers), timeout=timeout
         )
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and start:  # the part is not a prefix of this file: start over
-            part.unlink()
+            _discard(part)
             raise _Interrupted("the server refused the resume range") from None
         raise _Failed(f"HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         raise _Failed(first_line(getattr(exc, "reason", exc))) from None
     with response:
-        total = None
         if start and response.status == 206:
-            match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
-            if match is None or int(match.group(1)) != start:
-                part.unlink()
-                raise _Interrupted("the server answered another range")
-            total = None if match.group(3) == "*" else int(match.group(3))
-            mode = "ab"
-        else:  # the whole body: nothing to resume, or a server that ignores Range
+            total = _check_resumed(response, part, start)
+        else:  # the whole body: nothing to resume, a changed file, or a server without Range
             if start:
-                logger.info("%s: the server does not resume; starting again", label)
-            start, mode = 0, "wb"
-            length = response.headers.get("Content-Length", "")
-            total = int(length) if length.isdigit() else None
-        received = _copy_body(response, part, mode, start=start, total=total, label=label)
+                logger.info("%s: the server sends the whole file; starting again", label)
+            start, total = 0, _start_part(response, url, part)
+        received = _copy_body(response, part, (start, total), label=label, timeout=timeout)
     if total is not None and start + received < total:
-        raise _Interrupted(f"{start + received} of {total} bytes")
+        raise (_Interrupted if received else _Empty)(f"{start + received} of {total} bytes")
+
+
+def _resume_headers(url: str, part: Path) -> tuple[int, dict[str, str]]:
+    """Where ``part`` resumes, and the Range and If-Range headers that ask for it; (0, {})
+    to start over. Bytes are resumed only from the URL they came from, and only with the
+    validator the server gave then: it answers the whole file if that file has changed
+    since, so a part never ends up half one file and half another."""
+    size = part.stat().st_size if part.is_file() else 0
+    saved = _read_sidecar(part)
+    if not size or saved.get("url") != url or not _validator(saved):
+        return 0, {}
+    return size, {"Range": f"bytes={size}-", "If-Range": _validator(saved)}
+
+
+def _validator(saved: dict[str, str]) -> str:
+    return saved.get("etag") or saved.get("last_modified") or ""
+
+
+def _start_part(response: Any, url: str, part: Path) -> int | None:
+    """Empty ``part`` and save what proves its bytes' origin; returns the body's length."""
+    part.write_bytes(b"")
+    etag = response.headers.get("ETag", "")
+    saved = {"url": url, "last_modified": response.headers.get("Last-Modified", "")}
+    saved["etag"] = "" if etag.startswith("W/") else etag  # If-Range takes strong ones only
+    atomic_write(_sidecar(part), json.dumps(saved, indent=1) + "\n")
+    length = response.headers.get("Content-Length", "")
+    return int(length) if length.isdigit() else None
+
+
+def _check_resumed(response: Any, part: Path, start: int) -> int | None:
+    """The total length a resumed (206) body belongs to, once its range starts at ``start``
+    and its validators are those saved with ``part`` (a server that ignores If-Range but
+    honours Range would append another file's bytes); else start over."""
+    match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
+    saved = _read_sidecar(part)
+    header = "ETag" if saved.get("etag") else "Last-Modified"
+    sent = response.headers.get(header)
+    if match is None or int(match.group(1)) != start or sent not in (None, _validator(saved)):
+        _discard(part)
+        raise _Interrupted("the server answered another range or another version of the file")
+    return None if match.group(3) == "*" else int(match.group(3))
 
 
 def _copy_body(
-    response: Any, part: Path, mode: str, *, start: int, total: int | None, label: str
+    response: Any, part: Path, span: tuple[int, int | None], *, label: str, timeout: float
 ) -> int:
-    received = 0
-    bar = tqdm(
-        total=total,
-        initial=start,
-        unit="B",
-        unit_scale=True,
-        unit_divisor=1024,
-        desc=label,
-        disable=not sys.stderr.isatty(),
-    )
+    """Append the body to ``part``; returns the bytes received. A failed read is a lost
+    connection (what arrived is kept for the next resume); a failed write is raised as it
+    is (a full disk is no reason to download again)."""
+    received, (start, total) = 0, span
+    bar = tqdm(total=total, initial=start, desc=label, disable=not sys.stderr.isatty(), **_BAR)
     try:
-        with open(part, mode) as handle:
+        with open(part, "ab") as handle:
             try:
-                while True:
-                    chunk = response.read(CHUNK_BYTES)
-                    if not chunk:
-                        break
+                while chunk := _read_chunk(response, received, timeout):
                     handle.write(chunk)
                     received += len(chunk)
                     bar.update(len(chunk))
-            except (OSError, http.client.HTTPException) as exc:  # reset, timeout, short body
-                raise _Interrupted(first_line(exc) or type(exc).__name__) from None
-            finally:  # what arrived is kept for the next resume
+            finally:
                 handle.flush()
                 os.fsync(handle.fileno())
     finally:
         bar.close()
     return received
+
+
+def _read_chunk(response: Any, received: int, timeout: float) -> bytes:
+    try:
+        return response.read1(CHUNK_BYTES)  # what has arrived: a stall loses none of it
+    except (OSError, http.client.HTTPException) as exc:  # reset, timeout, short body
+        reason = f"no data for {timeout:g} s" if isinstance(exc, TimeoutError) else exc
+        raise (_Interrupted if received else _Empty)(first_line(reason)) from None
