@@ -197,7 +197,7 @@ def download(
                 raise
             raise OutputError(
                 f"{_FULL[exc.errno]} {dest.parent} while downloading {entry.file}; free some "
-                f"space and run again{_kept(part)}"
+                f"space and run again{_kept(part, ' ({})')}"
             ) from None
         digest = sha256_file(part)
         if entry.sha256 is not None and not digest.startswith(entry.sha256):
@@ -279,8 +279,9 @@ def _fetch_any(entry: ZooEntry, dest: Path, part: Path, *, retries: int, timeout
             return
         except _Failed as exc:
             failures.append(f"{url}: {exc}")
+    kept = _kept(part, "; {}")
     raise CheckpointError(
-        f"{entry.name}: cannot download {entry.file} ({'; '.join(failures)}){_kept(part)}; "
+        f"{entry.name}: cannot download {entry.file} ({'; '.join(failures)}){kept}; "
         f"without network, put the file at {dest} (from {entry.urls[0]}) and run again"
     )
 
@@ -321,12 +322,13 @@ def _discard(part: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def _kept(part: Path) -> str:
-    """What an error says of the bytes received: kept when a later run can resume them,
-    else deleted (they could only be downloaded again)."""
+def _kept(part: Path, form: str) -> str:
+    """What an error says of the bytes received (in ``form``): kept when a later run can
+    resume them, else deleted (they could only be downloaded again) and nothing is said."""
     have = part.stat().st_size if part.is_file() else 0
     if have and _resume_headers(_read_sidecar(part).get("url", ""), part)[0]:
-        return f" (the {have} bytes received are kept in {part} and the next try resumes)"
+        kept = f"the {have} bytes received are kept in {part} and the next try resumes"
+        return form.format(kept)
     _discard(part)
     return ""
 
@@ -384,13 +386,10 @@ def _resume_headers(url: str, part: Path) -> tuple[int, dict[str, str]]:
     since, so a part never ends up half one file and half another."""
     size = part.stat().st_size if part.is_file() else 0
     saved = _read_sidecar(part)
-    if not size or saved.get("url") != url or not _validator(saved):
+    validator = saved.get("etag") or saved.get("last_modified")
+    if not size or saved.get("url") != url or not validator:
         return 0, {}
-    return size, {"Range": f"bytes={size}-", "If-Range": _validator(saved)}
-
-
-def _validator(saved: dict[str, str]) -> str:
-    return saved.get("etag") or saved.get("last_modified") or ""
+    return size, {"Range": f"bytes={size}-", "If-Range": validator}
 
 
 def _start_part(response: Any, url: str, part: Path) -> int | None:
@@ -410,9 +409,9 @@ def _check_resumed(response: Any, part: Path, start: int) -> int | None:
     honours Range would append another file's bytes); else start over."""
     match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
     saved = _read_sidecar(part)
-    header = "ETag" if saved.get("etag") else "Last-Modified"
+    key, header = ("etag", "ETag") if saved.get("etag") else ("last_modified", "Last-Modified")
     sent = response.headers.get(header)
-    if match is None or int(match.group(1)) != start or sent not in (None, _validator(saved)):
+    if match is None or int(match.group(1)) != start or sent not in (None, saved.get(key)):
         _discard(part)
         raise _Interrupted("the server answered another range or another version of the file")
     return None if match.group(3) == "*" else int(match.group(3))
