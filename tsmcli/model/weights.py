@@ -78,16 +78,12 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        # The safe loader names the class it refused ("Unsupported global: GLOBAL
-        # argparse.Namespace ..."); anything else it cannot read is not a checkpoint at all.
-        culprit = next(
-            (line.strip() for line in str(exc).splitlines() if "Unsupported global" in line), None
-        )
+        culprit = _refused_global(str(exc))
         if culprit is not None:
             raise CheckpointError(
-                f"{path}: refused by the safe loader (weights_only=True): {culprit}; if you "
-                "trust the file, re-save only its tensors: torch.save(torch.load(path, "
-                "weights_only=False)['state_dict'], 'weights.pth')"
+                f"{path}: holds Python objects that loading would run ({culprit}); refused: "
+                "tsmcli loads weights only. If you trust the file, re-save its state dict "
+                "with torch.save(model.state_dict()) where it was made"
             ) from exc
         raise CheckpointError(
             f"{path}: not a checkpoint (not a file written by torch.save, "
@@ -99,6 +95,25 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             "save a state dict or a checkpoint dict instead"
         )
     return obj
+
+
+# How torch's safe unpickler (torch/_weights_only_unpickler.py) words a refused Python
+# object: a global not on its allow list, or one of a blocked module (os.system pickles as
+# posix.system). A damaged file fails otherwise (an unknown opcode, a bad zip).
+_REFUSED = (
+    re.compile(r"Unsupported global: GLOBAL (\S+) was not an allowed global"),
+    re.compile(r"unsupported GLOBAL (\S+) whose module \S+ is blocked"),
+)
+
+
+def _refused_global(message: str) -> str | None:
+    """The Python object named in the safe loader's refusal ``message``; None when the
+    message is not a refusal (a damaged file, random bytes)."""
+    for pattern in _REFUSED:
+        match = pattern.search(message)
+        if match:
+            return match.group(1)
+    return None
 
 
 def _check_plain(value: Any, where: str) -> None:
@@ -295,19 +310,49 @@ def imagenet_state_dict(
     now wrapped by a ``TemporalShift`` (the qualified names ``wrapped``) are renamed onto the
     wrapper: ``layer1.0.conv1.weight`` -> ``layer1.0.conv1.net.weight``
     (``layer1.0.net.conv1.weight`` for the ``block`` placement)."""
-    wrapped = set(wrapped)
+    kept = {key: value for key, value in state.items() if not key.startswith(f"{head}.")}
+    return rewrap_shift_keys(kept, unwrap=(), wrap=wrapped)
+
+
+def rewrap_shift_keys(
+    state: Mapping[str, Tensor], *, unwrap: Iterable[str], wrap: Iterable[str]
+) -> dict[str, Tensor]:
+    """The same tensors keyed for a network whose shift wrappers sit elsewhere, or nowhere.
+    A shift has no weights of its own, but a shifted module's sit under its wrapper's
+    ``net``: the keys under each qualified name in ``unwrap`` leave their wrapper
+    (``a.net.weight`` -> ``a.weight``), then those under each name in ``wrap`` enter one
+    (``a.weight`` -> ``a.net.weight``)."""
+    unwrap, wrap = set(unwrap), set(wrap)
     renamed = {}
     for key, value in state.items():
-        if key.startswith(f"{head}."):
-            continue
+        for name in unwrap:
+            if key.startswith(f"{name}.net."):
+                key = f"{name}.{key[len(name) + len('.net.') :]}"
+                break
         parts = key.split(".")
         for cut in range(len(parts) - 1, 0, -1):
             prefix = ".".join(parts[:cut])
-            if prefix in wrapped:
+            if prefix in wrap:
                 key = f"{prefix}.net.{'.'.join(parts[cut:])}"
                 break
         renamed[key] = value
     return renamed
+
+
+def check_finite(state: Mapping[str, Tensor], source: str) -> None:
+    """Refuse weights holding NaN or infinity, buffers (BN statistics) included: such a model
+    loads and runs, and its every output is nonsense. One pass over the floating-point
+    tensors; only a tensor found bad is counted."""
+    floats = [(key, value) for key, value in state.items() if value.is_floating_point()]
+    bad = [key for key, value in floats if not bool(torch.isfinite(value).all())]
+    if not bad:
+        return
+    count = sum(int((~torch.isfinite(state[key])).sum()) for key in bad)
+    total = sum(value.numel() for _, value in floats)
+    raise CheckpointError(
+        f"{source}: {count} of {total} weights are NaN or infinite (first: {bad[0]}); the "
+        "checkpoint is damaged or came from a diverged run; use an earlier checkpoint"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
