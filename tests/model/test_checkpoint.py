@@ -3,6 +3,7 @@ format round-trips; mismatches are one clear line; saving is atomic."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 import torchvision
 from torch import nn
 
-from tsmcli.errors import CheckpointError
+from tsmcli.errors import CheckpointError, UsageError
 from tsmcli.model.checkpoint import (
     checkpoint_dict,
     load_model,
@@ -422,3 +423,88 @@ def test_finetune_init_keeps_the_backbone_and_resets_a_head_of_other_size(tmp_pa
     assert torch.equal(
         other.base_model.layer4[1].conv1.net.weight, reference.base_model.layer4[1].conv1.net.weight
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# damaged weights
+
+
+def test_weights_with_nan_or_inf_are_refused_wherever_a_model_is_built_from_them(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("resnet18", 3, num_segments=SEGMENTS)
+    with torch.no_grad():
+        model.base_model.bn1.running_var[:2] = float("nan")  # a buffer counts as a weight
+        model.new_fc.weight[0, 0] = float("inf")
+    path = save_checkpoint(checkpoint_dict(model), tmp_path / "diverged.pt")
+    total = sum(v.numel() for v in model.state_dict().values() if v.is_floating_point())
+    expected = (
+        f"{path}: 3 of {total} weights are NaN or infinite (first: base_model.bn1.running_var); "
+        "the checkpoint is damaged or came from a diverged run; use an earlier checkpoint"
+    )
+    assert read_checkpoint(path).format == "tsmcli"  # reading is fine; using is not
+    with pytest.raises(CheckpointError) as info:
+        load_model(path)  # eval, predict, convert-online, stream, train.distill_from
+    assert str(info.value) == expected
+    with pytest.raises(CheckpointError) as info:
+        load_weights_for_finetune(build_model("resnet18", 3, num_segments=2), path)  # init_from
+    assert str(info.value) == expected
+
+    official = official_file(tmp_path, OfficialTSN("resnet18", 3, SEGMENTS))
+    raw = torch.load(official, weights_only=True)
+    raw["state_dict"]["module.new_fc.bias"][1] = float("-inf")
+    torch.save(raw, official)
+    with pytest.raises(CheckpointError, match=r"1 of \d+ weights .* \(first: new_fc.bias\)"):
+        load_model(official, arch="resnet18", num_segments=SEGMENTS, shift="bidirectional")
+    imagenet = torchvision.models.resnet18().state_dict()
+    imagenet["conv1.weight"][0] = float("nan")
+    torch.save(imagenet, tmp_path / "resnet18.pth")
+    with pytest.raises(CheckpointError, match=r"\(first: conv1.weight\)"):
+        load_weights_for_finetune(build_model("resnet18", 3), tmp_path / "resnet18.pth")
+
+
+# ---------------------------------------------------------------------------------------------
+# options given beside one of our checkpoints
+
+
+def test_options_given_beside_our_checkpoint_win_within_limits(tmp_path, caplog):
+    """shift and shift_div change what the same weights compute: they win, with a warning;
+    num_segments simply wins; arch and shift_place cannot fit the weights: an error."""
+    torch.manual_seed(0)
+    model = randomize(build_model("resnet18", 3, num_segments=SEGMENTS, shift_place="block"))
+    path = save_checkpoint(checkpoint_dict(model), tmp_path / "best.pt")
+    with caplog.at_level(logging.WARNING, logger="tsmcli"):
+        longer = load_model(path, num_segments=2 * SEGMENTS)
+        assert longer.num_segments == 2 * SEGMENTS and caplog.records == []
+        one_way = load_model(path, shift="unidirectional", shift_div=4)
+        tsn = load_model(path, shift="none")  # a shift has no weights: keys leave the wrappers
+    assert (one_way.shift, one_way.shift_div, tsn.shift) == ("unidirectional", 4, "none")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{path}: {key}={given!r} as given, not {stored!r} (its model_config): the weights were "
+        "trained otherwise"
+        for key, given, stored in [
+            ("shift", "unidirectional", "bidirectional"),
+            ("shift_div", 4, 8),
+            ("shift", "none", "bidirectional"),
+        ]
+    ]
+    weights = {k.replace(".net.", "."): v for k, v in model.state_dict().items()}
+    assert "base_model.layer1.0.net.conv1.weight" in model.state_dict()
+    assert tsn.state_dict().keys() == weights.keys()
+    assert all(torch.equal(v, weights[k]) for k, v in tsn.state_dict().items())
+    init = build_model("resnet18", 3, num_segments=2, shift="none")  # model.init_from, as TSN
+    assert load_weights_for_finetune(init, path).head_loaded
+    assert all(torch.equal(v, weights[k]) for k, v in init.state_dict().items())
+    # and back: a TSN checkpoint given a shift takes its keys into the wrappers
+    tsn_path = save_checkpoint(checkpoint_dict(tsn), tmp_path / "tsn.pt")
+    shifted = load_model(tsn_path, shift="bidirectional", shift_place="block")
+    x = clips()
+    with torch.no_grad():
+        assert torch.equal(shifted(x), model(x))
+    for key, value in (("arch", "resnet34"), ("shift_place", "blockres")):
+        with pytest.raises(UsageError) as info:
+            load_model(path, **{key: value})
+        stored = model.config()[key]
+        assert str(info.value) == (
+            f"{path}: is {key}={stored!r} (its model_config), so {key}={value!r} cannot fit "
+            f"its weights; drop the {key} option"
+        )

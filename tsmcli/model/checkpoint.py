@@ -27,23 +27,26 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from tsmcli.errors import CheckpointError, UsageError
-from tsmcli.model.backbones import get_backbone
+from tsmcli.model.backbones import get_backbone, shifted_module_names
 from tsmcli.model.tsn import TSN, build_model, load_imagenet_weights
 from tsmcli.model.weights import (
     FORMAT,
     FORMAT_VERSION,
+    check_finite,
     checkpoint_format,
     load_checkpoint,
     load_state_dict_strict,
     raw_state_dict,
+    rewrap_shift_keys,
     some,
     video_state_dict,
 )
 from tsmcli.zoo import ZooEntry
-from tsmcli.zoo_cache import resolve_checkpoint
+from tsmcli.zoo_cache import locate, resolve_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -107,11 +110,20 @@ class CheckpointInfo:
         return f"{self.zoo.name} ({self.path})" if self.zoo is not None else str(self.path)
 
 
-def read_checkpoint(checkpoint: str | Path) -> CheckpointInfo:
+def read_checkpoint(
+    checkpoint: str | Path, arch: Mapping[str, Any] | None = None
+) -> CheckpointInfo:
     """Read a checkpoint file, or the model zoo checkpoint so named (downloaded and verified
     first when it is not cached), with ``weights_only=True`` into a ``CheckpointInfo``. An
     unknown name lists the closest names; an unreadable file, or a name whose file cannot be
-    fetched (it says where to put it), is one ``CheckpointError`` line."""
+    fetched (it says where to put it), is one ``CheckpointError`` line. ``arch`` are the
+    architecture keys the model will be built with (``ArchOverrides.given()``): an ``arch`` or
+    ``shift_place`` that contradicts a name's entry is refused before any download."""
+    if arch:
+        where, entry = locate(checkpoint)
+        if entry is not None:
+            label = f"{entry.name} ({where})"
+            _check_fit(label, entry.model_options(), f"the model zoo's {entry.name}", arch)
     path, entry = resolve_checkpoint(checkpoint)
     content = load_checkpoint(path)
     fmt = checkpoint_format(content)
@@ -133,9 +145,14 @@ def read_checkpoint(checkpoint: str | Path) -> CheckpointInfo:
     )
 
 
-def as_info(checkpoint: str | Path | CheckpointInfo) -> CheckpointInfo:
-    """``checkpoint`` itself when it was read already, else the file read now."""
-    return checkpoint if isinstance(checkpoint, CheckpointInfo) else read_checkpoint(checkpoint)
+def as_info(
+    checkpoint: str | Path | CheckpointInfo, arch: Mapping[str, Any] | None = None
+) -> CheckpointInfo:
+    """``checkpoint`` itself when it was read already, else the file read now (``arch``: as
+    ``read_checkpoint`` takes it)."""
+    if isinstance(checkpoint, CheckpointInfo):
+        return checkpoint
+    return read_checkpoint(checkpoint, arch)
 
 
 def checkpoint_dict(
@@ -192,8 +209,12 @@ class ArchOverrides:
 
 
 def recorded_options(info: CheckpointInfo) -> dict[str, Any]:
-    """The architecture of a file that does not record it, as far as its layout implies it
-    and its zoo entry says (the entry wins); empty for our own files (their model_config)."""
+    """The architecture keys ``info`` is known to have: ours as their ``model_config``
+    records them; a file that does not record them as far as its layout implies them and its
+    zoo entry says (the entry wins)."""
+    if info.format == FORMAT:
+        config = info.model_config or {}
+        return {f.name: config[f.name] for f in fields(ArchOverrides) if f.name in config}
     if info.format not in IMPORTED_FORMATS:
         return {}
     known = dict(IMPLIED_BY_FORMAT.get(info.format, {}))
@@ -208,16 +229,15 @@ def arch_options(info: CheckpointInfo, given: Mapping[str, Any]) -> dict[str, An
     ``UsageError``. A given ``shift`` or ``shift_div`` wins with a warning (the same weights
     computing otherwise, as one-way conversion does); ``num_segments`` is a test-time choice."""
     known = recorded_options(info)
-    source = f"the model zoo's {info.zoo.name}" if info.zoo else f"its {info.format} layout"
+    if info.zoo is not None:
+        source = f"the model zoo's {info.zoo.name}"
+    elif info.format == FORMAT:
+        source = "its model_config"
+    else:
+        source = f"its {info.format} layout"
+    _check_fit(info.label, known, source, given)
     for key, value in given.items():
-        if key not in known or known[key] == value:
-            continue
-        if key in _WEIGHT_KEYS:
-            raise UsageError(
-                f"{info.label}: is {key}={known[key]!r} ({source}), so {key}={value!r} "
-                f"cannot fit its weights; drop the {key} option"
-            )
-        if key != "num_segments":
+        if key in known and known[key] != value and key != "num_segments":
             logger.warning(
                 "%s: %s=%r as given, not %r (%s): the weights were trained otherwise",
                 info.label,
@@ -227,6 +247,20 @@ def arch_options(info: CheckpointInfo, given: Mapping[str, Any]) -> dict[str, An
                 source,
             )
     return {**known, **given}
+
+
+def _check_fit(label: str, known: Mapping[str, Any], source: str, given: Mapping[str, Any]) -> None:
+    """A ``UsageError`` for a given key that says where the weights sit (``arch``,
+    ``shift_place``) and contradicts what the checkpoint is known to be (``known``). Without
+    a shift, the recorded ``shift_place`` places nothing: any placement fits."""
+    for key in _WEIGHT_KEYS:
+        if key == "shift_place" and known.get("shift") == "none":
+            continue
+        if key in given and key in known and given[key] != known[key]:
+            raise UsageError(
+                f"{label}: is {key}={known[key]!r} ({source}), so {key}={given[key]!r} "
+                f"cannot fit its weights; drop the {key} option"
+            )
 
 
 def load_model(checkpoint: str | Path | CheckpointInfo, **arch_overrides: Any) -> TSN:
@@ -245,12 +279,34 @@ def load_model(checkpoint: str | Path | CheckpointInfo, **arch_overrides: Any) -
         raise UsageError(
             f"unknown model option(s) {', '.join(unknown)}; choose from {', '.join(MODEL_KEYS)}"
         )
-    info = as_info(checkpoint)
+    info = as_info(checkpoint, arch_overrides)
     config, state = _config_and_weights(info, arch_options(info, arch_overrides))
     model = build_model(**config)
+    state = _keyed_for_shift(state, info, model)
     load_state_dict_strict(model, state, str(info.path))
     logger.info("loaded %s (%s): %s", info.path, info.format, config)
     return model.eval()
+
+
+def _keyed_for_shift(
+    state: dict[str, Tensor], info: CheckpointInfo, model: TSN
+) -> dict[str, Tensor]:
+    """``state`` keyed for ``model`` when its shift is off and the one ``info`` records on, or
+    the other way round: a shift has no weights, but a shifted layer's sit under its wrapper
+    (``conv1.net.weight``). Only our files record their shift; in another layout the given
+    keys say where the wrappers are."""
+    stored = (info.model_config or {}) if info.format == FORMAT else {}
+    shift = stored.get("shift")
+    if shift is None or (shift == "none") == (model.shift == "none"):
+        return state
+    if shift == "none":  # into the wrappers the model has
+        names = shifted_module_names(model.base_model)
+        return rewrap_shift_keys(state, unwrap=(), wrap=[f"base_model.{n}" for n in names])
+    with torch.device("meta"):  # out of those the file's network had: only names are needed
+        place = stored.get("shift_place", model.shift_place)
+        shifted = build_model(**{**model.config(), "shift": shift, "shift_place": place})
+    names = shifted_module_names(shifted.base_model)
+    return rewrap_shift_keys(state, unwrap=[f"base_model.{n}" for n in names], wrap=())
 
 
 def _config_and_weights(
@@ -295,6 +351,7 @@ def _video_weights(info: CheckpointInfo, arch: str) -> dict[str, Tensor]:
     """The tensors of a tsmcli, official or mmaction2 file in our key layout for ``arch``."""
     if info.state_dict is None:
         raise CheckpointError(f"{info.path}: has no 'state_dict' of tensors; is it a checkpoint?")
+    check_finite(info.state_dict, str(info.path))
     spec = get_backbone(arch)
     return video_state_dict(
         info.state_dict,
@@ -340,6 +397,7 @@ def load_weights_for_finetune(model: TSN, checkpoint: str | Path | CheckpointInf
     info = as_info(checkpoint)
     path, fmt = info.path, info.format
     if fmt == "torchvision":
+        check_finite(info.state_dict or {}, str(path))
         load_imagenet_weights(model, info.state_dict or {}, path)
         return InitReport(fmt, head_loaded=False)
     if fmt == "unknown":
@@ -364,5 +422,6 @@ def load_weights_for_finetune(model: TSN, checkpoint: str | Path | CheckpointInf
         )
         state = {k: v for k, v in state.items() if not k.startswith("new_fc.")}
         state.update({f"new_fc.{k}": v for k, v in model.new_fc.state_dict().items()})
+    state = _keyed_for_shift(state, info, model)
     load_state_dict_strict(model, state, str(path))
     return InitReport(fmt, head_loaded=head_loaded)
