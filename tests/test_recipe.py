@@ -265,7 +265,7 @@ def test_text_keys_keep_the_text_as_typed():
     )
     assert (recipe.data.root, recipe.data.val_list, recipe.name) == ("2024", "0123", "2024")
     assert (recipe.model.init_from, recipe.data.train_list) == ("1.50", "true")
-    recipe = load_recipe("demo", ["data.val_list=", "train.epochs=3"])
+    recipe = load_recipe("demo", ["data.val_list=", "train.epochs=3", "train.steps=0"])
     assert recipe.data.val_list is None and recipe.train.epochs == 3  # typed keys stay typed
     assert "train.epochs must be an integer" in _error("demo", ["train.epochs=three"])
 
@@ -301,3 +301,28 @@ def test_a_stored_recipe_reads_back_typed_and_older_ones_take_the_new_defaults()
     assert Recipe.from_stored(None, "official.pth") is None
     with pytest.raises(RecipeError, match=r"^bad.pt \(stored recipe\): unknown key 'data.sise'"):
         Recipe.from_stored({"data": {"sise": 1}}, "bad.pt")
+
+
+def test_a_folder_given_as_the_recipe_is_named_as_a_folder(tmp_path):
+    (tmp_path / "demo").mkdir()
+    assert _error(tmp_path / "demo") == (
+        f"{tmp_path / 'demo'}: is a folder, not a recipe file; give a .yaml file or a shipped "
+        f"recipe name ({', '.join(SHIPPED)})"
+    )
+    assert _error(tmp_path / "gone.yaml").startswith(f"{tmp_path / 'gone.yaml'}: no such recipe")
+
+
+def test_epochs_set_on_a_recipe_whose_length_is_in_steps_is_refused():
+    """The demo recipe counts steps (train.steps: 600): train.epochs alone would be ignored."""
+    assert load_recipe("demo").train.steps == 600
+    assert _error("demo", ["train.epochs=1"]) == (
+        "--set train.epochs=1: the recipe sets train.steps=600, which decides the run's "
+        "length; add --set train.steps=0 to train by epochs"
+    )
+    with pytest.raises(RecipeError, match=r"^--set train.epochs=2: the recipe sets train.steps"):
+        apply_overrides(load_recipe("demo"), ["train.epochs=2"])
+    by_epochs = load_recipe("demo", ["train.epochs=1", "train.steps=0"])
+    assert (by_epochs.train.epochs, by_epochs.train.steps) == (1, 0)
+    by_steps = load_recipe("demo", ["train.steps=50", "train.epochs=1"])  # both said: steps
+    assert (by_steps.train.epochs, by_steps.train.steps) == (1, 50)
+    assert load_recipe("kinetics_r50", ["train.epochs=1"]).train.epochs == 1  # counts epochs

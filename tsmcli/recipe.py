@@ -372,9 +372,12 @@ def _with_overrides(raw: dict[str, Any], overrides: list[str], source: str) -> R
     for item in overrides:
         _apply_override(combined, item)
     try:
-        return _from_mapping(combined)
+        recipe = _from_mapping(combined)
     except RecipeError as exc:
         error = exc
+    else:
+        _check_run_length(recipe, overrides)
+        return recipe
     partial = copy.deepcopy(raw)
     blame = source
     for item in [None, *overrides]:
@@ -386,6 +389,18 @@ def _with_overrides(raw: dict[str, Any], overrides: list[str], source: str) -> R
         except RecipeError as exc:
             raise RecipeError(f"{blame}: {exc}") from None
     raise RecipeError(f"{source}: {error}") from None
+
+
+def _check_run_length(recipe: Recipe, overrides: list[str]) -> None:
+    """``train.steps`` > 0 decides a run's length and ``train.epochs`` is then unused: a
+    ``--set train.epochs`` on such a recipe would be ignored without a word, unless the same
+    overrides set ``train.steps`` too (to 0, to train by epochs)."""
+    keys = {item.partition("=")[0].strip(): item for item in overrides}
+    if recipe.train.steps > 0 and "train.epochs" in keys and "train.steps" not in keys:
+        raise RecipeError(
+            f"--set {keys['train.epochs']}: the recipe sets train.steps={recipe.train.steps}, "
+            "which decides the run's length; add --set train.steps=0 to train by epochs"
+        )
 
 
 def shipped_recipes() -> list[str]:
@@ -403,6 +418,11 @@ def find_recipe(name_or_path: str | Path) -> Path:
     if path.parent == Path(".") and shipped.is_file():
         return shipped
     names = shipped_recipes()
+    if path.is_dir():
+        raise RecipeError(
+            f"{name_or_path}: is a folder, not a recipe file; give a .yaml file or a shipped "
+            f"recipe name ({', '.join(names)})"
+        )
     close = difflib.get_close_matches(name, names, n=1)
     hint = f"did you mean '{close[0]}'? " if close else ""
     raise RecipeError(
