@@ -20,7 +20,7 @@ from PIL import Image
 
 from tsmcli.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from tsmcli.engine import evaluate as evaluate_module
-from tsmcli.engine.evaluate import JSON_KEYS, evaluate
+from tsmcli.engine.evaluate import evaluate
 from tsmcli.engine.views import PROTOCOLS, ViewRequest
 from tsmcli.errors import CheckpointError, DataError
 from tsmcli.model.checkpoint import ArchOverrides
@@ -184,7 +184,15 @@ def test_numbers_match_the_hand_computed_values(table_setup, tmp_path):
     assert torch.equal(result.confusion, expected_confusion)
 
     summary = json.loads(json_path.read_text())
-    assert set(summary) == set(JSON_KEYS)
+    assert set(summary) == {
+        "top1",
+        "top5",
+        "mean_class_accuracy",
+        "num_videos",
+        "views",
+        "checkpoint",
+        "protocol",
+    }
     assert (summary["top1"], summary["top5"], summary["mean_class_accuracy"]) == (40.0, 80.0, 37.5)
     assert (summary["num_videos"], summary["views"]) == (5, 6)
     assert summary["checkpoint"] == str(checkpoint)
@@ -514,11 +522,12 @@ def test_cli_checkpoint_and_online_are_exclusive(tmp_path):
         assert result.output.strip().splitlines() == [
             "error: give exactly one of --checkpoint CKPT or --online MODEL_DIR"
         ]
-    result = CliRunner().invoke(cli, [*base, "--checkpoint", "a.pt", "--trust-torchscript"])
-    assert result.exit_code == 2
-    assert result.output.strip().splitlines() == [
-        "error: --trust-torchscript applies to --online only; drop it"
-    ]
+    for option in (["--trust-torchscript"], ["--stride", "3"]):
+        result = CliRunner().invoke(cli, [*base, "--checkpoint", "a.pt", *option])
+        assert result.exit_code == 2
+        assert result.output.strip().splitlines() == [
+            f"error: {option[0]} applies to --online only; drop it"
+        ]
 
 
 def test_cli_online_calls_the_streaming_evaluation(tmp_path, monkeypatch):
@@ -539,6 +548,8 @@ def test_cli_online_calls_the_streaming_evaluation(tmp_path, monkeypatch):
             num_videos=2,
             num_frames=16,
             latency_ms=1.5,
+            stride=3,
+            stride_from="the training list's median video (24 frames) over 8 segments",
         )
 
     monkeypatch.setattr(online, "evaluate_online", fake_evaluate_online)
@@ -560,11 +571,14 @@ def test_cli_online_calls_the_streaming_evaluation(tmp_path, monkeypatch):
             tmp_path / "m",
             tmp_path / "l.txt",
             tmp_path,
-            {"source": None, "backend": None, "trust_torchscript": False},
+            {"source": None, "backend": None, "stride": None, "trust_torchscript": False},
         )
     ]
     rows = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in result.output.splitlines())
     assert rows["top-1"] == "50.00 %" and rows["top-1 at 25%"] == "25.00 %"
+    assert rows["frames fed"] == (
+        "one frame in 3 (the training list's median video (24 frames) over 8 segments)"
+    )
     assert rows["frames"] == "16" and rows["latency"] == "1.50 ms/frame"
 
 

@@ -171,7 +171,7 @@ def test_outputs_that_cannot_be_written_are_refused_before_the_work(tmp_path):
         ("--plot", "file/t.png", "--window", "2"): "--plot {0}/file/t.png: {0}/file is a file, "
         "not a folder; choose another path",
         ("--plot", "t.png"): "--stride and --plot need --window SECONDS (a timeline of windows)",
-        ("--window", "0"): "--window must be a positive number of seconds, got 0.0",
+        ("--window", "0"): "--window must be a positive, finite number of seconds, got 0.0",
     }
     for (option, value, *rest), expected in cases.items():
         args = [*base, option, str(tmp_path / value) if "." in value else value, *rest]

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from tsmcli import errors
-from tsmcli.data.lists import ListEntry
+from tsmcli.data.lists import CLASSES_FILE, ListEntry
 from tsmcli.engine import distributed, online
 from tsmcli.engine.checks import (
     EVAL_HINT,
@@ -45,17 +45,17 @@ from tsmcli.engine.checks import (
     read_entries,
 )
 from tsmcli.engine.metrics import AverageMode, average_views
-from tsmcli.engine.reports import EvalResult, eval_result, write_reports
+from tsmcli.engine.reports import EvalResult, eval_result, report_outputs, write_reports
 from tsmcli.engine.views import EvalData, Protocol, ViewRequest, Views, view_request
 from tsmcli.errors import CheckpointError, TSMError, UsageError
-from tsmcli.fileio import atomic_write, check_writable_dir, check_writable_file
+from tsmcli.fileio import atomic_write, check_outputs, check_writable_dir, outputs
 from tsmcli.model.checkpoint import ArchOverrides, CheckpointInfo, as_info, load_model
 from tsmcli.recipe import Recipe
+from tsmcli.zoo_cache import local_path
 
 log = logging.getLogger(__name__)
 
 _CLI_OPTION = {"arch": "--arch", "num_segments": "--segments", "shift": "--shift"}
-JSON_KEYS = ("top1", "top5", "mean_class_accuracy", "num_videos", "views", "checkpoint", "protocol")
 
 
 def run_eval(
@@ -73,26 +73,34 @@ def run_eval(
     device: str | None = None,
     out_dir: str | Path | None = None,
     json_path: str | Path | None = None,
+    overwrite: bool = False,
     trust_torchscript: bool = False,
+    stride: int | None = None,
 ) -> EvalResult | online.OnlineEvalResult:
-    """``tsm eval``: exactly one of a checkpoint (``evaluate``, every option applies) or an
-    exported online model dir (``evaluate_online``: ``source``, ``backend`` and
-    ``trust_torchscript`` apply; the view and model options are not used)."""
+    """``tsm eval``: exactly one of a checkpoint (``evaluate``, every option but ``stride``
+    and ``trust_torchscript`` applies) or an exported online model dir (``evaluate_online``:
+    ``source``, ``backend``, ``stride``, ``trust_torchscript`` and the outputs apply; the view
+    and model options are not used)."""
     if (checkpoint is None) == (online_dir is None):
         raise UsageError("give exactly one of --checkpoint CKPT or --online MODEL_DIR")
-    if trust_torchscript and online_dir is None:
-        raise UsageError("--trust-torchscript applies to --online only; drop it")
+    for option, given in (("--trust-torchscript", trust_torchscript), ("--stride", stride)):
+        if online_dir is None and given not in (None, False):
+            raise UsageError(f"{option} applies to --online only; drop it")
     if online_dir is not None:
-        if json_path is not None or out_dir is not None:
-            raise UsageError("--json and --out apply to --checkpoint only; drop them with --online")
-        return online.evaluate_online(
+        model_files = [p for p in Path(online_dir).glob("*") if p.is_file()]
+        check_eval_outputs(out_dir, json_path, list_file, model_files, overwrite)
+        result = online.evaluate_online(
             online_dir,
             list_file,
             root,
             source=source,
             backend=backend,
+            stride=stride,
             trust_torchscript=trust_torchscript,
         )
+        if out_dir is not None or json_path is not None:
+            _write(result.metrics, result.summary(), out_dir, json_path)
+        return result
     return evaluate(
         checkpoint,
         list_file,
@@ -106,6 +114,7 @@ def run_eval(
         device=device,
         out_dir=out_dir,
         json_path=json_path,
+        overwrite=overwrite,
     )
 
 
@@ -123,6 +132,7 @@ def evaluate(
     device: str | None = None,
     out_dir: str | Path | None = None,
     json_path: str | Path | None = None,
+    overwrite: bool = False,
 ) -> EvalResult:
     """Top-1 / top-5 / mean class accuracy of ``checkpoint`` on the videos of ``list_file``.
 
@@ -130,18 +140,17 @@ def evaluate(
     the checkpoint's default) or a ``Protocol`` to run as it is. ``arch`` gives or changes the
     model's architecture. ``source``/``backend`` replace the recipe's. ``batch_size`` counts
     videos (each with all its views). ``workers`` are DataLoader processes (default: up to
-    4). ``device`` is ``auto`` (None), ``cpu`` or ``cuda``. Under torchrun the list is
-    sharded over the ranks; every rank returns the same result.
+    4). ``device`` is ``auto`` (None), ``cpu`` or ``cuda``. ``out_dir`` (reports) and
+    ``json_path`` (the summary) are checked before any work and replace earlier files only
+    with ``overwrite``. Under torchrun the list is sharded over the ranks; every rank returns
+    the same result.
     """
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
     if device not in (None, "auto", "cpu", "cuda"):
         raise UsageError(f"--device must be auto, cpu or cuda, got {device!r}")
     request = view_request(views)
-    if out_dir is not None:  # found now, not after the whole evaluation
-        check_writable_dir(out_dir, "--out")
-    if json_path is not None:
-        check_writable_file(json_path, "--json")
+    check_eval_outputs(out_dir, json_path, list_file, [checkpoint_file(checkpoint)], overwrite)
     ctx = distributed.setup(device or "auto")
     try:
         return _evaluate(
@@ -209,8 +218,14 @@ def _evaluate(
         videos_per_s=len(entries) / elapsed if elapsed > 0 else float("inf"),
     )
     if ctx.is_main:
-        _write(result, out_dir, json_path)
+        _write(result, result.summary(), out_dir, json_path)
     return result
+
+
+def checkpoint_file(checkpoint: str | Path | CheckpointInfo) -> Path:
+    """The file a checkpoint argument stands for, before it is read (a model zoo name: its
+    cache path), for the checks that an output is not an input."""
+    return checkpoint.path if isinstance(checkpoint, CheckpointInfo) else local_path(checkpoint)
 
 
 def load_for_eval(
@@ -302,19 +317,41 @@ def views_loader(
     )
 
 
-def _write(result: EvalResult, out_dir: str | Path | None, json_path: str | Path | None) -> None:
+def check_eval_outputs(
+    out_dir: str | Path | None,
+    json_path: str | Path | None,
+    list_file: str | Path,
+    models: Sequence[Path],
+    overwrite: bool,
+) -> None:
+    """The outputs of ``tsm eval`` (``fileio.check_outputs``), before any work: the reports of
+    ``--out`` and the ``--json`` summary, none of them an input (the model's files, the list,
+    its classes.txt) or an earlier evaluation's file unless ``overwrite``."""
+    if out_dir is not None:
+        check_writable_dir(out_dir, "--out")
+    files = outputs(json=json_path) + report_outputs(out_dir)
+    inputs = [*models, list_file, Path(list_file).parent / CLASSES_FILE]
+    check_outputs(files, inputs, overwrite=overwrite)
+
+
+def _write(
+    metrics: EvalResult,
+    summary: dict[str, Any],
+    out_dir: str | Path | None,
+    json_path: str | Path | None,
+) -> None:
     """The reports and the JSON summary that were asked for (rank 0)."""
     if out_dir is not None:
-        write_reports(result, out_dir)
+        write_reports(metrics, out_dir)
     if json_path is not None:
-        atomic_write(Path(json_path), json.dumps(result.summary(), indent=2) + "\n")
+        atomic_write(Path(json_path), json.dumps(summary, indent=2, allow_nan=False) + "\n")
     log.info(
         "top-1 %.2f  top-5 %.2f  mean class %.2f  (%d videos, %d views)",
-        result.top1,
-        result.top5,
-        result.mean_class_accuracy,
-        result.num_videos,
-        result.views,
+        metrics.top1,
+        metrics.top5,
+        metrics.mean_class_accuracy,
+        metrics.num_videos,
+        metrics.views,
     )
 
 
@@ -375,6 +412,11 @@ def score_batches(
         b, v = clips.shape[:2]
         logits = model(clips.flatten(0, 1))  # (B*V, K)
         scores = average_views(logits.float().cpu().view(b, v, -1), average)  # (B, K)
+        if not torch.isfinite(scores).all():  # never a NaN turned into a ranking or a number
+            raise CheckpointError(
+                "the model's scores are NaN or infinite; its weights are damaged or come "
+                "from a diverged run: use an earlier checkpoint"
+            )
         yield torch.as_tensor(batch.indices, dtype=torch.long), scores, v
 
 

@@ -22,18 +22,18 @@ decides what an all-failed run means (``tsm predict`` exits 1).
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from tsmcli.data.inputs import DEFAULT_FPS, FoundInput, find_inputs
 from tsmcli.data.windows import WHOLE, InputClip, plan_windows, probe_input
-from tsmcli.engine.evaluate import load_for_eval, score_batches, views_loader
+from tsmcli.engine.evaluate import checkpoint_file, load_for_eval, score_batches, views_loader
 from tsmcli.engine.plots import plot_timelines
 from tsmcli.engine.predictions import (
     InputPrediction,
@@ -47,7 +47,7 @@ from tsmcli.engine.predictions import (
 )
 from tsmcli.engine.views import EvalData, Protocol, Views, view_request
 from tsmcli.errors import DataError, UsageError
-from tsmcli.fileio import check_writable_file
+from tsmcli.fileio import check_outputs, outputs
 from tsmcli.model.checkpoint import ArchOverrides, CheckpointInfo
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,7 @@ def predict(
     json_path: str | Path | None = None,
     csv_path: str | Path | None = None,
     plot_path: str | Path | None = None,
+    overwrite: bool = False,
 ) -> PredictResult:
     """The ``topk`` best classes of each input (a video file, a frame folder, or a folder
     searched for them), with eval's test views (``views``, ``arch`` and ``backend`` as in
@@ -92,16 +93,21 @@ def predict(
     ``label_order``), in place of the checkpoint's names. ``window``/``stride``: seconds, for a
     timeline of each video (``stride`` defaults to ``window``); ``fps`` is the frame rate of
     frame folders. ``json_path`` (JSON Lines), ``csv_path`` and ``plot_path`` (the timelines,
-    with ``window``) are checked before any work and written at the end.
+    with ``window``) are checked before any work (none may be an input, and an existing file
+    is replaced only with ``overwrite``) and written at the end.
     """
     timeline = _timeline(window, stride, fps, plot_path)
-    _check(inputs, topk, batch_size, {"--json": json_path, "--csv": csv_path, "--plot": plot_path})
+    files = outputs(json=json_path, csv=csv_path, plot=plot_path)
+    named = [*inputs, checkpoint_file(checkpoint), classes]
+    _check(inputs, topk, batch_size)
+    check_outputs(files, named, overwrite=overwrite)
     request = view_request(views)
     torch_device = _device(device)
     model, data, stored, path = load_for_eval(checkpoint, arch or ArchOverrides(), None, backend)
     names = class_names(classes, label_order, stored, int(model.num_classes), path)
     protocol = request if isinstance(request, Protocol) else request.resolve(data.dense_training)
     found = find_inputs(inputs, data.frame_template)
+    check_outputs(files, [*named, *(item.path for item in found)], overwrite=overwrite)
     if plot_path is not None and len(found) > MAX_PLOT_VIDEOS:
         raise UsageError(
             f"--plot draws one panel per video, at most {MAX_PLOT_VIDEOS}; {len(found)} inputs "
@@ -127,17 +133,12 @@ def predict(
     return result
 
 
-def _check(
-    inputs: Sequence[str | Path], topk: int, batch_size: int, outputs: dict[str, Any]
-) -> None:
-    """The options that need nothing read, and the outputs (writable), before any work."""
+def _check(inputs: Sequence[str | Path], topk: int, batch_size: int) -> None:
+    """The options that need nothing read, before any work."""
     if topk < 1 or batch_size < 1:
         raise UsageError(f"--topk and --batch-size must be at least 1, got {topk}, {batch_size}")
     if not inputs:
         raise UsageError("give at least one video, frame folder or folder of them")
-    for option, path in outputs.items():
-        if path is not None:
-            check_writable_file(path, option)
 
 
 def _timeline(
@@ -150,9 +151,13 @@ def _timeline(
         return None
     stride = window if stride is None else stride
     fps = DEFAULT_FPS if fps is None else fps
-    for value, option in ((window, "--window"), (stride, "--stride"), (fps, "--fps")):
-        if not value > 0:
-            raise UsageError(f"{option} must be a positive number of seconds, got {value}")
+    for value, option, unit in (
+        (window, "--window", "seconds"),
+        (stride, "--stride", "seconds"),
+        (fps, "--fps", "frames per second"),
+    ):
+        if not (math.isfinite(value) and value > 0):
+            raise UsageError(f"{option} must be a positive, finite number of {unit}, got {value}")
     return Timeline(float(window), float(stride), float(fps))
 
 

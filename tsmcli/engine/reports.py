@@ -26,9 +26,17 @@ from tsmcli.engine.metrics import (
     topk_accuracy,
 )
 from tsmcli.engine.views import Protocol
-from tsmcli.fileio import atomic_write, atomic_write_with
+from tsmcli.fileio import Output, atomic_write, atomic_write_with
 
 TOP_K = 5
+# every file ``write_reports`` may write (the heat map, or the top confusions beyond 60 classes)
+REPORT_FILES = (
+    "per_class.csv",
+    "confusion.csv",
+    "confusion.png",
+    "top_confusions.txt",
+    "predictions.csv",
+)
 HEATMAP_MAX_CLASSES = 60  # above this a heat map is unreadable: list the top confusions instead
 TOP_CONFUSIONS = 50
 
@@ -134,6 +142,11 @@ def eval_result(
         scores=scores,
         labels=labels,
     )
+
+
+def report_outputs(out_dir: str | Path | None) -> list[Output]:
+    """The files of ``write_reports`` in ``out_dir`` (none without one), for the output checks."""
+    return [] if out_dir is None else [Output("--out", Path(out_dir) / n) for n in REPORT_FILES]
 
 
 def write_reports(result: EvalResult, out_dir: str | Path) -> list[Path]:
