@@ -135,3 +135,14 @@ def test_sample_indices_shapes_per_mode():
     assert sample_indices(100, 8, "val", rng, clips=10, dense=True).shape == (1, 8)
     with pytest.raises(ValueError, match="mode"):
         sample_indices(100, 8, "eval", rng)
+
+
+def test_clip_frame_spacing_is_what_a_training_clip_skipped():
+    from tsmcli.data.sampling import clip_frame_spacing
+
+    assert clip_frame_spacing("segments", [24, 24, 30, 300], 8) == (
+        3,
+        "the training list's median video (24 frames) over 8 segments",
+    )
+    assert clip_frame_spacing("even", [5], 8)[0] == 1  # shorter than a clip: every frame
+    assert clip_frame_spacing("dense", [], 8) == (8, "dense sampling: 64 // T")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import warnings
 
@@ -132,7 +133,7 @@ def test_stream_yields_the_running_top_k_of_every_frame(model_dir, videos):
     lines = printed.stdout.strip().splitlines()
     assert len(lines) == VIDEO_FRAMES[0] and all(line.startswith("frame ") for line in lines)
     assert printed.stderr == (
-        f"{videos / 'v0.mp4'}: 5 frames scored, 0 dropped (5 decoded); reached the end of "
+        f"{videos / 'v0.mp4'}: 5 frames scored at stride 1 (the model's), 0 dropped (5 decoded); reached the end of "
         "the stream\n"
     )
     assert lines[-1].split()[4] in CLASSES  # "frame 4  1.23 ms  <label> <score>"
@@ -337,3 +338,107 @@ def test_stream_into_a_closed_pipe_exits_quietly(model_dir, videos):
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr.decode()
     assert "error" not in stderr.decode().lower()  # no "internal error", no BrokenPipeError
+
+
+def test_the_model_dir_records_the_training_stride_and_streams_at_it(model_dir, tmp_path):
+    """Trained on 4-segment clips of 12-frame videos, the model saw every third frame: that
+    is what tsm stream and tsm eval --online feed by default, and say so."""
+    _, checkpoint = model_dir
+    train = tmp_path / "train.txt"
+    train.write_text("a 12 0\nb 12 1\nc 13 2\nd 200 0\n")  # median 12: stride 3
+    stored = torch.load(checkpoint, weights_only=True)
+    stored["recipe"]["data"]["train_list"] = str(train)
+    moved = tmp_path / "ckpt.pt"
+    save_checkpoint(stored, moved)
+    out = tmp_path / "model"
+    result = convert_online(moved, out, verify_frames=3, latency_reps=1)
+    why = "the training list's median video (12 frames) over 4 segments"
+    assert (result.frame_stride, result.frame_stride_from) == (3, why)
+    report = json.loads((out / "report.json").read_text())
+    assert (report["frame_stride"], report["frame_stride_from"]) == (3, why)
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    from PIL import Image
+
+    for k in range(10):
+        Image.new("RGB", (SIZE, SIZE), (25 * k, 0, 0)).save(frames / f"img_{k + 1:05d}.jpg")
+    by_default = stream(frames, out, keep_steps=True)
+    assert [s.index for s in by_default.steps] == [0, 3, 6, 9]
+    assert (by_default.stride, by_default.stride_from) == (3, why)
+    given = stream(frames, out, stride=1, keep_steps=True)
+    assert (len(given.steps), given.stride, given.stride_from) == (10, 1, "given")
+
+    (tmp_path / "val.txt").write_text("frames 10 0\n")
+    online = evaluate_online(out, tmp_path / "val.txt", tmp_path, source="frames")
+    assert (online.num_frames, online.stride, online.stride_from) == (4, 3, why)
+    printed = CliRunner().invoke(
+        cli,
+        [
+            "eval",
+            "--online",
+            str(out),
+            "--list",
+            str(tmp_path / "val.txt"),
+            "--root",
+            str(tmp_path),
+        ],
+    )
+    assert printed.exit_code == 0, printed.output
+    rows = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in printed.output.splitlines())
+    assert rows["frames fed"] == f"one frame in 3 ({why})"
+
+    no_list = dict(stored)
+    no_list["recipe"] = {
+        **stored["recipe"],
+        "data": {**stored["recipe"]["data"], "train_list": str(tmp_path / "gone.txt")},
+    }
+    save_checkpoint(no_list, tmp_path / "elsewhere.pt")
+    unknown = convert_online(
+        tmp_path / "elsewhere.pt", tmp_path / "m2", verify_frames=3, latency_reps=1
+    )
+    assert unknown.frame_stride == 1
+    assert unknown.frame_stride_from == (
+        f"not recorded: the training list {tmp_path / 'gone.txt'} was not readable"
+    )
+    chosen = convert_online(moved, tmp_path / "m3", verify_frames=3, latency_reps=1, stride=2)
+    assert (chosen.frame_stride, chosen.frame_stride_from) == (2, "given to tsm convert-online")
+
+
+def test_an_online_evaluation_writes_the_same_reports_as_an_offline_one(
+    model_dir, videos, tmp_path
+):
+    out, _ = model_dir
+    args = ["eval", "--online", str(out), "--list", str(videos / "val.txt"), "--root", str(videos)]
+    summary, reports = tmp_path / "online.json", tmp_path / "reports"
+    printed = CliRunner().invoke(cli, [*args, "--json", str(summary), "--out", str(reports)])
+    assert printed.exit_code == 0, printed.output
+    result = evaluate_online(out, videos / "val.txt", videos)
+    written = json.loads(summary.read_text())
+    assert written["top1"] == result.top1 and written["num_videos"] == 3
+    assert written["num_frames"] == sum(VIDEO_FRAMES)
+    assert (written["stride"], written["model"]) == (1, str(out / "online_weights.pt"))
+    assert written["protocol"]["name"] == "streaming"
+    assert written["top1_at"] == {str(p): v for p, v in result.top1_at.items()}
+    assert sorted(p.name for p in reports.iterdir()) == [
+        "confusion.csv",
+        "confusion.png",
+        "per_class.csv",
+        "predictions.csv",
+    ]
+    rows = (reports / "predictions.csv").read_text().splitlines()
+    assert rows[0].startswith("video,label,pred_1,score_1") and len(rows) == 4
+
+
+def test_a_classes_file_that_does_not_fit_the_outputs_is_refused(model_dir, videos, tmp_path):
+    out, _ = model_dir
+    short = tmp_path / "short"
+    shutil.copytree(out, short)
+    (short / "classes.txt").write_text("up\ndown\n")  # the model has 3 outputs
+    message = _one_line_error(
+        CliRunner().invoke(cli, ["stream", str(videos / "v0.mp4"), "--model", str(short)])
+    )
+    assert message == (
+        f"{short / 'classes.txt'}: names 2 classes, but the model has 3 outputs; restore the "
+        "file written by tsm convert-online, or convert the checkpoint again"
+    )

@@ -92,7 +92,9 @@ def test_a_url_cut_mid_stream_keeps_and_says_what_was_scored(
     assert all(e["latency_ms"] > 0 for e in lines)
     assert len(result.stdout.splitlines()) == n  # a line per frame scored
     summary, error = result.stderr.strip().splitlines()[-2:]
-    assert summary.startswith(f"{url}: {n} frames scored, 0 dropped ({n} decoded); stopped ")
+    assert summary.startswith(
+        f"{url}: {n} frames scored at stride 1 (the model's), 0 dropped ({n} decoded); stopped "
+    )
     assert summary.endswith(f"; {events} holds every frame scored")
     # the reason counts the frames read before the failure; the decoder then gave the rest
     assert re.match(rf"error: {re.escape(url)}: stopped mid-stream after \d+ frames \(", error)
@@ -169,7 +171,7 @@ def test_ctrl_c_ends_the_run_with_what_was_scored(model_dir, tmp_path, make_vide
     assert printed.exit_code == 130
     # decoded: the frames the reader had read ahead too (at most data.live.FILE_BOUND more)
     assert re.fullmatch(
-        rf"{re.escape(str(path))}: 3 frames scored, 0 dropped \([3-7] decoded\); "
+        rf"{re.escape(str(path))}: 3 frames scored at stride 1 \(the model's\), 0 dropped \([3-7] decoded\); "
         r"stopped by Ctrl-C after 3 frames scored\n",
         printed.stderr,
     )
@@ -189,11 +191,11 @@ def test_errors_before_any_frame(model_dir, tmp_path):
     )
     both = runner.invoke(cli, ["stream", "x.mp4", "--camera", "0", "--model", str(model_dir)])
     neither = runner.invoke(cli, ["stream", "--model", str(model_dir)])
-    for result in (both, neither):
-        assert result.exit_code == 2
-        assert result.output.strip() == (
-            "error: give a SOURCE (a file, frame folder or URL) or --camera N, not both"
-        )
+    assert (both.exit_code, neither.exit_code) == (2, 2)
+    assert both.output.strip() == "error: give a SOURCE or --camera N, not both (got x.mp4 and 0)"
+    assert (
+        neither.output.strip() == "error: give a SOURCE (a file, frame folder or URL) or --camera N"
+    )
     missing = runner.invoke(cli, ["stream", str(tmp_path / "no.mp4"), "--model", str(model_dir)])
     assert missing.exit_code == 1
     assert missing.output.strip().startswith(f"error: {tmp_path / 'no.mp4'}: cannot open video (")

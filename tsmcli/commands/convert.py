@@ -68,6 +68,12 @@ from tsmcli.commands import print_rows
     help="Fine-tuning: softmax temperature of the distillation.",
 )
 @click.option(
+    "--stride",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Streaming feeds one frame in N (recorded in the model dir; default: the spacing of the frames the checkpoint was trained on, from its recipe's training list).",
+)
+@click.option(
     "--overwrite",
     is_flag=True,
     help="Replace the files a conversion writes in an existing model dir (never a dir that holds an input).",
@@ -100,6 +106,7 @@ def convert_online(
     finetune_epochs,
     distill_weight,
     distill_temperature,
+    stride,
     overwrite,
     arch,
     num_segments,
@@ -121,6 +128,7 @@ def convert_online(
         distill_weight=distill_weight,
         distill_temperature=distill_temperature,
         overwrite=overwrite,
+        stride=stride,
         **given,
     )
     print_rows(_rows(result, distill_weight, distill_temperature))
@@ -131,6 +139,7 @@ def _rows(r, distill_weight: float, distill_temperature: float) -> list[tuple[st
         ("model dir", str(r.out_dir)),
         ("input", f"{r.height}x{r.width}"),
         ("buffers", f"{r.num_buffers} ({r.cache_bytes / 1024:.1f} KiB cached between frames)"),
+        ("frame stride", f"{r.frame_stride} ({r.frame_stride_from})"),
         *((f"max diff {name}", f"{diff:.2g}") for name, diff in r.max_abs_diff.items()),
         (
             "latency",

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from tsmcli.commands import print_rows
+from tsmcli.commands import overwrite_option, print_rows
 from tsmcli.data.layout import SOURCES
 
 
@@ -169,6 +169,7 @@ model_options = _apply(
     default=None,
     help="Write per-class accuracy, confusion matrix and per-video predictions here.",
 )
+@overwrite_option
 @click.option(
     "--source",
     type=click.Choice(SOURCES),
@@ -180,6 +181,12 @@ model_options = _apply(
     "--trust-torchscript",
     is_flag=True,
     help="--online: run the dir's online.pt (TorchScript, which can run code) instead of the model rebuilt from online_weights.pt.",
+)
+@click.option(
+    "--stride",
+    type=click.IntRange(min=1),
+    default=None,
+    help="--online: feed one frame in N (default: the model dir's stride, the spacing of the frames it was trained on).",
 )
 def evaluate(**options: Any) -> None:
     """Top-1 / top-5 / mean class accuracy of a checkpoint on a list.
@@ -193,7 +200,7 @@ def evaluate(**options: Any) -> None:
     views, arch = view_and_arch(options)
     result = run_eval(views=views, arch=arch, **options)
     if options["online_dir"] is not None:
-        print_rows(_online_rows(options["online_dir"], result))
+        print_rows(_online_rows(options["online_dir"], result, options))
     elif env_rank() == 0:  # under torchrun every rank has the numbers; one prints them
         print_rows(
             _checkpoint_rows(
@@ -228,9 +235,12 @@ def view_and_arch(options: dict[str, Any]) -> tuple[Any, Any]:
     return views, arch
 
 
-def _online_rows(online: Path, result) -> list[tuple[str, str]]:
+def _online_rows(online: Path, result, options: dict[str, Any]) -> list[tuple[str, str]]:
+    which = "every frame" if result.stride == 1 else f"one frame in {result.stride}"
+    why = "given" if options["stride"] is not None else result.stride_from
     return [
         ("model", str(online)),
+        ("frames fed", f"{which} ({why})"),
         ("top-1", f"{result.top1:.2f} %"),
         ("top-5", f"{result.top5:.2f} %"),
         ("mean class", f"{result.mean_class_accuracy:.2f} %"),
@@ -238,7 +248,7 @@ def _online_rows(online: Path, result) -> list[tuple[str, str]]:
         ("videos", str(result.num_videos)),
         ("frames", str(result.num_frames)),
         ("latency", f"{result.latency_ms:.2f} ms/frame"),
-    ]
+    ] + _written(options["json_path"], options["out_dir"])
 
 
 def _checkpoint_rows(
@@ -254,6 +264,8 @@ def _checkpoint_rows(
         ("views", str(result.views)),
         ("videos/s", f"{result.videos_per_s:.1f}"),
     ]
-    return rows + [
-        (name, str(path)) for name, path in (("json", json_path), ("reports", out_dir)) if path
-    ]
+    return rows + _written(json_path, out_dir)
+
+
+def _written(json_path: Path | None, out_dir: Path | None) -> list[tuple[str, str]]:
+    return [(name, str(path)) for name, path in (("json", json_path), ("reports", out_dir)) if path]

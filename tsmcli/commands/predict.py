@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from tsmcli.commands import print_rows
+from tsmcli.commands import overwrite_option, print_rows
 from tsmcli.commands.evaluate import model_options, view_and_arch, view_options
 from tsmcli.data.inputs import DEFAULT_FPS
 from tsmcli.data.layout import FRAME_TEMPLATE, VIDEO_EXTENSIONS
@@ -80,6 +80,7 @@ _FOUND = (
     default=None,
     help="With --window: draw the top classes' probabilities over time (PNG).",
 )
+@overwrite_option
 @view_options
 @model_options
 def predict(**options: Any) -> None:
@@ -150,9 +151,9 @@ def _summary_rows(result) -> list[tuple[str, str]]:
 @click.option(
     "--stride",
     type=click.IntRange(min=1),
-    default=1,
-    show_default=True,
-    help="Score one frame in N.",
+    default=None,
+    help="Score one frame in N (default: the model dir's stride, the spacing of the frames it "
+    "was trained on).",
 )
 @click.option(
     "--realtime/--no-realtime",
@@ -173,6 +174,7 @@ def _summary_rows(result) -> list[tuple[str, str]]:
     default=None,
     help="Write one JSON line per scored frame (index, time, top-k, latency), as it goes.",
 )
+@overwrite_option
 @click.option(
     "--trust-torchscript",
     is_flag=True,
@@ -195,15 +197,17 @@ def stream(source, camera, **options: Any) -> None:
     from tsmcli.engine.stream import stream as run_stream
     from tsmcli.errors import DataError, UsageError
 
-    if (source is None) == (camera is None):
-        raise UsageError("give a SOURCE (a file, frame folder or URL) or --camera N, not both")
+    if source is None and camera is None:
+        raise UsageError("give a SOURCE (a file, frame folder or URL) or --camera N")
+    if source is not None and camera is not None:
+        raise UsageError(f"give a SOURCE or --camera N, not both (got {source} and {camera})")
     if camera is not None and camera.isdigit():
         camera = int(camera)
     result = run_stream(source, camera=camera, on_step=_print_step, **options)
     jsonl = f"; {result.jsonl} holds every frame scored" if result.jsonl else ""
     click.echo(
-        f"{result.source}: {result.frames} frames scored, {result.dropped} dropped "
-        f"({result.decoded} decoded); {result.reason}{jsonl}",
+        f"{result.source}: {result.frames} frames scored {_stride(result)}, {result.dropped} "
+        f"dropped ({result.decoded} decoded); {result.reason}{jsonl}",
         err=True,
     )
     if result.failed:
@@ -213,6 +217,13 @@ def stream(source, camera, **options: Any) -> None:
         )
     if result.ending == "interrupted":
         click.get_current_context().exit(130)
+
+
+def _stride(result) -> str:
+    """Which frames were scored: the stride, and whether it was the model dir's."""
+    return f"at stride {result.stride}" + (
+        "" if result.stride_from == "given" else " (the model's)"
+    )
 
 
 def _print_step(step) -> None:

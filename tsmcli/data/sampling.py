@@ -14,6 +14,9 @@ All randomness comes from an explicit ``numpy.random.Generator``.
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Sequence
+
 import numpy as np
 
 DENSE_WINDOW = 64
@@ -104,6 +107,22 @@ def dense_test_indices(num_frames: int, num_segments: int, clips: int = 10) -> n
     sample_pos, stride = _dense_window(num_frames, num_segments)
     starts = np.linspace(0, sample_pos - 1, num=clips, dtype=np.int64)  # (clips,)
     return (starts[:, None] + np.arange(num_segments)[None, :] * stride) % num_frames
+
+
+def clip_frame_spacing(
+    sampling: str, frame_counts: Sequence[int], num_segments: int
+) -> tuple[int, str]:
+    """How many frames apart consecutive frames of a training clip were, typically, and why:
+    ``64 // T`` for dense sampling, else the median video's length over ``T`` segments. A
+    stream fed one frame in that many sees motion at the speed the model learned it."""
+    if sampling == "dense":
+        return max(1, DENSE_WINDOW // num_segments), f"dense sampling: {DENSE_WINDOW} // T"
+    median = statistics.median_low(frame_counts)
+    spacing = max(1, round(median / num_segments))
+    return (
+        spacing,
+        f"the training list's median video ({median} frames) over {num_segments} segments",
+    )
 
 
 def sample_indices(

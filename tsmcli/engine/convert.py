@@ -19,11 +19,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from tsmcli.errors import UsageError
+from tsmcli.data.lists import read_list
+from tsmcli.data.sampling import clip_frame_spacing
+from tsmcli.errors import TSMError, UsageError
 from tsmcli.model.checkpoint import ArchOverrides, CheckpointInfo, load_model, read_checkpoint
 from tsmcli.model.export import DEFAULT_OPSET, export_and_verify, rebuild
 from tsmcli.model.model_dir import (
     FINETUNE_DIR,
+    ModelDir,
     check_out_dir,
     publish,
     staged_model_dir,
@@ -65,6 +68,8 @@ class ConvertResult:
     accuracy: dict[str, Any] | None  # top-1 before / after (/ fine-tuned), when a list is given
     finetune_epochs: int = 0
     finetuned_checkpoint: Path | None = None  # out_dir/finetune/...: the one-way weights exported
+    frame_stride: int = 1  # one frame in this many: the spacing the model was trained on
+    frame_stride_from: str = "not recorded"
 
     def report_fields(self) -> dict[str, Any]:
         """The fields as JSON values, for ``report.json`` (``model.model_dir.write_report``)."""
@@ -115,6 +120,7 @@ class _Job:
     opset: int
     seed: int
     latency_reps: int
+    stride: tuple[int, str]  # the frame stride to record, and where it came from
 
 
 def convert_online(
@@ -136,6 +142,7 @@ def convert_online(
     opset: int = DEFAULT_OPSET,
     overwrite: bool = False,
     seed: int = 0,
+    stride: int | None = None,
     **arch_overrides: Any,
 ) -> ConvertResult:
     """Build the streaming model of a checkpoint, verify its exports, write them to ``out_dir``.
@@ -147,7 +154,9 @@ def convert_online(
     recipe's training data, at ``finetune_lr_scale`` times the recipe's learning rate, with
     ``distill_weight`` of its loss from the checkpoint's own outputs (the model as trained,
     which saw both directions) softened at ``distill_temperature`` (0: labels only).
-    ``arch_overrides`` (``arch``, ``num_segments``, ``shift``, ...) go to ``load_model``: an
+    ``stride``: feed one frame in that many when streaming (recorded in the model dir for
+    ``tsm stream`` and ``tsm eval --online``; None: the spacing of the frames the checkpoint
+    was trained on, from its recipe and training list, else 1). ``arch_overrides`` (``arch``, ``num_segments``, ``shift``, ...) go to ``load_model``: an
     official TSM or mmaction2 checkpoint does not record its architecture, unless it is given
     by its model zoo name (``checkpoint`` may be one), which brings its class names too.
     """
@@ -168,6 +177,7 @@ def convert_online(
     model = load_model(info, **arch_overrides)
     val = None if val_list is None else _ValData(val_list, root, source, backend)
     size = _input_size(recipe, height, width)
+    frame_stride = _frame_stride(recipe, int(model.num_segments), stride)
     return _write(
         _Job(
             info,
@@ -183,6 +193,7 @@ def convert_online(
             opset,
             seed,
             latency_reps,
+            frame_stride,
         )
     )
 
@@ -256,6 +267,8 @@ def _convert(job: _Job, staged: Path) -> ConvertResult:
         accuracy=accuracy,
         finetune_epochs=job.finetune.epochs,
         finetuned_checkpoint=finetuned,
+        frame_stride=job.stride[0],
+        frame_stride_from=job.stride[1],
     )
 
 
@@ -285,6 +298,26 @@ def _classes(info: CheckpointInfo, val_list: str | Path | None) -> list[str] | N
 
         return classes_for_list(val_list)
     return None
+
+
+def _frame_stride(recipe: Recipe | None, num_segments: int, given: int | None) -> tuple[int, str]:
+    """One frame in how many a stream should feed (``data.sampling.clip_frame_spacing``), and
+    where that number comes from."""
+    if given is not None:
+        if given < 1:
+            raise UsageError(f"--stride must be at least 1, got {given}")
+        return given, "given to tsm convert-online"
+    if recipe is None:
+        return 1, "not recorded: the checkpoint carries no training recipe"
+    train_list = Path(recipe.data.train_list).expanduser()
+    try:
+        counts = [entry.num_frames for entry in read_list(train_list)]
+    except (OSError, TSMError):
+        counts = []
+    if not counts and recipe.data.sampling != "dense":
+        logger.warning("%s: not readable, so streaming feeds every frame", train_list)
+        return 1, f"not recorded: the training list {train_list} was not readable"
+    return clip_frame_spacing(recipe.data.sampling, counts, num_segments)
 
 
 def _input_size(
@@ -356,13 +389,20 @@ def _offline_accuracy(job: _Job) -> dict[str, Any]:
 
 def _online_accuracy(streaming: StreamingTSM, job: _Job) -> dict[str, Any]:
     """The streaming model fed every frame, running average of per-frame logits."""
-    from tsmcli.engine.online import OnlineModel, evaluate_stream
+    from tsmcli.engine.online import evaluate_stream, with_classes
 
     height, width, scale_size = job.size
     val = job.val
-    online = OnlineModel(
-        streaming, height, width, scale_size, streaming.buffer_shapes(height, width), job.classes
+    loaded = ModelDir(
+        streaming,
+        height,
+        width,
+        scale_size,
+        streaming.buffer_shapes(height, width),
+        frame_stride=job.stride[0],
+        frame_stride_from=job.stride[1],
     )
+    online = with_classes(loaded, job.classes)
     result = evaluate_stream(
         online, val.list_file, val.root, source=val.source, backend=val.backend
     )
@@ -371,7 +411,8 @@ def _online_accuracy(streaming: StreamingTSM, job: _Job) -> dict[str, Any]:
         "top5": result.top5,
         "top1_at": result.top1_at,
         "num_videos": result.num_videos,
-        "how": "streaming one-way, frame by frame",
+        "stride": result.stride,
+        "how": f"streaming one-way, frame by frame, one frame in {result.stride}",
     }
 
 

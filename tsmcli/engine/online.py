@@ -18,13 +18,15 @@ short side resized to ``scale_size``, centre crop, ImageNet normalisation.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import statistics
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -32,12 +34,13 @@ from torch import Tensor
 from tsmcli.data import transforms
 from tsmcli.data.decode import FrameFolder, FrameSource, open_video
 from tsmcli.data.layout import FRAME_TEMPLATE, SOURCES
-from tsmcli.data.lists import ListEntry, read_classes
+from tsmcli.data.lists import read_classes
 from tsmcli.engine.checks import EVAL_HINT, check_labels, read_entries
-from tsmcli.engine.metrics import mean_class_accuracy, predict, topk_accuracy
+from tsmcli.engine.metrics import topk_accuracy
+from tsmcli.engine.reports import EvalResult, eval_result
+from tsmcli.engine.views import Protocol
 from tsmcli.errors import DataError, ExportError, UsageError
-from tsmcli.model.model_dir import load_model_dir
-from tsmcli.model.streaming import StepFn
+from tsmcli.model.model_dir import ModelDir, load_model_dir
 
 logger = logging.getLogger(__name__)
 
@@ -45,17 +48,11 @@ SEEN_PERCENTS = (25, 50, 100)
 DECODE_CHUNK = 16  # frames decoded at once: bounded memory for long videos
 
 
-@dataclass
-class OnlineModel:
-    """A streaming model ready to run: the step function and what its input must look like."""
+@dataclass(frozen=True)
+class OnlineModel(ModelDir):
+    """A model dir's streaming model ready to run, with its class names."""
 
-    step: StepFn  # (frame (1, 3, H, W), *buffers) -> (logits (1, K), *new_buffers)
-    height: int
-    width: int
-    scale_size: int  # short side of the frame before the centre crop
-    buffer_shapes: list[tuple[int, ...]]
     classes: list[str] | None = None
-    source: str = "the online model"  # named when a step fails
 
     def initial_buffers(self) -> list[Tensor]:
         """Zero buffers: the state at the start of every stream."""
@@ -73,38 +70,98 @@ class OnlineModel:
         return transforms.normalize(F.center_crop(resized, [self.height, self.width]))
 
     def label(self, index: int) -> str:
-        return self.classes[index] if self.classes and index < len(self.classes) else str(index)
+        if not self.classes:
+            return str(index)
+        if index >= len(self.classes):  # a report too old to record the outputs
+            raise ExportError(
+                f"{self.classes_file}: names {len(self.classes)} classes, but the model has "
+                f"more outputs; restore the file written by tsm convert-online, or convert "
+                "the checkpoint again"
+            )
+        return self.classes[index]
+
+    def stride(self, given: int | None) -> int:
+        """The frame stride to feed: ``given`` (``--stride``), else the model dir's own."""
+        if given is None:
+            return self.frame_stride
+        if given < 1:
+            raise UsageError(f"--stride must be at least 1, got {given}")
+        return given
 
 
 def load_online_model(model_dir: str | Path, *, trust_torchscript: bool = False) -> OnlineModel:
     """The streaming model of a model dir (``model.model_dir.load_model_dir``: rebuilt from its
-    weights, or ``online.pt`` with ``trust_torchscript``), with its class names."""
+    weights, or ``online.pt`` with ``trust_torchscript``), with its class names, which must be
+    one per output."""
     loaded = load_model_dir(model_dir, trust_torchscript=trust_torchscript)
-    classes = read_classes(loaded.classes_file) if loaded.classes_file is not None else None
-    return OnlineModel(
-        loaded.step,
-        loaded.height,
-        loaded.width,
-        loaded.scale_size,
-        loaded.buffer_shapes,
-        classes,
-        loaded.source,
-    )
+    classes = None
+    if loaded.classes_file is not None:
+        classes = read_classes(loaded.classes_file)
+        if loaded.num_classes is not None and len(classes) != loaded.num_classes:
+            raise ExportError(
+                f"{loaded.classes_file}: names {len(classes)} classes, but the model has "
+                f"{loaded.num_classes} outputs; restore the file written by tsm convert-online, "
+                "or convert the checkpoint again"
+            )
+    return with_classes(loaded, classes)
+
+
+def with_classes(loaded: ModelDir, classes: Sequence[str] | None) -> OnlineModel:
+    """``loaded`` as an ``OnlineModel`` with these class names."""
+    fields = {f.name: getattr(loaded, f.name) for f in dataclasses.fields(ModelDir)}
+    return OnlineModel(**fields, classes=list(classes) if classes is not None else None)
 
 
 @dataclass(frozen=True)
 class OnlineEvalResult:
-    """Video-level accuracy of the running average, in percent, and per-frame latency."""
+    """The running average after each whole video, scored as ``tsm eval`` scores a checkpoint
+    (``metrics``: accuracies in percent, per class, confusions), top-1 part-way in, and the
+    per-frame latency."""
 
-    num_videos: int
+    metrics: EvalResult
     num_frames: int  # frames fed to the model, all videos together
-    top1: float  # after the whole video
-    top5: float
-    mean_class_accuracy: float
     top1_at: dict[int, float]  # percent of the video seen -> top-1 at that point
     latency_ms: float  # median model time per frame (decoding excluded)
-    scores: Tensor = field(repr=False)  # (N, K) running average after the whole video
-    labels: Tensor = field(repr=False)  # (N,)
+    stride: int  # one frame in ``stride`` was fed
+    stride_from: str  # where that stride came from
+
+    @property
+    def top1(self) -> float:
+        return self.metrics.top1
+
+    @property
+    def top5(self) -> float:
+        return self.metrics.top5
+
+    @property
+    def mean_class_accuracy(self) -> float:
+        return self.metrics.mean_class_accuracy
+
+    @property
+    def num_videos(self) -> int:
+        return self.metrics.num_videos
+
+    @property
+    def scores(self) -> Tensor:
+        return self.metrics.scores  # (N, K) running average after the whole video
+
+    @property
+    def labels(self) -> Tensor:
+        return self.metrics.labels  # (N,)
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON report (``tsm eval --online ... --json``)."""
+        summary = self.metrics.summary()
+        summary["model"] = summary.pop("checkpoint")
+        summary.pop("views")
+        summary.update(
+            top1_at={str(p): v for p, v in self.top1_at.items()},
+            num_frames=self.num_frames,
+            latency_ms=self.latency_ms,
+            stride=self.stride,
+            stride_from=self.stride_from,
+        )
+        return summary
 
 
 def evaluate_online(
@@ -115,15 +172,17 @@ def evaluate_online(
     source: str | None = None,
     backend: str | None = None,
     frame_template: str = FRAME_TEMPLATE,
-    stride: int = 1,
+    stride: int | None = None,
     max_videos: int | None = None,
     trust_torchscript: bool = False,
 ) -> OnlineEvalResult:
     """Evaluate an exported online model frame by frame on a TSN list (``tsm eval --online``).
 
     ``source`` is ``frames`` or ``videos`` (None: a folder is frames, a file is a video);
-    ``backend`` the video decoder (decord by default); ``trust_torchscript`` runs
-    ``online.pt`` instead of the model rebuilt from its weights (``load_online_model``).
+    ``backend`` the video decoder (decord by default); ``stride``: one frame in that many
+    (None: the model dir's own, the spacing of the frames it was trained on);
+    ``trust_torchscript`` runs ``online.pt`` instead of the model rebuilt from its weights
+    (``load_online_model``).
     """
     model = load_online_model(model_dir, trust_torchscript=trust_torchscript)
     return evaluate_stream(
@@ -146,12 +205,11 @@ def evaluate_stream(
     source: str | None = None,
     backend: str | None = None,
     frame_template: str = FRAME_TEMPLATE,
-    stride: int = 1,
+    stride: int | None = None,
     max_videos: int | None = None,
 ) -> OnlineEvalResult:
     """``evaluate_online`` for a model already in memory (``convert_online`` uses it)."""
-    if stride < 1:
-        raise UsageError(f"stride must be at least 1, got {stride}")
+    step = model.stride(stride)
     if max_videos is not None and max_videos < 1:
         raise UsageError(f"max_videos must be at least 1, got {max_videos}")
     from tqdm import tqdm
@@ -159,9 +217,10 @@ def evaluate_stream(
     entries = read_entries(list_file)[:max_videos]
     root = Path(root)
     final, at_percent, latencies = [], {p: [] for p in SEEN_PERCENTS}, []
+    begin = time.perf_counter()
     for entry in tqdm(entries, desc="online eval", unit="video", disable=None):
         video = _open(root / entry.path, entry.num_frames, source, backend, frame_template)
-        indices = list(range(0, video.num_frames, stride))
+        indices = list(range(0, video.num_frames, step))
         # p% of the video seen: the running average after ceil(p% of the frames fed).
         marks = {p: max(1, math.ceil(p * len(indices) / 100)) for p in SEEN_PERCENTS}
         for count, mean_logits, latency in _running_average(model, video, indices):
@@ -172,30 +231,18 @@ def evaluate_stream(
         final.append(at_percent[100][-1])
         if len(final) == 1:  # the model's class count is known once it has run
             check_labels(entries, list_file, final[0].shape[1], owner=model.source, hint=EVAL_HINT)
-    return _online_result(entries, final, at_percent, latencies)
-
-
-def _online_result(
-    entries: Sequence[ListEntry],
-    final: list[Tensor],
-    at_percent: dict[int, list[Tensor]],
-    latencies: list[float],
-) -> OnlineEvalResult:
-    """The accuracies of the running averages (after the whole video and part-way in)."""
     scores = torch.cat(final)  # (N, K)
-    labels = torch.tensor([entry.label for entry in entries])  # (N,)
-    accuracy = topk_accuracy(scores, labels, (1, 5))
+    names = [model.label(k) for k in range(scores.shape[1])]
+    protocol = Protocol("streaming" if step == 1 else f"streaming, one frame in {step}")
+    elapsed = time.perf_counter() - begin
+    metrics = eval_result(
+        entries, scores, 1, protocol, Path(model.source), names, len(entries) / max(elapsed, 1e-9)
+    )
+    labels = metrics.labels
     top1_at = {p: topk_accuracy(torch.cat(at_percent[p]), labels, (1,))[1] for p in SEEN_PERCENTS}
+    from_where = "given" if stride is not None else model.frame_stride_from
     return OnlineEvalResult(
-        num_videos=len(entries),
-        num_frames=len(latencies),
-        top1=accuracy[1],
-        top5=accuracy[5],
-        mean_class_accuracy=mean_class_accuracy(predict(scores), labels, scores.shape[1]),
-        top1_at=top1_at,
-        latency_ms=statistics.median(latencies) * 1000.0,
-        scores=scores,
-        labels=labels,
+        metrics, len(latencies), top1_at, statistics.median(latencies) * 1000.0, step, from_where
     )
 
 

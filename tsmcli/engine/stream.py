@@ -23,6 +23,7 @@ exception: ``StreamResult.ending`` is ``"failed"`` and ``reason`` says why. Ctrl
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -31,7 +32,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -42,7 +43,7 @@ from tsmcli.data.live import DEFAULT_TIMEOUT, URL, open_source
 from tsmcli.engine.online import DECODE_CHUNK, OnlineModel, load_online_model, step_frame
 from tsmcli.engine.predictions import ClassScore
 from tsmcli.errors import UsageError
-from tsmcli.fileio import check_writable_file
+from tsmcli.fileio import LineLog, check_outputs, outputs
 
 Frames = Iterator[tuple[int, float | None, Tensor]]  # (index, time in seconds, uint8 (3, H, W))
 
@@ -87,6 +88,8 @@ class StreamResult:
     reason: str  # one line: why it ended
     last: StreamStep | None  # the running top-k after the last frame scored
     latency_ms: float | None  # median per scored frame
+    stride: int = 1  # one frame in ``stride`` of those the source gave was scored
+    stride_from: str = "given"  # where that stride came from
     jsonl: Path | None = None
     steps: list[StreamStep] = field(default_factory=list, repr=False)  # kept with keep_steps
 
@@ -101,7 +104,7 @@ def stream(
     topk: int = 5,
     *,
     camera: int | str | None = None,
-    stride: int = 1,
+    stride: int | None = None,
     realtime: bool | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     jsonl: str | Path | None = None,
@@ -110,24 +113,26 @@ def stream(
     trust_torchscript: bool = False,
     opener: Callable[..., Any] | None = None,
     threads: int | None = None,
+    overwrite: bool = False,
 ) -> StreamResult:
     """Run the online model of ``model_dir`` on ``source`` (a frame folder, a video file or a
     URL) or on ``camera`` (an index or a device name), until the source ends.
 
-    ``stride=k`` scores one frame in k (of those the source delivers). ``realtime``, ``timeout``
+    ``stride=k`` scores one frame in k (of those the source delivers; None: the model dir's
+    own stride, the spacing of the frames it was trained on). ``realtime``, ``timeout``
     and ``opener`` are ``data.live.open_source``'s (None: cameras and rtsp/... URLs live, files
     and http(s) not). ``on_step`` is called after each scored frame; ``jsonl`` gets one JSON
     line per scored frame; ``keep_steps`` keeps every step in the result (a camera's stream
     can be long: off by default). ``threads``: torch's intra-op threads while it runs (None:
-    ``default_threads()``; torch's setting is restored after). An unreadable model dir, source or camera raises before any
+    ``default_threads()``; torch's setting is restored after). ``overwrite``: replace an
+    existing ``jsonl`` file. An unreadable model dir, source or camera raises before any
     frame; a source that stops mid-stream does not raise (see ``StreamResult.ending``).
     """
-    if topk < 1 or stride < 1:
-        raise UsageError(f"--topk and --stride must be at least 1, got {topk}, {stride}")
+    if topk < 1:
+        raise UsageError(f"--topk must be at least 1, got {topk}")
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be at least 1, got {threads}")
-    if jsonl is not None:
-        check_writable_file(jsonl, "--jsonl")
+    check_outputs(outputs(jsonl=jsonl), _inputs(source, model_dir), overwrite=overwrite)
     model = load_online_model(model_dir, trust_torchscript=trust_torchscript)
     run = _Run(model, topk, stride, on_step, keep_steps)
     folder = (
@@ -150,7 +155,7 @@ def stream(
             name = live.name
         run.events = _open_events(jsonl, stack)
         try:
-            run.feed(_folder_frames(frames, stride) if live is None else _live_frames(live))
+            run.feed(_folder_frames(frames, run.stride) if live is None else _live_frames(live))
         except KeyboardInterrupt:
             run.interrupted = True
     return run.result(name, live, jsonl)
@@ -176,12 +181,17 @@ def intra_op_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _open_events(jsonl: str | Path | None, stack: ExitStack) -> IO[str] | None:
+def _inputs(source: str | Path | None, model_dir: str | Path) -> list[Path]:
+    """What a stream reads: a local source, and every file of the model dir."""
+    found = [] if source is None or URL.match(str(source)) else [Path(source)]
+    with contextlib.suppress(OSError):
+        found.extend(p for p in Path(model_dir).iterdir() if p.is_file())
+    return found
+
+
+def _open_events(jsonl: str | Path | None, stack: ExitStack) -> LineLog | None:
     """The ``--jsonl`` file, opened once the source is: written line by line, flushed."""
-    if jsonl is None:
-        return None
-    Path(jsonl).parent.mkdir(parents=True, exist_ok=True)
-    return stack.enter_context(open(jsonl, "w", encoding="utf-8"))  # noqa: SIM115
+    return None if jsonl is None else stack.enter_context(LineLog(jsonl))
 
 
 def _folder_frames(folder: FrameFolder, stride: int) -> Frames:
@@ -199,10 +209,12 @@ def _live_frames(source) -> Frames:
 class _Run:
     """The running average of one stream, and what it scored."""
 
-    def __init__(self, model: OnlineModel, topk, stride, on_step, keep_steps):
-        self.model, self.topk, self.stride = model, topk, stride
+    def __init__(self, model: OnlineModel, topk, stride: int | None, on_step, keep_steps):
+        self.model, self.topk = model, topk
+        self.stride = model.stride(stride)  # the model dir's own when not given
+        self.stride_from = "given" if stride is not None else model.frame_stride_from
         self.on_step, self.keep_steps = on_step, keep_steps
-        self.events: IO[str] | None = None
+        self.events: LineLog | None = None
         self.steps: list[StreamStep] = []
         self.latencies: list[float] = []
         self.last: StreamStep | None = None
@@ -236,8 +248,7 @@ class _Run:
         if self.keep_steps:
             self.steps.append(step)
         if self.events is not None:
-            self.events.write(json.dumps(step.to_dict()) + "\n")
-            self.events.flush()
+            self.events.write_line(json.dumps(step.to_dict(), allow_nan=False))
         if self.on_step is not None:
             self.on_step(step)
 
@@ -263,6 +274,8 @@ class _Run:
             reason=reason,
             last=self.last,
             latency_ms=statistics.median(self.latencies) if self.latencies else None,
+            stride=self.stride,
+            stride_from=self.stride_from,
             jsonl=Path(jsonl) if jsonl is not None else None,
             steps=self.steps,
         )

@@ -157,8 +157,12 @@ class ModelDir:
     width: int
     scale_size: int  # short side of the frame before the centre crop
     buffer_shapes: list[tuple[int, ...]]
-    classes_file: Path | None  # classes.txt, when the dir has one
-    source: str  # the file the step came from (named when a step fails)
+    classes_file: Path | None = None  # classes.txt, when the dir has one
+    source: str = "the online model"  # the file the step came from (named when a step fails)
+    num_classes: int | None = None  # outputs, from the recorded config (None: not recorded)
+    # one frame in frame_stride: the spacing of the frames the model was trained on
+    frame_stride: int = 1
+    frame_stride_from: str = "not recorded"
 
 
 def load_streaming_model(path: str | Path) -> StreamingTSM:
@@ -182,27 +186,29 @@ def load_model_dir(model_dir: str | Path, *, trust_torchscript: bool = False) ->
             f"{report_path}: missing; {model_dir} is not an online model dir "
             "(make one with tsm convert-online)"
         )
-    height, width, scale_size, shapes = read_report(report_path)
+    report = read_report(report_path)
     if trust_torchscript:
         path = model_dir / TORCHSCRIPT_FILE
         step: StepFn = load_torchscript(path)
     else:
         path = model_dir / WEIGHTS_FILE
-        step = _load_weights(path, model_dir, report_path, height, width, shapes)
+        step = _load_weights(path, model_dir, report_path, report)
     classes = model_dir / CLASSES_FILE
     return ModelDir(
-        step, height, width, scale_size, shapes, classes if classes.is_file() else None, str(path)
+        step,
+        report.height,
+        report.width,
+        report.scale_size,
+        report.buffer_shapes,
+        classes if classes.is_file() else None,
+        str(path),
+        report.num_classes,
+        report.frame_stride,
+        report.frame_stride_from,
     )
 
 
-def _load_weights(
-    path: Path,
-    model_dir: Path,
-    report_path: Path,
-    height: int,
-    width: int,
-    shapes: list[tuple[int, ...]],
-) -> StreamingTSM:
+def _load_weights(path: Path, model_dir: Path, report_path: Path, report: Report) -> StreamingTSM:
     """online_weights.pt rebuilt, checked against the buffer shapes of the report."""
     if not path.is_file():
         raise ExportError(
@@ -211,17 +217,30 @@ def _load_weights(
             f"--trust-torchscript if you trust {model_dir / TORCHSCRIPT_FILE}"
         )
     step = load_streaming_model(path)
-    if step.buffer_shapes(height, width) != shapes:
+    if step.buffer_shapes(report.height, report.width) != report.buffer_shapes:
         raise ExportError(
-            f"{report_path}: its buffer_shapes do not match {path} at {height}x{width}; "
-            "the report was edited or belongs to another model: convert again with tsm "
-            "convert-online"
+            f"{report_path}: its buffer_shapes do not match {path} at "
+            f"{report.height}x{report.width}; the report was edited or belongs to another "
+            "model: convert again with tsm convert-online"
         )
     return step
 
 
-def read_report(path: Path) -> tuple[int, int, int, list[tuple[int, ...]]]:
-    """(height, width, scale_size, buffer_shapes) from report.json, checked."""
+@dataclass(frozen=True)
+class Report:
+    """What ``report.json`` says that running the model needs, checked."""
+
+    height: int
+    width: int
+    scale_size: int
+    buffer_shapes: list[tuple[int, ...]]
+    num_classes: int | None  # None: a report without the model's config
+    frame_stride: int  # 1 in a report from before the stride was recorded
+    frame_stride_from: str
+
+
+def read_report(path: Path) -> Report:
+    """The fields of report.json that running the model needs, each checked."""
 
     def fail(what: str) -> ExportError:
         return ExportError(f"{path}: {what}; convert the checkpoint again with tsm convert-online")
@@ -230,26 +249,42 @@ def read_report(path: Path) -> tuple[int, int, int, list[tuple[int, ...]]]:
         report = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise fail(f"not valid JSON ({str(exc).splitlines()[0]})") from None
+    if not isinstance(report, dict):
+        raise fail(f"holds a {type(report).__name__}, not the report object")
 
-    def size(key: str, least: int) -> int:
-        value = report.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+    def size(key: str, least: int, fields: dict = report) -> int:
+        value = fields.get(key)
+        if not _is_int(value) or value < least:
             raise fail(f"{key} must be an integer of at least {least}, got {value!r}")
         return value
 
-    if not isinstance(report, dict):
-        raise fail(f"holds a {type(report).__name__}, not the report object")
     height, width = size("height", 16), size("width", 16)
     scale_size = size("scale_size", max(height, width))
     shapes = report.get("buffer_shapes")
     if not isinstance(shapes, list) or not all(
-        isinstance(shape, list)
-        and shape
-        and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+        isinstance(shape, list) and shape and all(_is_int(d) and d > 0 for d in shape)
         for shape in shapes
     ):
         raise fail("buffer_shapes must be a list of shapes (lists of positive integers)")
-    return height, width, scale_size, [tuple(shape) for shape in shapes]
+    config = report.get("model_config")
+    num_classes = None
+    if isinstance(config, dict) and "num_classes" in config:
+        num_classes = size("num_classes", 1, config)
+    stride = size("frame_stride", 1) if "frame_stride" in report else 1
+    stride_from = report.get("frame_stride_from", "not recorded")
+    return Report(
+        height,
+        width,
+        scale_size,
+        [tuple(shape) for shape in shapes],
+        num_classes,
+        stride,
+        stride_from if isinstance(stride_from, str) else "not recorded",
+    )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def load_torchscript(path: Path) -> StepFn:
