@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import errno
 import itertools
+import os
+import signal
 import socket
 import sys
 import threading
@@ -19,15 +21,8 @@ import pytest
 import torch
 from live_fakes import FakeDevice, Opener, fake_pixels
 
-from tsmcli.data.live import (
-    CAMERA_INPUTS,
-    DEFAULT_TIMEOUT,
-    FILE_BOUND,
-    LIVE_BOUND,
-    LiveFrame,
-    camera_device,
-    open_source,
-)
+from tsmcli.data.cameras import CAMERA_INPUTS, camera_device
+from tsmcli.data.live import DEFAULT_TIMEOUT, FILE_BOUND, LIVE_BOUND, LiveFrame, open_source
 from tsmcli.errors import DataError
 
 
@@ -103,7 +98,8 @@ def test_a_server_closing_mid_body_ends_the_loop_with_the_frames_so_far(
     assert same_images(frames, expected)
     assert [f.time for f in frames] == [t for t, _ in expected]  # drained frames too, not NaN
     assert summary.ending == "failed" and summary.stopped_early
-    assert summary.reason.startswith("stopped mid-stream after ")
+    # the frames counted are the summary's, those drained from the decoder after the cut too
+    assert summary.reason.startswith(f"stopped mid-stream after {summary.decoded} frames (")
     assert summary.decoded == summary.delivered == len(frames) and summary.dropped == 0
 
 
@@ -353,3 +349,88 @@ def test_an_error_in_the_reader_that_is_not_the_sources_is_raised(deadline):
     with deadline(30), pytest.raises(AttributeError), source:
         list(source)
     assert reader_threads() == [] and source.summary.ending == "failed"
+
+
+@pytest.fixture
+def stalling_server():
+    """``stalling_server(data=None)`` -> base URL of a 127.0.0.1 server that accepts and then
+    stalls: it sends nothing at all (``data=None``), or an HTTP answer announcing ``data`` with
+    only its first half sent. Either way the connection stays open until the test ends."""
+    listeners, connections = [], []
+
+    def start(data: bytes | None = None) -> str:
+        listener = socket.create_server(("127.0.0.1", 0))
+        listeners.append(listener)
+
+        def serve():
+            while True:
+                try:
+                    connection, _ = listener.accept()
+                except OSError:  # closed at the end of the test
+                    return
+                connections.append(connection)
+                if data is not None:
+                    connection.recv(65536)  # the request
+                    head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+                    connection.sendall(head + data[: len(data) // 2])
+
+        threading.Thread(target=serve, daemon=True).start()
+        return f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+    yield start
+    for sock in connections + listeners:
+        sock.close()
+
+
+def interrupt_after(seconds: float) -> threading.Timer:
+    """Ctrl-C to this process after ``seconds``, as a user would press it."""
+    timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    return timer
+
+
+def test_ctrl_c_while_a_silent_server_is_opened_stops_at_once(stalling_server, deadline):
+    url = f"{stalling_server()}/clip.mkv"  # accepts, never answers
+    timer = interrupt_after(0.5)
+    started = time.monotonic()
+    with deadline(30), pytest.raises(KeyboardInterrupt):
+        open_source(url, timeout=8)  # not a DataError blaming the server 8 s later
+    timer.join()
+    assert time.monotonic() - started < 8  # the open's timeout did not end it
+
+
+def test_ctrl_c_while_a_stream_is_stalled_stops_at_once_and_is_no_failure(
+    tmp_path, make_video, stalling_server, deadline
+):
+    data = make_video(tmp_path / "clip.mkv", num_frames=30, size=32).read_bytes()
+    url = f"{stalling_server(data)}/clip.mkv"  # half the file, then nothing
+    frames = []
+    with deadline(30), pytest.raises(KeyboardInterrupt), open_source(url, timeout=10) as source:
+        # the frames sent come in milliseconds; then the loop waits on a reader waiting on
+        # the server, which FFmpeg would give up on only 10 s after the last data
+        timer = interrupt_after(1.5)
+        pressed = time.monotonic() + 1.5
+        for frame in source:
+            frames.append(frame)
+    stopped = time.monotonic()
+    timer.join()
+    assert 0 < len(frames) < 30
+    assert stopped - pressed < 4  # closing did not sit out the read's timeout
+    summary = source.summary
+    assert summary.ending == "closed"  # not "failed": the server is not to blame
+    assert summary.reason == f"stopped by KeyboardInterrupt after {len(frames)} frames"
+
+
+def test_a_stalled_stream_says_it_stalled_and_counts_as_the_summary(
+    tmp_path, make_video, stalling_server, deadline
+):
+    data = make_video(tmp_path / "clip.mkv", num_frames=30, size=32).read_bytes()
+    url = f"{stalling_server(data)}/clip.mkv"
+    with deadline(30), open_source(url, timeout=1) as source:
+        frames = list(source)
+    summary = source.summary
+    assert summary.ending == "failed" and 0 < len(frames) == summary.decoded < 30
+    assert summary.reason == (
+        f"no data for 1 s (stalled) after {summary.decoded} frames; check the source, or allow "
+        "a longer wait with --timeout"
+    )

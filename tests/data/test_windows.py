@@ -10,10 +10,12 @@ import av
 import numpy as np
 import pytest
 import torch
+from odd_videos import SLOW_THEN_FAST_MS, write_vfr
 
 from tsmcli.data import windows as windows_module
-from tsmcli.data.decode import PyAVVideo, open_video
-from tsmcli.data.inputs import FRAMES, VIDEOS
+from tsmcli.data.decode import BACKENDS, PyAVVideo, open_video
+from tsmcli.data.inputs import FRAMES, VIDEOS, FoundInput
+from tsmcli.data.layout import FRAME_TEMPLATE
 from tsmcli.data.sampling import sample_indices
 from tsmcli.data.windows import (
     WHOLE,
@@ -23,6 +25,8 @@ from tsmcli.data.windows import (
     Window,
     collate_with_errors,
     plan_windows,
+    probe_timing,
+    window_clips,
 )
 from tsmcli.errors import UsageError
 
@@ -42,6 +46,23 @@ def test_the_plan_covers_every_frame_and_ends_with_the_video():
     assert plan_windows(3, 10.0, 0.01, 0.01) == [Window(0, 1), Window(1, 2), Window(2, 3)]
     with pytest.raises(UsageError):
         plan_windows(10, 10.0, 0.0, 1.0)
+
+
+def test_a_plan_by_frame_times_holds_the_frames_shown_in_each_window():
+    slow_then_fast = [0.0, 0.5, 1.0, 1.5] + [2.0 + 0.1 * k for k in range(10)]  # ends at 3.0
+    plan = plan_windows(14, 5.0, 1.0, 1.0, slow_then_fast)
+    assert plan == [Window(0, 2), Window(2, 4), Window(4, 14)]
+    assert [(w.begin, w.end) for w in plan] == [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0)]
+    tail = plan_windows(14, 5.0, 1.0, 0.75, slow_then_fast)  # the stride ends at 2.5 s
+    assert tail[-1] == Window(4, 14) and (tail[-1].begin, tail[-1].end) == (2.0, 3.0)
+    assert all(a.begin < b.begin for a, b in zip(tail, tail[1:], strict=False))
+    paused = plan_windows(4, 5.0, 1.0, 1.0, [0.0, 0.5, 3.0, 3.5])  # nothing from 1 to 3 s
+    assert paused == [Window(0, 2), Window(2, 4)]
+    assert [(w.begin, w.end) for w in paused] == [(0.0, 1.0), (3.0, 4.0)]
+    short = plan_windows(3, 5.0, 2.0, 1.0, [0.0, 0.25, 1.0])
+    assert short == [Window(0, 3)] and (short[0].begin, short[0].end) == (0.0, 1.75)
+    with pytest.raises(ValueError, match="3 timestamps for 4 frames"):
+        plan_windows(4, 5.0, 1.0, 1.0, [0.0, 1.0, 2.0])
 
 
 def write_gop_video(path, num_frames, gop=8, size=40, fps=10):
@@ -177,3 +198,42 @@ def test_an_unreadable_input_is_an_error_item_and_the_others_load(tmp_path, make
     assert batch.indices.tolist() == [1] and batch.clips.shape[0] == 1
     ((index, error),) = failed
     assert index == 0 and error.startswith(f"{bad}: cannot open video (")
+
+
+@pytest.mark.parametrize("name", ["vfr.mp4", "vfr.mkv"])
+def test_a_variable_rate_video_is_windowed_by_its_frames_times(tmp_path, name):
+    path = write_vfr(tmp_path / name, SLOW_THEN_FAST_MS)  # 4 fps for 2 s, then 16 fps for 2 s
+    item = FoundInput(path, VIDEOS)
+    timings = [probe_timing(item, backend, FRAME_TEMPLATE, 30.0) for backend in BACKENDS]
+    for timing in timings:
+        assert timing.num_frames == 40
+        assert timing.times.tolist() == pytest.approx([ms / 1000 for ms in SLOW_THEN_FAST_MS])
+    clips = window_clips(item, timings[0], window=1.0, stride=1.0)
+    # a window of 1 s holds the frames shown in it: 4 of the slow ones, then 16 of the fast
+    assert [(c.start, c.num_frames) for c in clips] == [(0, 4), (4, 4), (8, 16), (24, 16)]
+    assert [(c.begin, c.end) for c in clips] == [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0), (3.0, 4.0)]
+    assert all(c.total == 40 and c.times == clips[0].times for c in clips)
+
+    pyav = InputClipDataset(clips, num_segments=4, backend="pyav", **VIEWS)
+    decord = InputClipDataset(clips, num_segments=4, backend="decord", **VIEWS)
+    for i in range(len(clips)):
+        assert torch.equal(pyav[i].clip, decord[i].clip)
+    seeking = SeekingPyAV(path, 40, timings[1].fps, timings[1].times)
+    reference = PyAVVideo(path, 40)
+    for wanted in ([9, 12, 23], [24, 30, 39], [2, 3]):
+        assert torch.equal(seeking.get(wanted), reference.get(wanted))
+
+
+def test_a_steady_video_keeps_its_frame_plan(tmp_path, make_video):
+    path = make_video(tmp_path / "steady.mp4", num_frames=60, size=32, fps=10)
+    item = FoundInput(path, VIDEOS)
+    for backend in BACKENDS:
+        timing = probe_timing(item, backend, FRAME_TEMPLATE, 30.0)
+        assert (timing.num_frames, timing.fps, timing.times) == (60, 10.0, None)
+        clips = window_clips(item, timing, window=2.0, stride=1.5)
+        plan = plan_windows(60, 10.0, 2.0, 1.5)
+        # the items predict made before frame times were read, and the times it reported
+        assert [(c.start, c.num_frames, c.total, c.fps, c.times) for c in clips] == [
+            (w.start, w.num_frames, 60, 10.0, None) for w in plan
+        ]
+        assert [(c.begin, c.end) for c in clips] == [(w.start / 10, w.stop / 10) for w in plan]

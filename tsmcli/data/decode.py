@@ -9,6 +9,11 @@ of an ``(N, H, W, 3)`` buffer rather than paying for a transposing copy: the uin
 transforms is also about twice as fast on that layout. Call ``.contiguous()`` where plain
 ``(N, 3, H, W)`` strides are needed.
 
+A video recorded on its side with a rotation (a phone's display matrix, an older ``rotate``
+tag) comes out upright from both backends: decord turns it in its own filter graph, and PyAV's
+frames are turned by the same rule (``video_meta.quarter_turns``). An image or an audio file
+given as a video is a one-line ``DataError`` saying what it is, from either backend.
+
 decord (the ``decord2`` build) returns frames whose rows are padded to an aligned line size as
 if they had more than 3 channels for some widths (16, 32, 48, 96, ...; dmlc/decord#336), and
 ``get_batch`` then fails outright. ``DecordVideo`` repairs such frames and falls back to reading
@@ -19,7 +24,6 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -28,6 +32,15 @@ import torch
 
 from tsmcli.data.frame_cache import FrameCache, stack_frames
 from tsmcli.data.layout import FRAME_TEMPLATE, check_frame_template
+from tsmcli.data.video_meta import (
+    first_line,
+    frame_times,
+    not_a_video,
+    quarter_turns,
+    upright,
+    video_stream,
+)
+from tsmcli.data.video_meta import probe_video as probe_video  # where extraction imports it
 from tsmcli.errors import DataError
 
 BACKENDS = ("decord", "pyav")
@@ -70,7 +83,8 @@ def preload_decoder(dataset: object) -> None:
 
 
 class DecordVideo:
-    """A video decoded with decord (the default backend)."""
+    """A video decoded with decord (the default backend). decord turns a rotated video's frames
+    upright itself; PyAV's are turned to match (``video_meta``)."""
 
     def __init__(self, path: str | Path, num_threads: int = 1):
         import decord
@@ -81,10 +95,12 @@ class DecordVideo:
                 str(self.path), ctx=decord.cpu(0), num_threads=num_threads
             )
         except Exception as exc:  # decord raises its own DECORDError and RuntimeError
-            raise DataError(
-                f"{self.path}: cannot open video ({_first_line(exc)}); "
+            raise not_a_video(self.path) or DataError(
+                f"{self.path}: cannot open video ({first_line(exc)}); "
                 "the file is missing or corrupt"
             ) from exc
+        if len(self._reader) <= 1 and (error := not_a_video(self.path)):
+            raise error  # a JPEG opens as a one-frame video, then fails to decode
         if len(self._reader) == 0:
             raise DataError(f"{self.path}: video has no frames")
         self._one_by_one = False  # set once get_batch has failed where frame-by-frame worked
@@ -96,6 +112,12 @@ class DecordVideo:
     @property
     def fps(self) -> float:
         return float(self._reader.get_avg_fps())
+
+    def timestamps(self) -> np.ndarray | None:
+        """Each frame's presentation time in seconds from the first, read from decord's index
+        (nothing is decoded); None when they do not increase."""
+        stamps = self._reader.get_frame_timestamp(list(range(self.num_frames)))  # (N, 2)
+        return frame_times(stamps[:, 0].tolist())
 
     def get(self, indices: Sequence[int]) -> torch.Tensor:
         indices = _check_indices(self.path, indices, self.num_frames)
@@ -153,7 +175,7 @@ class DecordVideo:
         except Exception as exc:  # decord's DECORDError mid-stream
             raise DataError(
                 f"{self.path}: decoding stopped at frame {position} "
-                f"({_first_line(exc)}); the video is truncated or corrupt"
+                f"({first_line(exc)}); the video is truncated or corrupt"
             ) from exc
         if batch:
             yield _to_tensor(batch)
@@ -175,7 +197,7 @@ class DecordVideo:
         except Exception as exc:  # DECORDError, StopIteration at a truncated end
             raise DataError(
                 f"{self.path}: cannot decode frame {indices[len(frames)]} "
-                f"({_first_line(exc)}); the video is truncated or corrupt"
+                f"({first_line(exc)}); the video is truncated or corrupt"
             ) from exc
         return np.stack(frames)
 
@@ -210,15 +232,11 @@ class PyAVVideo:
         self.path = Path(path)
         self._av = av
         self._fps: float | None = None
+        self._times: np.ndarray | None = None
+        self._scanned = False  # every frame decoded once: count, rate and times known
         self._count_given = num_frames is not None
         if num_frames is None:
-            try:
-                with av.open(str(self.path)) as container:
-                    stream = _video_stream(self.path, container)
-                    self._fps = float(stream.average_rate or 0.0)
-                    num_frames = sum(1 for _ in container.decode(stream))
-            except (av.FFmpegError, OSError) as exc:
-                raise _open_error(self.path, exc) from exc
+            num_frames = self._scan()
         if num_frames <= 0:
             raise DataError(f"{self.path}: video has no frames")
         self._num_frames = num_frames
@@ -230,12 +248,35 @@ class PyAVVideo:
     @property
     def fps(self) -> float:
         if self._fps is None:
-            try:
-                with self._av.open(str(self.path)) as container:
-                    self._fps = float(_video_stream(self.path, container).average_rate or 0.0)
-            except (self._av.FFmpegError, OSError) as exc:
-                raise _open_error(self.path, exc) from exc
+            with self._open() as container:
+                self._fps = float(video_stream(self.path, container).average_rate or 0.0)
         return self._fps
+
+    def timestamps(self) -> np.ndarray | None:
+        """Each frame's presentation time in seconds from the first; None when the frames carry
+        none or they do not increase. Decodes the video once unless the constructor counted."""
+        if not self._scanned:
+            self._scan()
+        return self._times
+
+    def _open(self):
+        try:
+            return self._av.open(str(self.path))
+        except (self._av.FFmpegError, OSError) as exc:
+            raise _open_error(self.path, exc) from exc
+
+    def _scan(self) -> int:
+        """Decode every frame once: the count, and the frame rate and frame times with it."""
+        with self._open() as container:
+            stream = video_stream(self.path, container)
+            self._fps = float(stream.average_rate or 0.0)
+            try:
+                pts = [frame.pts for frame in container.decode(stream)]
+            except self._av.FFmpegError as exc:
+                raise _open_error(self.path, exc) from exc
+            self._times = frame_times(pts, float(stream.time_base or 0.0))
+        self._scanned = True
+        return len(pts)
 
     def get(self, indices: Sequence[int]) -> torch.Tensor:
         indices = _check_indices(self.path, indices, self.num_frames)
@@ -243,22 +284,20 @@ class PyAVVideo:
         last = max(indices)
         decoded: dict[int, np.ndarray] = {}
         count = 0  # frames decoded so far
+        turns = None  # quarter turns upright, read from the first frame kept
         try:
-            container = self._av.open(str(self.path))
-        except (self._av.FFmpegError, OSError) as exc:
-            raise _open_error(self.path, exc) from exc
-        try:
-            with container:
-                for frame in container.decode(_video_stream(self.path, container)):
+            with self._open() as container:
+                stream = video_stream(self.path, container)
+                for frame in container.decode(stream):
                     if count in wanted:
-                        decoded[count] = frame.to_ndarray(format="rgb24")  # (H, W, 3)
+                        turns = quarter_turns(stream, frame) if turns is None else turns
+                        decoded[count] = upright(frame.to_ndarray(format="rgb24"), turns)
                     count += 1
                     if count > last:
                         break
         except self._av.FFmpegError as exc:
             raise DataError(
-                f"{self.path}: cannot decode ({_first_line(exc)}); "
-                "the video is truncated or corrupt"
+                f"{self.path}: cannot decode ({first_line(exc)}); the video is truncated or corrupt"
             ) from exc
         if count <= last:
             end = f"the video ends after {count} frames"
@@ -267,19 +306,13 @@ class PyAVVideo:
             raise DataError(
                 f"{self.path}: frame {min(wanted - decoded.keys())} could not be decoded; {end}"
             )
-        frames = np.stack([decoded[i] for i in indices])  # (N, H, W, 3)
+        frames = np.stack([decoded[i] for i in indices])  # (N, H, W, 3), upright
         return torch.from_numpy(frames).permute(0, 3, 1, 2)  # (N, 3, H, W), channels-last view
-
-
-def _video_stream(path: Path, container):
-    if not container.streams.video:
-        raise DataError(f"{path}: the file has no video stream; remove it or replace it")
-    return container.streams.video[0]
 
 
 def _open_error(path: Path, exc: BaseException) -> DataError:
     return DataError(
-        f"{path}: cannot open video ({_first_line(exc)}); the file is missing or corrupt"
+        f"{path}: cannot open video ({first_line(exc)}); the file is missing or corrupt"
     )
 
 
@@ -335,7 +368,7 @@ class FrameFolder:
                             f"{file}: frame is missing; extract the video again "
                             "(tsm extract --overwrite)"
                         ) from exc
-                    raise DataError(f"{file}: cannot decode JPEG ({_first_line(exc)})") from exc
+                    raise DataError(f"{file}: cannot decode JPEG ({first_line(exc)})") from exc
                 if self.cache is not None:
                     self.cache.put(file, frame)
             if frames and frame.shape != frames[0].shape:
@@ -364,7 +397,7 @@ def count_frames(folder: Path, template: str = FRAME_TEMPLATE, start_index: int 
 
 def open_video(
     path: str | Path, backend: str = "decord", num_frames: int | None = None
-) -> FrameSource:
+) -> DecordVideo | PyAVVideo:
     """Open a video file with the named backend (``decord`` or ``pyav``).
 
     ``num_frames``: the frame count when the caller knows it (a list's). PyAV uses it instead of
@@ -375,50 +408,3 @@ def open_video(
     if backend == "pyav":
         return PyAVVideo(path, num_frames)
     raise DataError(f"unknown video backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-
-
-@dataclass(frozen=True)
-class VideoProbe:
-    """What a video's container says about it, read without decoding."""
-
-    num_frames: int | None  # None when the container gives neither a count nor a duration
-    exact: bool  # True: a frame count stored in the container; False: duration x frame rate
-    fps: float
-    width: int
-    height: int
-
-
-def probe_video(path: str | Path) -> VideoProbe:
-    """Read a video's header with PyAV: the reference frame count that extraction compares the
-    decoded count with, so a truncated file cannot pass for a short video."""
-    import av
-
-    path = Path(path)
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise DataError(f"{path}: the file has no video stream; remove it or replace it")
-            stream = container.streams.video[0]
-            fps = float(stream.average_rate or stream.guessed_rate or 0.0)
-            if stream.frames > 0:
-                num_frames, exact = int(stream.frames), True
-            else:
-                if stream.duration is not None and stream.time_base is not None:
-                    seconds = float(stream.duration * stream.time_base)
-                elif container.duration is not None:
-                    seconds = container.duration / av.time_base
-                else:
-                    seconds = 0.0
-                num_frames = round(seconds * fps) if seconds > 0 and fps > 0 else None
-                exact = False
-            return VideoProbe(num_frames, exact, fps, stream.width, stream.height)
-    except (av.FFmpegError, OSError, ValueError) as exc:
-        raise DataError(
-            f"{path}: not a readable video ({_first_line(exc)}); "
-            "the file is corrupt or not a video, remove or replace it"
-        ) from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__

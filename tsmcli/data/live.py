@@ -26,9 +26,15 @@ times, so the file plays like a camera filming it; a camera or a live URL paces 
 A source that fails mid-stream (a server that closes the connection, a camera unplugged)
 ends the iteration without an exception. The frames the decoder still holds are delivered
 first, and ``summary.ending == "failed"`` with the reason, so the caller can keep what it
-scored. Closing (leaving the ``with`` block, breaking out of the loop, Ctrl-C) stops the reader
-thread and joins it; the reader is the only thread that touches the container, and it closes
-the container on its way out.
+scored; a source that sends nothing for ``timeout`` seconds has stalled, and the reason says
+so. The reason counts the frames as the summary does, once the reader has finished.
+
+Opening waits for FFmpeg in a helper thread (``live_open``) and closing waits for the reader at
+most ``CLOSE_WAIT``, so Ctrl-C while a URL opens or stalls stops at once, as
+``KeyboardInterrupt``, not as the server's failure ``timeout`` seconds later. The reader is
+the only thread that touches the container, and it closes the container on its way out, also
+when it was left blocked in a read. Frames come upright (``video_meta.upright``), as from the
+file decoders.
 """
 
 from __future__ import annotations
@@ -37,7 +43,6 @@ import collections
 import logging
 import math
 import re
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -46,10 +51,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import numpy as np
 import torch
 
-from tsmcli.data.decode import _first_line, _open_error
-from tsmcli.errors import DataError, UsageError
+from tsmcli.data.cameras import camera_device
+from tsmcli.data.live_open import POLL, hide_password, open_container, why
+from tsmcli.data.video_meta import quarter_turns, upright
+from tsmcli.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -58,59 +66,8 @@ DEFAULT_TIMEOUT = 10.0  # seconds a camera or URL may take to open, or go withou
 LIVE_BOUND = 1  # decoded frames waiting for the consumer of a live source: the newest only
 FILE_BOUND = 4  # decoded frames a file's reader runs ahead of its consumer
 MAX_PACE_GAP = 2.0  # seconds: a larger jump of a paced stream's clock restarts the pacing
-_POLL = 0.25  # seconds between checks while waiting, so Ctrl-C is seen on every platform
+CLOSE_WAIT = 0.5  # seconds closing waits for the reader to stop before leaving it to end alone
 URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # a source so named is a URL, not a path
-
-
-@dataclass(frozen=True)
-class CameraInput:
-    """How PyAV opens camera N (or a camera by name) on one platform."""
-
-    format: str  # FFmpeg input device
-    by_index: str | None  # device name for an index ("{}" = the index); None: a name is needed
-    by_name: str  # device name for a camera given by name ("{}" = the name)
-    options: tuple[tuple[str, str], ...] = ()  # default input options
-
-
-# sys.platform -> camera input. avfoundation's default 29.97 fps is refused by most Mac cameras
-# ("Selected framerate is not supported"), so ask for 30; dshow only knows cameras by name.
-CAMERA_INPUTS = {
-    "linux": CameraInput("v4l2", "/dev/video{}", "{}"),
-    "darwin": CameraInput("avfoundation", "{}:none", "{}:none", (("framerate", "30"),)),
-    "win32": CameraInput("dshow", None, "video={}"),
-}
-
-
-@dataclass(frozen=True)
-class CameraDevice:
-    """A camera resolved for PyAV: ``av.open(device, format=format, options=options)``."""
-
-    label: str  # how messages name it: "camera 0 (/dev/video0, v4l2)"
-    format: str
-    device: str
-    options: dict[str, str]
-
-
-def camera_device(camera: int | str, platform: str | None = None) -> CameraDevice:
-    """The device of camera ``camera`` (an index, or a device name or path) on ``platform``
-    (``sys.platform`` by default), read from ``CAMERA_INPUTS``."""
-    platform = platform or sys.platform
-    key = next((k for k in CAMERA_INPUTS if platform.startswith(k)), None)
-    if key is None:
-        raise DataError(
-            f"camera {camera}: no camera input known on {platform} "
-            f"(known: {', '.join(CAMERA_INPUTS)}); stream a URL or a file instead"
-        )
-    spec = CAMERA_INPUTS[key]
-    if isinstance(camera, int) and spec.by_index is None:
-        raise DataError(
-            f"camera {camera}: {spec.format} opens cameras by name, not number; give the "
-            f"camera's name (list them with: ffmpeg -list_devices true -f {spec.format} -i dummy)"
-        )
-    template = spec.by_index if isinstance(camera, int) else spec.by_name
-    device = template.format(camera)
-    label = f"camera {camera} ({device}, {spec.format})"
-    return CameraDevice(label, spec.format, device, dict(spec.options))
 
 
 @dataclass(frozen=True)
@@ -171,69 +128,30 @@ def open_source(
         inherently_live, paceable, wait = True, False, timeout
         options = {**device.options, **(options or {})}
     elif URL.match(str(spec)):
-        name, file, fmt = _hide_password(str(spec)), str(spec), None
+        name, file, fmt = hide_password(str(spec)), str(spec), None
         inherently_live = urlsplit(file).scheme.lower() in LIVE_SCHEMES
         paceable, wait = not inherently_live, timeout
     else:  # a local file: no timeout, and the message of a video file that cannot be opened
         name, file, fmt = str(spec), str(spec), None
         inherently_live, paceable, wait = False, True, None
-    container = _open(opener or av.open, name, file, fmt, options or {}, wait, camera is not None)
+    container = open_container(
+        opener or av.open, name, file, fmt, options or {}, wait, camera is not None
+    )
     live = inherently_live if realtime is None else realtime
-    join = (wait or 0.0) + 5.0  # the reader's longest blocking read, and a margin
-    return LiveSource(container, name, live=live, pace=live and paceable, join_timeout=join)
-
-
-def _open(opener, name, file, fmt, options, timeout, is_camera):
-    """The opened container, or the one-line DataError naming the source and what to check."""
-    import av
-
-    try:
-        container = opener(file, format=fmt, options=options, timeout=timeout)
-    except (av.FFmpegError, OSError, ValueError) as exc:
-        if isinstance(exc, ValueError) and fmt and f"'{fmt}'" in str(exc):
-            why = f"this PyAV build has no {fmt} input: use a PyAV built with its devices"
-        elif isinstance(exc, av.ExitError) and timeout:
-            why = f"no answer within {timeout:g} s"
-        else:
-            why = _why(exc)
-        if is_camera:
-            raise DataError(
-                f"{name}: cannot be opened ({why}); check that the camera is connected, "
-                "not used by another program, and readable by you"
-            ) from exc
-        if timeout is None:
-            raise _open_error(Path(file), exc) from exc
-        raise DataError(
-            f"{name}: cannot open the stream ({why}); check the URL and that the server is "
-            "up and reachable from here"
-        ) from exc
-    if not container.streams.video:
-        container.close()
-        raise DataError(f"{name}: has no video stream; give a source with video")
-    return container
-
-
-def _why(exc: BaseException) -> str:
-    """What went wrong, without the file name PyAV appends: the message names the source
-    already, and a URL's password must not be repeated."""
-    strerror = getattr(exc, "strerror", None)
-    return strerror if isinstance(strerror, str) and strerror else _first_line(exc)
-
-
-def _hide_password(url: str) -> str:
-    """``url`` with the password of its user info replaced by ``***`` (for messages)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
+    return LiveSource(container, name, live=live, pace=live and paceable, timeout=wait)
 
 
 class _End:
-    """The reader's last item: the stream ended, failed (``failure``) or the reader crashed."""
+    """The reader's last item: the stream ended, failed (``failure``: why, in a few words;
+    ``stalled``: no data within the timeout) or the reader crashed (``error``)."""
 
-    def __init__(self, failure: str | None = None, error: BaseException | None = None):
-        self.failure, self.error = failure, error
+    def __init__(
+        self,
+        failure: str | None = None,
+        error: BaseException | None = None,
+        stalled: bool = False,
+    ):
+        self.failure, self.error, self.stalled = failure, error, stalled
 
 
 class _Slot:
@@ -252,7 +170,7 @@ class _Slot:
         """Hand on ``item``; False once the consumer has closed (the reader then stops)."""
         with self.cond:
             while not self.drop and len(self.items) >= self.bound and not self.closed:
-                self.cond.wait(_POLL)
+                self.cond.wait(POLL)
             if self.closed:
                 return False
             if len(self.items) >= self.bound:  # live: the consumer is behind
@@ -274,7 +192,7 @@ class _Slot:
         were taken; None once closed. Waits in short steps so Ctrl-C is never held up."""
         with self.cond:
             while not self.items and self.end is None and not self.closed:
-                self.cond.wait(_POLL)
+                self.cond.wait(POLL)
             if self.closed:
                 return None
             if not self.items:
@@ -312,9 +230,11 @@ class _Pacer:
 
 class LiveSource:
     """An opened source, read once by iterating it (see the module docstring). Use it as a
-    context manager, or call ``close()``: either stops and joins the reader thread."""
+    context manager, or call ``close()``: either stops and joins the reader thread.
+    ``timeout``: the seconds without data after which the stream counts as stalled (None for
+    a local file)."""
 
-    def __init__(self, container, name: str, *, live: bool, pace: bool, join_timeout: float):
+    def __init__(self, container, name: str, *, live: bool, pace: bool, timeout: float | None):
         self.name, self.live = name, live
         self._container = container
         self._stream = container.streams.video[0]
@@ -323,7 +243,8 @@ class LiveSource:
         self._slot = _Slot(LIVE_BOUND if live else FILE_BOUND, drop=live)
         self._stop = threading.Event()
         self._pacer = _Pacer(self._stop) if pace else None
-        self._join_timeout = join_timeout
+        self._timeout = timeout
+        self._leave_at: float | None = None  # when closing stops waiting for the reader
         self._thread: threading.Thread | None = None
         self._started = 0.0  # monotonic time the reader started: the clock of unstamped frames
         self._ending, self._reason = "running", "still reading"
@@ -347,33 +268,54 @@ class LiveSource:
         )  # daemon: a network read that hangs past every timeout cannot keep Python alive
         self._started = time.monotonic()
         self._thread.start()
+        turns = None  # quarter turns upright, read from the first frame
         try:
             while isinstance(item := self._slot.get(), tuple):  # None: closed meanwhile
                 index, stream_time, frame = item
-                pixels = frame.to_ndarray(format="rgb24")  # (H, W, 3), converted only if taken
-                yield LiveFrame(index, stream_time, torch.from_numpy(pixels).permute(2, 0, 1))
-            if isinstance(item, _End) and item.error is not None:
-                self._ending, self._reason = "failed", f"the reader failed ({item.error!r})"
-            elif isinstance(item, _End):
-                self._ending = "finished" if item.failure is None else "failed"
-                self._reason = item.failure or "reached the end of the stream"
+                turns = quarter_turns(self._stream, frame) if turns is None else turns
+                pixels = upright(frame.to_ndarray(format="rgb24"), turns)  # (H, W, 3)
+                image = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)
+                yield LiveFrame(index, stream_time, image)
+            if isinstance(item, _End):
+                self._ending, self._reason = self._how_it_ended(item)
         finally:
             self.close()
         if isinstance(item, _End) and item.error is not None:  # a bug, not the source's fault
             raise item.error
 
+    def _how_it_ended(self, end: _End) -> tuple[str, str]:
+        """``(ending, reason)`` from the reader's last item. Read once the reader has finished,
+        so the frame count in the reason is the summary's ``decoded``."""
+        count = self._slot.decoded
+        if end.error is not None:
+            return "failed", f"the reader failed ({end.error!r})"
+        if end.stalled:
+            return "failed", (
+                f"no data for {self._timeout:g} s (stalled) after {count} frames; check the "
+                "source, or allow a longer wait with --timeout"
+            )
+        if end.failure is not None:
+            return "failed", f"stopped mid-stream after {count} frames ({end.failure})"
+        return "finished", "reached the end of the stream"
+
     def close(self) -> LiveSummary:
         """Stop reading and join the reader, which closes the container; returns ``summary``.
-        Safe to call more than once."""
+        Safe to call more than once. A reader still blocked in a read after ``CLOSE_WAIT``
+        (a stalled source: FFmpeg gives up only at the timeout) is left to end on its own and
+        close the container then, so closing (and Ctrl-C) never waits on the network."""
         self._stop.set()
         self._slot.close()
         if self._thread is None:
             if self._ending == "running":  # never iterated: the container is still ours
                 self._container.close()
         elif self._thread.is_alive():
-            self._thread.join(self._join_timeout)
+            if self._leave_at is None:  # closing again (the loop, then the with) waits no more
+                self._leave_at = time.monotonic() + CLOSE_WAIT
+            self._thread.join(max(0.0, self._leave_at - time.monotonic()))
             if self._thread.is_alive():
-                logger.warning("%s: the reader did not stop; left to end on its own", self.name)
+                logger.info(
+                    "%s: the reader is waiting on the source; left to end on its own", self.name
+                )
         if self._ending == "running":
             self._ending = "closed"
             self._reason = f"closed by the caller after {self._slot.delivered} frames"
@@ -410,8 +352,9 @@ class LiveSource:
                     if not self._hand_on(frame):
                         return
             except (av.FFmpegError, OSError) as exc:  # the source stopped mid-stream
-                count = self._slot.decoded
-                end = _End(f"stopped mid-stream after {count} frames ({_why(exc)})")
+                # ExitError: FFmpeg's interrupt callback ended a read that waited past timeout
+                stalled = isinstance(exc, av.ExitError) and self._timeout is not None
+                end = _End(why(exc), stalled=stalled)
                 for frame in self._flush():  # the frames the decoder still holds
                     if not self._hand_on(frame):
                         return
