@@ -35,7 +35,10 @@ from typing import IO, Any
 from tsmcli.errors import OutputError, TSMError, UsageError
 
 _TEMP = re.compile(r"^\.(?P<name>.+)\.[0-9a-f]{8}\.tmp$")
-_FULL = {errno.ENOSPC: "no space left on", getattr(errno, "EDQUOT", -1): "disk quota exceeded on"}
+FULL_DISK = {
+    errno.ENOSPC: "no space left on",
+    getattr(errno, "EDQUOT", -1): "disk quota exceeded on",
+}
 
 
 def temp_path(path: Path) -> Path:
@@ -77,7 +80,7 @@ def atomic_write_with(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Pa
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-    _sync_dir(path.parent)
+    sync_dir(path.parent)
     return path
 
 
@@ -112,7 +115,7 @@ def atomic_link(source: str | Path, target: str | Path) -> Path:
             try:
                 os.link(source, tmp)
             except OSError as exc:
-                if exc.errno in _FULL:
+                if exc.errno in FULL_DISK:
                     raise
                 shutil.copyfile(source, tmp)
             os.replace(tmp, target)
@@ -120,7 +123,7 @@ def atomic_link(source: str | Path, target: str | Path) -> Path:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-    _sync_dir(target.parent)
+    sync_dir(target.parent)
     return target
 
 
@@ -320,10 +323,10 @@ class LineLog:
             self._handle.write(text + "\n")
             self._handle.flush()
         except OSError as exc:
-            if exc.errno not in _FULL:
+            if exc.errno not in FULL_DISK:
                 raise
             raise OutputError(
-                f"{_FULL[exc.errno]} the disk of {self.path} while writing it; the lines "
+                f"{FULL_DISK[exc.errno]} the disk of {self.path} while writing it; the lines "
                 "before this one are kept: free some space and run again"
             ) from exc
 
@@ -344,17 +347,17 @@ def _no_space_as_error(path: Path) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        if exc.errno not in _FULL:
+        if exc.errno not in FULL_DISK:
             raise
         folder = path.parent.resolve() if path.parent.exists() else path.parent
         raise OutputError(
-            f"{_FULL[exc.errno]} {folder} while writing {path.name}; free some "
+            f"{FULL_DISK[exc.errno]} {folder} while writing {path.name}; free some "
             f"space and run again (the previous {path.name}, if any, is "
             "unchanged)"
         ) from exc
 
 
-def _sync_dir(folder: Path) -> None:
+def sync_dir(folder: Path) -> None:
     """Make a rename durable where the OS allows (not on every filesystem)."""
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)

@@ -35,7 +35,7 @@ from typing import Any
 from tqdm import tqdm
 
 from tsmcli.errors import CheckpointError, OutputError, UsageError
-from tsmcli.fileio import _FULL, _sync_dir, atomic_write, check_writable_dir
+from tsmcli.fileio import FULL_DISK, atomic_write, check_writable_dir, sync_dir
 from tsmcli.zoo import ZooEntry, first_line, get_entry, shipped_entries, suggest
 
 logger = logging.getLogger(__name__)
@@ -193,10 +193,10 @@ def download(
         try:
             _fetch_any(entry, dest, part, retries=retries, timeout=timeout)
         except OSError as exc:
-            if exc.errno not in _FULL:
+            if exc.errno not in FULL_DISK:
                 raise
             raise OutputError(
-                f"{_FULL[exc.errno]} {dest.parent} while downloading {entry.file}; free some "
+                f"{FULL_DISK[exc.errno]} {dest.parent} while downloading {entry.file}; free some "
                 f"space and run again{_kept(part, ' ({})')}"
             ) from None
         digest = sha256_file(part)
@@ -208,7 +208,7 @@ def download(
                 "file on the server is not the published one"
             )
         os.replace(part, dest)  # verified: into place, durably
-        _sync_dir(dest.parent)
+        sync_dir(dest.parent)
         _sidecar(part).unlink(missing_ok=True)
         if entry.sha256 is None:
             _record_first_hash(entry, digest, dest.parent)
