@@ -56,3 +56,21 @@ def test_view_choices_of_eval_and_predict_are_the_engines_tables():
         params = {p.name: p for p in cli.commands[name].params}
         assert list(params["protocol"].type.choices) == list(PROTOCOLS)
         assert [int(c) for c in params["crops"].type.choices] == list(TEST_CROPS)
+
+
+def test_a_wrong_command_line_is_one_line_too():
+    runner = CliRunner()
+    cases = {
+        ("eval", "--list", "l.txt"): "error: Missing option '--root'; see 'tsm eval --help'",
+        ("evl",): "error: No such command 'evl'. Did you mean 'eval'?; see 'tsm --help'",
+        ("predict", "x.mp4", "--checkpoint", "c.pt", "--topk", "0"): (
+            "error: Invalid value for '--topk': 0 is not in the range x>=1; "
+            "see 'tsm predict --help'"
+        ),
+    }
+    for args, expected in cases.items():
+        result = runner.invoke(cli, list(args), prog_name="tsm")
+        assert result.exit_code == 2
+        assert result.output.strip().splitlines() == [expected]
+    bare = runner.invoke(cli, ["zoo"], prog_name="tsm")  # a group alone: its help, as click gives
+    assert bare.output.startswith("Usage: tsm zoo [OPTIONS] COMMAND [ARGS]...")

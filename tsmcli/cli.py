@@ -9,6 +9,7 @@ only inside the commands, so ``tsm --help`` is instant.
 from __future__ import annotations
 
 import os
+import sys
 
 import click
 
@@ -41,6 +42,29 @@ def _friendly(exc: BaseException) -> tuple[str, int]:
 
 class _Group(click.Group):
     """A click group that prints user errors as one line; ``TSM_DEBUG=1`` re-raises them."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        """click's main, with its own errors as one line too: a wrong command line is
+        ``error: <what>; see 'tsm CMD --help'`` and exit 2 (click prints four lines)."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as exc:  # a bare group: its help is the answer
+            exc.show()
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else "tsm"
+            what = exc.format_message().rstrip(".")
+            click.echo(f"error: {what}; see '{where} --help'", err=True)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("error: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: click.Context):
         try:
