@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -332,3 +333,24 @@ def test_default_workers_are_no_more_than_the_batches_to_overlap(monkeypatch):
     monkeypatch.setattr(evaluate_module.os, "cpu_count", lambda: 2)
     assert views_loader(list(range(100)), 4, None, cpu).num_workers == 2
     assert views_loader(list(range(1)), 4, 3, cpu).num_workers == 3  # given: as given
+
+
+def test_the_timeline_draws_every_window_winner_even_beyond_five():
+    from tsmcli.engine.predictions import InputPrediction, PredictResult, WindowPrediction
+    from tsmcli.engine.views import PROTOCOLS
+
+    names = [f"c{k}" for k in range(8)]
+    windows = []
+    for w, best in enumerate([0, 1, 2, 3, 4, 5]):  # six classes each best somewhere
+        scores = torch.zeros(8)
+        scores[best], scores[7] = 5.0 + (best == 5), 4.0  # c7: never best, always second
+        windows.append(WindowPrediction(float(w), w + 1.0, (), scores))
+    video = InputPrediction(Path("long.mp4"), "videos", (), windows=tuple(windows), fps=8.0)
+    result = PredictResult([video], "c.pt", PROTOCOLS["single"], 1, names, 2, 1.0, 1.0, 1.0)
+    ((_, _, curves),) = timeline_panels(result)
+    assert list(curves) == ["c5", "c0", "c1", "c2", "c3", "c4"]  # every winner, by its peak
+    two = PredictResult(
+        [InputPrediction(Path("a.mp4"), "videos", (), windows=tuple(windows[:2]), fps=8.0)],
+        *("c.pt", PROTOCOLS["single"], 1, names, 2, 1.0, 1.0, 1.0),
+    )
+    assert list(timeline_panels(two)[0][2]) == ["c0", "c1", "c7", "c2", "c3"]  # then the rest

@@ -22,7 +22,7 @@ from tsmcli.engine.views import Protocol
 from tsmcli.errors import CheckpointError, DataError
 from tsmcli.fileio import atomic_write
 
-PLOT_CLASSES = 5  # most classes drawn in a timeline panel
+PLOT_CLASSES = 5  # classes drawn in a timeline panel, unless more are best in some window
 
 
 @dataclass(frozen=True)
@@ -182,8 +182,8 @@ def _cells(top: Sequence[ClassScore]) -> list[str]:
 
 def timeline_panels(result: PredictResult) -> list[tuple[str, list[float], dict[str, list[float]]]]:
     """What ``--plot`` draws for each windowed input: its name, the windows' centres in
-    seconds, and the probability over time of its top classes: those best in some window,
-    then the others, each group by its highest probability, ``PLOT_CLASSES`` in all."""
+    seconds, and the probability over time of its top classes: every class best in some
+    window, then the others by their highest probability up to ``PLOT_CLASSES`` in all."""
     average = result.protocol.average
     panels = []
     for p in result.predictions:
@@ -193,7 +193,7 @@ def timeline_panels(result: PredictResult) -> list[tuple[str, list[float], dict[
         peak = probs.max(dim=0).values  # (K,)
         winners = set(probs.argmax(dim=1).tolist())
         order = sorted(range(len(peak)), key=lambda k: (k not in winners, -float(peak[k]), k))
-        chosen = order[:PLOT_CLASSES]
+        chosen = order[: max(PLOT_CLASSES, len(winners))]
         centres = [(w.start + w.end) / 2 for w in p.windows]
         lines = {result.classes[k]: probs[:, k].tolist() for k in chosen}
         panels.append((str(p.path), centres, lines))
