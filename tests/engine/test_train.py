@@ -18,7 +18,7 @@ import tsmcli.engine.train as train_module
 import tsmcli.engine.train_loop as train_loop
 from tsmcli.cli import cli
 from tsmcli.engine.train import train
-from tsmcli.errors import DataError, TrainingError
+from tsmcli.errors import DataError, RecipeError, TrainingError
 from tsmcli.recipe import Recipe, apply_overrides, load_recipe
 
 CLASSES = ["dark", "bright"]
@@ -662,6 +662,47 @@ def test_resume_refuses_what_is_not_this_runs_training_checkpoint(
         "new run with --out"
     )
     assert _files(run) == before  # recipe.yaml, last.pt, metrics.jsonl: as they were
+
+
+def test_resume_refuses_the_same_classes_in_another_order(tiny_data, straight_run, tmp_path):
+    """Same count, other order: each output would go on being trained as another class."""
+    recipe = _recipe_file(tmp_path, tiny_recipe(tiny_data, "train.epochs=3"))
+    run = tmp_path / "run"
+    run.mkdir()
+    for name, data in _files(straight_run.run_dir).items():
+        (run / name).write_bytes(data)
+    before = _files(run)
+    swapped = tmp_path / "swapped"
+    swapped.mkdir()
+    (swapped / "classes.txt").write_text("bright\ndark\n")  # trained as dark, bright
+    (swapped / "train.txt").write_text((tiny_data / "train.txt").read_text())
+    set_list = ["--set", f"data.train_list={swapped / 'train.txt'}"]
+    message = _cli_error(["train", "--recipe", recipe, "--resume", "--out", str(run), *set_list])
+    assert message == (
+        f"{run / 'last.pt'}: was trained with the classes in another order than "
+        f"{swapped / 'classes.txt'} now lists them, so each output would be trained as another "
+        "class; restore it to resume, or start a new run with --out"
+    )
+    assert _files(run) == before
+
+
+def test_flip_swap_without_left_right_pairs_names_the_key_and_the_dataset(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    kinetics = tiny_recipe(tiny_data, "data.flip=swap", "data.dataset=kinetics400")
+    with pytest.raises(RecipeError) as info:
+        train(kinetics, out_dir=run)
+    assert str(info.value) == (
+        "data.flip: swap needs left/right label pairs, and dataset kinetics400 has none (its "
+        "manifest's flip_pairs is empty); set data.flip to on (mirror, labels kept) or off, or "
+        "data.dataset to a dataset manifest with flip pairs"
+    )
+    synth = _recipe_file(tmp_path, tiny_recipe(tiny_data, "data.flip=swap", "data.dataset=synth"))
+    assert _cli_error(["train", "--recipe", synth, "--out", str(run)]) == (  # exit 1, not 2
+        "data.flip: swap needs left/right label pairs, and none of dataset synth's pairs is "
+        f"among the classes of {tiny_data / 'classes.txt'}; set data.flip to on (mirror, labels "
+        "kept) or off, or data.dataset to a dataset manifest with flip pairs"
+    )
+    assert not run.exists()  # refused before the run dir is made
 
 
 def test_recipe_yaml_changes_only_with_a_checkpoint(tiny_data, straight_run, tmp_path):

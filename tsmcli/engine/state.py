@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tsmcli.data.lists import CLASSES_FILE
 from tsmcli.engine.distributed import DistContext
 from tsmcli.errors import CheckpointError, TrainingError
 from tsmcli.model.checkpoint import checkpoint_dict as model_checkpoint_dict
@@ -101,6 +102,7 @@ class ResumeTarget:
     num_classes: int
     global_batch: int
     ctx: DistContext
+    classes: Sequence[str] | None = None  # classes.txt beside the train list, as read now
 
 
 def resume(path: Path, recipe: Recipe, target: ResumeTarget, recipe_file: Path) -> Progress:
@@ -114,7 +116,7 @@ def resume(path: Path, recipe: Recipe, target: ResumeTarget, recipe_file: Path) 
     changed = check_resume_recipe(state.get("recipe") or {}, recipe, path, recipe_file)
     if changed and target.ctx.is_main:
         log.warning("resuming with changed recipe keys: %s", ", ".join(changed))
-    _check_resumed_classes(state, path, recipe, target.num_classes)
+    _check_resumed_classes(state, path, recipe, target.num_classes, target.classes)
     load_state_dict_strict(target.model, state["state_dict"], str(path))
     try:
         target.optimizer.load_state_dict(state["optimizer"])
@@ -131,19 +133,36 @@ def resume(path: Path, recipe: Recipe, target: ResumeTarget, recipe_file: Path) 
 
 
 def _check_resumed_classes(
-    state: dict[str, Any], path: Path, recipe: Recipe, num_classes: int
+    state: dict[str, Any],
+    path: Path,
+    recipe: Recipe,
+    num_classes: int,
+    classes: Sequence[str] | None,
 ) -> None:
+    """The classes now are those the weights were trained on: as many, in the same order
+    (each output is a class's; the same names in another order would relabel them)."""
+    listed = Path(recipe.data.train_list).expanduser().parent / CLASSES_FILE
     saved = int(state["model_config"].get("num_classes", num_classes))
     if saved != num_classes:
-        source = (
-            "model.num_classes"
-            if recipe.model.num_classes
-            else str(Path(recipe.data.train_list).expanduser().parent / "classes.txt")
-        )
+        source = "model.num_classes" if recipe.model.num_classes else str(listed)
         raise TrainingError(
             f"{path}: was trained with {saved} classes, but {source} now gives "
             f"{num_classes}; restore it to resume, or start a new run with --out"
         )
+    trained = state.get("classes")
+    if not trained or not classes or list(trained) == list(classes):
+        return
+    if sorted(trained) == sorted(classes):
+        raise TrainingError(
+            f"{path}: was trained with the classes in another order than {listed} now lists "
+            "them, so each output would be trained as another class; restore it to resume, or "
+            "start a new run with --out"
+        )
+    log.warning(
+        "%s names other classes than %s was trained with; its names are stored from now on",
+        listed,
+        path,
+    )
 
 
 def _progress(state: dict[str, Any], global_batch: int) -> Progress:

@@ -193,6 +193,7 @@ class _Run:
             self.data.num_classes,
             self.data.global_batch,
             self.ctx,
+            self.data.classes,
         )
         progress = resume_run(self.run_dir / LAST, self.recipe, target, self.run_dir / RECIPE_FILE)
         if self.ctx.is_main:

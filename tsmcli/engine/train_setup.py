@@ -22,11 +22,12 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from tsmcli.data.lists import CLASSES_FILE
 from tsmcli.engine.checks import check_train_list, resolve_classes
 from tsmcli.engine.distributed import DistContext, ShardedSampler
 from tsmcli.engine.optim import LRSchedule, build_optimizer, fc_lr5_enabled, scaled_lr
 from tsmcli.engine.state import seed_everything
-from tsmcli.errors import CheckpointError, TrainingError
+from tsmcli.errors import CheckpointError, RecipeError, TrainingError, UsageError
 from tsmcli.model.checkpoint import CheckpointInfo
 from tsmcli.recipe import Recipe, TrainConfig
 
@@ -86,9 +87,10 @@ def prepare_data(recipe: Recipe, ctx: DistContext) -> TrainData:
     train_list = Path(d.train_list).expanduser()
     val_list = Path(d.val_list).expanduser() if d.val_list else None
     classes, num_classes = resolve_classes(train_list, recipe.model.num_classes)
+    flip_pairs = _flip_pairs(recipe, classes, train_list)
     for list_file in [train_list] + ([val_list] if val_list else []):
         check_train_list(list_file, num_classes, root, d.source, d.frame_template)
-    train_set, val_set = _datasets(recipe, root, train_list, val_list, classes)
+    train_set, val_set = _datasets(recipe, root, train_list, val_list, flip_pairs)
     train_sampler = ShardedSampler(
         len(train_set),
         rank=ctx.rank,
@@ -137,7 +139,11 @@ def planned_epochs(config: TrainConfig, iters_per_epoch: int) -> int:
 
 
 def _datasets(
-    recipe: Recipe, root: Path, train_list: Path, val_list: Path | None, classes: list[str] | None
+    recipe: Recipe,
+    root: Path,
+    train_list: Path,
+    val_list: Path | None,
+    flip_pairs: list[tuple[int, int]],
 ) -> tuple[Any, Any | None]:
     """The train dataset (augmented) and the val dataset (centre views), if any."""
     from tsmcli.data.dataset import VideoClipDataset
@@ -162,7 +168,7 @@ def _datasets(
         mode="train",
         scales=d.scales,
         flip=d.flip,
-        flip_pairs=_flip_pairs(recipe, classes),
+        flip_pairs=flip_pairs,
         colour_jitter=d.colour_jitter,
         **common,
     )
@@ -170,16 +176,35 @@ def _datasets(
     return train_set, val_set
 
 
-def _flip_pairs(recipe: Recipe, classes: list[str] | None) -> list[tuple[int, int]]:
-    """The left/right label pairs swapped with a flip (``data.flip: swap``), else none."""
+def _flip_pairs(
+    recipe: Recipe, classes: list[str] | None, train_list: Path
+) -> list[tuple[int, int]]:
+    """The left/right label pairs swapped with a flip (``data.flip: swap``), else none. A
+    dataset without such pairs among the list's classes is a recipe error: swapping nothing
+    would be a plain flip under another name."""
     d = recipe.data
     if d.flip != "swap":
         return []
     from tsmcli.data.manifest import load_manifest
 
-    manifest = load_manifest(d.dataset)
+    try:
+        manifest = load_manifest(d.dataset)
+    except UsageError as exc:  # an unknown name: the recipe's key, not the command line
+        raise RecipeError(f"data.dataset: {exc}") from None
     # matched by class name, so a list built in another label order swaps the right labels
-    return manifest.flip_pairs_for(classes) if classes else list(manifest.flip_pairs)
+    pairs = manifest.flip_pairs_for(classes) if classes else list(manifest.flip_pairs)
+    if not pairs:
+        reason = (
+            f"none of dataset {d.dataset}'s pairs is among the classes of "
+            f"{train_list.parent / CLASSES_FILE}"
+            if manifest.flip_pairs
+            else f"dataset {d.dataset} has none (its manifest's flip_pairs is empty)"
+        )
+        raise RecipeError(
+            f"data.flip: swap needs left/right label pairs, and {reason}; set data.flip to on "
+            "(mirror, labels kept) or off, or data.dataset to a dataset manifest with flip pairs"
+        )
+    return pairs
 
 
 def make_loader(
