@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 
 from tsmcli.data.lists import read_list
+from tsmcli.data.manifest import load_manifest
 from tsmcli.engine.checks import (
     check_labels,
     check_present,
     classes_beside,
+    eval_class_names,
     read_entries,
     resolve_classes,
 )
@@ -64,3 +66,28 @@ def test_empty_list_and_classes_txt_count(tmp_path):
         "lists 3; set model.num_classes to 0 (from classes.txt)"
     )
     assert resolve_classes(listed, 0) == (["a", "b", "c"], 3)
+
+
+@pytest.mark.parametrize(
+    ("dataset", "order", "hint"),
+    [
+        # Kinetics' class list is sorted already, and build-list offers it in one order only
+        ("kinetics400", "official", "tsm build-list --dataset kinetics400 --label-order official"),
+        ("sthv1", "sorted", "tsm build-list --dataset sthv1 --label-order sorted"),
+        ("jester", "official", "tsm build-list --dataset jester --label-order official"),
+        (None, None, "the order it was trained with"),
+    ],
+)
+def test_classes_in_another_order_say_how_to_list_them_in_the_checkpoints(
+    tmp_path, dataset, order, hint
+):
+    stored = load_manifest(dataset).classes(order) if dataset else ["wave", "clap", "jump"]
+    listed = tmp_path / "val.txt"
+    (tmp_path / "classes.txt").write_text("".join(f"{name}\n" for name in reversed(stored)))
+    with pytest.raises(CheckpointError) as info:
+        eval_class_names(listed, len(stored), stored, "best.pt")
+    assert str(info.value) == (
+        f"{tmp_path / 'classes.txt'}: lists the classes of best.pt in another order, so each "
+        "label would be scored against another class's output; rebuild the list in the "
+        f"checkpoint's order ({hint})"
+    )

@@ -239,8 +239,7 @@ def test_classes_that_disagree_with_the_list_are_the_clear_error(tmp_path, monke
     assert cli_line(args, 1) == (
         f"error: {listed / 'classes.txt'}: lists the classes of {path} in another order, so "
         "each label would be scored against another class's output; rebuild the list in the "
-        "checkpoint's order (tsm build-list --label-order sorted, or the order it was trained "
-        "with)"
+        "checkpoint's order (tsm build-list --dataset kinetics400 --label-order official)"
     )
 
 

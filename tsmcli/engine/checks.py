@@ -157,12 +157,10 @@ def eval_class_names(
     stored = list(stored) if stored else None
     if listed is not None and stored is not None and listed != stored:
         if sorted(listed) == sorted(stored):
-            order = "sorted" if stored == sorted(stored) else "official"
             raise CheckpointError(
                 f"{list_file.parent / CLASSES_FILE}: lists the classes of {checkpoint} in "
                 "another order, so each label would be scored against another class's output; "
-                f"rebuild the list in the checkpoint's order (tsm build-list --label-order "
-                f"{order}, or the order it was trained with)"
+                f"rebuild the list in the checkpoint's order ({_rebuild_in_order(stored)})"
             )
         log.warning(
             "%s: class names differ from those stored in %s; reporting the list's names",
@@ -173,6 +171,22 @@ def eval_class_names(
         if names is not None and len(names) == num_classes:
             return list(names)
     return [str(i) for i in range(num_classes)]
+
+
+def _rebuild_in_order(classes: Sequence[str]) -> str:
+    """How to list a dataset with ``classes`` in this order: the ``tsm build-list`` label order
+    of the shipped dataset whose class list it is, where the dataset offers that order (each
+    manifest says which it does); else the order the model was trained with."""
+    from tsmcli.data.manifest import list_manifests, load_manifest
+
+    for name in list_manifests():
+        manifest = load_manifest(name)
+        if manifest.labels is None or manifest.num_classes not in (None, len(classes)):
+            continue
+        for order in manifest.label_orders:
+            if manifest.classes(order) == list(classes):
+                return f"tsm build-list --dataset {name} --label-order {order}"
+    return "the order it was trained with"
 
 
 # ---------------------------------------------------------------------------------------------
