@@ -118,13 +118,11 @@ def probe_timing(item: FoundInput, backend: str, template: str, fps: float) -> I
     """An input's ``InputTiming``, to plan its windows: a video's from its decoder (decord reads
     the timestamps from its index; PyAV decodes the video once to count), a frame folder's
     count and the ``fps`` given. A video whose frames are the even ticks of its rate gets no
-    ``times``, so it is planned (and read) by frame numbers."""
+    ``times``, so it is planned (and read) by frame numbers, as before times were read."""
     if item.source == FRAMES:
         return InputTiming(FrameFolder(item.path, None, template).num_frames, fps)
     video = open_video(item.path, backend)
-    rate = float(video.fps)
-    if not rate > 0:
-        raise DataError(f"{item.path}: the video gives no frame rate; it cannot be windowed")
+    rate = _frame_rate(item.path, video)
     times = video.timestamps()
     if times is not None and steady(times, rate):
         times = None
@@ -132,9 +130,19 @@ def probe_timing(item: FoundInput, backend: str, template: str, fps: float) -> I
 
 
 def probe_input(item: FoundInput, backend: str, template: str, fps: float) -> tuple[int, float]:
-    """``(frames, frames per second)`` of an input: ``probe_timing`` without the frame times."""
-    timing = probe_timing(item, backend, template, fps)
-    return timing.num_frames, timing.fps
+    """``(frames, frames per second)`` of an input: ``probe_timing`` without the frame times,
+    for a caller that plans by frame numbers only."""
+    if item.source == FRAMES:
+        return FrameFolder(item.path, None, template).num_frames, fps
+    video = open_video(item.path, backend)
+    return video.num_frames, _frame_rate(item.path, video)
+
+
+def _frame_rate(path: str | Path, video) -> float:
+    rate = float(video.fps)
+    if not rate > 0:
+        raise DataError(f"{path}: the video gives no frame rate; it cannot be windowed")
+    return rate
 
 
 @dataclass(frozen=True)
