@@ -434,3 +434,13 @@ def test_a_stalled_stream_says_it_stalled_and_counts_as_the_summary(
         f"no data for 1 s (stalled) after {summary.decoded} frames; check the source, or allow "
         "a longer wait with --timeout"
     )
+
+
+def test_a_silent_server_is_one_line_naming_the_timeout(stalling_server, deadline):
+    url = f"{stalling_server()}/clip.mkv"
+    with deadline(30), pytest.raises(DataError) as info:
+        open_source(url, timeout=1)
+    assert str(info.value) == (
+        f"{url}: cannot open the stream (no answer within the --timeout of 1 s); check the URL "
+        "and that the server is up and reachable from here"
+    )

@@ -34,7 +34,7 @@ def open_container(opener, name, file, fmt, options, timeout, is_camera):
         if isinstance(exc, ValueError) and fmt and f"'{fmt}'" in str(exc):
             reason = f"this PyAV build has no {fmt} input: use a PyAV built with its devices"
         elif isinstance(exc, av.ExitError) and timeout:
-            reason = f"no answer within {timeout:g} s (--timeout)"
+            reason = f"no answer within the --timeout of {timeout:g} s"
         else:
             reason = why(exc)
         if is_camera:
