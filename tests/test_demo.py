@@ -91,9 +91,19 @@ def test_rerun_reuses_finished_steps(small_demo):
         *[out / "eval" / name / "summary.json" for name in MODELS],
     ]
     before = {path: path.stat().st_mtime_ns for path in watched}
+    first_times = next(line for line in REPORT if "Whole run" in line).split(": ", 2)[2].rstrip(".")
     again = demo(out, per_class=4, epochs=1, num_frames=8, overrides=SMALL)
     assert {path: path.stat().st_mtime_ns for path in watched} == before
     assert [row.top1 for row in again.rows] == [row.top1 for row in small_demo.rows]
+    # the report keeps the times of the run that did the work, and says what this one reused
+    lines = again.report.read_text().splitlines()
+    whole = next(line for line in lines if "Whole run" in line)
+    reused = STEPS[:2] + STEPS[3:8]  # the lists and the report are made again each run
+    for name in reused:
+        assert f"{name} {small_demo.timings[name]:.0f} s" in whole
+    assert first_times.split(", ")[3:8] == whole.split(": ", 2)[2].rstrip(".").split(", ")[3:8]
+    (this_run,) = [line for line in lines if line.startswith("This run took ")]
+    assert f"it reused {', '.join(reused)} from an earlier run" in this_run
 
 
 def test_logs_step_times_a_projected_total_and_the_total(small_demo):

@@ -133,24 +133,32 @@ def _run(
     overrides: Sequence[str],
 ) -> DemoResult:
     """The steps, each timed by the clock."""
-    clock = StepClock(STEPS)
     out.mkdir(parents=True, exist_ok=True)
+    clock = StepClock(STEPS, record=out / "timings.json")
     lists, frames = _prepare_data(out, synth_options, clock)
     recipes = _recipes(out, lists, frames, epochs, overrides)
     runs = {name: out / "runs" / name for name in MODELS}
     _train_all(recipes, runs, clock, parallel)
-    with clock.step("evaluate", "evaluating the three models"):
-        results = {
+    with clock.step("evaluate", "evaluating the three models") as step:
+        found = {
             name: _evaluate_once(runs[name] / "last.pt", lists, frames, out / "eval" / name)
             for name in MODELS
         }
+        results = {name: summary for name, (summary, _) in found.items()}
+        if all(reused for _, reused in found.values()):
+            step.reuse()
     online_dir = out / "online"
-    with clock.step("convert online", "converting the online model (TorchScript, ONNX, checked)"):
-        converted = _convert_once(runs["tsm_online"] / "last.pt", online_dir)
-    with clock.step("streaming eval", "evaluating the online model frame by frame"):
+    text = "converting the online model (TorchScript, ONNX, checked)"
+    with clock.step("convert online", text) as step:
+        converted, reused = _convert_once(runs["tsm_online"] / "last.pt", online_dir)
+        if reused:
+            step.reuse()
+    with clock.step("streaming eval", "evaluating the online model frame by frame") as step:
         # at the model dir's own stride: the spacing of the frames it was trained on
         summary = out / "eval" / "streaming.json"
-        streaming_top1 = _evaluate_online_once(online_dir, lists, frames, summary)
+        streaming_top1, reused = _evaluate_online_once(online_dir, lists, frames, summary)
+        if reused:
+            step.reuse()
     with clock.step("report", "writing the report"):
         rows = []
         for name, (_, title) in MODELS.items():
@@ -160,7 +168,7 @@ def _run(
             rows.append(
                 model_row(name, title, runs[name] / "last.pt", results[name], cache, streamed)
             )
-        report = write_report(out, rows, clock.elapsed(), clock.timings)
+        report = write_report(out, rows, clock)
     seconds = clock.elapsed()
     log.info("demo finished in %.1f min (%s)", seconds / 60, clock.summary())
     return DemoResult(out, rows, report, seconds, dict(clock.timings))
@@ -172,10 +180,13 @@ def _prepare_data(out: Path, synth_options: dict[str, Any], clock: StepClock) ->
     from tsmcli.data.extract import extract
 
     videos, frames, lists = out / "videos", out / "frames", out / "lists"
-    with clock.step("synth", "writing the synthetic dataset"):
-        _synth_once(videos, synth_options)
-    with clock.step("extract", "extracting frames"):
+    with clock.step("synth", "writing the synthetic dataset") as step:
+        if _synth_once(videos, synth_options):
+            step.reuse()
+    with clock.step("extract", "extracting frames") as step:
         extracted = extract(videos, frames, short_side=0, workers=None)
+        if extracted.done == 0 and extracted.failed == 0:
+            step.reuse()
     if extracted.failed:
         log.warning("%d videos failed to extract; see %s", extracted.failed, extracted.failures_csv)
     with clock.step("lists", "building the lists"):
@@ -183,16 +194,18 @@ def _prepare_data(out: Path, synth_options: dict[str, Any], clock: StepClock) ->
     return lists, frames
 
 
-def _synth_once(videos: Path, options: dict[str, Any]) -> None:
-    """Write the synthetic videos unless a finished set with the same options is there."""
+def _synth_once(videos: Path, options: dict[str, Any]) -> bool:
+    """Write the synthetic videos unless a finished set with the same options is there
+    (then True: reused)."""
     from tsmcli.data.synth import synth
 
     stamp = videos / "synth.json"
     if stamp.exists() and json.loads(stamp.read_text()) == options:
         log.info("found %s, reusing it", videos)
-        return
+        return True
     synth(videos, overwrite=True, **options)
     atomic_write(stamp, json.dumps(options))  # written last: its presence means finished
+    return False
 
 
 def _recipes(
@@ -235,10 +248,14 @@ def _train_all(
     planned = {name: math.prod(_plan(recipe)) for name, recipe in recipes.items()}
     projection = Projection(clock, planned, AFTER_TRAINING_IN_STEPS)
     beside = " side by side" if parallel else ""
-    with clock.step("train TSN + TSM", f"training TSN and the offline TSM{beside}"):
+    with clock.step("train TSN + TSM", f"training TSN and the offline TSM{beside}") as step:
+        if all(_finished(recipes[name], runs[name]) for name in ("tsn", "tsm")):
+            step.reuse()
         _train_pair(recipes, runs, parallel, projection)
     text = "fine-tuning the online TSM (one-way shift) from the offline one"
-    with clock.step("fine-tune online", text):
+    with clock.step("fine-tune online", text) as step:
+        if _finished(recipes["tsm_online"], runs["tsm_online"]):
+            step.reuse()
         projection.begin("tsm_online", [])
         _train_once(recipes["tsm_online"], runs["tsm_online"], on_epoch=projection.epoch)
 
@@ -318,26 +335,37 @@ def _train_once(
     that picked the best epoch, so reporting the best epoch would flatter every model.
     """
     from tsmcli.engine.train import train
-    from tsmcli.model.weights import load_checkpoint
 
     last = run_dir / "last.pt"
-    if last.exists():
-        state = load_checkpoint(last)
-        if state.get("epoch") == _plan(recipe)[0] and not state.get("iteration"):
-            log.info("found the finished run %s, reusing it", run_dir)
-            return last
+    if _finished(recipe, run_dir):
+        log.info("found the finished run %s, reusing it", run_dir)
+        return last
     train(recipe, out_dir=run_dir, resume=last.exists(), on_epoch=on_epoch)
     return last
 
 
-def _evaluate_once(checkpoint: Path, lists: Path, frames: Path, eval_dir: Path) -> dict[str, Any]:
+def _finished(recipe, run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds the whole run of ``recipe``."""
+    from tsmcli.model.weights import load_checkpoint
+
+    last = run_dir / "last.pt"
+    if not last.exists():
+        return False
+    state = load_checkpoint(last)
+    return state.get("epoch") == _plan(recipe)[0] and not state.get("iteration")
+
+
+def _evaluate_once(
+    checkpoint: Path, lists: Path, frames: Path, eval_dir: Path
+) -> tuple[dict[str, Any], bool]:
+    """The evaluation's summary, and whether an earlier run's was reused."""
     from tsmcli.engine.evaluate import evaluate
 
     summary = eval_dir / "summary.json"
     if summary.exists() and summary.stat().st_mtime >= checkpoint.stat().st_mtime:
         found = json.loads(summary.read_text())
         if found.get("checkpoint") == str(checkpoint):
-            return found
+            return found, True
     # the demo's list is small: loading in this process costs less than starting workers
     result = evaluate(
         checkpoint,
@@ -348,11 +376,13 @@ def _evaluate_once(checkpoint: Path, lists: Path, frames: Path, eval_dir: Path) 
         json_path=summary,
         batch_size=16,
         workers=0,
+        overwrite=True,  # the demo's own files of an earlier run
     )
-    return result.summary()
+    return result.summary(), False
 
 
-def _convert_once(checkpoint: Path, online_dir: Path) -> dict[str, Any]:
+def _convert_once(checkpoint: Path, online_dir: Path) -> tuple[dict[str, Any], bool]:
+    """The model dir's report, and whether an earlier run's model dir was reused."""
     from tsmcli.engine.convert import convert_online
     from tsmcli.model.model_dir import WEIGHTS_FILE
 
@@ -361,17 +391,21 @@ def _convert_once(checkpoint: Path, online_dir: Path) -> dict[str, Any]:
         (online_dir / WEIGHTS_FILE).exists()
         and report.exists()
         and report.stat().st_mtime >= checkpoint.stat().st_mtime
+        and "frame_stride" in json.loads(report.read_text())
     ):
-        return json.loads(report.read_text())
+        return json.loads(report.read_text()), True
     convert_online(checkpoint, online_dir, overwrite=True)
-    return json.loads(report.read_text())
+    return json.loads(report.read_text()), False
 
 
-def _evaluate_online_once(online_dir: Path, lists: Path, frames: Path, summary: Path) -> float:
+def _evaluate_online_once(
+    online_dir: Path, lists: Path, frames: Path, summary: Path
+) -> tuple[float, bool]:
+    """Streaming top-1 at the model dir's stride, and whether an earlier run's was reused."""
     from tsmcli.engine.online import evaluate_online
 
     if summary.exists() and summary.stat().st_mtime >= (online_dir / "report.json").stat().st_mtime:
-        return json.loads(summary.read_text())["top1"]
+        return json.loads(summary.read_text())["top1"], True
     result = evaluate_online(online_dir, lists / "val.txt", frames, source="frames")
     atomic_write(
         summary,
@@ -385,4 +419,4 @@ def _evaluate_online_once(online_dir: Path, lists: Path, frames: Path, summary: 
             }
         ),
     )
-    return result.top1
+    return result.top1, False

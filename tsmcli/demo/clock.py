@@ -3,6 +3,7 @@ the first training epoch, one intra-op thread, and the machine the times come fr
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -15,29 +16,70 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-class StepClock:
-    """The demo's wall clock: how long each of ``steps`` took, logged as it ends."""
+class Step:
+    """A step as it runs: ``reuse()`` says it found its result from an earlier run."""
 
-    def __init__(self, steps: Sequence[str]) -> None:
+    def __init__(self) -> None:
+        self.reused = False
+
+    def reuse(self) -> None:
+        self.reused = True
+
+
+class StepClock:
+    """The demo's wall clock: how long each of ``steps`` took, logged as it ends.
+
+    ``timings`` are this run's. ``done`` are the times of the runs that did each step: a step
+    that reuses an earlier run's result keeps that run's time, so a re-run's report still
+    says what the work cost. With ``record`` (a JSON file) they outlive the run.
+    """
+
+    def __init__(self, steps: Sequence[str], record: Path | None = None) -> None:
         self.steps = tuple(steps)
         self.started = time.perf_counter()
         self.timings: dict[str, float] = {}
+        self.record = record
+        self.done: dict[str, float] = _read_record(record)
+        self.reused: list[str] = []
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
 
     @contextmanager
-    def step(self, name: str, text: str) -> Iterator[None]:
+    def step(self, name: str, text: str) -> Iterator[Step]:
         log.info("[%d/%d] %s", self.steps.index(name) + 1, len(self.steps), text)
-        begun, cpu = time.perf_counter(), cpu_seconds()
-        yield
+        begun, cpu, current = time.perf_counter(), cpu_seconds(), Step()
+        yield current
         self.timings[name] = time.perf_counter() - begun
+        if current.reused:
+            self.reused.append(name)
+        else:
+            self.done[name] = self.timings[name]
+            self._save()
         # CPU time of this process and the finished children beside the wall time: on a
         # machine shared with other work the wall time is the larger
         log.info("      %s: %.1f s (CPU %.1f s)", name, self.timings[name], cpu_seconds() - cpu)
 
     def summary(self) -> str:
         return ", ".join(f"{name} {seconds:.0f} s" for name, seconds in self.timings.items())
+
+    def _save(self) -> None:
+        if self.record is not None:
+            from tsmcli.fileio import atomic_write
+
+            done = {name: self.done[name] for name in self.steps if name in self.done}
+            atomic_write(self.record, json.dumps(done, indent=1) + "\n")
+
+
+def _read_record(path: Path | None) -> dict[str, float]:
+    """The step times a record file holds (none when it is missing or not ours)."""
+    try:
+        found = json.loads(path.read_text()) if path is not None else {}
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(found, dict):
+        return {}
+    return {k: float(v) for k, v in found.items() if isinstance(v, int | float)}
 
 
 class Projection:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tsmcli.demo.clock import machine
+from tsmcli.demo.clock import StepClock, machine
 from tsmcli.fileio import atomic_write
 
 
@@ -136,12 +136,25 @@ def _streaming_lines(out: Path) -> list[str]:
     return [f"Streaming online TSM, top-1 after {seen}.", ""]
 
 
-def write_report(
-    out: Path, rows: Sequence[DemoRow], seconds: float, timings: dict[str, float] | None = None
-) -> Path:
-    """``out/report.md``: the table, the machine and the time of each step, training curves
-    and confusion matrices."""
-    steps = ", ".join(f"{name} {s:.0f} s" for name, s in (timings or {}).items())
+def _time_lines(clock: StepClock) -> list[str]:
+    """The time of the work, step by step, and of this run when it reused earlier steps."""
+    done = clock.done
+    steps = ", ".join(f"{n} {done[n]:.0f} s" for n in clock.steps if n in done)
+    seconds = sum(done.values()) if clock.reused else clock.elapsed()
+    total = f"{seconds / 60:.1f} min on {machine()}"
+    lines = [f"Whole run: {total}" + (f": {steps}." if steps else ".")]
+    if clock.reused:
+        lines.append(
+            f"This run took {clock.elapsed() / 60:.1f} min: it reused {', '.join(clock.reused)} "
+            "from an earlier run in this folder, whose times are given above."
+        )
+    return lines
+
+
+def write_report(out: Path, rows: Sequence[DemoRow], clock: StepClock) -> Path:
+    """``out/report.md``: the table, the machine and the time of each step (that of the run
+    that did it: a re-run that reuses a step keeps its time), training curves and confusion
+    matrices."""
     parts = [
         "# tsmcli demo report",
         "",
@@ -158,7 +171,7 @@ def write_report(
         format_table(rows),
         "",
         *_streaming_lines(out),
-        f"Whole run: {seconds / 60:.1f} min on {machine()}" + (f": {steps}." if steps else "."),
+        *_time_lines(clock),
         "",
         "## Training curves",
         "",
