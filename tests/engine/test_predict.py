@@ -190,7 +190,7 @@ def test_timeline_of_windows_in_json_csv_and_plot(data, tmp_path, make_video, mo
     class Counting:
         def __init__(self, source):
             self.source, self.path, self.num_frames = source, source.path, source.num_frames
-            self.fps = source.fps
+            self.fps, self.timestamps = source.fps, source.timestamps
             log.append("open")
 
         def get(self, indices):
@@ -354,3 +354,14 @@ def test_the_timeline_draws_every_window_winner_even_beyond_five():
         *("c.pt", PROTOCOLS["single"], 1, names, 2, 1.0, 1.0, 1.0),
     )
     assert list(timeline_panels(two)[0][2]) == ["c0", "c1", "c7", "c2", "c3"]  # then the rest
+
+
+def test_a_variable_rate_video_is_windowed_by_when_its_frames_are_shown(tmp_path):
+    """40 frames, 2 s at 4 fps then 2 s at 16 fps, in a stream that says 8 fps: the windows
+    are the four seconds the video lasts, not five of the nominal rate."""
+    from odd_videos import SLOW_THEN_FAST_MS, write_vfr
+
+    checkpoint, _ = tiny_checkpoint(tmp_path / "c.pt")
+    video = write_vfr(tmp_path / "vfr.mp4", SLOW_THEN_FAST_MS)
+    (found,) = predict([video], checkpoint, window=1.0, workers=0).predictions
+    assert [(w.start, w.end) for w in found.windows] == [(0, 1), (1, 2), (2, 3), (3, 4)]

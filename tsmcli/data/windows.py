@@ -129,15 +129,6 @@ def probe_timing(item: FoundInput, backend: str, template: str, fps: float) -> I
     return InputTiming(video.num_frames, rate, times)
 
 
-def probe_input(item: FoundInput, backend: str, template: str, fps: float) -> tuple[int, float]:
-    """``(frames, frames per second)`` of an input: ``probe_timing`` without the frame times,
-    for a caller that plans by frame numbers only."""
-    if item.source == FRAMES:
-        return FrameFolder(item.path, None, template).num_frames, fps
-    video = open_video(item.path, backend)
-    return video.num_frames, _frame_rate(item.path, video)
-
-
 def _frame_rate(path: str | Path, video) -> float:
     rate = float(video.fps)
     if not rate > 0:

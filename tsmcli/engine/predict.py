@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from tsmcli.data.inputs import DEFAULT_FPS, FoundInput, find_inputs
-from tsmcli.data.windows import WHOLE, InputClip, plan_windows, probe_input
+from tsmcli.data.windows import WHOLE, InputClip, probe_timing, window_clips
 from tsmcli.engine.evaluate import checkpoint_file, load_for_eval, score_batches, views_loader
 from tsmcli.engine.plots import plot_timelines
 from tsmcli.engine.predictions import (
@@ -194,13 +194,21 @@ def _plan(found: Sequence[FoundInput], data: EvalData, timeline: Timeline | None
             plan.owner.append(position)
             continue
         try:
-            total, rate = probe_input(item, data.backend, data.frame_template, timeline.fps)
+            timing = probe_timing(item, data.backend, data.frame_template, timeline.fps)
         except DataError as exc:
             plan.errors[position] = str(exc)
             continue
-        plan.rates[position] = rate
-        for w in plan_windows(total, rate, timeline.window, timeline.stride):
-            plan.items.append(InputClip(path, w.num_frames, 0, item.source, w.start, total, rate))
+        plan.rates[position] = timing.fps
+        if timeline.window * timing.fps < 1:
+            log.warning(
+                "%s: --window %g s is shorter than one frame at %g fps; each window is one "
+                "frame, and the times reported are the frames'",
+                item.path,
+                timeline.window,
+                timing.fps,
+            )
+        for clip in window_clips(item, timing, timeline.window, timeline.stride):
+            plan.items.append(clip)
             plan.owner.append(position)
     return plan
 
@@ -273,9 +281,8 @@ def _assemble(
         if item.num_frames == WHOLE:
             whole[position] = values
             continue
-        rate = plan.rates[position]
         top = top_classes(values, names, topk, protocol.average)
-        span = (item.start / rate, (item.start + item.num_frames) / rate)
+        span = (item.begin, item.end)  # when its frames are shown, variable rates included
         windows.setdefault(position, []).append(WindowPrediction(*span, top, values))
     predictions = []
     for position, item in enumerate(found):
