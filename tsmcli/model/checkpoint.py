@@ -268,11 +268,13 @@ def load_model(checkpoint: str | Path | CheckpointInfo, **arch_overrides: Any) -
     already read), in eval mode.
 
     Our checkpoints rebuild from their ``model_config``; ``arch_overrides`` change keys of it
-    (e.g. ``num_segments=16`` to test on longer clips). Official TSM and mmaction2 files need
-    ``arch``, ``num_segments`` and ``shift`` (``shift_div`` 8 and ``shift_place`` "blockres"
-    unless given), which a model zoo name and the online demo's layout supply
-    (``arch_options``: given keys win, within limits); ``num_classes`` is read from the head's
-    weights.
+    (e.g. ``num_segments=16`` to test on longer clips; ``shift="none"`` runs the same weights
+    as TSN). Official TSM and mmaction2 files need ``arch``, ``num_segments`` and ``shift``
+    (``shift_div`` 8 and ``shift_place`` "blockres" unless given), which a model zoo name and
+    the online demo's layout supply. Given keys win within limits (``arch_options``: a
+    contradicting ``arch`` or ``shift_place`` is an error, a name's checked before its
+    download); ``num_classes`` is read from the head's weights. Weights holding NaN or
+    infinity are refused.
     """
     unknown = sorted(set(arch_overrides) - set(MODEL_KEYS))
     if unknown:
