@@ -157,6 +157,14 @@ def test_an_arch_that_contradicts_a_name_is_refused_before_any_download(tmp_path
     with pytest.raises(UsageError) as info:
         read_checkpoint(K400, ArchOverrides(arch="resnet101", num_segments=8).given())
     assert str(info.value) == expected
+    listed = tmp_path / "val.txt"
+    listed.write_text("v.mp4 8 0\n")
+    for args in (  # the commands check it before their download too
+        ["eval", "--checkpoint", K400, "--arch", "resnet101", "--list", listed, "--root", "."],
+        ["predict", "x.mp4", "--checkpoint", K400, "--arch", "resnet101"],
+        ["convert-online", "--checkpoint", K400, "--arch", "resnet101", "--out", tmp_path / "o"],
+    ):
+        assert cli_line(args, 2) == f"error: {expected}"
     assert not (tmp_path / "home").exists()
 
 

@@ -168,7 +168,7 @@ def convert_online(
             f"verify_frames must be at least 2 to check the buffers, got {verify_frames}"
         )
     check_out_dir(out_dir, overwrite, [local_path(checkpoint), val_list, root])
-    info = read_checkpoint(checkpoint)  # a model zoo name: its cached file, fetched if needed
+    info = read_checkpoint(checkpoint, arch_overrides)  # a zoo name: its file, fetched if needed
     checkpoint = info.path
     recipe = Recipe.from_stored(info.recipe, str(checkpoint))
     finetune = _Finetune(finetune_epochs, finetune_lr_scale, distill_weight, distill_temperature)

@@ -236,7 +236,7 @@ def load_for_eval(
 ) -> tuple[torch.nn.Module, EvalData, Sequence[str] | None, Path]:
     """The model, how its videos are read, its stored class names and the file's path. The
     file is read once, here, and only the model is kept."""
-    info = as_info(checkpoint)
+    info = as_info(checkpoint, arch.given())  # an arch a zoo name contradicts: before any download
     missing = arch.missing_for(info)
     if missing:
         raise CheckpointError(
