@@ -271,6 +271,44 @@ def test_existing_run_is_refused_without_resume(tiny_data, straight_run, tmp_pat
         train(tiny_recipe(tiny_data, "model.shift=none"), out_dir=straight_run.run_dir, resume=True)
 
 
+def test_a_second_run_into_a_run_dir_in_use_is_refused_naming_the_holder(tiny_data, tmp_path):
+    """While a run holds its dir, another one (resumed or new) is refused before it writes
+    anything; the lock goes with the run, and a run that failed leaves no dir behind."""
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from tsmcli import fileio\n"
+            "with fileio.exclusive_lock(sys.argv[1], RuntimeError):\n"
+            "    print('held', flush=True); time.sleep(60)\n",
+            str(run_dir / ".tsm-train.lock"),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout.readline().strip() == b"held"
+        with pytest.raises(TrainingError) as info:
+            train(tiny_recipe(tiny_data), out_dir=run_dir)
+        assert str(info.value) == (
+            f"{run_dir}: another tsm train (PID {holder.pid}) is using this run dir; wait for "
+            "it to finish, or choose another run dir with --out"
+        )
+        assert [p.name for p in run_dir.iterdir()] == [".tsm-train.lock"]
+    finally:
+        holder.kill()  # as kill -9: its lock is taken over by the next run
+        holder.wait()
+    result = train(tiny_recipe(tiny_data, "train.epochs=1"), out_dir=run_dir)
+    assert result.epochs == 1 and not (run_dir / ".tsm-train.lock").exists()
+    with pytest.raises(TrainingError, match="nothing to resume"):
+        train(tiny_recipe(tiny_data), out_dir=tmp_path / "new", resume=True)
+    assert not (tmp_path / "new").exists()
+
+
 def test_missing_data_fails_before_training_with_count_and_paths(tiny_data, tmp_path):
     lines = (tiny_data / "train.txt").read_text().splitlines()
     listed = tmp_path / "train.txt"

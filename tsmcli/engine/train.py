@@ -17,10 +17,11 @@ its epochs, its checkpoints and files.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,13 @@ from tsmcli.engine.train_setup import (
     prepare_data,
 )
 from tsmcli.errors import RecipeError, TrainingError, UsageError
-from tsmcli.fileio import atomic_link, atomic_write, check_writable_dir, remove_stale_temps
+from tsmcli.fileio import (
+    atomic_link,
+    atomic_write,
+    check_writable_dir,
+    exclusive_lock,
+    remove_stale_temps,
+)
 from tsmcli.model.checkpoint import CheckpointInfo
 from tsmcli.model.weights import save_checkpoint
 from tsmcli.recipe import Recipe
@@ -62,6 +69,7 @@ EpochHook = Callable[[dict[str, Any]], None]
 LAST, BEST = "last.pt", "best.pt"
 RECIPE_FILE, METRICS_FILE, CURVES_FILE = "recipe.yaml", "metrics.jsonl", "curves.png"
 RUN_FILES = (LAST, BEST, RECIPE_FILE, METRICS_FILE, CURVES_FILE)  # what a run writes
+LOCK_FILE = ".tsm-train.lock"  # held while a run uses the dir
 
 
 @dataclass(frozen=True)
@@ -106,12 +114,40 @@ def train(
     ctx = distributed.setup(recipe.train.device)
     previous_deterministic = torch.are_deterministic_algorithms_enabled()
     try:
-        run = _Run(recipe, run_dir, resume, ctx, preloaded)
-        run.on_epoch = on_epoch
-        with StopOnSignal(announce=ctx.is_main) as stop:
-            return run.fit(stop)
+        with _run_dir_lock(run_dir, ctx.is_main):
+            run = _Run(recipe, run_dir, resume, ctx, preloaded)
+            run.on_epoch = on_epoch
+            with StopOnSignal(announce=ctx.is_main) as stop:
+                return run.fit(stop)
     finally:
         torch.use_deterministic_algorithms(previous_deterministic)
+
+
+@contextlib.contextmanager
+def _run_dir_lock(run_dir: Path, is_main: bool) -> Iterator[None]:
+    """Hold ``run_dir/.tsm-train.lock`` while the run uses the dir, so that a second run into
+    it is refused at once instead of both writing there (``fileio.exclusive_lock``: a killed
+    run's lock is taken over). The main process holds it for all of a torchrun job. A run dir
+    this run created and left empty (it failed before writing anything) is removed."""
+    if not is_main:
+        yield
+        return
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    def busy(pid: str) -> TrainingError:
+        return TrainingError(
+            f"{run_dir}: another tsm train (PID {pid}) is using this run dir; wait for it to "
+            "finish, or choose another run dir with --out"
+        )
+
+    try:
+        with exclusive_lock(run_dir / LOCK_FILE, busy):
+            yield
+    finally:
+        if created:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()  # only when empty
 
 
 def _check_arch(recipe: Recipe) -> None:
