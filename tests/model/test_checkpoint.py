@@ -18,7 +18,7 @@ from tsmcli.model.checkpoint import (
     load_weights_for_finetune,
     read_checkpoint,
 )
-from tsmcli.model.tsn import build_model
+from tsmcli.model.tsn import build_model, load_pretrained_backbone
 from tsmcli.model.weights import load_checkpoint, save_checkpoint
 
 SEGMENTS, SIZE = 4, 32
@@ -460,6 +460,8 @@ def test_weights_with_nan_or_inf_are_refused_wherever_a_model_is_built_from_them
     torch.save(imagenet, tmp_path / "resnet18.pth")
     with pytest.raises(CheckpointError, match=r"\(first: conv1.weight\)"):
         load_weights_for_finetune(build_model("resnet18", 3), tmp_path / "resnet18.pth")
+    with pytest.raises(CheckpointError, match=r"\(first: conv1.weight\)"):  # model.pretrained
+        load_pretrained_backbone(build_model("resnet18", 3), tmp_path / "resnet18.pth")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,7 +36,6 @@ from tsmcli.model.tsn import TSN, build_model, load_imagenet_weights
 from tsmcli.model.weights import (
     FORMAT,
     FORMAT_VERSION,
-    check_finite,
     checkpoint_format,
     load_checkpoint,
     load_state_dict_strict,
@@ -353,7 +352,6 @@ def _video_weights(info: CheckpointInfo, arch: str) -> dict[str, Tensor]:
     """The tensors of a tsmcli, official or mmaction2 file in our key layout for ``arch``."""
     if info.state_dict is None:
         raise CheckpointError(f"{info.path}: has no 'state_dict' of tensors; is it a checkpoint?")
-    check_finite(info.state_dict, str(info.path))
     spec = get_backbone(arch)
     return video_state_dict(
         info.state_dict,
@@ -399,7 +397,6 @@ def load_weights_for_finetune(model: TSN, checkpoint: str | Path | CheckpointInf
     info = as_info(checkpoint)
     path, fmt = info.path, info.format
     if fmt == "torchvision":
-        check_finite(info.state_dict or {}, str(path))
         load_imagenet_weights(model, info.state_dict or {}, path)
         return InitReport(fmt, head_loaded=False)
     if fmt == "unknown":

@@ -362,7 +362,9 @@ def check_finite(state: Mapping[str, Tensor], source: str) -> None:
 def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, Tensor], source: str) -> None:
     """Load every tensor or fail with ONE line: counts of missing, unexpected and reshaped keys
     and up to three of each. Only ``num_batches_tracked`` counters may be absent (old files
-    lack them; they do not affect outputs)."""
+    lack them; they do not affect outputs). Weights holding NaN or infinity are refused
+    (``check_finite``): every load of weights into a model goes through here."""
+    check_finite(state_dict, source)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state_dict and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in state_dict if k not in expected]
