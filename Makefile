@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo bench lint clean
+.PHONY: install test demo readme bench lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/tsm demo
+
+# every README example run on the demo's models and compared with what the README shows
+readme: demo
+	TSM_README_DEMO=demo_out $(BIN)/python -m pytest -q tests/test_readme.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py

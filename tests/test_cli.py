@@ -74,3 +74,13 @@ def test_a_wrong_command_line_is_one_line_too():
         assert result.output.strip().splitlines() == [expected]
     bare = runner.invoke(cli, ["zoo"], prog_name="tsm")  # a group alone: its help, as click gives
     assert bare.output.startswith("Usage: tsm zoo [OPTIONS] COMMAND [ARGS]...")
+
+
+def test_every_public_name_resolves_to_what_its_module_defines():
+    import importlib
+
+    import tsmcli
+
+    for name, module in tsmcli._API.items():
+        assert getattr(tsmcli, name) is getattr(importlib.import_module(module), name)
+    assert "read_checkpoint" in dir(tsmcli)  # the README's `read_checkpoint(NAME)`

@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 _API = {
     "build_model": "tsmcli.model.tsn",
     "load_model": "tsmcli.model.checkpoint",
+    "read_checkpoint": "tsmcli.model.checkpoint",
     "load_recipe": "tsmcli.recipe",
     "extract": "tsmcli.data.extract",
     "build_list": "tsmcli.data.build_list",
