@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -123,7 +124,7 @@ def test_strict_exits_1_and_names_the_failures_file(tmp_path, make_video):
         cli, ["extract", str(tmp_path / "src"), str(dst), "--workers", "1"]
     )
     assert relaxed.exit_code == 0
-    assert relaxed.output.startswith("extracted 1 videos (16 frames) in ")
+    assert relaxed.output.startswith("extracted 1 video (16 frames) in ")
     assert relaxed.output.rstrip().endswith(f"0 skipped, 1 failed (see {dst / 'failures.csv'})")
 
     strict = CliRunner().invoke(
@@ -397,3 +398,191 @@ def test_a_dst_that_is_or_is_under_a_file_is_a_usage_error_before_any_work(
     )
     assert result.output.splitlines() == [f"error: {expected}"]
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+# ---------------------------------------------------------------------------- the processes of a run
+
+
+def _children() -> set[int]:
+    """The PIDs of this process's children, read from /proc."""
+    me, found = os.getpid(), set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            except OSError:  # gone meanwhile
+                continue
+            if int(fields[1]) == me:
+                found.add(int(entry.name))
+    return found
+
+
+def _job_held_until_told(job, options):
+    """Runs in a worker in place of extract_job.run_job: notes its PID and its parent's in
+    MARKS/<stem>.<pid>.<ppid>, and holds a video named held*.mp4 after its first frames until
+    MARKS/go exists."""
+    marks = job.video.parent.parent / "marks"
+    (marks / f"{job.video.stem}.{os.getpid()}.{os.getppid()}").touch()
+    if not job.video.stem.startswith("held"):
+        return _REAL_RUN_JOB(job, options)
+    real_write = extract_job._write_jpegs
+
+    def write_then_wait(images, folder, start, quality):
+        written = real_write(images, folder, start, quality)
+        for _ in range(3000):
+            if (marks / "go").exists():
+                break
+            time.sleep(0.02)
+        return written
+
+    extract_job._write_jpegs = write_then_wait
+    try:
+        return _REAL_RUN_JOB(job, options)
+    finally:
+        extract_job._write_jpegs = real_write
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_killing_every_process_of_the_run_but_its_workers_leaves_it_whole(
+    tmp_path, make_video, monkeypatch, deadline
+):
+    """Workers used to fork from a helper process; killing it (by hand, or the out-of-memory
+    killer picking it) made the run lose sight of workers that went on writing while their
+    folders were cleaned up, and one published a folder missing its first frames. Mid-run,
+    kill every process the run started that is not a worker: the run must not notice."""
+    import multiprocessing.forkserver
+
+    src, dst, marks = tmp_path / "src", tmp_path / "dst", tmp_path / "marks"
+    marks.mkdir()
+    for name in ("a", "b", "held1", "held2"):
+        make_video(src / f"{name}.mp4", num_frames=40)
+    monkeypatch.setattr(extract_job, "run_job", _job_held_until_told)
+    before, killed = _children(), []
+
+    def kill_the_helpers() -> None:
+        while len([p for p in dst.glob(".held*.partial-*/img_00016.jpg")]) < 2:
+            time.sleep(0.02)
+        workers = {int(p.name.split(".")[1]) for p in marks.iterdir()}
+        helpers = _children() - before - workers
+        forkserver = multiprocessing.forkserver._forkserver._forkserver_pid
+        helpers |= {forkserver} & _children() if forkserver else set()
+        for pid in helpers:
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        if killed:
+            time.sleep(1)  # a dying process with a large address space closes its pipes late
+        (marks / "go").touch()
+
+    killer = threading.Thread(target=kill_the_helpers, daemon=True)
+    killer.start()
+    with deadline(120):
+        result = extract(src, dst, short_side=0, workers=2)
+    killer.join()
+
+    assert (result.done, result.failed, result.frames) == (4, 0, 4 * 40)
+    for name in ("a", "b", "held1", "held2"):
+        assert {p.name for p in (dst / name).iterdir()} == _names(40)
+    assert _hidden(dst) == []
+    runs = [p.name.split(".") for p in marks.iterdir() if p.name != "go"]
+    assert sorted(stem for stem, _, _ in runs) == ["a", "b", "held1", "held2"]  # none redone
+    assert {int(ppid) for _, _, ppid in runs} == {os.getpid()}  # nothing between run and worker
+    assert not any(extract_job.pid_alive(int(pid)) for _, pid, _ in runs)
+
+
+def _job_killed_after_publishing(job, options):
+    """Runs in a worker in place of extract_job.run_job: notes each attempt in
+    MARKS/<stem>.<pid>; the worker of a video named published*.mp4 is SIGKILLed after its
+    folder is published and before it can say so, every time."""
+    marks = job.video.parent.parent / "marks"
+    (marks / f"{job.video.stem}.{os.getpid()}").touch()
+    outcome = _REAL_RUN_JOB(job, options)
+    if job.video.stem.startswith("published"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return outcome
+
+
+def test_a_folder_published_by_a_worker_killed_before_it_reported_counts_as_done(
+    tmp_path, make_video, monkeypatch, deadline
+):
+    src, dst, marks = tmp_path / "src", tmp_path / "dst", tmp_path / "marks"
+    marks.mkdir()
+    for name in ("a", "published"):
+        make_video(src / f"{name}.mp4", num_frames=20)
+    monkeypatch.setattr(extract_job, "run_job", _job_killed_after_publishing)
+
+    with deadline(120):
+        first = extract(src, dst, short_side=0, workers=2)
+    assert (first.done, first.failed, first.frames) == (2, 0, 40)
+    assert sorted(p.name.split(".")[0] for p in marks.iterdir()) == ["a", "published"]
+    before = {p.name: p.stat().st_ino for p in (dst / "published").iterdir()}
+
+    for mark in marks.iterdir():
+        mark.unlink()
+    with deadline(120):  # --overwrite: the old folder is moved aside, the new one published
+        again = extract(src, dst, short_side=0, workers=2, overwrite=True)
+    assert (again.done, again.failed, again.frames) == (2, 0, 40)
+    assert sorted(p.name.split(".")[0] for p in marks.iterdir()) == ["a", "published"]
+    after = {p.name: p.stat().st_ino for p in (dst / "published").iterdir()}
+    assert set(after) == set(before) == _names(20)
+    assert set(after.values()).isdisjoint(before.values())  # the new frames, not the old
+    assert _failures(dst) == {} and _hidden(dst) == []
+
+
+def test_a_script_without_a_main_guard_extracts_with_two_workers(tmp_path, make_video):
+    for name in ("a", "b"):
+        make_video(tmp_path / "src" / f"{name}.mp4", num_frames=8)
+    script = tmp_path / "no_guard.py"
+    script.write_text(
+        "import tsmcli\n"
+        f"result = tsmcli.extract({str(tmp_path / 'src')!r}, {str(tmp_path / 'dst')!r}, "
+        "short_side=0, workers=2)\n"
+        "print(result.done, result.failed)\n"
+    )
+    run = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["2", "0"], run.stderr
+    for name in ("a", "b"):
+        assert {p.name for p in (tmp_path / "dst" / name).iterdir()} == _names(8)
+
+
+# ---------------------------------------------------------------------------- what the command prints
+
+
+def test_when_every_video_fails_the_command_exits_1_and_says_so(tmp_path, make_video):
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / "sub").mkdir(parents=True)
+    (src / "sub" / "empty.mp4").write_bytes(b"")
+    failed = CliRunner().invoke(cli, ["extract", str(src), str(dst), "--workers", "1"])
+    assert failed.exit_code == 1
+    assert failed.output.splitlines()[-1] == (
+        f"error: every video failed (1 of 1); see {dst / 'failures.csv'}"
+    )
+    assert set(_failures(dst)) == {"empty.mp4"}
+
+    make_video(src / "good.mp4")  # one video extracted: the run did its work
+    some = CliRunner().invoke(cli, ["extract", str(src), str(dst), "--workers", "1"])
+    assert some.exit_code == 0, some.output
+    again = CliRunner().invoke(cli, ["extract", str(src), str(dst), "--workers", "1"])
+    assert again.exit_code == 0, again.output  # skipped still counts: its frames are there
+    assert again.output.splitlines()[-1].startswith("extracted 0 videos (0 frames) in ")
+    assert again.output.splitlines()[-1].endswith(
+        f"1 skipped, 1 failed (see {dst / 'failures.csv'})"
+    )
+
+
+def test_the_command_prints_its_summary_once_in_the_singular_for_one(tmp_path, make_video):
+    make_video(tmp_path / "src" / "clip.mp4", num_frames=1)
+    run = subprocess.run(
+        [sys.executable, "-m", "tsmcli", "extract", str(tmp_path / "src"), str(tmp_path / "dst")]
+        + ["--workers", "1", "--short-side", "0"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert re.fullmatch(
+        r"extracted 1 video \(1 frame\) in \d+\.\d s, 0 skipped, 0 failed\n", run.stdout
+    ), run.stdout
+    assert "extracted" not in run.stderr

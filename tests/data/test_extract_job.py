@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from tsmcli.data.extract_job import Job, discard, extract_video, remove_stale_partials
+from tsmcli.data import extract_job
+from tsmcli.data.extract_job import Job, extract_video, remove_stale_partials, salvage
 from tsmcli.errors import DataError
 
 
@@ -63,9 +64,43 @@ def test_what_dead_processes_left_is_removed_and_a_moved_aside_folder_put_back(t
     assert (tmp_path / "b" / "img_00001.jpg").read_bytes() == b"old frame"
 
 
-def test_discard_removes_the_half_written_folder_of_one_worker_only(tmp_path):
-    job = Job(tmp_path / "clip.mp4", tmp_path / "clip", replace=False)
+def test_salvage_removes_one_workers_leftovers_and_counts_a_folder_it_published(tmp_path):
+    job = Job(tmp_path / "clip.mp4", tmp_path / "clip")
     for pid in (101, 202):
         (tmp_path / f".clip.partial-{pid}").mkdir()
-    discard(job, 101)
+    assert salvage(job, 101) is None  # died before publishing: to be done again
     assert sorted(p.name for p in tmp_path.iterdir()) == [".clip.partial-202"]
+
+    (tmp_path / ".clip.partial-202").rename(tmp_path / "clip")  # published, then killed
+    for k in (1, 2, 3):
+        (tmp_path / "clip" / f"img_{k:05d}.jpg").write_bytes(b"frame")
+    assert salvage(job, 202) == (job, 3, None)
+
+    redo = Job(job.video, job.folder, replaces=(tmp_path / "clip").stat().st_ino)
+    assert salvage(redo, 303) is None  # --overwrite: the folder there is the one to replace
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip"]
+
+
+def test_a_folder_that_lost_frames_while_it_was_written_is_never_published(
+    tmp_path, make_video, monkeypatch
+):
+    """Another process removing files from the temporary folder (a cleanup that took a live
+    writer for a dead one) once left a folder missing its first frames under the final name."""
+    video = make_video(tmp_path / "clip.mp4", num_frames=40)
+    real_write = extract_job._write_jpegs
+
+    def write_and_lose_the_first(images, folder, start, quality):
+        written = real_write(images, folder, start, quality)
+        if start == 16:
+            (folder / "img_00001.jpg").unlink()
+        return written
+
+    monkeypatch.setattr(extract_job, "_write_jpegs", write_and_lose_the_first)
+    with pytest.raises(DataError) as caught:
+        extract_video(video, tmp_path / "frames" / "clip", short_side=0)
+    temp = tmp_path / "frames" / f".clip.partial-{os.getpid()}"
+    assert str(caught.value) == (
+        f"{video}: {temp} holds 39 of the 40 frames written (another process removed or added "
+        "files); nothing was published, extract it again"
+    )
+    assert list((tmp_path / "frames").iterdir()) == []

@@ -1,5 +1,6 @@
-"""The worker pool: a worker that dies costs one retry, then one outcome; whatever ends the
-run, every worker is stopped and its job handed to cleanup. Jobs here are plain integers."""
+"""The worker pool: a worker that dies costs one retry, then one outcome, unless it had finished
+its job before it died; whatever ends the run, every worker is stopped, reaped and its job
+handed to salvage. Jobs here are plain integers."""
 
 from __future__ import annotations
 
@@ -20,11 +21,34 @@ def _gone(pid: int) -> bool:
 
 
 def _square_or_die(job: int, marks: Path) -> tuple[int, int, int]:
-    """Runs in a worker: job 3 kills its worker every time, job 5 only the first time."""
+    """Runs in a worker: job 3 kills its worker every time, job 5 only the first time, job 7
+    after it has finished (its result, MARKS/done.7, is in place). Each attempt leaves
+    MARKS/left.<job>.<pid>, which salvage removes; an attempt that finds one of an earlier
+    attempt answers -1."""
     (marks / f"{job}.{os.getpid()}").touch()
+    earlier = list(marks.glob(f"left.{job}.*"))
+    (marks / f"left.{job}.{os.getpid()}").touch()
     if job == 3 or (job == 5 and len(list(marks.glob("5.*"))) == 1):
         os.kill(os.getpid(), signal.SIGKILL)
-    return job, job * job, os.getpid()
+    if job == 7:
+        (marks / "done.7").touch()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return job, -1 if earlier else job * job, os.getpid()
+
+
+class _Salvage:
+    """Records each (job, pid) it is called for, removes that attempt's leftover, and answers
+    job 7's outcome when its result is in place."""
+
+    def __init__(self, marks: Path):
+        self.marks, self.calls = marks, []
+
+    def __call__(self, job: int, pid: int):
+        self.calls.append((job, pid))
+        (self.marks / f"left.{job}.{pid}").unlink(missing_ok=True)
+        if job == 7 and (self.marks / "done.7").exists():
+            return job, 49, pid
+        return None
 
 
 def _first_fast_then_hang(job: int, marks: Path) -> tuple[int, int]:
@@ -39,7 +63,7 @@ def _pids(marks: Path, job: int) -> list[int]:
 
 
 def test_a_dead_worker_is_replaced_its_job_retried_once_then_given_up(tmp_path, deadline):
-    cleaned: list[tuple[int, int]] = []
+    salvage = _Salvage(tmp_path)
     with deadline(120):
         outcomes = list(
             run_in_processes(
@@ -48,21 +72,25 @@ def test_a_dead_worker_is_replaced_its_job_retried_once_then_given_up(tmp_path, 
                 tmp_path,
                 3,
                 died=lambda job, code: (job, code, None),
-                cleanup=lambda job, pid: cleaned.append((job, pid)),
+                salvage=salvage,
             )
         )
     by_job = {job: (value, pid) for job, value, pid in outcomes}
     assert len(outcomes) == 8
     assert {job: value for job, (value, _) in by_job.items()} == {
         k: -signal.SIGKILL if k == 3 else k * k for k in range(8)
-    }  # 3 died twice: the caller's outcome with the exit code; 5 died once and was redone
+    }  # 3 died twice: the caller's outcome with the exit code; 5 died once and was redone,
+    # after the first attempt's leftover was gone; 7 died after finishing: salvaged, not redone
     assert len(_pids(tmp_path, 3)) == 2 and len(_pids(tmp_path, 5)) == 2
+    assert len(_pids(tmp_path, 7)) == 1 and by_job[7][1] == _pids(tmp_path, 7)[0]
     first_5 = [pid for pid in _pids(tmp_path, 5) if pid != by_job[5][1]]
-    assert sorted(cleaned) == sorted([(3, pid) for pid in _pids(tmp_path, 3)] + [(5, *first_5)])
+    assert sorted(salvage.calls) == sorted(
+        [(3, pid) for pid in _pids(tmp_path, 3)] + [(5, *first_5), (7, by_job[7][1])]
+    )
     assert all(_gone(pid) for job in range(8) for pid in _pids(tmp_path, job))
 
 
-def test_closing_the_run_early_stops_every_worker_and_cleans_up_their_jobs(tmp_path, deadline):
+def test_closing_the_run_early_stops_every_worker_and_salvages_their_jobs(tmp_path, deadline):
     cleaned: list[tuple[int, int]] = []
     run = run_in_processes(
         [0, 1, 2],
@@ -70,7 +98,7 @@ def test_closing_the_run_early_stops_every_worker_and_cleans_up_their_jobs(tmp_p
         tmp_path,
         3,
         died=lambda job, code: (job, code),
-        cleanup=lambda job, pid: cleaned.append((job, pid)),
+        salvage=lambda job, pid: cleaned.append((job, pid)),
     )
     with deadline(120):
         assert next(run) == (0, 0)

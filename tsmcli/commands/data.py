@@ -31,9 +31,11 @@ def extract(src, dst, short_side, fps, quality, workers, overwrite, strict) -> N
     """Decode every video under SRC into a folder of JPEG frames under DST.
 
     Videos that cannot be decoded (or whose worker process dies) are listed in
-    DST/failures.csv and the run goes on. One run at a time per DST (DST/.tsm-extract.lock).
+    DST/failures.csv and the run goes on; exit 1 when every video failed. One run at a time
+    per DST (DST/.tsm-extract.lock).
     """
     from tsmcli.data.extract import extract as run_extract
+    from tsmcli.errors import DataError
 
     result = run_extract(
         src,
@@ -47,9 +49,19 @@ def extract(src, dst, short_side, fps, quality, workers, overwrite, strict) -> N
     )
     failures = f" (see {result.failures_csv})" if result.failed else ""
     click.echo(
-        f"extracted {result.done:,} videos ({result.frames:,} frames) in {result.seconds:.1f} s, "
-        f"{result.skipped:,} skipped, {result.failed:,} failed{failures}"
+        f"extracted {_count(result.done, 'video')} ({_count(result.frames, 'frame')}) in "
+        f"{result.seconds:.1f} s, {result.skipped:,} skipped, {result.failed:,} failed{failures}"
     )
+    if result.failed and not result.done and not result.skipped:
+        raise DataError(
+            f"every video failed ({result.failed:,} of {result.failed:,}); "
+            f"see {result.failures_csv}"
+        )
+
+
+def _count(number: int, noun: str) -> str:
+    """``1 video``, ``2 videos``."""
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
 
 
 @click.command("build-list")

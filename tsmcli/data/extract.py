@@ -5,8 +5,9 @@ A frame folder is written under a hidden temporary name beside its final place
 final name is always complete: a killed run leaves nothing that looks finished, and the next
 run skips finished folders, removes the temporary folders of dead runs and does the rest.
 A video that cannot be read completely (empty, truncated, not a video) is recorded in
-``DST/failures.csv`` and the run goes on; so is a video whose worker process dies (a decoder
-crash, the out-of-memory killer): the worker is replaced and the other videos are done.
+``DST/failures.csv`` and the run goes on; so is a video whose worker process dies twice (a
+decoder crash, the out-of-memory killer): the worker is replaced and the other videos are
+done, and a folder the dead worker had already published counts as done.
 A run holds ``DST/.tsm-extract.lock`` while it writes, so two runs never share a DST.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import io
 import logging
 import os
@@ -67,8 +69,8 @@ def extract(
     ``short_side`` resizes so the shorter side has that many pixels (0 keeps the size);
     ``fps`` keeps that many frames per second (default: every frame). Failed videos are
     listed in ``dst/failures.csv``; with ``strict`` they also raise a ``DataError`` once
-    everything else is done. With ``workers`` > 1, a calling script needs the usual
-    ``if __name__ == "__main__":`` guard (workers start from a fork server).
+    everything else is done. On Linux workers are forked from this process, so a calling
+    script needs no ``if __name__ == "__main__":`` guard (elsewhere it does).
     """
     src, dst = Path(src), Path(dst)
     _check_options(short_side, fps, quality, workers)
@@ -83,13 +85,13 @@ def extract(
     started = time.perf_counter()
     videos = find_videos(src)
     dst.mkdir(parents=True, exist_ok=True)
-    with _lock(dst):
+    with _lock(dst) as lock_fd:
         jobs, skipped, failures, folders = _plan(src, dst, videos, overwrite)
         remove_stale_partials({folder.parent for folder in folders})
 
         done = frames = 0
         workers = min(workers or os.cpu_count() or 1, max(1, len(jobs)))
-        with contextlib.closing(_run(jobs, options, workers)) as outcomes:
+        with contextlib.closing(_run(jobs, options, workers, lock_fd)) as outcomes:
             for job, count, reason in outcomes:
                 if reason is None:
                     done += 1
@@ -99,7 +101,7 @@ def extract(
                     failures.append((job.video, reason))
         _write_failures(failures_csv, failures)
     seconds = time.perf_counter() - started
-    log.info(
+    log.debug(  # the command prints the summary; this is for a caller's own logging
         "extracted %d videos (%d frames) in %.1f s, %d skipped, %d failed",
         done,
         frames,
@@ -176,18 +178,23 @@ def _plan(
         elif folder.is_dir() and not overwrite:
             skipped += 1
         else:
-            jobs.append(Job(video, folder, replace=folder.exists()))
+            replaces = os.lstat(folder).st_ino if folder.exists() else None
+            jobs.append(Job(video, folder, replaces))
     return jobs, skipped, failures, list(owner)
 
 
-# The modules a worker needs, imported once by the fork server (see process_pool).
+# The modules a worker needs, imported once before the workers start (see process_pool).
 _PRELOAD = ("tsmcli.data.extract_job", "torchvision.io", "decord", "av")
 
 
-def _run(jobs: list[Job], options: FrameOptions, workers: int) -> Generator[Outcome, None, None]:
+def _run(
+    jobs: list[Job], options: FrameOptions, workers: int, lock_fd: int
+) -> Generator[Outcome, None, None]:
     """Extract ``jobs`` in ``workers`` processes (in this one when 1), yielding each
     outcome as its video finishes. A worker that dies (a decoder segfault, the out-of-memory
-    killer) is replaced and its video tried once more; dying twice makes it a failure."""
+    killer) is replaced and its video tried once more, unless it had published the folder;
+    dying twice makes it a failure. Workers do not hold the DST lock (``lock_fd``): one that
+    outlives a killed run must not keep the next run out."""
     from tqdm import tqdm
 
     bar = tqdm(total=len(jobs), desc="extract", unit="video", disable=not sys.stderr.isatty())
@@ -202,9 +209,10 @@ def _run(jobs: list[Job], options: FrameOptions, workers: int) -> Generator[Outc
             options,
             workers,
             died=_died,
-            cleanup=extract_job.discard,
-            initializer=extract_job.init_worker,
+            salvage=extract_job.salvage,
+            initializer=functools.partial(extract_job.init_worker, os.getpid()),
             preload=_PRELOAD,
+            private_fds=(lock_fd,),
         )
     try:
         yield from _with_progress(outcomes, bar, started)
@@ -241,11 +249,11 @@ def _with_progress(outcomes: Iterator[Outcome], bar, started: float) -> Iterator
 
 
 @contextlib.contextmanager
-def _lock(dst: Path) -> Iterator[None]:
-    """Hold ``dst/.tsm-extract.lock`` for a run, so that a second run into the same DST is
-    refused instead of rewriting failures.csv. The kernel releases the lock when its process
-    dies, so the lock file of a killed run is simply taken over; the file holds the PID of
-    the holder, for the message."""
+def _lock(dst: Path) -> Iterator[int]:
+    """Hold ``dst/.tsm-extract.lock`` for a run (yielding its descriptor), so that a second
+    run into the same DST is refused instead of rewriting failures.csv. The kernel releases
+    the lock when its process dies, so the lock file of a killed run is simply taken over; the
+    file holds the PID of the holder, for the message."""
     import fcntl
 
     path = dst / LOCK_FILE
@@ -270,7 +278,7 @@ def _lock(dst: Path) -> Iterator[None]:
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode("ascii"))
-        yield
+        yield fd
     finally:
         path.unlink(missing_ok=True)  # before the unlock: a waiting run then locks a new file
         os.close(fd)

@@ -1,10 +1,11 @@
 """One video -> one folder of JPEG frames, atomically: the job each ``tsm extract`` worker runs.
 
 A frame folder is written under a hidden temporary name beside its final place
-(``.clip.partial-<pid>``) and renamed when the last frame is on disk; a finished folder that
-``--overwrite`` replaces is first moved aside as ``.clip.old-<pid>``. So a folder under its
-final name is always complete, and what a killed process left is known by its PID: the
-functions at the end of this module remove it (or put the old folder back).
+(``.clip.partial-<pid>``) and renamed when every frame decoded is on disk, checked by listing
+the folder; a finished folder that ``--overwrite`` replaces is first moved aside as
+``.clip.old-<pid>``. So a folder under its final name is always complete, and what a killed
+process left is known by its PID: the functions at the end of this module remove it (or put
+the old folder back), and tell a folder it had published before it died from one it had not.
 """
 
 from __future__ import annotations
@@ -43,14 +44,20 @@ class Job:
 
     video: Path
     folder: Path  # the finished frame folder
-    replace: bool  # a finished folder exists and is to be replaced (--overwrite)
+    replaces: int | None = None  # inode of the finished folder there that --overwrite replaces
 
 
 Outcome = tuple[Job, int, str | None]  # (job, frames written, failure reason or None)
 
+# The tsm extract process this worker works for (None: this is that process). A worker whose
+# run has died stops and publishes nothing: a new run may be doing the same video by then.
+_run_pid: int | None = None
 
-def init_worker() -> None:
-    """Run once in each worker process."""
+
+def init_worker(run_pid: int) -> None:
+    """Run once in each worker process of the run ``run_pid``."""
+    global _run_pid
+    _run_pid = run_pid
     torch.set_num_threads(1)  # parallelism comes from the processes
 
 
@@ -66,7 +73,7 @@ def run_job(job: Job, options: FrameOptions) -> Outcome:
                 options.short_side,
                 options.fps,
                 options.quality,
-                replace=job.replace,
+                replace=job.replaces is not None,
             ),
             None,
         )
@@ -114,6 +121,7 @@ def extract_video(
             if keep:
                 images = _resize(batch[keep], short_side)  # (k, 3, h, w) uint8
                 written = _write_jpegs(images, temp, written, quality)
+            _check_run(video)
         _check_complete(
             video,
             decoded,
@@ -122,6 +130,8 @@ def extract_video(
         )
         if written == 0:
             raise DataError(f"{video}: no frame could be decoded; the file is corrupt")
+        _check_written(video, temp, written)
+        _check_run(video)
         _publish(temp, folder, replace)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
@@ -175,6 +185,28 @@ def _check_complete(video: Path, decoded: int, expected: int, exact: bool) -> No
         log.debug("%s: decoded %d of %d reported frames", video, decoded, expected)
 
 
+def _check_written(video: Path, temp: Path, written: int) -> None:
+    """Refuse to publish a folder that does not hold exactly the frames written: another
+    process removed or added files while it was written."""
+    expected = {FRAME_TEMPLATE.format(k) for k in range(1, written + 1)}
+    found = set(os.listdir(temp))
+    if found != expected:
+        raise DataError(
+            f"{video}: {temp} holds {len(found & expected)} of the {written} frames written "
+            "(another process removed or added files); nothing was published, extract it again"
+        )
+
+
+def _check_run(video: Path) -> None:
+    """Stop a worker whose run has died (it was reparented): publishing now could collide with
+    a new run, and nobody is left to count the frames."""
+    if _run_pid is not None and os.getppid() != _run_pid:
+        raise DataError(
+            f"{video}: the tsm extract run of this worker (PID {_run_pid}) has ended; "
+            "nothing was published"
+        )
+
+
 def _publish(temp: Path, folder: Path, replace: bool) -> None:
     """Move a complete temporary folder to its final name. A folder being replaced is first
     moved aside, so at no moment does an incomplete folder carry the final name."""
@@ -190,9 +222,18 @@ def _publish(temp: Path, folder: Path, replace: bool) -> None:
 # ---------------------------------------------------------------------------- what a killed job left
 
 
-def discard(job: Job, pid: int) -> None:
-    """Remove what the worker ``pid``, now stopped, left of ``job``."""
+def salvage(job: Job, pid: int) -> Outcome | None:
+    """Remove what the worker ``pid``, now reaped, left of ``job``; the job's outcome when that
+    worker had published the folder before it died (a folder under its final name is complete
+    and verified), so that it is counted done rather than extracted again."""
+    try:
+        published = os.lstat(job.folder).st_ino != job.replaces
+    except FileNotFoundError:
+        published = False
     _remove_temps(job.folder, pid)
+    if not published:
+        return None
+    return job, len(os.listdir(job.folder)), None
 
 
 def remove_stale_partials(parents: set[Path]) -> None:

@@ -1,21 +1,34 @@
 """Run jobs in worker processes that may die: a dead worker costs one job, never the run.
 
 Each worker is sent one job at a time over its own pipe, so the job a dead worker held (a
-decoder segfault, the out-of-memory killer) is known exactly: it is tried once more in a
-fresh process, and a second death becomes the outcome the caller words for it. Whatever ends
-the run (the last job, an error, Ctrl-C, ``close()``), every worker is stopped and reaped, and
-the caller's ``cleanup`` removes what a killed job left half-done.
+decoder segfault, the out-of-memory killer) is known exactly. Once the dead process is
+reaped, the caller's ``salvage`` removes what it left and says whether it had finished the job
+before it died; if not, the job is tried once more in a fresh process, and a second death
+becomes the outcome the caller words for it. Whatever ends the run (the last job, an error,
+Ctrl-C, ``close()``), every worker is stopped, reaped and its job salvaged.
+
+On Linux the workers are forked from this process, after it has imported what they need once.
+So no helper process stands between the run and its workers: a fork server that died (killed
+by hand or by the out-of-memory killer) left workers the run could neither see nor stop, still
+writing while their jobs were retried. And a worker runs nothing of the caller's script again,
+so a script needs no ``if __name__ == "__main__":`` guard. Elsewhere workers are spawned (fork
+is unsafe on macOS), and a calling script needs that guard.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import multiprocessing
+import os
 import signal
+import sys
 from collections import deque
 from collections.abc import Callable, Generator, Hashable, Sequence
 from multiprocessing import connection
 from typing import Any, Generic, TypeVar
+
+from tsmcli.errors import DataError
 
 Job = TypeVar("Job", bound=Hashable)
 Outcome = TypeVar("Outcome")
@@ -28,43 +41,43 @@ def run_in_processes(
     workers: int,
     *,
     died: Callable[[Job, int | None], Outcome],
-    cleanup: Callable[[Job, int], None],
+    salvage: Callable[[Job, int], Outcome | None],
     initializer: Callable[[], None] | None = None,
     preload: Sequence[str] = (),
+    private_fds: Sequence[int] = (),
 ) -> Generator[Outcome, None, None]:
     """Yield ``work(job, shared)`` of every job, in the order they finish, from ``workers``
-    processes. ``work``, ``shared`` and ``initializer`` (run once in each worker) must pickle;
-    ``preload`` names the modules the fork server imports once for every worker. A job whose
-    worker dies twice yields ``died(job, exitcode)``; ``cleanup(job, pid)`` is called for the
-    job of every worker stopped or found dead while holding it."""
+    processes; ``initializer`` runs once in each, ``preload`` names the modules imported here
+    once for all of them, and a forked worker closes its copies of ``private_fds`` (a lock
+    this process holds must not outlive it in a worker). ``salvage(job, pid)`` is called for
+    the job of every worker found dead or stopped while holding it, once that process is
+    reaped: it removes what the process left and returns the job's outcome if the process had
+    finished the job before it died (None otherwise). A job whose worker dies twice without
+    that yields ``died(job, exitcode)``."""
     context = _process_context(preload)
     todo = deque(jobs)
     deaths: dict[Job, int] = {}
     pool: list[_Worker[Job, Outcome]] = []
 
     def start() -> _Worker[Job, Outcome]:
-        return _Worker(context, work, shared, initializer)
+        return _Worker(context, work, shared, initializer, [w.conn for w in pool], private_fds)
 
     try:
         for _ in range(min(workers, len(todo))):
             pool.append(start())
             pool[-1].send(todo.popleft())
         while any(worker.job is not None for worker in pool):
-            busy = [worker for worker in pool if worker.job is not None]
-            connection.wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
-            for worker in busy:
+            for worker in _finished(pool):
+                job = worker.job
                 outcome = worker.receive()
-                if outcome is None and worker.process.is_alive():
-                    continue  # still working
-                job, code = worker.job, worker.process.exitcode
-                assert job is not None
                 if outcome is None:  # the process died holding its job
-                    worker.stop(cleanup)  # reaps it and removes what its job left
-                    deaths[job] = deaths.get(job, 0) + 1
-                    if deaths[job] < 2:
-                        todo.appendleft(job)
-                    else:
-                        outcome = died(job, code)
+                    outcome = worker.stop(salvage)
+                    if outcome is None:  # unfinished: once more, in a fresh process
+                        deaths[job] = deaths.get(job, 0) + 1
+                        if deaths[job] < 2:
+                            todo.appendleft(job)
+                        else:
+                            outcome = died(job, worker.process.exitcode)
                 worker.job = None
                 if todo:
                     if not worker.process.is_alive():
@@ -75,17 +88,24 @@ def run_in_processes(
                     yield outcome
     finally:
         for worker in pool:
-            worker.stop(cleanup)
+            worker.stop(salvage)
+
+
+def _finished(pool: list[_Worker[Job, Outcome]]) -> list[_Worker[Job, Outcome]]:
+    """Wait until a busy worker has an outcome or has ended; every such worker. A worker's
+    sentinel is ready once the process has exited, before it can be reaped."""
+    busy = [worker for worker in pool if worker.job is not None]
+    ready = connection.wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
+    return [w for w in busy if w.conn in ready or w.process.sentinel in ready]
 
 
 def _process_context(preload: Sequence[str]) -> multiprocessing.context.BaseContext:
-    """Workers fork from a server that has imported ``preload`` once (importing torchvision
-    alone takes about a second per process), and no process with running thread pools is
-    forked; spawn where there is no fork server."""
-    if "forkserver" in multiprocessing.get_all_start_methods():
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(list(preload))
-        return context
+    """Fork on Linux, with ``preload`` imported first (torchvision alone takes a second or more
+    to import: once here, not once per worker); spawn elsewhere."""
+    if sys.platform.startswith("linux"):
+        for name in preload:
+            importlib.import_module(name)
+        return multiprocessing.get_context("fork")
     return multiprocessing.get_context("spawn")
 
 
@@ -99,13 +119,27 @@ class _Worker(Generic[Job, Outcome]):
         work: Callable[[Job, Any], Outcome],
         shared: Any,
         initializer: Callable[[], None] | None,
+        others: list[connection.Connection],
+        private_fds: Sequence[int],
     ):
         self.conn, child = context.Pipe()
+        # A forked worker holds copies of this process's ends of the pipes (its own and its
+        # elders'); it closes them, so that each pipe ends when this process does.
+        forked = context.get_start_method() == "fork"
+        inherited = ([self.conn, *others], tuple(private_fds)) if forked else ([], ())
         self.process = context.Process(
-            target=_serve, args=(child, work, shared, initializer), daemon=True
+            target=_serve, args=(child, inherited, work, shared, initializer), daemon=True
         )
-        self.process.start()
-        child.close()
+        try:
+            self.process.start()
+        except OSError as exc:  # fork refused: no memory or process slots left
+            self.conn.close()
+            raise DataError(
+                f"cannot start a worker process ({exc.strerror or exc}); free some memory, "
+                "or use fewer workers"
+            ) from exc
+        finally:
+            child.close()
         self.job: Job | None = None
 
     def send(self, job: Job) -> None:
@@ -120,31 +154,43 @@ class _Worker(Generic[Job, Outcome]):
         except (EOFError, OSError):
             return None
 
-    def stop(self, cleanup: Callable[[Job, int], None]) -> None:
-        """End the process (killing it mid-job if it is busy), reap it and let ``cleanup``
-        remove what its job left half-done."""
+    def stop(self, salvage: Callable[[Job, int], Outcome | None]) -> Outcome | None:
+        """End the process (killing it mid-job if it is busy) and reap it; then ``salvage``
+        what its job left, and return what salvage returns."""
         if self.job is None and self.process.is_alive():
             with contextlib.suppress(OSError):
                 self.conn.send(None)
             self.process.join(5)
         if self.process.is_alive():
-            self.process.terminate()
+            self.process.kill()
         self.process.join()
         self.conn.close()
-        if self.job is not None and self.process.pid is not None:
-            cleanup(self.job, self.process.pid)
+        job, self.job = self.job, None
+        if job is None or self.process.pid is None:
+            return None
+        return salvage(job, self.process.pid)
 
 
-def _serve(conn, work: Callable[[Any, Any], Any], shared: Any, initializer) -> None:
+def _serve(conn, inherited, work: Callable[[Any, Any], Any], shared: Any, initializer) -> None:
     """A worker's loop: a job in, its outcome out, until told to stop or orphaned."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the main process stops workers
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not a handler forked from the caller
+    connections, fds = inherited
+    for other in connections:
+        other.close()
+    for fd in fds:
+        os.close(fd)
     if initializer is not None:
         initializer()
     while True:
         try:
             job = conn.recv()
-        except EOFError:  # the main process is gone
+        except (EOFError, OSError):  # the main process is gone
             return
         if job is None:
             return
-        conn.send(work(job, shared))
+        outcome = work(job, shared)
+        try:
+            conn.send(outcome)
+        except OSError:  # the main process is gone: nobody is left to tell
+            return
