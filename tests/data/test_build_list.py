@@ -5,6 +5,7 @@ summary, and Ctrl-C."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -101,7 +102,7 @@ def test_cli_build_list_prints_a_summary(tmp_path):
     assert result.exit_code == 0, result.output
     assert "train.txt: 2" in result.output and "val.txt: 2" in result.output
     assert lines(out / "train.txt")[0].endswith(" 2 0")
-    assert "test protocol: tsm eval --protocol single (the views folder's" in result.output
+    assert "test protocol: tsm eval --protocol single" in result.output.splitlines()
 
 
 def test_paths_with_spaces_are_refused_before_any_work(tmp_path):
@@ -309,6 +310,45 @@ def test_cli_reports_repeats_and_refuses_two_labels_in_one_line(tmp_path):
         "--conflicting-labels [error|first|drop]"
         in CliRunner().invoke(cli, ["build-list", "--help"]).output
     )
+
+
+@pytest.mark.parametrize(
+    ("dataset", "line"),
+    [
+        (
+            "kinetics400",
+            "test protocol: tsm eval --protocol kinetics (the views of kinetics400's published "
+            "numbers: tsm-k400-r50-8f-dense 74.1 top-1, and 2 more in tsm zoo list)",
+        ),
+        ("jester", "test protocol: tsm eval --protocol single"),  # nothing published
+        ("ucf101", "test protocol: tsm eval --protocol single"),
+    ],
+)
+def test_published_numbers_are_named_only_where_the_model_zoo_has_some(tmp_path, dataset, line):
+    ann, root, _, _ = _repeats_case(tmp_path, dataset, _ROWS)
+    out = tmp_path / "out"
+    command = ["build-list", "--dataset", dataset, "--root", str(root), "--out", str(out)]
+    result = CliRunner().invoke(cli, [*command, "--annotations", str(ann)])
+    assert result.exit_code == 0, result.output
+    assert line in result.output.splitlines()
+    published = build_list(dataset, root, tmp_path / "api", annotations=ann).published
+    expected = {
+        "kinetics400": (
+            ("tsm-k400-r50-8f-dense", 74.1),
+            ("tsm-k400-mbv2-8f-dense", 69.5),
+            ("tsn-k400-r50", 70.6),
+        )
+    }
+    assert published == expected.get(dataset, ())
+
+
+def test_dataset_manifests_cite_only_files_that_exist():
+    repository = Path(__file__).resolve().parents[2]
+    for manifest in sorted((repository / "datasets").glob("*.yaml")):
+        comments = [line for line in manifest.read_text().splitlines() if line.startswith("#")]
+        for cited in re.findall(r"[\w./-]+\.(?:md|py|yaml|txt)\b", "\n".join(comments)):
+            if "/" in cited or cited.endswith(".md"):
+                assert (repository / cited).exists(), f"{manifest.name} cites {cited}"
 
 
 # ---------------------------------------------------------------------------- refused before any work

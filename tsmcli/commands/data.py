@@ -175,10 +175,7 @@ def build_list(
         )
     for name, count in result.unlabeled.items():
         click.echo(f"{name}: {count} entries without labels, not written")
-    click.echo(
-        f"test protocol: tsm eval --protocol {result.test_protocol} (the views "
-        f"{result.dataset}'s published numbers use)"
-    )
+    click.echo(_protocol_line(result))
     if result.num_missing:
         click.echo(
             f"{result.num_missing} annotated clips missing or empty: see {result.missing_file}"
@@ -192,6 +189,18 @@ def build_list(
             resolved = "kept the first label" if conflicting_labels == "first" else "left out"
             counts.append(f"{result.num_conflicts} with two labels ({resolved})")
         click.echo(f"repeated clips: {', '.join(counts)}: see {result.duplicates_file}")
+
+
+def _protocol_line(result) -> str:
+    """The protocol to test with, and the numbers published with it where there are some."""
+    line = f"test protocol: tsm eval --protocol {result.test_protocol}"
+    if not result.published:
+        return line
+    (name, top1), more = result.published[0], len(result.published) - 1
+    others = f", and {more} more in tsm zoo list" if more else ""
+    return (
+        f"{line} (the views of {result.dataset}'s published numbers: {name} {top1:g} top-1{others})"
+    )
 
 
 @click.command()

@@ -41,6 +41,7 @@ from tsmcli.data.manifest import SPLITS, DatasetManifest, load_manifest
 from tsmcli.data.root_index import UNSPLIT, Row, detect_template, folder_rows, match
 from tsmcli.errors import DataError, UsageError
 from tsmcli.fileio import atomic_write, check_writable_dir
+from tsmcli.zoo import list_entries
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,9 @@ class BuildListResult:
     num_overlaps: int = 0  # rows of a clip already in an earlier split (train, val, test)
     num_conflicts: int = 0  # clips annotated with two different labels (conflicting_labels)
     unlabeled: dict[str, int] = field(default_factory=dict)  # split -> rows without a label
-    test_protocol: str = "single"  # the tsm eval --protocol its papers report (the manifest's)
+    test_protocol: str = "single"  # the tsm eval --protocol to test with (the manifest's)
+    # (model zoo name, top-1) of each number published on this dataset with that protocol
+    published: tuple[tuple[str, float], ...] = ()
 
 
 def build_list(
@@ -177,7 +180,7 @@ class _Clips:
     source: str
     repeats: _Repeats = _Repeats()
     unlabeled: dict[str, int] = field(default_factory=dict)  # split -> rows without a label
-    test_protocol: str = "single"  # the tsm eval --protocol its papers report (the manifest's)
+    test_protocol: str = "single"  # the tsm eval --protocol to test with (the manifest's)
 
 
 def _collect_folder(root: Path, source: str | None, val_fraction: float) -> _Clips:
@@ -406,4 +409,17 @@ def _write(
         num_conflicts=repeats.conflicts,
         unlabeled=clips.unlabeled,
         test_protocol=manifest.test_protocol,
+        published=_published(manifest.name, manifest.test_protocol),
+    )
+
+
+def _published(dataset: str, protocol: str) -> tuple[tuple[str, float], ...]:
+    """(model zoo name, top-1) of each number the model zoo lists for ``dataset`` measured
+    with the preset ``protocol`` as it is (none for most datasets)."""
+    return tuple(
+        (entry.name, result.top1)
+        for entry in list_entries()
+        if entry.dataset == dataset
+        for result in entry.results
+        if result.protocol.preset == protocol and not result.protocol.overrides()
     )
