@@ -457,12 +457,15 @@ def test_killing_every_process_of_the_run_but_its_workers_leaves_it_whole(
     for name in ("a", "b", "held1", "held2"):
         make_video(src / f"{name}.mp4", num_frames=40)
     monkeypatch.setattr(extract_job, "run_job", _job_held_until_told)
-    before, killed = _children(), []
+    before, killed, locked = _children(), [], []
 
     def kill_the_helpers() -> None:
         while len([p for p in dst.glob(".held*.partial-*/img_00016.jpg")]) < 2:
             time.sleep(0.02)
         workers = {int(p.name.split(".")[1]) for p in marks.iterdir()}
+        for pid in workers:  # a worker that outlived its run would keep the next one out
+            fds = Path(f"/proc/{pid}/fd")
+            locked.extend(pid for fd in fds.iterdir() if fd.resolve().name == ".tsm-extract.lock")
         helpers = _children() - before - workers
         forkserver = multiprocessing.forkserver._forkserver._forkserver_pid
         helpers |= {forkserver} & _children() if forkserver else set()
@@ -480,6 +483,7 @@ def test_killing_every_process_of_the_run_but_its_workers_leaves_it_whole(
     killer.join()
 
     assert (result.done, result.failed, result.frames) == (4, 0, 4 * 40)
+    assert locked == []  # no worker holds the DST lock
     for name in ("a", "b", "held1", "held2"):
         assert {p.name for p in (dst / name).iterdir()} == _names(40)
     assert _hidden(dst) == []
@@ -487,6 +491,72 @@ def test_killing_every_process_of_the_run_but_its_workers_leaves_it_whole(
     assert sorted(stem for stem, _, _ in runs) == ["a", "b", "held1", "held2"]  # none redone
     assert {int(ppid) for _, _, ppid in runs} == {os.getpid()}  # nothing between run and worker
     assert not any(extract_job.pid_alive(int(pid)) for _, pid, _ in runs)
+
+
+_ORPHANED_RUN = """
+import os, sys, time
+from pathlib import Path
+from tsmcli.data import extract_job
+from tsmcli.data.extract import extract
+
+marks, real_run, real_write = Path(sys.argv[3]), extract_job.run_job, extract_job._write_jpegs
+
+def held(job, options):  # note this worker, and hold it after its first frames until told
+    (marks / f"worker.{os.getpid()}").touch()
+    def write_then_wait(images, folder, start, quality):
+        written = real_write(images, folder, start, quality)
+        while not (marks / "go").exists():
+            time.sleep(0.02)
+        return written
+    extract_job._write_jpegs = write_then_wait
+    return real_run(job, options)
+
+extract_job.run_job = held
+extract(sys.argv[1], sys.argv[2], short_side=0, workers=2)
+"""
+
+
+def _dead(pid: int) -> bool:
+    """Gone, or a zombie its new parent has not reaped yet."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_workers_of_a_killed_run_publish_nothing_and_leave_quietly(tmp_path, make_video):
+    """The out-of-memory killer may pick the run itself: its workers must neither publish a
+    folder a new run may be writing too nor keep the next run out."""
+    src, dst, marks = tmp_path / "src", tmp_path / "dst", tmp_path / "marks"
+    marks.mkdir()
+    for name in ("a", "b"):
+        make_video(src / f"{name}.mp4", num_frames=40)
+    (tmp_path / "run.py").write_text(_ORPHANED_RUN)
+    run = subprocess.Popen(
+        [sys.executable, str(tmp_path / "run.py"), str(src), str(dst), str(marks)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while len(list(dst.glob(".*.partial-*/img_00016.jpg"))) < 2:
+            assert run.poll() is None and time.monotonic() < deadline, run.stderr.read()
+            time.sleep(0.05)
+    finally:
+        run.kill()
+    run.wait()
+    (marks / "go").touch()
+    workers = [int(p.suffix[1:]) for p in marks.glob("worker.*")]
+    while not all(_dead(pid) for pid in workers):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+    assert len(workers) == 2
+    assert sorted(p.name for p in dst.iterdir()) == [".tsm-extract.lock"]  # no folder, no temp
+    assert run.stderr.read() == ""  # the workers left without a traceback
+    again = extract(src, dst, short_side=0, workers=1)  # the lock of the killed run is free
+    assert (again.done, again.failed) == (2, 0)
 
 
 def _job_killed_after_publishing(job, options):

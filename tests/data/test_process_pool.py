@@ -4,12 +4,17 @@ handed to salvage. Jobs here are plain integers."""
 
 from __future__ import annotations
 
+import errno
+import multiprocessing.process
 import os
 import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from tsmcli.data.process_pool import run_in_processes
+from tsmcli.errors import DataError
 
 
 def _gone(pid: int) -> bool:
@@ -108,3 +113,33 @@ def test_closing_the_run_early_stops_every_worker_and_salvages_their_jobs(tmp_pa
     busy = sorted((job, pid) for job in (1, 2) for pid in _pids(tmp_path, job))
     assert sorted(cleaned) == busy  # the hanging jobs, each with the pid of its worker
     assert all(_gone(pid) for job in range(3) for pid in _pids(tmp_path, job))
+
+
+def test_a_worker_that_cannot_start_is_one_line_and_the_others_are_stopped(
+    tmp_path, deadline, monkeypatch
+):
+    real_start, started = multiprocessing.process.BaseProcess.start, []
+
+    def start_once(process):  # the second fork is refused, as when memory runs out
+        if started:
+            raise OSError(errno.ENOMEM, "Cannot allocate memory")
+        started.append(process)
+        real_start(process)
+
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", start_once)
+    cleaned: list[tuple[int, int]] = []
+    run = run_in_processes(
+        [1, 2],
+        _first_fast_then_hang,
+        tmp_path,
+        2,
+        died=lambda job, code: (job, code),
+        salvage=lambda job, pid: cleaned.append((job, pid)),
+    )
+    with deadline(120), pytest.raises(DataError) as caught:
+        next(run)
+    assert str(caught.value) == (
+        "cannot start a worker process (Cannot allocate memory); free some memory, or use "
+        "fewer workers"
+    )
+    assert cleaned == [(1, started[0].pid)] and _gone(started[0].pid)
