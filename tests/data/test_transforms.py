@@ -10,8 +10,9 @@ from tsmcli.data.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     CropBox,
-    centre_crop,
+    crop_view,
     draw_colour_jitter,
+    draw_train_crop,
     eval_crop_boxes,
     eval_views,
     fixed_crop_offsets,
@@ -24,14 +25,23 @@ from tsmcli.data.transforms import (
     sample_multiscale_crop,
     scaled_size,
     swap_label,
-    train_clip,
-    train_crop,
 )
 
 
 def _frames(t: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (t, 3, height, width), dtype=torch.uint8, generator=gen)
+
+
+def train_clip(
+    frames: torch.Tensor, label: int, rng: np.random.Generator, *, input_size: int = 224, **options
+) -> tuple[torch.Tensor, int]:
+    """A train clip as the data worker and the trainer make it between them: the worker draws
+    the box and flip (``draw_train_crop``) and cuts the crop (``crop_view``), the trainer
+    resizes and mirrors it (``resize_crop``, as ``ClipBatch.model_input`` does)."""
+    height, width = frames.shape[-2:]
+    draw = draw_train_crop(width, height, label, rng, input_size=input_size, **options)
+    return resize_crop(crop_view(frames, draw.box), input_size, draw.flip), draw.label
 
 
 def test_multiscale_crop_sizes_on_a_256_short_side():
@@ -270,8 +280,9 @@ def test_resize_short_side_and_centre_crop():
     frames = _frames(2, 240, 320)
     resized = resize_short_side(frames, 256)
     assert resized.shape == (2, 3, 256, 341) and resized.dtype == torch.uint8
-    crop = centre_crop(resized, 224)
+    crop = crop_view(resized, eval_crop_boxes(341, 256, 224, 1)[0])
     assert torch.equal(crop, resized[..., 16:240, 58:282])
+    assert torch.equal(eval_views(resized, crops=1)[0], crop)
 
 
 def test_crop_larger_than_frame_is_refused():
@@ -281,14 +292,15 @@ def test_crop_larger_than_frame_is_refused():
 
 def test_train_crop_selects_pixels_without_copying_them():
     """The worker's share of a train clip is a box and a coin: the crop is a view of the
-    decoded frames, and the same draw through train_clip gives its resized pixels."""
+    decoded frames, and the same draw finished by the trainer gives its resized pixels."""
     frames = _frames(4, 240, 320)
     for seed in range(6):
-        crop = train_crop(frames, 7, np.random.default_rng(seed), flip="on")
-        assert crop.frames.data_ptr() >= frames.data_ptr() and crop.frames._base is frames
+        draw = draw_train_crop(320, 240, 7, np.random.default_rng(seed), flip="on")
+        crop = crop_view(frames, draw.box)
+        assert crop.data_ptr() >= frames.data_ptr() and crop._base is frames
         clip, label = train_clip(frames, 7, np.random.default_rng(seed), flip="on")
-        assert label == crop.label == 7
-        assert torch.equal(clip, resize_crop(crop.frames, 224, crop.flip))
+        assert label == draw.label == 7
+        assert torch.equal(clip, resize_crop(crop, 224, draw.flip))
 
 
 def test_resize_crop_of_floats_matches_uint8_within_rounding():

@@ -1,8 +1,8 @@
 """Spatial transforms of a clip: uint8 frames ``(T, 3, H, W)`` in, uint8 views out.
 
 Work is split where it is cheapest. A data loader worker decodes and draws the random crop
-box and flip (``train_crop``: no pixel is computed, the box is a view) or cuts the fixed test
-views (``eval_views``), and hands uint8 on. The trainer, on its device and after the
+box and flip (``draw_train_crop``; ``crop_view`` cuts the box as a view: no pixel is
+computed) or cuts the fixed test views (``eval_views``), and hands uint8 on. The trainer, on its device and after the
 transfer, resizes and mirrors the train crops (``resize_crop``) and turns uint8 into the
 model's float input (``normalize``), as DALI-style pipelines and mmaction2's data
 preprocessor do. A worker's cost per clip is then its decoding (``bench/loader.py``), which
@@ -162,13 +162,6 @@ def resize_short_side(frames: torch.Tensor, size: int) -> torch.Tensor:
     return F.resize(frames, [new_h, new_w], antialias=True)
 
 
-def centre_crop(frames: torch.Tensor, size: int) -> torch.Tensor:
-    """The centred ``size`` x ``size`` crop: (T, 3, size, size)."""
-    height, width = frames.shape[-2:]
-    box = eval_crop_boxes(width, height, size, 1)[0]
-    return crop_view(frames, box)
-
-
 def horizontal_flip(frames: torch.Tensor) -> torch.Tensor:
     """Mirror left-right (the last axis)."""
     return frames.flip(-1)
@@ -253,14 +246,6 @@ class TrainDraw(NamedTuple):
     label: int  # swapped through the flip pairs when mirrored with flip "swap"
 
 
-class TrainCrop(NamedTuple):
-    """A train clip before resizing: ``frames`` uint8 (T, 3, h, w), the box of every frame."""
-
-    frames: torch.Tensor
-    flip: bool
-    label: int
-
-
 def draw_train_crop(
     width: int,
     height: int,
@@ -293,14 +278,6 @@ def crop_view(frames: torch.Tensor, box: CropBox) -> torch.Tensor:
     return frames[..., box.top : box.top + box.height, box.left : box.left + box.width]
 
 
-def train_crop(frames: torch.Tensor, label: int, rng: np.random.Generator, **options) -> TrainCrop:
-    """``draw_train_crop`` for uint8 frames (T, 3, H, W), and their crop (a view).
-    ``resize_crop`` finishes the clip, on the trainer's device."""
-    height, width = frames.shape[-2:]
-    draw = draw_train_crop(width, height, label, rng, **options)
-    return TrainCrop(crop_view(frames, draw.box), draw.flip, draw.label)
-
-
 def resize_crop(crop: torch.Tensor, size: int, flip: bool = False) -> torch.Tensor:
     """A crop (T, 3, h, w) resized to (T, 3, size, size) (antialiased bilinear, as PIL), then
     mirrored if ``flip``. On the CPU uint8 stays uint8 (torch's fast path); CUDA resamples
@@ -309,18 +286,6 @@ def resize_crop(crop: torch.Tensor, size: int, flip: bool = False) -> torch.Tens
         crop = crop.float()
     clip = F.resize(crop, [size, size], antialias=True)
     return horizontal_flip(clip) if flip else clip
-
-
-def train_clip(
-    frames: torch.Tensor, label: int, rng: np.random.Generator, *, input_size: int = 224, **options
-) -> tuple[torch.Tensor, int]:
-    """Multi-scale crop and flip in one go: uint8 (T, 3, H, W) -> uint8 (T, 3, S, S), label.
-
-    ``train_crop`` then ``resize_crop``: what the data loader and the trainer do between them.
-    ``options`` are ``draw_train_crop``'s (scale_size, scales, flip, flip_pairs).
-    """
-    cropped = train_crop(frames, label, rng, input_size=input_size, **options)
-    return resize_crop(cropped.frames, input_size, cropped.flip), cropped.label
 
 
 def eval_views(
