@@ -23,8 +23,9 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 from collections import deque
-from collections.abc import Callable, Generator, Hashable, Sequence
+from collections.abc import Callable, Generator, Hashable, Iterator, Sequence
 from multiprocessing import connection
 from typing import Any, Generic, TypeVar
 
@@ -109,6 +110,28 @@ def _process_context(preload: Sequence[str]) -> multiprocessing.context.BaseCont
     return multiprocessing.get_context("spawn")
 
 
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C that arrives while a worker is forked, and deliver it after. Python runs
+    a signal handler wherever the main thread is, and a KeyboardInterrupt raised inside fork's
+    own callbacks is swallowed: the run would go on as if Ctrl-C had not been pressed. The
+    worker inherits the holding handler until it ignores SIGINT, so it prints no traceback."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is None  # a handler Python cannot put back
+    ):
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            signal.raise_signal(signal.SIGINT)  # to the handler that was there
+
+
 class _Worker(Generic[Job, Outcome]):
     """One process that runs the jobs it is sent one at a time over its own pipe, so the job
     a dead worker held is known exactly."""
@@ -131,13 +154,19 @@ class _Worker(Generic[Job, Outcome]):
             target=_serve, args=(child, inherited, work, shared, initializer), daemon=True
         )
         try:
-            self.process.start()
+            with _interrupts_deferred():
+                self.process.start()
         except OSError as exc:  # fork refused: no memory or process slots left
             self.conn.close()
             raise DataError(
                 f"cannot start a worker process ({exc.strerror or exc}); free some memory, "
                 "or use fewer workers"
             ) from exc
+        except KeyboardInterrupt:  # Ctrl-C as it started: it has no job yet, end it here
+            self.process.kill()
+            self.process.join()
+            self.conn.close()
+            raise
         finally:
             child.close()
         self.job: Job | None = None
