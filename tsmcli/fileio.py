@@ -252,12 +252,13 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: str | Path, busy: Callable[[str], TSMError]) -> Iterator[None]:
+def exclusive_lock(path: str | Path, busy: Callable[[str], TSMError]) -> Iterator[int]:
     """Hold the lock file ``path`` for the block, so that a second process that wants the same
     folder gets ``busy(holder_pid)`` at once instead of writing beside the first. The kernel
     releases the lock when its process dies (``kill -9`` included), so the lock file of a
     killed process is simply taken over; the file holds the holder's PID, for the message, and
-    is removed when the block ends."""
+    is removed when the block ends. Yields the lock's descriptor: a child process forked in the
+    block should close it, or the lock outlives the holder while the child lives."""
     import fcntl
 
     path = Path(path)
@@ -279,7 +280,7 @@ def exclusive_lock(path: str | Path, busy: Callable[[str], TSMError]) -> Iterato
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode("ascii"))
-        yield
+        yield fd
     finally:
         path.unlink(missing_ok=True)  # before the unlock: a waiting process then locks a new file
         os.close(fd)

@@ -31,7 +31,7 @@ from tsmcli.data.extract_job import FrameOptions, Job, Outcome, remove_stale_par
 from tsmcli.data.layout import VIDEO_EXTENSIONS, is_video
 from tsmcli.data.process_pool import run_in_processes
 from tsmcli.errors import DataError, UsageError
-from tsmcli.fileio import atomic_write, check_writable_dir
+from tsmcli.fileio import atomic_write, check_writable_dir, exclusive_lock
 
 log = logging.getLogger(__name__)
 
@@ -248,40 +248,18 @@ def _with_progress(outcomes: Iterator[Outcome], bar, started: float) -> Iterator
         yield outcome
 
 
-@contextlib.contextmanager
-def _lock(dst: Path) -> Iterator[int]:
-    """Hold ``dst/.tsm-extract.lock`` for a run (yielding its descriptor), so that a second
-    run into the same DST is refused instead of rewriting failures.csv. The kernel releases
-    the lock when its process dies, so the lock file of a killed run is simply taken over; the
-    file holds the PID of the holder, for the message."""
-    import fcntl
+def _lock(dst: Path) -> contextlib.AbstractContextManager[int]:
+    """Hold ``dst/.tsm-extract.lock`` for a run (``fileio.exclusive_lock``, yielding its
+    descriptor), so that a second run into the same DST is refused instead of rewriting
+    failures.csv; the lock of a killed run is taken over."""
 
-    path = dst / LOCK_FILE
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
-            raise DataError(
-                f"{path}: another tsm extract (PID {holder}) is writing to {dst}; wait for it "
-                "to finish or choose another DST"
-            ) from None
-        try:
-            same = os.path.samestat(os.fstat(fd), os.stat(path))
-        except FileNotFoundError:  # the holder removed it as we opened it
-            same = False
-        if same:
-            break
-        os.close(fd)
-    try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode("ascii"))
-        yield fd
-    finally:
-        path.unlink(missing_ok=True)  # before the unlock: a waiting run then locks a new file
-        os.close(fd)
+    def busy(holder: str) -> DataError:
+        return DataError(
+            f"{dst / LOCK_FILE}: another tsm extract (PID {holder}) is writing to {dst}; wait "
+            "for it to finish or choose another DST"
+        )
+
+    return exclusive_lock(dst / LOCK_FILE, busy)
 
 
 def _write_failures(path: Path, failures: list[tuple[Path, str]]) -> None:
