@@ -88,8 +88,8 @@ def main() -> None:
             )
             assert result.failed == 0 and result.frames == total
 
-        # The warm-up round also starts the fork server the workers come from (it imports
-        # torch and torchvision once per command), which would dominate a run this small.
+        # The warm-up round also pays for the imports the run makes once before forking its
+        # workers (torchvision, decord, av), which would dominate a run this small.
         seconds = interleaved_medians(
             {
                 "decode only (decord, sequential, 1 process)": lambda: decode_only(paths),

@@ -15,13 +15,13 @@ from typing import Any
 
 import yaml
 
+from tsmcli.choices import LABEL_ORDERS
 from tsmcli.data.layout import check_frame_template
 from tsmcli.data.lists import read_classes
 from tsmcli.errors import DataError, UsageError
 from tsmcli.resources import datasets_dir
 
 SPLITS = ("train", "val", "test")  # the roles of annotation files, in the order they are read
-LABEL_ORDERS = ("official", "sorted")
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class DatasetManifest:
     frame_template: str
     flip: str  # default flip mode: "on" or "off"
     flip_pairs: tuple[tuple[int, int], ...]  # indices in the label file's order
-    test_protocol: str  # the preset of tsm eval --protocol the dataset's papers test with
+    test_protocol: str  # the tsm eval --protocol preset to test with (the published numbers')
 
     def classes(self, label_order: str = "official") -> list[str]:
         """Class names in label order: the shipped file's order, or sorted."""
