@@ -1,0 +1,39 @@
+"""Every closed set of choices tsmcli offers, each named once.
+
+The command line (``click.Choice``), the recipe's typed fields (``Literal[choices.X]``), the
+model zoo's strict reads and the modules that act on a value all take the set from here, so
+a new choice is a change in one place. This module imports nothing, so the CLI can quote it
+without slowing ``tsm --help``.
+"""
+
+from __future__ import annotations
+
+# the model
+SHIFT_MODES = ("none", "bidirectional", "unidirectional")  # none: TSN; one-way: the online model
+SHIFT_DIRECTIONS = ("bidirectional", "unidirectional")  # the modes that shift something
+SHIFT_PLACES = ("blockres", "block")  # the residual branch's first conv, or the whole block
+# The smallest shift_div: fold = C // shift_div channels move each way, and at 1 every channel
+# moves, so none of a frame's own features stay in place. 2 is the least that keeps channels
+# in place for the one-way shift (the bidirectional shift then moves both halves: allowed, as
+# recipes always have, so that the checkpoints trained so still load). temporal_shift itself
+# takes any fold_div >= 1, as the seed's code does.
+MIN_SHIFT_DIV = 2
+
+# videos on disk and how they are read
+SOURCES = ("frames", "videos")  # what the paths of a list point at
+BACKENDS = ("decord", "pyav")  # video decoders
+LABEL_ORDERS = ("official", "sorted")  # a dataset's class order
+CONFLICT_POLICIES = ("error", "first", "drop")  # tsm build-list: a clip with two labels
+
+# training
+SAMPLINGS = ("segments", "even", "dense")  # data.sampling
+FLIP_MODES = ("off", "on", "swap")  # data.flip (swap: flip and swap left/right labels)
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("step", "cosine")
+AMP_MODES = ("none", "fp16", "bf16")
+DEVICES = ("auto", "cpu", "cuda")  # auto: CUDA when a GPU is visible
+
+# testing
+PROTOCOLS = ("single", "kinetics", "sthv2")  # test presets (engine.views.PROTOCOLS)
+TEST_CROPS = (1, 3, 10)  # spatial crops per clip
+AVERAGE_MODES = ("score", "prob")  # what is averaged over a video's views
