@@ -9,10 +9,10 @@ Getting the files (verified, resumable downloads into ``$TSM_HOME``) is ``zoo_ca
 strict reads of each value are ``zoo_check``'s.
 
 This module sits at the bottom of the package: it imports the standard library, yaml,
-``errors``, ``resources`` and ``zoo_check`` only, so it cannot ask the model which backbones exist: ``arch``
-is read as text and checked against ``model.backbones``' registry by the tests (every shipped
-entry) and by ``load_model`` when a model is built from an entry. The other names it accepts
-are constants here, held equal to their owners' by tests/test_zoo.py.
+``errors``, ``resources``, ``choices`` and ``zoo_check`` only, so it cannot ask the model which
+backbones exist: ``arch`` is read as text and checked against ``model.backbones``' registry by
+the tests (every shipped entry) and by ``load_model`` when a model is built from an entry. The
+other names it accepts are ``choices``' (shifts, label orders, samplings, test protocols).
 """
 
 from __future__ import annotations
@@ -26,28 +26,19 @@ from typing import Any
 
 import yaml
 
+from tsmcli import choices
 from tsmcli.errors import DataError, UsageError
 from tsmcli.resources import datasets_dir, labels_dir, zoo_registry_path
 from tsmcli.zoo_check import Checker, first_line, suggest
 
 FORMAT_VERSION = 1
 
-# The vocabulary of the registry, held equal to its owners' by tests/test_zoo.py:
-# model.backbones.SHIFT_MODES / SHIFT_PLACES, model.shift.MIN_SHIFT_DIV, data's label orders,
-# recipe's samplings, engine.views.PROTOCOLS, data.transforms.TEST_CROPS, metrics.AVERAGE_MODES.
-# There is no list of backbone names here: an arch is checked against model.backbones' own
-# registry where that is importable (tests/test_zoo.py, and load_model when a model is built).
+# The registry's own vocabulary; the rest is choices'. There is no list of backbone names here:
+# an arch is checked against model.backbones' own registry where that is importable
+# (tests/test_zoo.py, and load_model when a model is built).
 PUBLISHERS = ("official", "mmaction2", "torchvision")
 KINDS = ("video", "backbone")  # a video model, or an ImageNet backbone for model.pretrained
 BACKBONE_DATASET = "imagenet"  # what every backbone entry is trained on (no video manifest)
-SHIFTS = ("none", "bidirectional", "unidirectional")
-SHIFT_PLACES = ("blockres", "block")
-MIN_SHIFT_DIV = 2
-LABEL_ORDERS = ("official", "sorted")
-SAMPLINGS = ("segments", "even", "dense")  # data.sampling of the recipe
-PROTOCOL_PRESETS = ("single", "kinetics", "sthv2")
-TEST_CROPS = (1, 3, 10)
-AVERAGE_MODES = ("score", "prob")
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9.-]*")
 _HEX = re.compile(r"[0-9a-f]+")
@@ -246,9 +237,11 @@ def _parse_entry(check: Checker, raw: Any, where: str) -> ZooEntry:
         sha256=_sha256(check, raw["sha256"], where, file),
         arch=check.text(raw["arch"], f"{where}.arch"),
         segments=check.integer(raw["segments"], f"{where}.segments", minimum=1, optional=True),
-        shift=check.choice(raw["shift"], f"{where}.shift", SHIFTS),
-        shift_div=check.integer(raw["shift_div"], f"{where}.shift_div", minimum=MIN_SHIFT_DIV),
-        shift_place=check.choice(raw["shift_place"], f"{where}.shift_place", SHIFT_PLACES),
+        shift=check.choice(raw["shift"], f"{where}.shift", choices.SHIFT_MODES),
+        shift_div=check.integer(
+            raw["shift_div"], f"{where}.shift_div", minimum=choices.MIN_SHIFT_DIV
+        ),
+        shift_place=check.choice(raw["shift_place"], f"{where}.shift_place", choices.SHIFT_PLACES),
         input_size=check.integer(raw["input_size"], f"{where}.input_size", minimum=16),
         epochs=check.integer(raw["epochs"], f"{where}.epochs", minimum=1, optional=True),
         recipe=None if recipe is None else check.text(recipe, f"{where}.recipe"),
@@ -263,7 +256,7 @@ def _video_task(check: Checker, raw: dict[str, Any], where: str) -> dict[str, An
     """A video model's dataset, class list and order, sampling and published results."""
     dataset = check.choice(raw["dataset"], f"{where}.dataset", _datasets())
     labels = check.text(raw["labels"], f"{where}.labels")
-    label_order = check.choice(raw["label_order"], f"{where}.label_order", LABEL_ORDERS)
+    label_order = check.choice(raw["label_order"], f"{where}.label_order", choices.LABEL_ORDERS)
     _check_labels(check, where, dataset, labels, label_order)
     results = raw["results"]
     if not isinstance(results, list):
@@ -272,7 +265,7 @@ def _video_task(check: Checker, raw: dict[str, Any], where: str) -> dict[str, An
         "dataset": dataset,
         "labels": labels,
         "label_order": label_order,
-        "sampling": check.choice(raw["sampling"], f"{where}.sampling", SAMPLINGS),
+        "sampling": check.choice(raw["sampling"], f"{where}.sampling", choices.SAMPLINGS),
         "results": tuple(
             _parse_result(check, item, f"{where}.results[{i}]") for i, item in enumerate(results)
         ),
@@ -346,10 +339,10 @@ def _parse_result(check: Checker, raw: Any, where: str) -> ZooResult:
     )
     at = f"{where}.protocol"
     crops = check.integer(proto.get("crops"), f"{at}.crops", minimum=1, optional=True)
-    if crops is not None and crops not in TEST_CROPS:
-        check.fail(f"{at}.crops", f"must be one of {', '.join(map(str, TEST_CROPS))}")
+    if crops is not None and crops not in choices.TEST_CROPS:
+        check.fail(f"{at}.crops", f"must be one of {', '.join(map(str, choices.TEST_CROPS))}")
     protocol = ZooProtocol(
-        preset=check.choice(proto["preset"], f"{at}.preset", PROTOCOL_PRESETS),
+        preset=check.choice(proto["preset"], f"{at}.preset", choices.PROTOCOLS),
         clips=check.integer(proto.get("clips"), f"{at}.clips", minimum=1, optional=True),
         crops=crops,
         full_res=check.flag(proto.get("full_res"), f"{at}.full_res"),
@@ -357,7 +350,7 @@ def _parse_result(check: Checker, raw: Any, where: str) -> ZooResult:
         dense=check.flag(proto.get("dense"), f"{at}.dense"),
         average=None
         if proto.get("average") is None
-        else check.choice(proto["average"], f"{at}.average", AVERAGE_MODES),
+        else check.choice(proto["average"], f"{at}.average", choices.AVERAGE_MODES),
     )
     return ZooResult(
         protocol=protocol,

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from tsmcli.data.layout import FRAME_TEMPLATE, SOURCES
+from tsmcli import choices
+from tsmcli.data.layout import FRAME_TEMPLATE
 
 
 @click.command()
@@ -88,7 +89,7 @@ def _count(number: int, noun: str) -> str:
 )
 @click.option(
     "--source",
-    type=click.Choice(SOURCES),
+    type=click.Choice(choices.SOURCES),
     default=None,
     help="What ROOT holds (default: detected).",
 )
@@ -112,7 +113,7 @@ def _count(number: int, noun: str) -> str:
 )
 @click.option(
     "--label-order",
-    type=click.Choice(["official", "sorted"]),
+    type=click.Choice(choices.LABEL_ORDERS),
     default="official",
     show_default=True,
     help="sthv1/jester: labels CSV order (mmaction2) or sorted (official TSM checkpoints).",
@@ -125,7 +126,7 @@ def _count(number: int, noun: str) -> str:
 )
 @click.option(
     "--conflicting-labels",
-    type=click.Choice(["error", "first", "drop"]),
+    type=click.Choice(choices.CONFLICT_POLICIES),
     default="error",
     show_default=True,
     help="A clip annotated with two different labels: stop and name it (error), keep the label read "

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from tsmcli import choices
 from tsmcli.commands import overwrite_option, print_rows
 from tsmcli.commands.evaluate import model_options, view_and_arch, view_options
 from tsmcli.data.inputs import DEFAULT_FPS
@@ -35,7 +36,7 @@ _FOUND = (
 )
 @click.option(
     "--label-order",
-    type=click.Choice(["official", "sorted"]),
+    type=click.Choice(choices.LABEL_ORDERS),
     default="official",
     show_default=True,
     help="Order of a shipped dataset's --classes (sorted: official SSv1/Jester checkpoints).",

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from tsmcli.choices import CONFLICT_POLICIES
 from tsmcli.data.annotations import AnnotationFormat, Record, format_of, read_annotations
 from tsmcli.data.decode import count_frames, open_video
 from tsmcli.data.layout import check_frame_template, check_source
@@ -45,8 +46,6 @@ from tsmcli.zoo import list_entries
 
 log = logging.getLogger(__name__)
 
-# What build_list does with a clip annotated with two different labels.
-CONFLICT_POLICIES = ("error", "first", "drop")
 MISSING_FILE = "missing.txt"
 DUPLICATES_FILE = "duplicates.txt"
 

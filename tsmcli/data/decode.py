@@ -30,6 +30,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from tsmcli.choices import BACKENDS
 from tsmcli.data.frame_cache import FrameCache, stack_frames
 from tsmcli.data.layout import FRAME_TEMPLATE, check_frame_template
 from tsmcli.data.video_meta import (
@@ -42,8 +43,6 @@ from tsmcli.data.video_meta import (
 )
 from tsmcli.data.video_meta import probe_video as probe_video  # where extraction imports it
 from tsmcli.errors import DataError
-
-BACKENDS = ("decord", "pyav")
 
 
 class FrameSource(Protocol):

@@ -20,9 +20,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tsmcli.choices import SOURCES
 from tsmcli.data.layout import FRAME_TEMPLATE, VIDEO_EXTENSIONS, check_frame_template, is_video
 
-FRAMES, VIDEOS = "frames", "videos"  # layout.SOURCES: what an input is
+FRAMES, VIDEOS = SOURCES  # what an input is
 DEFAULT_FPS = 30.0  # frames per second of a frame folder, which records none (--fps)
 
 

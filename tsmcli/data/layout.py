@@ -14,11 +14,11 @@ import re
 import string
 from pathlib import Path
 
+from tsmcli.choices import SOURCES
 from tsmcli.errors import DataError, TSMError, UsageError
 
 FRAME_TEMPLATE = "img_{:05d}.jpg"
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov")
-SOURCES = ("frames", "videos")  # what the paths of a list point at
 _INTEGER_SPEC = re.compile(r"0?\d*d?")  # format specs of a plain integer: "", "d", "5d", "05d"
 
 

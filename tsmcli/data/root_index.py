@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from tsmcli.choices import SOURCES
 from tsmcli.data.annotations import Record
-from tsmcli.data.layout import FRAME_TEMPLATE, SOURCES, VIDEO_EXTENSIONS, is_video
+from tsmcli.data.layout import FRAME_TEMPLATE, VIDEO_EXTENSIONS, is_video
 from tsmcli.errors import DataError
 
 log = logging.getLogger(__name__)

@@ -37,11 +37,11 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as F
 
+from tsmcli.choices import FLIP_MODES, TEST_CROPS
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 TRAIN_SCALES = (1.0, 0.875, 0.75, 0.66)
-FLIP_MODES = ("off", "on", "swap")
-TEST_CROPS = (1, 3, 10)
 
 
 class CropBox(NamedTuple):

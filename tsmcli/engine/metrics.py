@@ -15,8 +15,9 @@ from typing import Literal
 
 import torch
 
-AverageMode = Literal["score", "prob"]
-AVERAGE_MODES = ("score", "prob")
+from tsmcli.choices import AVERAGE_MODES
+
+AverageMode = Literal[AVERAGE_MODES]
 
 
 def _as_scores(scores) -> torch.Tensor:

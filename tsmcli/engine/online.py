@@ -31,9 +31,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from tsmcli.choices import SOURCES
 from tsmcli.data import transforms
 from tsmcli.data.decode import FrameFolder, FrameSource, open_video
-from tsmcli.data.layout import FRAME_TEMPLATE, SOURCES
+from tsmcli.data.layout import FRAME_TEMPLATE
 from tsmcli.data.lists import read_classes
 from tsmcli.engine.checks import EVAL_HINT, check_labels, read_entries
 from tsmcli.engine.metrics import topk_accuracy
