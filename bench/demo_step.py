@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -33,7 +34,7 @@ from train_step import sgd_step  # noqa: E402
 
 from tsmcli.engine.optim import build_optimizer  # noqa: E402
 from tsmcli.model.backbones import convert_convs  # noqa: E402
-from tsmcli.model.tsn import build_model  # noqa: E402
+from tsmcli.model.tsn import TSN  # noqa: E402
 from tsmcli.recipe import load_recipe  # noqa: E402
 
 NUM_CLASSES = 8
@@ -47,7 +48,7 @@ def build_steps() -> dict[str, Callable[[], None]]:
     steps = {}
     for name in ("nn.Conv2d", "OneOutputConv2d"):
         torch.manual_seed(0)
-        model = build_model(**m.architecture(NUM_CLASSES)).train()
+        model = TSN(m.spec(NUM_CLASSES)).train()
         if name == "nn.Conv2d":
             convert_convs(model, nn.Conv2d)
         optimizer = build_optimizer(model, o, o.lr, fc_lr5=False)
@@ -69,7 +70,7 @@ def build_fine_tune_steps() -> dict[str, Callable[[], None]]:
     recipe = load_recipe("demo", ONLINE_DISTILL)
     m, o, d, t = recipe.model, recipe.optim, recipe.data, recipe.train
     torch.manual_seed(0)
-    teacher = build_model(**m.architecture(NUM_CLASSES)).eval()
+    teacher = TSN(m.spec(NUM_CLASSES)).eval()
     generator = torch.Generator().manual_seed(1)
     clips = torch.randn(
         (t.batch_size, m.num_segments, 3, d.input_size, d.input_size), generator=generator
@@ -77,7 +78,7 @@ def build_fine_tune_steps() -> dict[str, Callable[[], None]]:
     labels = torch.randint(0, NUM_CLASSES, (t.batch_size,), generator=generator)
     steps = {}
     for beside in (False, True):
-        student = build_model(**{**m.architecture(NUM_CLASSES), "shift": "unidirectional"})
+        student = TSN(replace(m.spec(NUM_CLASSES), shift="unidirectional"))
         optimizer = build_optimizer(student, o, o.lr, fc_lr5=False)
 
         def step(student=student, optimizer=optimizer, beside=beside) -> None:

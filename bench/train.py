@@ -30,7 +30,7 @@ from tsmcli.data.lists import ListEntry, read_list, write_classes, write_list  #
 from tsmcli.data.synth import CLASSES, synth  # noqa: E402
 from tsmcli.engine.optim import build_optimizer  # noqa: E402
 from tsmcli.engine.train import train  # noqa: E402
-from tsmcli.model.tsn import build_model  # noqa: E402
+from tsmcli.model.tsn import TSN  # noqa: E402
 from tsmcli.recipe import Recipe, apply_overrides, load_recipe  # noqa: E402
 
 
@@ -76,7 +76,7 @@ def model_alone(recipe: Recipe, reps: int) -> dict[str, float]:
     """Median seconds of one SGD step on an in-memory batch, and the clips/s that gives."""
     m, d, b = recipe.model, recipe.data, recipe.train.batch_size
     torch.manual_seed(0)
-    model = build_model(**m.architecture(len(CLASSES)))
+    model = TSN(m.spec(len(CLASSES)))
     model.train()
     optimizer = build_optimizer(model, recipe.optim, recipe.optim.lr, fc_lr5=False)
     clips = torch.randn(b, m.num_segments, 3, d.input_size, d.input_size)  # (B, T, 3, S, S)

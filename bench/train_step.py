@@ -3,7 +3,7 @@
 The reference is written here as the official TSM code runs: torchvision's ResNet-50 with the
 seed's shift (a zero-filled output and three slice copies) before ``conv1`` of every block,
 dropout 0.5 and a new fc, plain SGD (momentum 0.9) over the official parameter groups,
-gradient clipping at 20, in plain (NCHW) memory format. Ours is ``build_model`` with the
+gradient clipping at 20, in plain (NCHW) memory format. Ours is the recipe's ``TSN`` with the
 optimizer, clipping and memory format that ``tsm train --recipe kinetics_r50`` uses. Both start
 from the same weights, take the same batch, and are timed rep by rep in turn (forward, loss,
 backward, clip, step); the ratio of the medians is reported. Target (issue 15): ours /
@@ -30,7 +30,7 @@ from common import interleaved_medians, write_section  # noqa: E402
 from shift import seed_shift  # noqa: E402  (the seed's shift, as bench/shift.py times it)
 
 from tsmcli.engine.optim import build_optimizer, parameter_groups  # noqa: E402
-from tsmcli.model.tsn import TSN, build_model  # noqa: E402
+from tsmcli.model.tsn import TSN  # noqa: E402
 from tsmcli.recipe import load_recipe  # noqa: E402
 
 CPU_TARGET, GPU_TARGET = 0.85, 0.5
@@ -100,7 +100,7 @@ def build_pair(
     recipe = load_recipe("kinetics_r50", ["model.pretrained="])
     m, o, t = recipe.model, recipe.optim, recipe.train
     torch.manual_seed(0)
-    ours: TSN = build_model(**m.architecture(NUM_CLASSES)).to(device).train()
+    ours: TSN = TSN(m.spec(NUM_CLASSES)).to(device).train()
     reference = ReferenceTSN(m.num_segments, NUM_CLASSES).to(device).train()
     reference.load_state_dict(ours.state_dict())  # the same weights, key for key
     gpu = device.type == "cuda"

@@ -46,16 +46,65 @@ def test_user_error_is_one_line_and_debug_shows_traceback(monkeypatch):
         cli.commands.pop("boom-test")
 
 
-def test_view_choices_of_eval_and_predict_are_the_engines_tables():
-    """The commands spell the choices out (importing the engine would slow `tsm --help`);
-    this holds them equal to the protocol table and the crop counts the engine accepts."""
-    from tsmcli.data.transforms import TEST_CROPS
-    from tsmcli.engine.views import PROTOCOLS
+def test_every_choice_of_every_command_is_one_of_tsmclis_choices():
+    """The commands take their closed sets from ``tsmcli.choices`` (the one module they may
+    import for them: importing the engine would slow ``tsm --help``), never a list of their
+    own; crops are offered as text."""
+    import click
 
-    for name in ("eval", "predict"):
-        params = {p.name: p for p in cli.commands[name].params}
-        assert list(params["protocol"].type.choices) == list(PROTOCOLS)
-        assert [int(c) for c in params["crops"].type.choices] == list(TEST_CROPS)
+    from tsmcli import choices
+
+    named = {
+        name: tuple(map(str, value))
+        for name, value in vars(choices).items()
+        if name.isupper() and isinstance(value, tuple)
+    }
+
+    def commands(group: click.Group, path: str):
+        for name, command in group.commands.items():
+            yield f"{path} {name}", command
+            if isinstance(command, click.Group):
+                yield from commands(command, f"{path} {name}")
+
+    seen = 0
+    for path, command in commands(cli, "tsm"):
+        for param in command.params:
+            if isinstance(param.type, click.Choice):
+                offered = tuple(map(str, param.type.choices))
+                assert offered in named.values(), f"{path} {param.opts[0]}: {offered}"
+                seen += 1
+    assert seen >= 14  # protocol, crops, average, backend, shift, shift-place, device, ...
+
+
+def test_cuda_without_a_gpu_is_blamed_on_the_option_the_user_gave(monkeypatch, tmp_path):
+    """eval and predict name --device and exit 2 (a usage error), before reading anything;
+    a recipe names its key, train.device (a recipe error, exit 1)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    runner = CliRunner()
+    given = {
+        ("eval", "--checkpoint", "c.pt", "--list", "l.txt", "--root", "."): (
+            "error: --device cuda but no GPU is visible; use --device auto or cpu",
+            2,
+        ),
+        ("predict", "x.mp4", "--checkpoint", "c.pt"): (
+            "error: --device cuda but no GPU is visible; use --device auto or cpu",
+            2,
+        ),
+    }
+    for args, (message, code) in given.items():
+        result = runner.invoke(cli, [*args, "--device", "cuda"], prog_name="tsm")
+        assert (result.output.strip().splitlines(), result.exit_code) == ([message], code)
+    out = tmp_path / "run"
+    result = runner.invoke(
+        cli, ["train", "--recipe", "demo", "--set", "train.device=cuda", "--out", str(out)]
+    )
+    expected = (
+        "error: train.device is cuda but no GPU is visible; use --set train.device=auto or cpu"
+    )
+    assert (result.output.strip().splitlines(), result.exit_code) == ([expected], 1)
+    assert not out.exists()  # refused before the run dir was made
 
 
 def test_a_wrong_command_line_is_one_line_too():

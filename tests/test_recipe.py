@@ -43,13 +43,13 @@ def test_shipped_recipes_are_listed():
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_every_shipped_recipe_loads_round_trips_and_builds(name):
-    from tsmcli.model.tsn import build_model
+    from tsmcli.model.tsn import TSN
 
     recipe = load_recipe(name)
     assert recipe.name == name
     assert Recipe.from_dict(recipe.to_dict()) == recipe
     m = recipe.model
-    model = build_model(**m.architecture(m.num_classes or 7))
+    model = TSN(m.spec(m.num_classes or 7))
     assert model.new_fc.out_features == (m.num_classes or 7)
     assert model.config()["arch"] == m.arch
 

@@ -13,6 +13,8 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _API = {
+    "ModelSpec": "tsmcli.model.spec",
+    "ArchOverrides": "tsmcli.model.spec",
     "build_model": "tsmcli.model.tsn",
     "load_model": "tsmcli.model.checkpoint",
     "read_checkpoint": "tsmcli.model.checkpoint",

@@ -26,9 +26,10 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 
-from tsmcli.data.layout import FRAME_TEMPLATE, SOURCES, check_frame_template
+from tsmcli import choices
+from tsmcli.data.layout import FRAME_TEMPLATE, check_frame_template
 from tsmcli.errors import RecipeError
-from tsmcli.model.shift import MIN_SHIFT_DIV
+from tsmcli.model.spec import ModelSpec, check_model
 from tsmcli.resources import recipes_dir
 from tsmcli.schema import apply_override, build_sections
 from tsmcli.schema import check_types as _check_types
@@ -39,53 +40,24 @@ SECTIONS = ("model", "data", "optim", "train")
 
 
 @dataclass(frozen=True)
-class ModelConfig:
-    """The network: backbone, segments, where and how much to shift, head, init."""
+class ModelConfig(ModelSpec):
+    """The network (``model.spec.ModelSpec``: backbone, segments, where and how much to
+    shift, head) and the weights it starts from."""
 
     _section: ClassVar[str] = "model"
 
     arch: str = "resnet50"
     num_classes: int = 0  # 0: the number of lines of classes.txt beside data.train_list
-    num_segments: int = 8
-    shift: Literal["none", "bidirectional", "unidirectional"] = "bidirectional"
-    shift_div: int = 8
-    shift_place: Literal["blockres", "block"] = "blockres"
-    dropout: float = 0.5
-    partial_bn: bool = False
     pretrained: str | None = None  # torchvision ImageNet state dict (.pth) for the backbone
     init_from: str | None = None  # checkpoint to fine-tune from: ours, official TSM or mmaction2
 
-    def architecture(self, num_classes: int) -> dict[str, Any]:
-        """The ``build_model`` keywords of this network (weights to load excluded)."""
-        return {
-            "arch": self.arch,
-            "num_classes": num_classes,
-            "num_segments": self.num_segments,
-            "shift": self.shift,
-            "shift_div": self.shift_div,
-            "shift_place": self.shift_place,
-            "dropout": self.dropout,
-            "partial_bn": self.partial_bn,
-        }
+    def spec(self, num_classes: int) -> ModelSpec:
+        """The network with ``num_classes`` outputs (this section's, or classes.txt's)."""
+        return ModelSpec(**{**self.as_dict(), "num_classes": num_classes})
 
     def __post_init__(self) -> None:
         _check_types(self)
-        _require(
-            self.num_classes >= 0,
-            "model.num_classes",
-            "must be 0 (from classes.txt) or more",
-            self.num_classes,
-        )
-        _require(
-            self.num_segments >= 1, "model.num_segments", "must be at least 1", self.num_segments
-        )
-        _require(
-            self.shift_div >= MIN_SHIFT_DIV,
-            "model.shift_div",
-            f"must be at least {MIN_SHIFT_DIV}",
-            self.shift_div,
-        )
-        _require(0.0 <= self.dropout < 1.0, "model.dropout", "must be in [0, 1)", self.dropout)
+        check_model(self.as_dict(), prefix="model.", error=RecipeError, classes_from_list=True)
 
 
 @dataclass(frozen=True)
@@ -98,8 +70,8 @@ class DataConfig:
     root: str = "."
     train_list: str = "train.txt"
     val_list: str | None = None  # None: no validation
-    source: Literal[SOURCES] = "frames"
-    backend: Literal["decord", "pyav"] = "decord"
+    source: Literal[choices.SOURCES] = "frames"
+    backend: Literal[choices.BACKENDS] = "decord"
     frame_template: str = FRAME_TEMPLATE
     input_size: int = 224
     scale_size: int = 256  # val: short side resized to this, then a centre crop of input_size
@@ -107,8 +79,8 @@ class DataConfig:
     # segments: train on one random frame inside each segment (official); even: frames one
     # segment apart from one random offset (every clip keeps the video's speed); dense: T
     # frames with stride 64 / T. Validation takes the segment centres (dense: its window).
-    sampling: Literal["segments", "even", "dense"] = "segments"
-    flip: Literal["off", "on", "swap"] = "on"  # swap: flip and swap left/right labels
+    sampling: Literal[choices.SAMPLINGS] = "segments"
+    flip: Literal[choices.FLIP_MODES] = "on"  # swap: flip and swap left/right labels
     skip_bad: bool = False
     # train: per clip and RGB channel, a gain in [1 - j, 1 + j] and an offset of up to j * 128
     # levels (0: off); the same in every frame, so the motion is untouched
@@ -160,12 +132,12 @@ class OptimConfig:
 
     _section: ClassVar[str] = "optim"
 
-    optimizer: Literal["sgd", "adamw"] = "sgd"
+    optimizer: Literal[choices.OPTIMIZERS] = "sgd"
     lr: float = 0.02
     reference_batch_size: int = 128  # lr is scaled by (global batch) / (this)
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    schedule: Literal["step", "cosine"] = "step"
+    schedule: Literal[choices.SCHEDULES] = "step"
     lr_steps: tuple[float, ...] = (20.0, 40.0)  # epochs at which step multiplies the lr by 0.1
     warmup_epochs: float = 0.0
     clip_grad: float = 20.0  # max global gradient norm; 0 turns clipping off
@@ -209,9 +181,9 @@ class TrainConfig:
     steps: int = 0
     batch_size: int = 16  # per process; the global batch is this times the number of processes
     workers: int = 4  # DataLoader worker processes per training process
-    amp: Literal["none", "fp16", "bf16"] = "none"  # CUDA only; ignored (with a log line) on CPU
+    amp: Literal[choices.AMP_MODES] = "none"  # CUDA only; ignored (with a log line) on CPU
     channels_last: bool = False
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal[choices.DEVICES] = "auto"
     seed: int = 0
     deterministic: bool = False  # deterministic kernels (slower); CPU runs are exact without it
     eval_every: int = 1  # validate every N epochs, and always after the last one

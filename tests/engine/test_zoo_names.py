@@ -155,7 +155,7 @@ def test_an_arch_that_contradicts_a_name_is_refused_before_any_download(tmp_path
         load_model(K400, arch="resnet101")
     assert str(info.value) == expected
     with pytest.raises(UsageError) as info:
-        read_checkpoint(K400, ArchOverrides(arch="resnet101", num_segments=8).given())
+        read_checkpoint(K400, ArchOverrides(arch="resnet101", num_segments=8))
     assert str(info.value) == expected
     listed = tmp_path / "val.txt"
     listed.write_text("v.mp4 8 0\n")

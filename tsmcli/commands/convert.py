@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
 from tsmcli.commands import print_rows
+from tsmcli.commands.evaluate import arch_options, arch_overrides
 
 
 @click.command("convert-online")
@@ -78,60 +80,14 @@ from tsmcli.commands import print_rows
     is_flag=True,
     help="Replace the files a conversion writes in an existing model dir (never a dir that holds an input).",
 )
-@click.option(
-    "--arch",
-    default=None,
-    help="Official/mmaction2 files: backbone, e.g. resnet50 (a zoo name gives it).",
-)
-@click.option(
-    "--segments",
-    "num_segments",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Official/mmaction2 checkpoints: frames per clip in training.",
-)
-@click.option(
-    "--shift",
-    type=click.Choice(["none", "bidirectional", "unidirectional"]),
-    default=None,
-    help="Official/mmaction2 checkpoints: temporal shift in training.",
-)
-def convert_online(
-    checkpoint,
-    out,
-    height,
-    width,
-    val_list,
-    root,
-    finetune_epochs,
-    distill_weight,
-    distill_temperature,
-    stride,
-    overwrite,
-    arch,
-    num_segments,
-    shift,
-) -> None:
+@arch_options
+def convert_online(**options: Any) -> None:
     """Build, export and verify a streaming model with cached shift buffers."""
     from tsmcli.engine.convert import convert_online as run_convert
-    from tsmcli.model.checkpoint import ArchOverrides
 
-    given = ArchOverrides(arch=arch, num_segments=num_segments, shift=shift).given()
-    result = run_convert(
-        checkpoint,
-        out,
-        height=height,
-        width=width,
-        val_list=val_list,
-        root=root,
-        finetune_epochs=finetune_epochs,
-        distill_weight=distill_weight,
-        distill_temperature=distill_temperature,
-        overwrite=overwrite,
-        stride=stride,
-        **given,
-    )
-    print_rows(_rows(result, distill_weight, distill_temperature))
+    arch = arch_overrides(options)
+    result = run_convert(options.pop("checkpoint"), options.pop("out"), arch=arch, **options)
+    print_rows(_rows(result, options["distill_weight"], options["distill_temperature"]))
 
 
 def _rows(r, distill_weight: float, distill_temperature: float) -> list[tuple[str, str]]:

@@ -1,5 +1,5 @@
 """``tsm eval``: a checkpoint, or an online model dir frame by frame; the view and model
-options ``tsm predict`` shares."""
+options ``tsm predict`` shares, and the architecture options ``tsm convert-online`` takes too."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Any
 
 import click
 
+from tsmcli import choices
 from tsmcli.commands import overwrite_option, print_rows
-from tsmcli.data.layout import SOURCES
 
 
 def _apply(options):
@@ -28,7 +28,7 @@ view_options = _apply(
     [
         click.option(
             "--protocol",
-            type=click.Choice(["single", "kinetics", "sthv2"]),
+            type=click.Choice(choices.PROTOCOLS),
             default=None,
             help="Test preset: single (1 view), kinetics (10 dense clips x 3 full-res crops), sthv2 (2 twice-sampled clips x 3 full-res crops). Default: single.",
         ),
@@ -40,7 +40,7 @@ view_options = _apply(
         ),
         click.option(
             "--crops",
-            type=click.Choice(["1", "3", "10"]),
+            type=click.Choice([str(crops) for crops in choices.TEST_CROPS]),
             default=None,
             help="Spatial crops per clip (overrides the protocol).",
         ),
@@ -61,7 +61,7 @@ view_options = _apply(
         ),
         click.option(
             "--average",
-            type=click.Choice(["score", "prob"]),
+            type=click.Choice(choices.AVERAGE_MODES),
             default="score",
             show_default=True,
             help="Average raw scores, or softmax probabilities, over the views of a video.",
@@ -81,15 +81,9 @@ view_options = _apply(
         ),
     ]
 )
-# the model: for official / mmaction2 checkpoints, and the device
-model_options = _apply(
+# the architecture: for official / mmaction2 checkpoints; over what ours record
+arch_options = _apply(
     [
-        click.option(
-            "--backend",
-            type=click.Choice(["decord", "pyav"]),
-            default=None,
-            help="Video decoder (default: from the recipe, else decord).",
-        ),
         click.option(
             "--arch",
             default=None,
@@ -104,7 +98,7 @@ model_options = _apply(
         ),
         click.option(
             "--shift",
-            type=click.Choice(["none", "bidirectional", "unidirectional"]),
+            type=click.Choice(choices.SHIFT_MODES),
             default=None,
             help="Official/mmaction2 files: temporal shift (a zoo name gives it; given, it wins with a warning).",
         ),
@@ -116,13 +110,25 @@ model_options = _apply(
         ),
         click.option(
             "--shift-place",
-            type=click.Choice(["blockres", "block"]),
+            type=click.Choice(choices.SHIFT_PLACES),
             default=None,
             help="Official/mmaction2 checkpoints: where the shift sits.",
         ),
+    ]
+)
+# the model: its decoder, its architecture, its device
+model_options = _apply(
+    [
+        click.option(
+            "--backend",
+            type=click.Choice(choices.BACKENDS),
+            default=None,
+            help="Video decoder (default: from the recipe, else decord).",
+        ),
+        arch_options,
         click.option(
             "--device",
-            type=click.Choice(["auto", "cpu", "cuda"]),
+            type=click.Choice(choices.DEVICES),
             default="auto",
             show_default=True,
             help="Where the model runs (auto: CUDA when available).",
@@ -172,7 +178,7 @@ model_options = _apply(
 @overwrite_option
 @click.option(
     "--source",
-    type=click.Choice(SOURCES),
+    type=click.Choice(choices.SOURCES),
     default=None,
     help="What ROOT holds (default: from the checkpoint's recipe).",
 )
@@ -210,10 +216,9 @@ def evaluate(**options: Any) -> None:
 
 
 def view_and_arch(options: dict[str, Any]) -> tuple[Any, Any]:
-    """The view options as one ``ViewRequest`` and the model options as one
-    ``ArchOverrides``, taken out of ``options`` (the rest are ``run_eval``'s keywords)."""
+    """The view options as one ``ViewRequest`` and the architecture options as one
+    ``ArchOverrides``, taken out of ``options`` (the rest are the API function's keywords)."""
     from tsmcli.engine.views import ViewRequest
-    from tsmcli.model.checkpoint import ArchOverrides
 
     crops = options.pop("crops")
     views = ViewRequest(
@@ -225,14 +230,15 @@ def view_and_arch(options: dict[str, Any]) -> tuple[Any, Any]:
         options.pop("dense"),
         options.pop("average"),
     )
-    arch = ArchOverrides(
-        options.pop("arch"),
-        options.pop("num_segments"),
-        options.pop("shift"),
-        options.pop("shift_div"),
-        options.pop("shift_place"),
-    )
-    return views, arch
+    return views, arch_overrides(options)
+
+
+def arch_overrides(options: dict[str, Any]) -> Any:
+    """The ``arch_options`` as one ``ArchOverrides`` (a partial model spec), taken out of
+    ``options``: each option's name is the spec key it gives."""
+    from tsmcli.model.spec import SPEC_KEYS, ArchOverrides
+
+    return ArchOverrides(**{key: options.pop(key) for key in SPEC_KEYS if key in options})
 
 
 def _online_rows(online: Path, result, options: dict[str, Any]) -> list[tuple[str, str]]:

@@ -22,7 +22,7 @@ from torch import nn
 from tsmcli.data.lists import read_list
 from tsmcli.data.sampling import clip_frame_spacing
 from tsmcli.errors import TSMError, UsageError
-from tsmcli.model.checkpoint import ArchOverrides, CheckpointInfo, load_model, read_checkpoint
+from tsmcli.model.checkpoint import CheckpointInfo, load_model, read_checkpoint
 from tsmcli.model.export import DEFAULT_OPSET, export_and_verify, rebuild
 from tsmcli.model.model_dir import (
     FINETUNE_DIR,
@@ -32,6 +32,7 @@ from tsmcli.model.model_dir import (
     staged_model_dir,
     write_report,
 )
+from tsmcli.model.spec import ArchOverrides
 from tsmcli.model.streaming import FrameModel, StreamingTSM
 from tsmcli.recipe import DataConfig, Recipe
 from tsmcli.zoo_cache import local_path
@@ -115,7 +116,7 @@ class _Job:
     classes: list[str] | None
     val: _ValData | None
     finetune: _Finetune
-    arch_overrides: dict[str, Any]
+    arch: ArchOverrides
     verify_frames: int
     opset: int
     seed: int
@@ -143,7 +144,7 @@ def convert_online(
     overwrite: bool = False,
     seed: int = 0,
     stride: int | None = None,
-    **arch_overrides: Any,
+    arch: ArchOverrides | None = None,
 ) -> ConvertResult:
     """Build the streaming model of a checkpoint, verify its exports, write them to ``out_dir``.
 
@@ -156,9 +157,10 @@ def convert_online(
     which saw both directions) softened at ``distill_temperature`` (0: labels only).
     ``stride``: feed one frame in that many when streaming (recorded in the model dir for
     ``tsm stream`` and ``tsm eval --online``; None: the spacing of the frames the checkpoint
-    was trained on, from its recipe and training list, else 1). ``arch_overrides`` (``arch``, ``num_segments``, ``shift``, ...) go to ``load_model``: an
-    official TSM or mmaction2 checkpoint does not record its architecture, unless it is given
-    by its model zoo name (``checkpoint`` may be one), which brings its class names too.
+    was trained on, from its recipe and training list, else 1). ``arch`` gives or changes the
+    model's architecture, as in ``evaluate`` (``ArchOverrides(arch=..., num_segments=...,
+    shift=...)``): an official TSM or mmaction2 checkpoint does not record it, unless it is
+    given by its model zoo name (``checkpoint`` may be one), which brings its class names too.
     """
     out_dir = Path(out_dir)
     if (val_list is None) != (root is None):
@@ -168,13 +170,14 @@ def convert_online(
             f"verify_frames must be at least 2 to check the buffers, got {verify_frames}"
         )
     check_out_dir(out_dir, overwrite, [local_path(checkpoint), val_list, root])
-    info = read_checkpoint(checkpoint, arch_overrides)  # a zoo name: its file, fetched if needed
+    arch = arch or ArchOverrides()
+    info = read_checkpoint(checkpoint, arch)  # a zoo name: its file, fetched if needed
     checkpoint = info.path
     recipe = Recipe.from_stored(info.recipe, str(checkpoint))
     finetune = _Finetune(finetune_epochs, finetune_lr_scale, distill_weight, distill_temperature)
     _check_finetune(finetune, recipe, checkpoint, out_dir, overwrite)
     classes = _classes(info, val_list)
-    model = load_model(info, **arch_overrides)
+    model = load_model(info, arch=arch)
     val = None if val_list is None else _ValData(val_list, root, source, backend)
     size = _input_size(recipe, height, width)
     frame_stride = _frame_stride(recipe, int(model.num_segments), stride)
@@ -188,7 +191,7 @@ def convert_online(
             classes,
             val,
             finetune,
-            arch_overrides,
+            arch,
             verify_frames,
             opset,
             seed,
@@ -377,7 +380,7 @@ def _offline_accuracy(job: _Job) -> dict[str, Any]:
         source=val.source,
         backend=val.backend,
         workers=0,
-        arch=ArchOverrides(**job.arch_overrides),
+        arch=job.arch,
     )
     return {
         "top1": result.top1,

@@ -19,7 +19,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-from tsmcli.errors import TrainingError
+from tsmcli.choices import DEVICES
+from tsmcli.errors import RecipeError, TrainingError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -48,19 +49,33 @@ def env_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def setup(device: str = "auto") -> DistContext:
+def resolve_device(name: str | None, option: str = "--device") -> torch.device:
+    """The one reading of a device choice (train, eval, predict): ``auto`` or None (CUDA when
+    a GPU is visible), ``cpu`` or ``cuda``. ``option`` is how the user gave it: a command-line
+    option (``--device``: a ``UsageError``, exit 2) or a recipe key (``train.device``: a
+    ``RecipeError``); a wrong value, or ``cuda`` without a GPU, is an error naming it."""
+    from_recipe = not option.startswith("-")
+    error = RecipeError if from_recipe else UsageError
+    if name not in (None, *DEVICES):
+        raise error(f"{option} must be {', '.join(DEVICES[:-1])} or {DEVICES[-1]}, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        if from_recipe:
+            raise error(f"{option} is cuda but no GPU is visible; use --set {option}=auto or cpu")
+        raise error(f"{option} cuda but no GPU is visible; use {option} auto or cpu")
+    use_cuda = name == "cuda" or (name in (None, "auto") and torch.cuda.is_available())
+    return torch.device("cuda" if use_cuda else "cpu")
+
+
+def setup(device: str | None = "auto", option: str = "train.device") -> DistContext:
     """Read the torchrun environment, choose the device, start the process group if needed.
 
-    ``device`` is ``auto`` (CUDA when there is a GPU), ``cpu`` or ``cuda``.
+    ``device`` is ``auto`` (CUDA when there is a GPU), ``cpu`` or ``cuda``, given as
+    ``option`` (``resolve_device``); under torchrun, CUDA means this process's GPU.
     """
     rank = int(os.environ.get("RANK", "0"))
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "cuda" and not torch.cuda.is_available():
-        raise TrainingError(
-            "train.device is cuda but no GPU is visible; use --set train.device=auto or cpu"
-        )
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    use_cuda = resolve_device(device, option).type == "cuda"
     if use_cuda:
         if local_rank >= torch.cuda.device_count():
             raise TrainingError(

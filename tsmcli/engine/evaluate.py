@@ -4,8 +4,8 @@ Each video is cut into V views (temporal clips x spatial crops, ``views.Protocol
 view is a T-frame clip scored by the model, and the V score vectors of a video are averaged
 *before* top-k, as in the official TSM test. The model and its data settings (segments, input
 size, decoder) come from the recipe stored in our checkpoints; official TSM and mmaction2
-checkpoints carry no recipe, so their architecture is given (``ArchOverrides``: ``arch``,
-``num_segments``, ``shift``, ...) or comes with a model zoo name (``tsm-k400-r50-8f``), and is
+checkpoints carry no recipe, so their architecture is given (``arch=ArchOverrides(arch=...,
+num_segments=..., shift=...)``) or comes with a model zoo name (``tsm-k400-r50-8f``), and is
 never guessed from the file name. The checkpoint is
 read once (``model.checkpoint.read_checkpoint``); a caller that has read it passes the
 ``CheckpointInfo`` instead of the path.
@@ -49,7 +49,8 @@ from tsmcli.engine.reports import EvalResult, eval_result, report_outputs, write
 from tsmcli.engine.views import EvalData, Protocol, ViewRequest, Views, view_request
 from tsmcli.errors import CheckpointError, TSMError, UsageError
 from tsmcli.fileio import atomic_write, check_outputs, check_writable_dir, outputs
-from tsmcli.model.checkpoint import ArchOverrides, CheckpointInfo, as_info, load_model
+from tsmcli.model.checkpoint import CheckpointInfo, as_info, load_model, missing_architecture
+from tsmcli.model.spec import ArchOverrides
 from tsmcli.recipe import Recipe
 from tsmcli.zoo_cache import local_path
 
@@ -58,83 +59,9 @@ log = logging.getLogger(__name__)
 _CLI_OPTION = {"arch": "--arch", "num_segments": "--segments", "shift": "--shift"}
 
 
-def run_eval(
-    list_file: str | Path,
-    root: str | Path,
-    *,
-    checkpoint: str | Path | CheckpointInfo | None = None,
-    online_dir: str | Path | None = None,
-    views: Views = None,
-    arch: ArchOverrides | None = None,
-    source: str | None = None,
-    backend: str | None = None,
-    batch_size: int = 4,
-    workers: int | None = None,
-    device: str | None = None,
-    out_dir: str | Path | None = None,
-    json_path: str | Path | None = None,
-    overwrite: bool = False,
-    trust_torchscript: bool = False,
-    stride: int | None = None,
-) -> EvalResult | online.OnlineEvalResult:
-    """``tsm eval``: exactly one of a checkpoint (``evaluate``, every option but ``stride``
-    and ``trust_torchscript`` applies) or an exported online model dir (``evaluate_online``:
-    ``source``, ``backend``, ``stride``, ``trust_torchscript`` and the outputs apply; the view
-    and model options are not used)."""
-    if (checkpoint is None) == (online_dir is None):
-        raise UsageError("give exactly one of --checkpoint CKPT or --online MODEL_DIR")
-    for option, given in (("--trust-torchscript", trust_torchscript), ("--stride", stride)):
-        if online_dir is None and given not in (None, False):
-            raise UsageError(f"{option} applies to --online only; drop it")
-    if online_dir is not None:
-        model_files = [p for p in Path(online_dir).glob("*") if p.is_file()]
-        check_eval_outputs(out_dir, json_path, list_file, model_files, overwrite)
-        result = online.evaluate_online(
-            online_dir,
-            list_file,
-            root,
-            source=source,
-            backend=backend,
-            stride=stride,
-            trust_torchscript=trust_torchscript,
-        )
-        if out_dir is not None or json_path is not None:
-            _write(result.metrics, result.summary(), out_dir, json_path)
-        return result
-    return evaluate(
-        checkpoint,
-        list_file,
-        root,
-        views=views,
-        arch=arch,
-        source=source,
-        backend=backend,
-        batch_size=batch_size,
-        workers=workers,
-        device=device,
-        out_dir=out_dir,
-        json_path=json_path,
-        overwrite=overwrite,
-    )
-
-
-def evaluate(
-    checkpoint: str | Path | CheckpointInfo,
-    list_file: str | Path,
-    root: str | Path,
-    *,
-    views: Views = None,
-    arch: ArchOverrides | None = None,
-    source: str | None = None,
-    backend: str | None = None,
-    batch_size: int = 4,
-    workers: int | None = None,
-    device: str | None = None,
-    out_dir: str | Path | None = None,
-    json_path: str | Path | None = None,
-    overwrite: bool = False,
-) -> EvalResult:
-    """Top-1 / top-5 / mean class accuracy of ``checkpoint`` on the videos of ``list_file``.
+@dataclass(frozen=True)
+class EvalOptions:
+    """``evaluate``'s keywords: how a checkpoint is evaluated and what is written.
 
     ``views`` is a preset name, a ``ViewRequest`` (a preset and the fields to change; None:
     the checkpoint's default) or a ``Protocol`` to run as it is. ``arch`` gives or changes the
@@ -142,31 +69,76 @@ def evaluate(
     videos (each with all its views). ``workers`` are DataLoader processes (default: up to
     4). ``device`` is ``auto`` (None), ``cpu`` or ``cuda``. ``out_dir`` (reports) and
     ``json_path`` (the summary) are checked before any work and replace earlier files only
-    with ``overwrite``. Under torchrun the list is sharded over the ranks; every rank returns
-    the same result.
+    with ``overwrite``.
     """
-    if batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
-    if device not in (None, "auto", "cpu", "cuda"):
-        raise UsageError(f"--device must be auto, cpu or cuda, got {device!r}")
-    request = view_request(views)
-    check_eval_outputs(out_dir, json_path, list_file, [checkpoint_file(checkpoint)], overwrite)
-    ctx = distributed.setup(device or "auto")
+
+    views: Views = None
+    arch: ArchOverrides | None = None
+    source: str | None = None
+    backend: str | None = None
+    batch_size: int = 4
+    workers: int | None = None
+    device: str | None = None
+    out_dir: str | Path | None = None
+    json_path: str | Path | None = None
+    overwrite: bool = False
+
+
+def run_eval(
+    list_file: str | Path,
+    root: str | Path,
+    *,
+    checkpoint: str | Path | CheckpointInfo | None = None,
+    online_dir: str | Path | None = None,
+    trust_torchscript: bool = False,
+    stride: int | None = None,
+    **options: Any,
+) -> EvalResult | online.OnlineEvalResult:
+    """``tsm eval``: exactly one of a checkpoint (``evaluate``, with ``options``: the fields
+    of ``EvalOptions``) or an exported online model dir (``evaluate_online``: ``stride``,
+    ``trust_torchscript`` and, of ``options``, ``source``, ``backend`` and the outputs apply;
+    the view and model options are not used)."""
+    opts = EvalOptions(**options)
+    if (checkpoint is None) == (online_dir is None):
+        raise UsageError("give exactly one of --checkpoint CKPT or --online MODEL_DIR")
+    for option, given in (("--trust-torchscript", trust_torchscript), ("--stride", stride)):
+        if online_dir is None and given not in (None, False):
+            raise UsageError(f"{option} applies to --online only; drop it")
+    if online_dir is None:
+        return evaluate(checkpoint, list_file, root, **options)
+    model_files = [p for p in Path(online_dir).glob("*") if p.is_file()]
+    check_eval_outputs(opts.out_dir, opts.json_path, list_file, model_files, opts.overwrite)
+    result = online.evaluate_online(
+        online_dir,
+        list_file,
+        root,
+        source=opts.source,
+        backend=opts.backend,
+        stride=stride,
+        trust_torchscript=trust_torchscript,
+    )
+    if opts.out_dir is not None or opts.json_path is not None:
+        _write(result.metrics, result.summary(), opts.out_dir, opts.json_path)
+    return result
+
+
+def evaluate(
+    checkpoint: str | Path | CheckpointInfo, list_file: str | Path, root: str | Path, **options: Any
+) -> EvalResult:
+    """Top-1 / top-5 / mean class accuracy of ``checkpoint`` on the videos of ``list_file``;
+    ``options`` are the fields of ``EvalOptions`` (views, arch, device, outputs, ...). Under
+    torchrun the list is sharded over the ranks; every rank returns the same result.
+    """
+    opts = EvalOptions(**options)
+    if opts.batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {opts.batch_size}")
+    request = view_request(opts.views)
+    check_eval_outputs(
+        opts.out_dir, opts.json_path, list_file, [checkpoint_file(checkpoint)], opts.overwrite
+    )
+    ctx = distributed.setup(opts.device, option="--device")
     try:
-        return _evaluate(
-            ctx,
-            checkpoint,
-            Path(list_file),
-            Path(root),
-            request,
-            arch or ArchOverrides(),
-            source=source,
-            backend=backend,
-            batch_size=batch_size,
-            workers=workers,
-            out_dir=out_dir,
-            json_path=json_path,
-        )
+        return _evaluate(ctx, checkpoint, Path(list_file), Path(root), request, opts)
     finally:
         distributed.teardown(ctx)
 
@@ -177,17 +149,11 @@ def _evaluate(
     list_file: Path,
     root: Path,
     request: ViewRequest | Protocol,
-    arch: ArchOverrides,
-    *,
-    source: str | None,
-    backend: str | None,
-    batch_size: int,
-    workers: int | None,
-    out_dir: str | Path | None,
-    json_path: str | Path | None,
+    opts: EvalOptions,
 ) -> EvalResult:
     entries = read_entries(list_file)
-    model, data, stored_classes, path = load_for_eval(checkpoint, arch, source, backend)
+    arch = opts.arch or ArchOverrides()
+    model, data, stored_classes, path = load_for_eval(checkpoint, arch, opts.source, opts.backend)
     num_classes = int(model.num_classes)
     classes = eval_class_names(list_file, num_classes, stored_classes, path)
     check_labels(
@@ -198,8 +164,9 @@ def _evaluate(
         entries, list_file, root, source, data.frame_template, options=("--root", "--source")
     )
     protocol = request if isinstance(request, Protocol) else request.resolve(data.dense_training)
+    segments, batch_size = int(model.num_segments), opts.batch_size
     loader, sampler = _loader(
-        list_file, root, int(model.num_segments), data, source, protocol, batch_size, workers, ctx
+        list_file, root, segments, data, source, protocol, batch_size, opts.workers, ctx
     )
     model = model.to(ctx.device).eval()
 
@@ -218,7 +185,7 @@ def _evaluate(
         videos_per_s=len(entries) / elapsed if elapsed > 0 else float("inf"),
     )
     if ctx.is_main:
-        _write(result, result.summary(), out_dir, json_path)
+        _write(result, result.summary(), opts.out_dir, opts.json_path)
     return result
 
 
@@ -236,17 +203,18 @@ def load_for_eval(
 ) -> tuple[torch.nn.Module, EvalData, Sequence[str] | None, Path]:
     """The model, how its videos are read, its stored class names and the file's path. The
     file is read once, here, and only the model is kept."""
-    info = as_info(checkpoint, arch.given())  # an arch a zoo name contradicts: before any download
-    missing = arch.missing_for(info)
+    info = as_info(checkpoint, arch)  # an arch a zoo name contradicts: before any download
+    missing = missing_architecture(info, arch)
     if missing:
         raise CheckpointError(
             f"{info.path}: an {info.format} TSM checkpoint does not record its architecture; "
             f"give {', '.join(_CLI_OPTION.get(k, k) for k in missing)} (e.g. --arch resnet50 "
-            "--segments 8 --shift bidirectional; in Python arch=, num_segments=, shift=)"
+            "--segments 8 --shift bidirectional; in Python arch=ArchOverrides(arch='resnet50', "
+            "num_segments=8, shift='bidirectional'))"
         )
     recipe = Recipe.from_stored(info.recipe, str(info.path))
     data = EvalData.from_recipe(recipe, source=source, backend=backend)
-    model = load_model(info, **arch.given())
+    model = load_model(info, arch=arch)
     return model, data, info.classes, info.path
 
 

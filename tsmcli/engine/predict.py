@@ -33,6 +33,7 @@ from torch import Tensor
 
 from tsmcli.data.inputs import DEFAULT_FPS, FoundInput, find_inputs
 from tsmcli.data.windows import WHOLE, InputClip, probe_timing, window_clips
+from tsmcli.engine.distributed import resolve_device
 from tsmcli.engine.evaluate import checkpoint_file, load_for_eval, score_batches, views_loader
 from tsmcli.engine.plots import plot_timelines
 from tsmcli.engine.predictions import (
@@ -48,7 +49,8 @@ from tsmcli.engine.predictions import (
 from tsmcli.engine.views import EvalData, Protocol, Views, view_request
 from tsmcli.errors import DataError, UsageError
 from tsmcli.fileio import check_outputs, outputs
-from tsmcli.model.checkpoint import ArchOverrides, CheckpointInfo
+from tsmcli.model.checkpoint import CheckpointInfo
+from tsmcli.model.spec import ArchOverrides
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +104,7 @@ def predict(
     _check(inputs, topk, batch_size)
     check_outputs(files, named, overwrite=overwrite)
     request = view_request(views)
-    torch_device = _device(device)
+    torch_device = resolve_device(device, "--device")
     model, data, stored, path = load_for_eval(checkpoint, arch or ArchOverrides(), None, backend)
     names = class_names(classes, label_order, stored, int(model.num_classes), path)
     protocol = request if isinstance(request, Protocol) else request.resolve(data.dense_training)
@@ -159,15 +161,6 @@ def _timeline(
         if not (math.isfinite(value) and value > 0):
             raise UsageError(f"{option} must be a positive, finite number of {unit}, got {value}")
     return Timeline(float(window), float(stride), float(fps))
-
-
-def _device(name: str | None) -> torch.device:
-    if name not in (None, "auto", "cpu", "cuda"):
-        raise UsageError(f"--device must be auto, cpu or cuda, got {name!r}")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda but no GPU is visible; use --device auto or cpu")
-    use_cuda = name == "cuda" or (name in (None, "auto") and torch.cuda.is_available())
-    return torch.device("cuda" if use_cuda else "cpu")
 
 
 @dataclass

@@ -264,14 +264,14 @@ def build_run_model(
     """The model, seeded the same on every rank and in every run; ``load_init_weights``
     loads ``model.pretrained`` / ``model.init_from`` (not when resuming: the weights come
     from last.pt)."""
-    from tsmcli.model.tsn import build_model
+    from tsmcli.model.tsn import TSN, load_pretrained_backbone
 
     m, t = recipe.model, recipe.train
     cuda = ctx.device.type == "cuda"
     seed_everything(t.seed)  # the same initial weights on every rank and every run
-    model = build_model(
-        **m.architecture(num_classes), pretrained=m.pretrained if load_init_weights else None
-    )
+    model = TSN(m.spec(num_classes))
+    if m.pretrained is not None and load_init_weights:
+        load_pretrained_backbone(model, m.pretrained)
     if m.init_from and load_init_weights:
         from tsmcli.model.checkpoint import load_weights_for_finetune
 

@@ -1,7 +1,8 @@
 """Models: the temporal shift, backbones, the TSN wrapper, weight files and checkpoints.
 
-The names below are imported lazily, so that importing one module of the package (the shift,
-say, for ``MIN_SHIFT_DIV``) does not import torchvision's model zoo with the backbones.
+The names below are imported lazily, so that importing one module of the package (the
+torch-free ``spec``, say, for ``ModelSpec``) does not import torch and torchvision's model zoo
+with the backbones.
 """
 
 from __future__ import annotations
@@ -11,26 +12,25 @@ from typing import Any
 
 # public name -> module that defines it
 _NAMES = {
-    "SHIFT_MODES": "backbones",
-    "SHIFT_PLACES": "backbones",
     "BackboneSpec": "backbones",
     "build_backbone": "backbones",
     "get_backbone": "backbones",
     "list_backbones": "backbones",
     "register_backbone": "backbones",
     "shifted_module_names": "backbones",
-    "ArchOverrides": "checkpoint",
     "CheckpointInfo": "checkpoint",
     "InitReport": "checkpoint",
     "checkpoint_dict": "checkpoint",
     "load_model": "checkpoint",
     "load_weights_for_finetune": "checkpoint",
     "read_checkpoint": "checkpoint",
-    "MIN_SHIFT_DIV": "shift",
     "TemporalShift": "shift",
     "shift_plan": "shift",
     "shifted_pointwise_conv": "shift",
     "temporal_shift": "shift",
+    "ArchOverrides": "spec",
+    "ModelSpec": "spec",
+    "check_model": "spec",
     "TSN": "tsn",
     "build_model": "tsn",
     "load_pretrained_backbone": "tsn",

@@ -24,11 +24,9 @@ from torchvision.models.resnet import BasicBlock, conv1x1
 
 from tsmcli.errors import UsageError
 from tsmcli.model.shift import TemporalShift
+from tsmcli.model.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
-
-SHIFT_MODES: tuple[str, ...] = ("none", "bidirectional", "unidirectional")
-SHIFT_PLACES: tuple[str, ...] = ("blockres", "block")
 
 # insert(model, num_segments, shift_div, direction, place) -> names of the TemporalShift modules
 ShiftInserter = Callable[[nn.Module, int, int, str, str], list[str]]
@@ -78,31 +76,23 @@ def get_backbone(name: str) -> BackboneSpec:
     raise UsageError(f"unknown arch {name!r}; {hint}choose one of {', '.join(list_backbones())}")
 
 
-def build_backbone(
-    arch: str,
-    *,
-    num_segments: int,
-    shift: str = "bidirectional",
-    shift_div: int = 8,
-    shift_place: str = "blockres",
-) -> tuple[nn.Module, BackboneSpec]:
-    """The backbone with its classifier replaced by ``Identity`` and the shift inserted.
+def build_backbone(spec: ModelSpec) -> tuple[nn.Module, BackboneSpec]:
+    """The backbone of ``spec`` with its classifier replaced by ``Identity`` and the shift
+    inserted (``spec`` is checked already; its ``arch`` is checked here).
 
     The returned network maps (N*T, 3, H, W) frames to (N*T, feature_dim) features.
     """
-    spec = get_backbone(arch)
-    if shift not in SHIFT_MODES:
-        raise UsageError(f"Unknown shift {shift!r}; choose one of {', '.join(SHIFT_MODES)}")
-    if shift_place not in SHIFT_PLACES:
-        raise UsageError(
-            f"Unknown shift_place {shift_place!r}; choose one of {', '.join(SHIFT_PLACES)}"
+    backbone = get_backbone(spec.arch)
+    model = backbone.build()
+    setattr(model, backbone.head, nn.Identity())
+    if spec.shift != "none":
+        names = backbone.insert_shift(
+            model, spec.num_segments, spec.shift_div, spec.shift, spec.shift_place
         )
-    model = spec.build()
-    setattr(model, spec.head, nn.Identity())
-    if shift != "none":
-        names = spec.insert_shift(model, num_segments, shift_div, shift, shift_place)
-        logger.debug("%s: %s shift in %d modules (%s)", arch, shift, len(names), shift_place)
-    return model, spec
+        logger.debug(
+            "%s: %s shift in %d modules (%s)", spec.arch, spec.shift, len(names), spec.shift_place
+        )
+    return model, backbone
 
 
 def shifted_module_names(model: nn.Module) -> list[str]:

@@ -10,7 +10,8 @@ and its tensors. A command reads its checkpoint once and passes the info on: ``l
 run adds its state (``epoch``, ``optimizer``, ...) as extra keys.
 
 Official TSM and mmaction2 files do not record their architecture: ``load_model`` takes it
-by keyword (``ArchOverrides``) and reads the number of classes from the head's weights.
+as a partial spec (``model.spec.ArchOverrides``, or its keys as keywords) and reads the
+number of classes from the head's weights.
 
 A checkpoint may be named by the model zoo (``tsm-k400-r50-8f``) wherever a path is taken:
 ``read_checkpoint`` is the one place that resolves a name (``zoo_cache.resolve_checkpoint``:
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,8 @@ from torch import Tensor
 
 from tsmcli.errors import CheckpointError, UsageError
 from tsmcli.model.backbones import get_backbone, shifted_module_names
-from tsmcli.model.tsn import TSN, build_model, load_imagenet_weights
+from tsmcli.model.spec import SPEC_KEYS, ArchOverrides, ModelSpec, as_overrides
+from tsmcli.model.tsn import TSN, load_imagenet_weights
 from tsmcli.model.weights import (
     FORMAT,
     FORMAT_VERSION,
@@ -49,17 +51,9 @@ from tsmcli.zoo_cache import locate, resolve_checkpoint
 
 logger = logging.getLogger(__name__)
 
-# build_model keywords a checkpoint can be rebuilt with (pretrained is not one: weights follow)
-MODEL_KEYS = (
-    "arch",
-    "num_classes",
-    "num_segments",
-    "shift",
-    "shift_div",
-    "shift_place",
-    "dropout",
-    "partial_bn",
-)
+# The spec keys a file's layout or a model zoo entry can say: the others (num_classes, dropout,
+# partial_bn) follow from the weights or do not change what they compute.
+_LAYOUT_KEYS = ("arch", "num_segments", "shift", "shift_div", "shift_place")
 # what official / mmaction2 files do not record and a caller (or the zoo entry) must give
 REQUIRED_FOR_IMPORT = ("arch", "num_segments", "shift")
 IMPORTED_FORMATS = ("official", "mmaction2", "online_demo")  # files without a model_config
@@ -109,20 +103,19 @@ class CheckpointInfo:
         return f"{self.zoo.name} ({self.path})" if self.zoo is not None else str(self.path)
 
 
-def read_checkpoint(
-    checkpoint: str | Path, arch: Mapping[str, Any] | None = None
-) -> CheckpointInfo:
+def read_checkpoint(checkpoint: str | Path, arch: ArchOverrides | None = None) -> CheckpointInfo:
     """Read a checkpoint file, or the model zoo checkpoint so named (downloaded and verified
     first when it is not cached), with ``weights_only=True`` into a ``CheckpointInfo``. An
     unknown name lists the closest names; an unreadable file, or a name whose file cannot be
-    fetched (it says where to put it), is one ``CheckpointError`` line. ``arch`` are the
-    architecture keys the model will be built with (``ArchOverrides.given()``): an ``arch`` or
-    ``shift_place`` that contradicts a name's entry is refused before any download."""
+    fetched (it says where to put it), is one ``CheckpointError`` line. ``arch`` is what the
+    model will be built with over what the file records: an ``arch`` or ``shift_place`` that
+    contradicts a name's entry is refused before any download."""
     if arch:
         where, entry = locate(checkpoint)
         if entry is not None:
             label = f"{entry.name} ({where})"
-            _check_fit(label, entry.model_options(), f"the model zoo's {entry.name}", arch)
+            source = f"the model zoo's {entry.name}"
+            _check_fit(label, entry.model_options(), source, arch.given())
     path, entry = resolve_checkpoint(checkpoint)
     content = load_checkpoint(path)
     fmt = checkpoint_format(content)
@@ -145,7 +138,7 @@ def read_checkpoint(
 
 
 def as_info(
-    checkpoint: str | Path | CheckpointInfo, arch: Mapping[str, Any] | None = None
+    checkpoint: str | Path | CheckpointInfo, arch: ArchOverrides | None = None
 ) -> CheckpointInfo:
     """``checkpoint`` itself when it was read already, else the file read now (``arch``: as
     ``read_checkpoint`` takes it)."""
@@ -177,34 +170,13 @@ def checkpoint_dict(
     }
 
 
-@dataclass(frozen=True)
-class ArchOverrides:
-    """Architecture keys given by the caller (None: as stored). Our checkpoints rebuild from
-    their ``model_config`` with these changed (``num_segments=16`` tests on longer clips);
-    official TSM and mmaction2 files need ``arch``, ``num_segments`` and ``shift``."""
-
-    arch: str | None = None
-    num_segments: int | None = None
-    shift: str | None = None
-    shift_div: int | None = None
-    shift_place: str | None = None
-
-    def given(self) -> dict[str, Any]:
-        """The keys that were given, as ``load_model`` keywords."""
-        return {
-            f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None
-        }
-
-    def missing_for(self, checkpoint: str | CheckpointInfo) -> list[str]:
-        """The keys a checkpoint (or a file of that format) does not record, its layout and
-        zoo entry do not imply, and these do not give."""
-        fmt = checkpoint if isinstance(checkpoint, str) else checkpoint.format
-        if fmt not in IMPORTED_FORMATS:
-            return []
-        known = IMPLIED_BY_FORMAT.get(fmt, {})
-        if isinstance(checkpoint, CheckpointInfo):
-            known = recorded_options(checkpoint)
-        return [k for k in REQUIRED_FOR_IMPORT if getattr(self, k) is None and k not in known]
+def missing_architecture(info: CheckpointInfo, arch: ArchOverrides) -> list[str]:
+    """The keys an imported file needs that it does not record, its layout and zoo entry do
+    not imply, and ``arch`` does not give (none for ours)."""
+    if info.format not in IMPORTED_FORMATS:
+        return []
+    known = {**recorded_options(info), **arch.given()}
+    return [key for key in REQUIRED_FOR_IMPORT if key not in known]
 
 
 def recorded_options(info: CheckpointInfo) -> dict[str, Any]:
@@ -213,7 +185,7 @@ def recorded_options(info: CheckpointInfo) -> dict[str, Any]:
     zoo entry says (the entry wins)."""
     if info.format == FORMAT:
         config = info.model_config or {}
-        return {f.name: config[f.name] for f in fields(ArchOverrides) if f.name in config}
+        return {key: config[key] for key in _LAYOUT_KEYS if key in config}
     if info.format not in IMPORTED_FORMATS:
         return {}
     known = dict(IMPLIED_BY_FORMAT.get(info.format, {}))
@@ -262,30 +234,31 @@ def _check_fit(label: str, known: Mapping[str, Any], source: str, given: Mapping
             )
 
 
-def load_model(checkpoint: str | Path | CheckpointInfo, **arch_overrides: Any) -> TSN:
+def load_model(
+    checkpoint: str | Path | CheckpointInfo,
+    arch: ArchOverrides | str | None = None,
+    **keywords: Any,
+) -> TSN:
     """The model stored in ``checkpoint`` (a path, a model zoo name, or a ``CheckpointInfo``
     already read), in eval mode.
 
-    Our checkpoints rebuild from their ``model_config``; ``arch_overrides`` change keys of it
-    (e.g. ``num_segments=16`` to test on longer clips; ``shift="none"`` runs the same weights
-    as TSN). Official TSM and mmaction2 files need ``arch``, ``num_segments`` and ``shift``
-    (``shift_div`` 8 and ``shift_place`` "blockres" unless given), which a model zoo name and
-    the online demo's layout supply. Given keys win within limits (``arch_options``: a
-    contradicting ``arch`` or ``shift_place`` is an error, a name's checked before its
-    download); ``num_classes`` is read from the head's weights. Weights holding NaN or
-    infinity are refused.
+    ``arch`` is the partial spec given over what the file records (``ArchOverrides``), or, as
+    a convenience, its keys are given as keywords: ``load_model(path, num_segments=16)`` tests
+    one of our checkpoints on longer clips; ``shift="none"`` runs the same weights as TSN.
+    Our checkpoints rebuild from their ``model_config``. Official TSM and mmaction2 files need
+    ``arch``, ``num_segments`` and ``shift`` (``shift_div`` 8 and ``shift_place`` "blockres"
+    unless given), which a model zoo name and the online demo's layout supply. Given keys win
+    within limits (``arch_options``: a contradicting ``arch`` or ``shift_place`` is an error,
+    a name's checked before its download); ``num_classes`` is read from the head's weights.
+    Weights holding NaN or infinity are refused.
     """
-    unknown = sorted(set(arch_overrides) - set(MODEL_KEYS))
-    if unknown:
-        raise UsageError(
-            f"unknown model option(s) {', '.join(unknown)}; choose from {', '.join(MODEL_KEYS)}"
-        )
-    info = as_info(checkpoint, arch_overrides)
-    config, state = _config_and_weights(info, arch_options(info, arch_overrides))
-    model = build_model(**config)
+    overrides = as_overrides(arch, keywords)
+    info = as_info(checkpoint, overrides)
+    spec, state = _spec_and_weights(info, arch_options(info, overrides.given()))
+    model = TSN(spec)
     state = _keyed_for_shift(state, info, model)
     load_state_dict_strict(model, state, str(info.path))
-    logger.info("loaded %s (%s): %s", info.path, info.format, config)
+    logger.info("loaded %s (%s): %s", info.path, info.format, model.config())
     return model.eval()
 
 
@@ -305,20 +278,20 @@ def _keyed_for_shift(
         return rewrap_shift_keys(state, unwrap=(), wrap=[f"base_model.{n}" for n in names])
     with torch.device("meta"):  # out of those the file's network had: only names are needed
         place = stored.get("shift_place", model.shift_place)
-        shifted = build_model(**{**model.config(), "shift": shift, "shift_place": place})
+        shifted = TSN(replace(model.spec, shift=shift, shift_place=place))
     names = shifted_module_names(shifted.base_model)
     return rewrap_shift_keys(state, unwrap=[f"base_model.{n}" for n in names], wrap=())
 
 
-def _config_and_weights(
+def _spec_and_weights(
     info: CheckpointInfo,
     overrides: Mapping[str, Any],
-) -> tuple[dict[str, Any], dict[str, Tensor]]:
-    """The ``build_model`` keywords of the model in ``info`` and its weights in our layout."""
+) -> tuple[ModelSpec, dict[str, Tensor]]:
+    """The spec of the model in ``info`` and its weights in our layout."""
     path, fmt = info.path, info.format
     if fmt == FORMAT:
-        config = {**_our_config(info), **overrides}
-        return config, _video_weights(info, config["arch"])
+        spec = ModelSpec(**{**_our_config(info), **overrides})
+        return spec, _video_weights(info, spec.arch)
     if fmt in IMPORTED_FORMATS:
         missing = [key for key in REQUIRED_FOR_IMPORT if key not in overrides]
         if missing:
@@ -336,7 +309,7 @@ def _config_and_weights(
                 f"{path}: no classifier weights (new_fc / fc_cls) found; "
                 "is it a video model checkpoint?"
             )
-        return {"num_classes": int(head.shape[0]), **overrides}, state
+        return ModelSpec(**{"num_classes": int(head.shape[0]), **overrides}), state
     if fmt == "torchvision":
         raise CheckpointError(
             f"{path}: is an ImageNet backbone without a video head; use it "
@@ -376,7 +349,7 @@ def _our_config(info: CheckpointInfo) -> dict[str, Any]:
             f"{info.path}: its model_config is missing or incomplete; the "
             "file is damaged, re-save it"
         )
-    extra = sorted(set(config) - set(MODEL_KEYS))
+    extra = sorted(set(config) - set(SPEC_KEYS))
     if extra:
         raise CheckpointError(f"{info.path}: model_config has unknown keys {extra}; upgrade tsmcli")
     return dict(config)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,17 +42,17 @@ from tsmcli.model.model_dir import (
     load_streaming_model,
 )
 from tsmcli.model.streaming import StepFn, StreamingTSM, run_stream
-from tsmcli.model.tsn import build_model
+from tsmcli.model.tsn import TSN
 from tsmcli.model.weights import save_checkpoint
 
 TOLERANCE = 1e-4
 DEFAULT_OPSET = 18
 
 
-def rebuild(model: nn.Module, **changes: Any) -> nn.Module:
-    """The same TSN with some ``config()`` keys changed (``shift``, ``num_segments``) and the
+def rebuild(model: TSN, **changes: Any) -> TSN:
+    """The same TSN with some keys of its spec changed (``shift``, ``num_segments``) and the
     same weights: none of those keys changes a parameter. Returned in eval mode."""
-    other = build_model(**{**model.config(), "pretrained": None, **changes})
+    other = TSN(replace(model.spec, **changes))
     other.load_state_dict(model.state_dict())
     return other.eval()
 

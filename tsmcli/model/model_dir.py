@@ -167,7 +167,7 @@ class ModelDir:
 
 def load_streaming_model(path: str | Path) -> StreamingTSM:
     """The streaming model of a model dir's ``online_weights.pt``, rebuilt from this package's
-    code (``build_model`` from the recorded config, weights read with ``weights_only=True``):
+    code (``load_model``: the recorded spec, weights read with ``weights_only=True``):
     nothing in the file can run. It computes what ``online.pt`` computes."""
     return StreamingTSM(load_model(path)).eval()
 

@@ -30,21 +30,10 @@ is the opposite shift.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 from torch import Tensor, nn
 
-Direction = Literal["bidirectional", "unidirectional"]
-DIRECTIONS: tuple[str, ...] = ("bidirectional", "unidirectional")
-
-# The smallest shift_div (fold_div) of a model: fold = C // shift_div channels move each way,
-# and at 1 every channel moves, so none of a frame's own features stay in place. 2 is the least
-# that keeps channels in place for the one-way shift (the bidirectional shift then moves both
-# halves: allowed, as recipes always have, so that the checkpoints trained so still load).
-# build_model, recipes and the CLI hold this bound; temporal_shift itself takes any
-# fold_div >= 1, as the seed's code does.
-MIN_SHIFT_DIV = 2
+from tsmcli.choices import SHIFT_DIRECTIONS
 
 # (start, stop, offset): output channels [start, stop) of frame t come from frame t + offset.
 Plan = tuple[tuple[int, int, int], ...]
@@ -52,8 +41,8 @@ Plan = tuple[tuple[int, int, int], ...]
 
 def shift_plan(channels: int, fold_div: int = 8, direction: str = "bidirectional") -> Plan:
     """The channel ranges a shift moves, and by how many frames; empty ranges are dropped."""
-    if direction not in DIRECTIONS:
-        raise ValueError(f"unknown shift direction {direction!r}; use one of {DIRECTIONS}")
+    if direction not in SHIFT_DIRECTIONS:
+        raise ValueError(f"unknown shift direction {direction!r}; use one of {SHIFT_DIRECTIONS}")
     if fold_div < 1:
         raise ValueError(f"fold_div must be at least 1, got {fold_div}")
     fold = channels // fold_div
@@ -218,8 +207,10 @@ class TemporalShift(nn.Module):
         fuse: bool = True,
     ):
         super().__init__()
-        if direction not in DIRECTIONS:
-            raise ValueError(f"unknown shift direction {direction!r}; use one of {DIRECTIONS}")
+        if direction not in SHIFT_DIRECTIONS:
+            raise ValueError(
+                f"unknown shift direction {direction!r}; use one of {SHIFT_DIRECTIONS}"
+            )
         if num_segments < 1 or fold_div < 1:
             raise ValueError(
                 f"num_segments and fold_div must be at least 1, got {num_segments} and {fold_div}"

@@ -12,14 +12,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from tsmcli.errors import CheckpointError, UsageError
-from tsmcli.model.backbones import (
-    SHIFT_MODES,
-    SHIFT_PLACES,
-    build_backbone,
-    shifted_module_names,
-)
-from tsmcli.model.shift import MIN_SHIFT_DIV
+from tsmcli.errors import CheckpointError
+from tsmcli.model.backbones import build_backbone, shifted_module_names
+from tsmcli.model.spec import ModelSpec, check_known
 from tsmcli.model.weights import (
     imagenet_state_dict,
     load_checkpoint,
@@ -36,56 +31,30 @@ class TSN(nn.Module):
 
     Input (B, T, 3, H, W) with T = ``num_segments``; output (B, num_classes) logits, the mean
     over frames of per-frame logits (the head runs per frame, as in the official code).
-    Use ``build_model`` to construct one (it validates the arguments and loads ImageNet
-    weights); ``config()`` returns the arguments that rebuild it.
+    ``spec`` is what it is (``model.num_segments`` and the other keys read as attributes too,
+    but ``model.dropout``: that is the layer); ``config()`` is the spec as our checkpoints
+    store it. ``build_model`` builds one from keywords and loads ImageNet weights.
     """
 
-    def __init__(
-        self,
-        arch: str,
-        num_classes: int,
-        num_segments: int = 8,
-        shift: str = "bidirectional",
-        shift_div: int = 8,
-        shift_place: str = "blockres",
-        dropout: float = 0.5,
-        partial_bn: bool = False,
-    ):
+    def __init__(self, spec: ModelSpec):
         super().__init__()
-        self.arch = arch
-        self.num_classes = num_classes
-        self.num_segments = num_segments
-        self.shift = shift
-        self.shift_div = shift_div
-        self.shift_place = shift_place
-        self.partial_bn = partial_bn
-        self.base_model, self.spec = build_backbone(
-            arch,
-            num_segments=num_segments,
-            shift=shift,
-            shift_div=shift_div,
-            shift_place=shift_place,
-        )
-        self.feature_dim = self.spec.feature_dim
-        self.dropout = nn.Dropout(p=dropout)
-        self.new_fc = nn.Linear(self.feature_dim, num_classes)
+        self.spec = spec
+        for key, value in spec.as_dict().items():
+            if key != "dropout":  # the name of the layer below
+                setattr(self, key, value)
+        self.base_model, self.backbone = build_backbone(spec)
+        self.feature_dim = self.backbone.feature_dim
+        self.dropout = nn.Dropout(p=spec.dropout)
+        self.new_fc = nn.Linear(self.feature_dim, spec.num_classes)
         # official init of the new head: small weights so training starts near uniform scores
         nn.init.normal_(self.new_fc.weight, 0.0, 0.001)
         nn.init.zeros_(self.new_fc.bias)
         self.train()  # apply partial BN's requires_grad now, before an optimizer is built
 
     def config(self) -> dict[str, Any]:
-        """Keyword arguments of ``build_model`` that rebuild this model (weights aside)."""
-        return {
-            "arch": self.arch,
-            "num_classes": self.num_classes,
-            "num_segments": self.num_segments,
-            "shift": self.shift,
-            "shift_div": self.shift_div,
-            "shift_place": self.shift_place,
-            "dropout": self.dropout.p,
-            "partial_bn": self.partial_bn,
-        }
+        """The spec as a plain dict (``model_config`` in our checkpoints): the keyword
+        arguments of ``build_model`` that rebuild this model (weights aside)."""
+        return self.spec.as_dict()
 
     def features(self, x: Tensor) -> Tensor:
         """Per-frame backbone features (B, T, D), before dropout and the head."""
@@ -112,7 +81,7 @@ class TSN(nn.Module):
         frozen affine parameters (official ``partialBN``: small batches of frames give poor
         batch statistics, so ImageNet's are kept)."""
         super().train(mode)
-        if mode and self.partial_bn:
+        if mode and self.spec.partial_bn:
             norms = [m for m in self.base_model.modules() if isinstance(m, nn.BatchNorm2d)]
             for norm in norms[1:]:
                 norm.eval()
@@ -122,55 +91,18 @@ class TSN(nn.Module):
 
 
 def build_model(
-    arch: str,
-    num_classes: int,
-    num_segments: int = 8,
-    shift: str = "bidirectional",
-    shift_div: int = 8,
-    shift_place: str = "blockres",
-    dropout: float = 0.5,
-    partial_bn: bool = False,
-    pretrained: str | Path | None = None,
+    arch: str, num_classes: int, *, pretrained: str | Path | None = None, **options: Any
 ) -> TSN:
-    """A TSN/TSM model; ``pretrained`` is a torchvision ImageNet state dict for the backbone
+    """A TSN/TSM model of ``ModelSpec(arch, num_classes, **options)`` (``num_segments``,
+    ``shift``, ``shift_div``, ``shift_place``, ``dropout``, ``partial_bn``; each checked, an
+    unknown one refused); ``pretrained`` is a torchvision ImageNet state dict for the backbone
     (a path, or a model zoo backbone's name such as ``imagenet-resnet50``).
 
     ``shift`` is ``"none"`` (TSN), ``"bidirectional"`` (offline TSM) or ``"unidirectional"``
     (online TSM). The model is returned in training mode.
     """
-    checks = [
-        (isinstance(num_classes, int) and num_classes >= 1, "num_classes", "at least 1"),
-        (isinstance(num_segments, int) and num_segments >= 1, "num_segments", "at least 1"),
-        (
-            isinstance(shift_div, int) and shift_div >= MIN_SHIFT_DIV,
-            "shift_div",
-            f"at least {MIN_SHIFT_DIV}",
-        ),
-        (isinstance(dropout, int | float) and 0.0 <= dropout < 1.0, "dropout", "in [0, 1)"),
-        (shift in SHIFT_MODES, "shift", f"one of {', '.join(SHIFT_MODES)}"),
-        (shift_place in SHIFT_PLACES, "shift_place", f"one of {', '.join(SHIFT_PLACES)}"),
-    ]
-    values = {
-        "num_classes": num_classes,
-        "num_segments": num_segments,
-        "shift_div": shift_div,
-        "dropout": dropout,
-        "shift": shift,
-        "shift_place": shift_place,
-    }
-    for ok, name, expected in checks:
-        if not ok or isinstance(values[name], bool):
-            raise UsageError(f"model {name} must be {expected}, got {values[name]!r}")
-    model = TSN(
-        arch,
-        num_classes,
-        num_segments=num_segments,
-        shift=shift,
-        shift_div=shift_div,
-        shift_place=shift_place,
-        dropout=float(dropout),
-        partial_bn=bool(partial_bn),
-    )
+    check_known(options)
+    model = TSN(ModelSpec(arch, num_classes, **options))
     if pretrained is not None:
         load_pretrained_backbone(model, pretrained)
     return model
@@ -200,7 +132,7 @@ def load_pretrained_backbone(model: TSN, path: str | Path) -> None:
 def load_imagenet_weights(model: TSN, state: Mapping[str, Tensor], path: str | Path) -> None:
     """``load_pretrained_backbone`` for the tensors of a file already read."""
     mapped = imagenet_state_dict(
-        state, head=model.spec.head, wrapped=shifted_module_names(model.base_model)
+        state, head=model.backbone.head, wrapped=shifted_module_names(model.base_model)
     )
     load_state_dict_strict(model.base_model, mapped, f"{path} (ImageNet {model.arch} weights)")
     logger.info("loaded ImageNet weights from %s into %s", path, model.arch)
