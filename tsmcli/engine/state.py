@@ -25,7 +25,7 @@ from torch import nn
 from tsmcli.data.lists import CLASSES_FILE
 from tsmcli.engine.distributed import DistContext
 from tsmcli.errors import CheckpointError, TrainingError
-from tsmcli.model.checkpoint import checkpoint_dict as model_checkpoint_dict
+from tsmcli.model.checkpoint import checkpoint_dict
 from tsmcli.model.tsn import TSN
 from tsmcli.model.weights import FORMAT
 from tsmcli.recipe import Recipe
@@ -39,7 +39,7 @@ _RESUMABLE_MODEL_CHANGES = {"pretrained", "init_from"}
 # ---------------------------------------------------------------------- checkpoints
 
 
-def checkpoint_dict(
+def run_checkpoint(
     *,
     model: TSN,
     recipe: Recipe,
@@ -63,7 +63,7 @@ def checkpoint_dict(
     gathers every rank's RNG state.
     """
     rng = _gather(_rng_state(cuda), ctx)
-    return model_checkpoint_dict(
+    return checkpoint_dict(
         model,
         recipe=recipe.to_dict(),
         classes=list(classes) if classes else None,

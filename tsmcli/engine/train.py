@@ -38,7 +38,7 @@ from tsmcli.engine.state import (
     Progress,
     ResumeTarget,
     StopOnSignal,
-    checkpoint_dict,
+    run_checkpoint,
 )
 from tsmcli.engine.state import resume as resume_run
 from tsmcli.engine.train_loop import Loop
@@ -370,12 +370,12 @@ class _Run:
             )
 
     def _checkpoint(self, epoch: int, iteration: int, partial: dict[str, float]) -> dict[str, Any]:
-        """This run's checkpoint dict (``state.checkpoint_dict``); every rank must call it.
+        """This run's checkpoint dict (``state.run_checkpoint``); every rank must call it.
 
         ``epoch`` is the number of finished epochs; ``iteration`` the steps already taken in
         the next one (0 at an epoch boundary).
         """
-        return checkpoint_dict(
+        return run_checkpoint(
             model=self.parts.model,
             recipe=self.recipe,
             classes=self.data.classes,
