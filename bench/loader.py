@@ -43,6 +43,7 @@ from tsmcli.data.dataset import VideoClipDataset, collate_clips  # noqa: E402
 from tsmcli.data.decode import FrameFolder, open_video  # noqa: E402
 from tsmcli.data.lists import ListEntry, write_list  # noqa: E402
 from tsmcli.data.sampling import sample_indices  # noqa: E402
+from tsmcli.data.settings import Augmentation, ClipSize, Reading  # noqa: E402
 
 WIDTH, HEIGHT, FRAMES, SEGMENTS, SEED = 320, 240, 64, 8, 0
 
@@ -112,10 +113,10 @@ def time_item(
     indices = np.unique(sample_indices(entry.num_frames, SEGMENTS, "train", rng)).tolist()
 
     def via_source() -> None:
-        if dataset.source == "frames":
+        if dataset.reading.source == "frames":
             opened = FrameFolder(path, num_frames=entry.num_frames)
         else:
-            opened = open_video(path, dataset.backend, num_frames=entry.num_frames)
+            opened = open_video(path, dataset.reading.backend, num_frames=entry.num_frames)
         opened.get(indices)
 
     batch = collate_clips([dataset[index]])
@@ -145,11 +146,9 @@ def measure(folder: Path, reps: int) -> list[tuple[str, float, float, float]]:
         dataset = VideoClipDataset(
             root / "train.txt",
             root,
-            num_segments=SEGMENTS,
-            mode="train",
-            source=source,
-            backend=backend,
-            seed=SEED,
+            clip=ClipSize(SEGMENTS),
+            reading=Reading(source=source, backend=backend),
+            augment=Augmentation(seed=SEED),
         )
         times = np.mean([time_item(dataset, i, floor, reps) for i in range(len(dataset))], axis=0)
         rows.append((name, *times.tolist()))

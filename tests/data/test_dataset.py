@@ -3,6 +3,7 @@ determinism across DataLoader workers and epochs, bad data, the pre-flight check
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,15 @@ from tsmcli.data.dataset import (
     collate_clips,
 )
 from tsmcli.data.decode import open_video
-from tsmcli.data.lists import ListEntry, find_missing, read_list, write_classes, write_list
+from tsmcli.data.lists import (
+    ListEntry,
+    find_missing,
+    read_list,
+    read_list_file,
+    write_classes,
+    write_list,
+)
+from tsmcli.data.settings import Augmentation, ClipSize, Protocol, Reading
 from tsmcli.data.transforms import jitter_colour, multiscale_crop_sizes, normalize, resize_crop
 from tsmcli.errors import DataError, UsageError
 
@@ -45,10 +54,24 @@ def tiny(tmp_path, make_video) -> Path:
     return tmp_path
 
 
-def make(tiny: Path, source: str = "frames", **kwargs) -> VideoClipDataset:
+def make(tiny: Path, source: str = "frames", mode: str = "train", **options) -> VideoClipDataset:
+    """The dataset of ``tiny``'s frames or videos, clips of 4 frames of 32 x 32: ``mode`` train
+    (augmented), val (the single centre view) or test. Each of ``options`` goes to the
+    settings object with a field of its name."""
     folder = tiny / ("frames" if source == "frames" else "videos")
-    options = {"num_segments": 4, "input_size": 32, "scale_size": 32, **kwargs}
-    return VideoClipDataset(folder / "list.txt", folder, source=source, **options)
+    options = {"num_segments": 4, "input_size": 32, "scale_size": 32, "source": source, **options}
+
+    def settings(cls, **fixed):
+        names = {field.name for field in dataclasses.fields(cls)}
+        return cls(**fixed, **{k: options.pop(k) for k in list(options) if k in names})
+
+    clip, reading = settings(ClipSize), settings(Reading)
+    if mode == "train":
+        task = {"augment": settings(Augmentation)}
+    else:
+        task = {"views": settings(Protocol, name=mode)}
+    assert not options, f"no setting of {mode} is named {sorted(options)}"
+    return VideoClipDataset(folder / "list.txt", folder, clip=clip, reading=reading, **task)
 
 
 def frame_indices(clip: torch.Tensor) -> list[int]:
@@ -86,18 +109,18 @@ def test_val_and_test_sample_the_official_indices(tiny):
 
 
 def test_even_sampling_gives_evenly_spaced_train_frames(tiny):
-    even = make(tiny, even=True, seed=3)
+    even = make(tiny, sampling="even", seed=3)
     for epoch in range(3):
         even.set_epoch(epoch)
         got = [frame_indices(even[i].clip) for i in range(3)]
         assert all(x[0] < 4 and x == [x[0] + 4 * k for k in range(4)] for x in got)
-    assert frame_indices(make(tiny, mode="val", even=True)[0].clip[0]) == [2, 6, 10, 14]
+    assert frame_indices(make(tiny, mode="val")[0].clip[0]) == [2, 6, 10, 14]
 
 
 def test_videos_and_frames_sample_the_same_frames(tiny):
-    for mode in ("train", "test"):
+    for mode, options in (("train", {"seed": 5}), ("test", {"clips": 2})):
         runs = [
-            make(tiny, source=s, backend=b, mode=mode, clips=2, seed=5)
+            make(tiny, source=s, backend=b, mode=mode, **options)
             for s, b in (("frames", "decord"), ("videos", "decord"), ("videos", "pyav"))
         ]
         for i in range(3):
@@ -216,9 +239,10 @@ def test_a_frame_template_without_a_field_is_refused_before_any_frame_is_read(ti
         find_missing(read_list(frames / "list.txt"), frames, "frames", "img_00001.jpg")
     assert str(caught.value) == message
     with pytest.raises(DataError) as caught:
-        make(tiny, template="img_00001.jpg")
+        make(tiny, frame_template="img_00001.jpg")
     assert str(caught.value) == message
-    assert make(tiny, source="videos", template="img_00001.jpg").template == "img_00001.jpg"
+    videos = make(tiny, source="videos", frame_template="img_00001.jpg")
+    assert videos.reading.frame_template == "img_00001.jpg"
 
 
 def test_bad_options_and_labels_are_refused(tiny):
@@ -227,8 +251,13 @@ def test_bad_options_and_labels_are_refused(tiny):
     with pytest.raises(UsageError, match=r"colour_jitter must be in \[0, 1\) \(0: off\), got 1.5"):
         make(tiny, colour_jitter=1.5)
     write_classes(tiny / "frames" / "classes.txt", ["a", "b"])
-    with pytest.raises(DataError, match=r"list.txt: label 2 but classes.txt beside it has 2"):
+    with pytest.raises(DataError) as caught:
         make(tiny)
+    frames = tiny / "frames"
+    assert str(caught.value) == (
+        f"{frames / 'list.txt'}:3: label 2 is outside 0..1 ({frames / 'classes.txt'} has 2 "
+        "classes); rebuild both with tsm build-list"
+    )
 
 
 def test_flip_swap_changes_the_label_of_mirrored_clips(tiny):
@@ -303,7 +332,9 @@ def test_the_frame_cache_decodes_each_video_frame_once(tiny, monkeypatch, backen
         video.get = counted_get
         return video
 
-    options = {"source": "videos", "backend": backend, "mode": mode, "seed": 3}
+    options = {"source": "videos", "backend": backend, "mode": mode}
+    if mode == "train":
+        options["seed"] = 3
     plain, cached = make(tiny, **options), make(tiny, frame_cache_mb=1, **options)
     for epoch in range(3):  # train mode: each epoch draws other frames and crops
         plain.set_epoch(epoch)
@@ -330,4 +361,76 @@ def test_the_frame_cache_keeps_no_more_than_its_budget():
     assert cache.get(1) is frames[1]
     assert frame_cache_for(0) is None and frame_cache_for(1).budget == 2**20
     with pytest.raises(UsageError, match="frame_cache_mb"):
-        VideoClipDataset("unused.txt", ".", num_segments=4, frame_cache_mb=-1)
+        Reading(frame_cache_mb=-1)
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_the_readme_builds_the_dataset_as_it_shows(tiny, monkeypatch):
+    """The README's own loop over our data: its imports and its dataset, run as written (in a
+    folder with its lists/ and frames/), give training clips its loop can finish."""
+    import ast
+    import re
+
+    text = README.read_text(encoding="utf-8")
+    block = re.search(r"Your own loop over our data:\n\n```python\n(.*?)```", text, re.S)
+    tree = ast.parse(block[1])
+    kept = [
+        node
+        for node in tree.body
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        or (isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == "data")
+    ]
+    (tiny / "lists").mkdir()
+    write_list(tiny / "lists" / "train.txt", read_list(tiny / "frames" / "list.txt"))
+    monkeypatch.chdir(tiny)
+    names: dict = {}
+    exec(compile(ast.Module(kept, []), "README.md", "exec"), names)
+    data = names["data"]
+    assert isinstance(data, VideoClipDataset) and len(data) == 3 and data.mode == "train"
+    assert data.clip_size == ClipSize(8) and data.reading == Reading()
+    data.set_epoch(1)
+    clips = names["collate_clips"]([data[i] for i in range(3)]).model_input("cpu")
+    assert clips.shape == (3, 8, 3, 224, 224) and clips.dtype == torch.float32
+
+
+def test_a_list_the_command_has_read_is_not_read_again(tiny, monkeypatch):
+    """Given the ``ListFile`` a command read and checked, the dataset takes its entries and
+    classes as they are: neither the list nor its classes.txt is opened again."""
+    folder = tiny / "frames"
+    listed = read_list_file(folder / "list.txt")
+    opened: list[Path] = []
+    real = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda p, *a, **k: opened.append(p) or real(p, *a, **k))
+    views = Protocol("single")
+    dataset = VideoClipDataset(listed, folder, clip=ClipSize(4, 32, 32), views=views)
+    assert opened == [] and dataset.entries is listed.entries and dataset.classes == ["a", "b", "c"]
+    assert frame_indices(dataset[0].clip[0]) == [2, 6, 10, 14]
+
+
+def test_each_setting_is_checked_where_it_is_made(tiny):
+    clip = ClipSize(4, 32, 32)
+    for make_bad, message in [
+        (lambda: Reading(source="clips"), "source must be one of frames, videos, got 'clips'"),
+        (lambda: Reading(backend="cv2"), "backend must be one of decord, pyav, got 'cv2'"),
+        (lambda: ClipSize(0), "num_segments must be >= 1, got 0"),
+        (lambda: ClipSize(4, 0, 32), "input_size 0 and scale_size 32 must be positive"),
+        (lambda: Augmentation(sampling="random"), "sampling must be one of segments, even, dense"),
+        (lambda: Augmentation(flip="yes"), "flip must be one of off, on, swap, got 'yes'"),
+        (lambda: Augmentation(seed=-1), "seed must be >= 0, got -1"),
+        (lambda: Protocol("p", clips=0), "clips must be at least 1, got 0"),
+        (lambda: Protocol("p", crops=5), "crops must be one of 1, 3, 10, got 5"),
+        (lambda: Protocol("p", average="max"), "average must be one of score, prob, got 'max'"),
+    ]:
+        with pytest.raises(UsageError) as caught:
+            make_bad()
+        assert str(caught.value).startswith(message)
+    assert Augmentation(flip="swap", flip_pairs=[[0, 1]]).flip_pairs == ((0, 1),)
+    listed = tiny / "frames" / "list.txt"
+    for task in ({}, {"augment": Augmentation(), "views": Protocol("single")}):
+        with pytest.raises(UsageError, match="augment .* or views"):
+            VideoClipDataset(listed, tiny, clip=clip, **task)
+    with pytest.raises(UsageError, match="full-res views need scale_size >= input_size"):
+        full_res = Protocol("p", crops=3, full_res=True)
+        VideoClipDataset(listed, tiny, clip=ClipSize(4, 32, 24), views=full_res)

@@ -17,6 +17,7 @@ from tsmcli.data.decode import BACKENDS, PyAVVideo, open_video
 from tsmcli.data.inputs import FRAMES, VIDEOS, FoundInput
 from tsmcli.data.layout import FRAME_TEMPLATE
 from tsmcli.data.sampling import sample_indices
+from tsmcli.data.settings import ClipSize, Protocol, Reading
 from tsmcli.data.windows import (
     WHOLE,
     InputClip,
@@ -30,7 +31,12 @@ from tsmcli.data.windows import (
 )
 from tsmcli.errors import UsageError
 
-VIEWS = {"input_size": 32, "scale_size": 40, "clips": 2, "crops": 3, "twice_sample": True}
+CLIP = ClipSize(4, input_size=32, scale_size=40)
+VIEWS = Protocol("test", clips=2, crops=3, twice_sample=True)
+
+
+def inputs(items, backend: str = "decord") -> InputClipDataset:
+    return InputClipDataset(items, clip=CLIP, views=VIEWS, reading=Reading(backend=backend))
 
 
 def test_the_plan_covers_every_frame_and_ends_with_the_video():
@@ -99,7 +105,7 @@ def test_a_window_is_viewed_exactly_as_a_video_of_its_frames(tmp_path):
         InputClip(str(folder), 12, 0, FRAMES, 9, 30, 10.0),
         InputClip(str(window), WHOLE, 0, FRAMES),
     ]
-    data = InputClipDataset(items, num_segments=4, **VIEWS)
+    data = inputs(items)
     windowed, whole = data[0].clip, data[1].clip
     assert windowed.shape == (12, 4, 3, 32, 32)  # 2 clips x 2 (twice) x 3 crops
     assert torch.equal(windowed, whole)
@@ -133,7 +139,7 @@ def test_each_window_decodes_only_its_frames_from_one_opened_decoder(
     plan = plan_windows(60, 10.0, 2.0, 1.0)  # 5 windows of 20 frames
     items = [InputClip(str(long), w.num_frames, 0, VIDEOS, w.start, 60, 10.0) for w in plan]
     items.append(InputClip(str(short), WHOLE, 0, VIDEOS))
-    data = InputClipDataset(items, num_segments=4, **VIEWS)
+    data = inputs(items)
     clips = [data[i].clip for i in range(len(items))]
     assert all(c is not None for c in clips)
 
@@ -171,8 +177,8 @@ def test_pyav_windows_seek_and_equal_decords(tmp_path):
     count = PyAVVideo(path).num_frames
     plan = plan_windows(count, 10.0, 2.0, 1.5)
     items = [InputClip(str(path), w.num_frames, 0, VIDEOS, w.start, count, 10.0) for w in plan]
-    pyav = InputClipDataset(items, num_segments=4, backend="pyav", **VIEWS)
-    decord = InputClipDataset(items, num_segments=4, backend="decord", **VIEWS)
+    pyav = inputs(items, "pyav")
+    decord = inputs(items, "decord")
     for i in range(len(items)):
         assert torch.equal(pyav[i].clip, decord[i].clip)
 
@@ -193,7 +199,7 @@ def test_an_unreadable_input_is_an_error_item_and_the_others_load(tmp_path, make
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"not a video at all" * 10)
     items = [InputClip(str(bad), WHOLE, 0, VIDEOS), InputClip(str(good), WHOLE, 0, VIDEOS)]
-    data = InputClipDataset(items, num_segments=4, **VIEWS)
+    data = inputs(items)
     batch, failed = collate_with_errors([data[0], data[1]])
     assert batch.indices.tolist() == [1] and batch.clips.shape[0] == 1
     ((index, error),) = failed
@@ -214,8 +220,8 @@ def test_a_variable_rate_video_is_windowed_by_its_frames_times(tmp_path, name):
     assert [(c.begin, c.end) for c in clips] == [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0), (3.0, 4.0)]
     assert all(c.total == 40 and c.times == clips[0].times for c in clips)
 
-    pyav = InputClipDataset(clips, num_segments=4, backend="pyav", **VIEWS)
-    decord = InputClipDataset(clips, num_segments=4, backend="decord", **VIEWS)
+    pyav = inputs(clips, "pyav")
+    decord = inputs(clips, "decord")
     for i in range(len(clips)):
         assert torch.equal(pyav[i].clip, decord[i].clip)
     seeking = SeekingPyAV(path, 40, timings[1].fps, timings[1].times)

@@ -369,6 +369,7 @@ def test_missing_video_is_named(tmp_path, monkeypatch):
 
 def test_real_tsn_scores_equal_the_per_view_mean(tmp_path):
     from tsmcli.data.dataset import VideoClipDataset
+    from tsmcli.data.settings import ClipSize
     from tsmcli.model.tsn import build_model
 
     torch.manual_seed(0)
@@ -394,13 +395,8 @@ def test_real_tsn_scores_equal_the_per_view_mean(tmp_path):
     dataset = VideoClipDataset(
         list_file,
         root,
-        num_segments=SEGMENTS,
-        mode="test",
-        input_size=SIZE,
-        scale_size=SIZE,
-        crops=3,
-        full_res=True,
-        twice_sample=True,
+        clip=ClipSize(SEGMENTS, input_size=SIZE, scale_size=SIZE),
+        views=PROTOCOLS["sthv2"],
     )
     with torch.no_grad():
         per_view = torch.stack([model(normalize(dataset[i].clip)) for i in range(3)])  # (N, V=6, K)
@@ -686,8 +682,9 @@ def test_the_loader_forks_its_workers_with_the_decoder_already_imported(
     # in a fresh interpreter: whether views_loader imported the decoder before the workers
     code = f"""
 import json, sys, types, torch
+from tsmcli.data.settings import Reading
 from tsmcli.engine.evaluate import views_loader
-dataset = types.SimpleNamespace(source={source!r}, backend={backend!r})
+dataset = types.SimpleNamespace(reading=Reading(source={source!r}, backend={backend!r}))
 before = {{"decord", "av"}} & set(sys.modules)
 views_loader(dataset, 1, {workers}, torch.device("cpu"))
 print(json.dumps([sorted(before), sorted({{"decord", "av"}} & set(sys.modules))]))

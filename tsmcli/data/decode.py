@@ -72,10 +72,11 @@ def preload_decoder(dataset: object) -> None:
     each worker then starts with it loaded, where otherwise every worker imports it anew on
     its first video (decord: 0.13 s, plus 0.2 s when the import sets off a full garbage
     collection of torch's 340,000 objects, on the 2-core AVX-512 EPYC). ``dataset``: one with
-    ``source`` and ``backend`` (``VideoClipDataset``); any other dataset is left to itself."""
-    if getattr(dataset, "source", None) != "videos":  # frames, or a dataset of other things
+    ``reading`` settings (``VideoClipDataset``); any other dataset is left to itself."""
+    reading = getattr(dataset, "reading", None)
+    if getattr(reading, "source", None) != "videos":  # frames, or a dataset of other things
         return
-    if getattr(dataset, "backend", "decord") == "decord":
+    if reading.backend == "decord":
         import decord  # noqa: F401
     else:
         import av  # noqa: F401

@@ -9,11 +9,11 @@ a line; the line number (0-based) is the label.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tsmcli.data.layout import FRAME_TEMPLATE, check_frame_template, check_source
-from tsmcli.errors import DataError
+from tsmcli.errors import DataError, TSMError
 from tsmcli.fileio import atomic_write
 
 CLASSES_FILE = "classes.txt"
@@ -31,7 +31,11 @@ class ListEntry:
 def read_list(path: str | Path) -> list[ListEntry]:
     """Read a list file; CRLF line ends and blank lines are tolerated, anything else malformed
     is a DataError naming the file and line."""
-    path = Path(path)
+    return _parse_list(Path(path))[0]
+
+
+def _parse_list(path: Path) -> tuple[list[ListEntry], list[int]]:
+    """The entries of a list file and the 1-based line of each."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
@@ -40,7 +44,7 @@ def read_list(path: str | Path) -> list[ListEntry]:
         raise DataError(
             f"{path}: list file is not UTF-8 text; build it with tsm build-list"
         ) from exc
-    entries = []
+    entries, lines = [], []
     for number, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
         if not fields:
@@ -64,7 +68,8 @@ def read_list(path: str | Path) -> list[ListEntry]:
                 f"{num_frames} {label_index}; rebuild the list with tsm build-list"
             )
         entries.append(ListEntry(rel, num_frames, label_index))
-    return entries
+        lines.append(number)
+    return entries, lines
 
 
 def write_list(path: str | Path, entries: Iterable[ListEntry]) -> Path:
@@ -126,21 +131,67 @@ def classes_for_list(list_path: str | Path) -> list[str] | None:
     return read_classes(candidate) if candidate.is_file() else None
 
 
-def read_labelled_list(list_file: Path) -> tuple[list[ListEntry], list[str] | None]:
-    """The list's entries and the class names of the classes.txt beside it (None without
-    one); a ``DataError`` for an empty list or a label beyond the class names."""
-    entries = read_list(list_file)
-    if not entries:
-        raise DataError(f"{list_file}: the list is empty; check tsm build-list's missing.txt")
-    classes = classes_for_list(list_file)
-    if classes is not None:
-        top = max(e.label for e in entries)
-        if top >= len(classes):
-            raise DataError(
-                f"{list_file}: label {top} but classes.txt beside it has "
-                f"{len(classes)} classes; rebuild both with tsm build-list"
+@dataclass(frozen=True)
+class ListFile:
+    """A list file read once (``read_list_file``), for every check and dataset of a command:
+    its entries, the class names of the ``classes.txt`` beside it (None: there is none, or it
+    was not read), and where each entry is written, for messages. The rules of a list are
+    here, each with its one message: it is not empty, and its labels are in range."""
+
+    path: Path
+    entries: tuple[ListEntry, ...]
+    classes: list[str] | None = None
+    lines: tuple[int, ...] = ()  # the 1-based line of each entry; () when entry k is on k + 1
+
+    def __post_init__(self) -> None:
+        if not self.entries:
+            raise DataError(f"{self.path}: the list is empty; check tsm build-list's missing.txt")
+
+    def line(self, index: int) -> int:
+        """The 1-based line of the ``index``-th entry (blank lines are not entries)."""
+        return self.lines[index] if self.lines else index + 1
+
+    def first(self, count: int | None) -> ListFile:
+        """The list of its first ``count`` entries (None: all)."""
+        if count is None or count >= len(self.entries):
+            return self
+        return replace(self, entries=self.entries[:count], lines=self.lines[:count])
+
+    def check_labels(
+        self, num_classes: int, *, owner: str, hint: str, error: type[TSMError] = DataError
+    ) -> None:
+        """Every label in ``0..num_classes-1``; else one line naming the list line, ``owner``
+        (what has ``num_classes`` classes) and what to do (``hint``)."""
+        bad = next((i for i, e in enumerate(self.entries) if e.label >= num_classes), None)
+        if bad is None:
+            return
+        raise error(
+            f"{self.path}:{self.line(bad)}: label {self.entries[bad].label} is outside "
+            f"0..{num_classes - 1} ({owner} has {num_classes} classes); {hint}"
+        )
+
+    def check_classes(self) -> None:
+        """Every label names a class of the ``classes.txt`` beside the list, if there is one."""
+        if self.classes is not None:
+            self.check_labels(
+                len(self.classes),
+                owner=str(self.path.parent / CLASSES_FILE),
+                hint="rebuild both with tsm build-list",
             )
-    return entries, classes
+
+
+def read_list_file(path: str | Path, *, classes: bool = True) -> ListFile:
+    """The list file at ``path`` and, with ``classes``, the ``classes.txt`` beside it: each
+    read once, here. A malformed line, a missing file or an empty list is a ``DataError``."""
+    path = Path(path)
+    entries, lines = _parse_list(path)
+    consecutive = lines == list(range(1, len(lines) + 1))
+    return ListFile(
+        path,
+        tuple(entries),
+        classes_for_list(path) if classes and entries else None,
+        () if consecutive else tuple(lines),
+    )
 
 
 def find_missing(

@@ -38,10 +38,10 @@ import torch
 from torchvision.transforms.v2 import functional as F
 
 from tsmcli.choices import FLIP_MODES, TEST_CROPS
+from tsmcli.data.settings import TRAIN_SCALES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-TRAIN_SCALES = (1.0, 0.875, 0.75, 0.66)
 
 
 class CropBox(NamedTuple):

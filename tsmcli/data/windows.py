@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,8 @@ from tsmcli.data.batch import ClipBatch, Sample, collate_clips
 from tsmcli.data.dataset import VideoClipDataset
 from tsmcli.data.decode import FrameFolder, FrameSource, _open_error, open_video
 from tsmcli.data.inputs import FRAMES, VIDEOS, FoundInput
-from tsmcli.data.lists import ListEntry
+from tsmcli.data.lists import ListEntry, ListFile
+from tsmcli.data.settings import ClipSize, Protocol, Reading
 from tsmcli.data.video_meta import first_line, quarter_turns, steady, upright, video_stream
 from tsmcli.errors import DataError, UsageError
 
@@ -290,24 +291,26 @@ class SeekingPyAV:
 
 
 class InputClipDataset(VideoClipDataset):
-    """Test views of ``items`` (``InputClip``); bad items come back with their error
-    (``skip_bad``), so one unreadable input does not stop the others."""
+    """Test views of ``items`` (``InputClip``); bad items come back with their error, so one
+    unreadable input does not stop the others. Of ``reading`` the backend and the frame
+    template apply: each item says whether it is a video or a frame folder."""
 
-    def __init__(self, items: Sequence[InputClip], *, num_segments: int, **views):
-        self._items = list(items)  # read by _read_entries, during the clip dataset's __init__
+    def __init__(
+        self,
+        items: Sequence[InputClip],
+        *,
+        clip: ClipSize,
+        views: Protocol,
+        reading: Reading | None = None,
+    ):
         super().__init__(
-            "the inputs",
+            ListFile(Path("the inputs"), tuple(items)),
             "",
-            num_segments=num_segments,
-            mode="test",
-            source=VIDEOS,
-            skip_bad=True,
-            **views,
+            clip=clip,
+            reading=replace(reading or Reading(), source=VIDEOS, skip_bad=True),
+            views=views,
         )
         self._last: tuple[tuple[str, str], FrameSource] | None = None
-
-    def _read_entries(self) -> tuple[list[ListEntry], None]:
-        return self._items, None
 
     def _open(self, entry: ListEntry) -> tuple[FrameSource, int]:
         if not isinstance(entry, InputClip):
@@ -325,11 +328,11 @@ class InputClipDataset(VideoClipDataset):
         self._last = None  # let the previous one go before opening the next
         path = Path(entry.path)
         if entry.source == FRAMES:
-            source: FrameSource = FrameFolder(path, None, self.template)
-        elif self.backend == "pyav" and entry.num_frames != WHOLE:
+            source: FrameSource = FrameFolder(path, None, self.reading.frame_template)
+        elif self.reading.backend == "pyav" and entry.num_frames != WHOLE:
             source = SeekingPyAV(path, entry.total, entry.fps, entry.times)
         else:
-            source = open_video(path, self.backend)
+            source = open_video(path, self.reading.backend)
         self._last = (key, source)
         return source
 

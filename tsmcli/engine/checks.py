@@ -1,6 +1,8 @@
 """The checks of a list before any work, shared by training, evaluation and online evaluation.
 
-Each rule is written once: a list is not empty, every label is in range, ``classes.txt``
+A command reads each list once (``data.lists.read_list_file``: a malformed line or an empty
+list is refused there) and hands the ``ListFile`` to these checks and then to its dataset.
+Each rule is written once: every label is in range (``ListFile.check_labels``), ``classes.txt``
 beside a list has the model's class count, every listed video or frame folder is present.
 Each problem is one error that names the file (and line) and says what to fix; the caller
 says whose rule it is (``owner``: the checkpoint, ``model.num_classes``), what to do about it
@@ -13,7 +15,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from tsmcli.data.lists import CLASSES_FILE, ListEntry, classes_for_list, read_list
+from tsmcli.data.lists import CLASSES_FILE, ListFile
 from tsmcli.errors import CheckpointError, DataError, RecipeError, TSMError
 from tsmcli.recipe import Recipe
 from tsmcli.zoo import ZooEntry, list_entries
@@ -25,56 +27,15 @@ MISSING_SHOWN = 3  # missing entries named in the message
 EVAL_HINT = "evaluate on a list of the dataset the model was trained on"
 
 
-def read_entries(list_file: str | Path) -> list[ListEntry]:
-    """The entries of ``list_file``; a malformed line or an empty list is one line."""
-    entries = read_list(list_file)
-    if not entries:
-        raise DataError(
-            f"{list_file}: the list is empty; nothing to use: rebuild it with tsm build-list"
-        )
-    return entries
-
-
-def line_number(list_file: str | Path, entry_index: int) -> int:
-    """1-based line of the ``entry_index``-th entry (``read_list`` skips blank lines)."""
-    lines = Path(list_file).read_text(encoding="utf-8").splitlines()
-    filled = [n for n, line in enumerate(lines, start=1) if line.split()]
-    return filled[entry_index]
-
-
-def check_labels(
-    entries: Sequence[ListEntry],
-    list_file: str | Path,
-    num_classes: int,
-    *,
-    owner: str,
-    hint: str,
-    error: type[TSMError] = DataError,
-) -> None:
-    """Every label in ``0..num_classes-1``; else one line naming the list line."""
-    bad = next((i for i, entry in enumerate(entries) if entry.label >= num_classes), None)
-    if bad is None:
-        return
-    raise error(
-        f"{list_file}:{line_number(list_file, bad)}: label {entries[bad].label} is "
-        f"outside 0..{num_classes - 1} ({owner} has {num_classes} classes); {hint}"
-    )
-
-
 def check_present(
-    entries: Sequence[ListEntry],
-    list_file: str | Path,
-    root: Path,
-    source: str,
-    template: str,
-    *,
-    options: tuple[str, str],
+    listed: ListFile, root: Path, source: str, template: str, *, options: tuple[str, str]
 ) -> None:
     """Every listed video (or frame folder, with its first and last frame) exists under
     ``root``. Stat calls only, before any decoding (and on every rank alike). ``options``
     name the root and the source where the user set them (``--root``, ``--source``)."""
     from tsmcli.data.lists import find_missing
 
+    entries = listed.entries
     missing = find_missing(entries, root, source, template)
     if not missing:
         return
@@ -82,28 +43,28 @@ def check_present(
     what = "frame folder (or its first/last frame)" if source == "frames" else "video"
     shown = ", ".join(missing[:MISSING_SHOWN])
     raise DataError(
-        f"{root / missing[0]}: no such {what}, listed at {list_file}:"
-        f"{line_number(list_file, index)}; {len(missing)} of {len(entries)} entries are "
+        f"{root / missing[0]}: no such {what}, listed at {listed.path}:"
+        f"{listed.line(index)}; {len(missing)} of {len(entries)} entries are "
         f"missing (first: {shown}); check {options[0]} and {options[1]}, or rebuild the list "
         "with tsm build-list"
     )
 
 
 def classes_beside(
-    list_file: str | Path, num_classes: int, *, owner: str, hint: str, error: type[TSMError]
+    listed: ListFile, num_classes: int, *, owner: str, hint: str, error: type[TSMError]
 ) -> list[str] | None:
-    """The names in ``classes.txt`` beside ``list_file`` (None when there is none), which
-    must be ``num_classes`` names."""
-    classes = classes_for_list(list_file)
+    """The names in ``classes.txt`` beside the list (None when there is none), which must be
+    ``num_classes`` names."""
+    classes = listed.classes
     if classes is not None and len(classes) != num_classes:
         raise error(
-            f"{owner} has {num_classes} classes but {Path(list_file).parent / CLASSES_FILE} "
+            f"{owner} has {num_classes} classes but {listed.path.parent / CLASSES_FILE} "
             f"lists {len(classes)}; {hint}"
         )
     return classes
 
 
-def resolve_classes(train_list: Path, num_classes: int) -> tuple[list[str] | None, int]:
+def resolve_classes(train_list: ListFile, num_classes: int) -> tuple[list[str] | None, int]:
     """Training: the class names in ``classes.txt`` beside ``train_list`` (None when there is
     none) and the class count: ``num_classes`` (``model.num_classes``), or the names' count
     when it is 0."""
@@ -116,60 +77,55 @@ def resolve_classes(train_list: Path, num_classes: int) -> tuple[list[str] | Non
             error=RecipeError,
         )
         return classes, num_classes
-    classes = classes_for_list(train_list)
-    if classes:
-        return classes, len(classes)
+    if train_list.classes:
+        return train_list.classes, len(train_list.classes)
     raise DataError(
-        f"{train_list.parent / CLASSES_FILE}: not found, and model.num_classes is 0 (read it "
-        "from classes.txt); write classes.txt beside the list or set model.num_classes"
+        f"{train_list.path.parent / CLASSES_FILE}: not found, and model.num_classes is 0 (read "
+        "it from classes.txt); write classes.txt beside the list or set model.num_classes"
     )
 
 
 def check_train_list(
-    list_file: Path, num_classes: int, root: Path, source: str, frame_template: str
+    listed: ListFile, num_classes: int, root: Path, source: str, frame_template: str
 ) -> None:
-    """Training: refuse an empty list, a label outside ``0..num_classes-1``, or an entry
-    whose data is missing under ``root``."""
-    entries = read_entries(list_file)
-    check_labels(
-        entries, list_file, num_classes, owner="the model", hint="fix the list or model.num_classes"
-    )
-    check_present(
-        entries, list_file, root, source, frame_template, options=("data.root", "data.source")
-    )
+    """Training: refuse a label outside ``0..num_classes-1`` or an entry whose data is
+    missing under ``root`` (``read_list_file`` refused an empty list)."""
+    listed.check_labels(num_classes, owner="the model", hint="fix the list or model.num_classes")
+    check_present(listed, root, source, frame_template, options=("data.root", "data.source"))
 
 
 def eval_class_names(
-    list_file: Path, num_classes: int, stored: Sequence[str] | None, checkpoint: str | Path
+    listed: ListFile, num_classes: int, stored: Sequence[str] | None, checkpoint: str | Path
 ) -> list[str]:
     """Evaluation: class names for the reports. ``classes.txt`` beside the list must match
     the model's class count, and must not list the checkpoint's classes in another order
     (the labels would score other outputs: the published checkpoints' silent ~0%); other
     names win over those stored in the checkpoint, with a warning; without either, the names
     are the label numbers."""
-    listed = classes_beside(
-        list_file,
+    names = classes_beside(
+        listed,
         num_classes,
         owner=f"{checkpoint}: the model",
         hint=EVAL_HINT,
         error=CheckpointError,
     )
+    classes_file = listed.path.parent / CLASSES_FILE
     stored = list(stored) if stored else None
-    if listed is not None and stored is not None and listed != stored:
-        if sorted(listed) == sorted(stored):
+    if names is not None and stored is not None and names != stored:
+        if sorted(names) == sorted(stored):
             raise CheckpointError(
-                f"{list_file.parent / CLASSES_FILE}: lists the classes of {checkpoint} in "
+                f"{classes_file}: lists the classes of {checkpoint} in "
                 "another order, so each label would be scored against another class's output; "
                 f"rebuild the list in the checkpoint's order ({_rebuild_in_order(stored)})"
             )
         log.warning(
             "%s: class names differ from those stored in %s; reporting the list's names",
-            list_file.parent / CLASSES_FILE,
+            classes_file,
             checkpoint,
         )
-    for names in (listed, stored):
-        if names is not None and len(names) == num_classes:
-            return list(names)
+    for given in (names, stored):
+        if given is not None and len(given) == num_classes:
+            return list(given)
     return [str(i) for i in range(num_classes)]
 
 

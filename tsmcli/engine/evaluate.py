@@ -35,15 +35,9 @@ import torch
 from torch import Tensor
 
 from tsmcli import errors
-from tsmcli.data.lists import CLASSES_FILE, ListEntry
+from tsmcli.data.lists import CLASSES_FILE, ListEntry, ListFile, read_list_file
 from tsmcli.engine import distributed, online
-from tsmcli.engine.checks import (
-    EVAL_HINT,
-    check_labels,
-    check_present,
-    eval_class_names,
-    read_entries,
-)
+from tsmcli.engine.checks import EVAL_HINT, check_present, eval_class_names
 from tsmcli.engine.metrics import AverageMode, average_views
 from tsmcli.engine.reports import EvalResult, eval_result, report_outputs, write_reports
 from tsmcli.engine.views import EvalData, Protocol, ViewRequest, Views, view_request
@@ -151,22 +145,19 @@ def _evaluate(
     request: ViewRequest | Protocol,
     opts: EvalOptions,
 ) -> EvalResult:
-    entries = read_entries(list_file)
+    listed = read_list_file(list_file)
+    entries = listed.entries
     arch = opts.arch or ArchOverrides()
     model, data, stored_classes, path = load_for_eval(checkpoint, arch, opts.source, opts.backend)
     num_classes = int(model.num_classes)
-    classes = eval_class_names(list_file, num_classes, stored_classes, path)
-    check_labels(
-        entries, list_file, num_classes, owner=str(path), hint=EVAL_HINT, error=CheckpointError
-    )
+    classes = eval_class_names(listed, num_classes, stored_classes, path)
+    listed.check_labels(num_classes, owner=str(path), hint=EVAL_HINT, error=CheckpointError)
     source = data.source or _detect_source(entries, root)
-    check_present(
-        entries, list_file, root, source, data.frame_template, options=("--root", "--source")
-    )
+    check_present(listed, root, source, data.frame_template, options=("--root", "--source"))
     protocol = request if isinstance(request, Protocol) else request.resolve(data.dense_training)
     segments, batch_size = int(model.num_segments), opts.batch_size
     loader, sampler = _loader(
-        list_file, root, segments, data, source, protocol, batch_size, opts.workers, ctx
+        listed, root, segments, data, source, protocol, batch_size, opts.workers, ctx
     )
     model = model.to(ctx.device).eval()
 
@@ -224,7 +215,7 @@ def _detect_source(entries: Sequence[ListEntry], root: Path) -> str:
 
 
 def _loader(
-    list_file: Path,
+    listed: ListFile,
     root: Path,
     num_segments: int,
     data: EvalData,
@@ -238,14 +229,11 @@ def _loader(
     from tsmcli.data.dataset import VideoClipDataset
 
     dataset = VideoClipDataset(
-        list_file,
+        listed,
         root,
-        num_segments=num_segments,
-        mode="test",
-        source=source,
-        skip_bad=False,
-        seed=0,
-        **data.dataset_options(protocol),
+        clip=data.clip(num_segments),
+        reading=data.reading(source),
+        views=protocol,
     )
     sampler = distributed.ShardedSampler(
         len(dataset), rank=ctx.rank, world_size=ctx.world_size, shuffle=False, pad=False

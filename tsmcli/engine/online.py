@@ -35,8 +35,8 @@ from tsmcli.choices import SOURCES
 from tsmcli.data import transforms
 from tsmcli.data.decode import FrameFolder, FrameSource, open_video
 from tsmcli.data.layout import FRAME_TEMPLATE
-from tsmcli.data.lists import read_classes
-from tsmcli.engine.checks import EVAL_HINT, check_labels, read_entries
+from tsmcli.data.lists import read_classes, read_list_file
+from tsmcli.engine.checks import EVAL_HINT
 from tsmcli.engine.metrics import topk_accuracy
 from tsmcli.engine.reports import EvalResult, eval_result
 from tsmcli.engine.views import Protocol
@@ -215,7 +215,8 @@ def evaluate_stream(
         raise UsageError(f"max_videos must be at least 1, got {max_videos}")
     from tqdm import tqdm
 
-    entries = read_entries(list_file)[:max_videos]
+    listed = read_list_file(list_file, classes=False).first(max_videos)
+    entries = listed.entries
     root = Path(root)
     final, at_percent, latencies = [], {p: [] for p in SEEN_PERCENTS}, []
     begin = time.perf_counter()
@@ -231,7 +232,7 @@ def evaluate_stream(
                     at_percent[p].append(mean_logits)
         final.append(at_percent[100][-1])
         if len(final) == 1:  # the model's class count is known once it has run
-            check_labels(entries, list_file, final[0].shape[1], owner=model.source, hint=EVAL_HINT)
+            listed.check_labels(final[0].shape[1], owner=model.source, hint=EVAL_HINT)
     scores = torch.cat(final)  # (N, K)
     names = [model.label(k) for k in range(scores.shape[1])]
     protocol = Protocol("streaming" if step == 1 else f"streaming, one frame in {step}")

@@ -227,13 +227,17 @@ def _score(
     from tqdm import tqdm
 
     from tsmcli.data.dataset import loader_errors
+    from tsmcli.data.inputs import VIDEOS
     from tsmcli.data.windows import InputClipDataset, collate_with_errors
 
     scores = _Scores(torch.zeros(len(items), int(model.num_classes)), {})
     if not items:
         return scores
     dataset = InputClipDataset(
-        items, num_segments=int(model.num_segments), **data.dataset_options(protocol)
+        items,
+        clip=data.clip(int(model.num_segments)),
+        views=protocol,
+        reading=data.reading(VIDEOS),
     )
     loader = views_loader(dataset, batch_size, workers, device, collate_fn=collate_with_errors)
     model = model.to(device).eval()

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from tsmcli.data.lists import CLASSES_FILE
+from tsmcli.data.lists import CLASSES_FILE, ListFile, read_list_file
 from tsmcli.engine.checks import check_train_list, resolve_classes
 from tsmcli.engine.distributed import DistContext, ShardedSampler
 from tsmcli.engine.optim import LRSchedule, build_optimizer, fc_lr5_enabled, scaled_lr
@@ -84,12 +84,13 @@ def prepare_data(recipe: Recipe, ctx: DistContext) -> TrainData:
     then build the datasets and their loaders."""
     d, t = recipe.data, recipe.train
     root = Path(d.root).expanduser()
-    train_list = Path(d.train_list).expanduser()
-    val_list = Path(d.val_list).expanduser() if d.val_list else None
+    train_list = read_list_file(Path(d.train_list).expanduser())
     classes, num_classes = resolve_classes(train_list, recipe.model.num_classes)
-    flip_pairs = _flip_pairs(recipe, classes, train_list)
-    for list_file in [train_list] + ([val_list] if val_list else []):
-        check_train_list(list_file, num_classes, root, d.source, d.frame_template)
+    flip_pairs = _flip_pairs(recipe, classes, train_list.path)
+    check_train_list(train_list, num_classes, root, d.source, d.frame_template)
+    val_list = read_list_file(Path(d.val_list).expanduser()) if d.val_list else None
+    if val_list is not None:
+        check_train_list(val_list, num_classes, root, d.source, d.frame_template)
     train_set, val_set = _datasets(recipe, root, train_list, val_list, flip_pairs)
     train_sampler = ShardedSampler(
         len(train_set),
@@ -112,7 +113,7 @@ def prepare_data(recipe: Recipe, ctx: DistContext) -> TrainData:
     iters_per_epoch = len(train_sampler) // t.batch_size
     if iters_per_epoch == 0:
         raise TrainingError(
-            f"{train_list}: {len(train_set)} videos make no full batch of "
+            f"{train_list.path}: {len(train_set)} videos make no full batch of "
             f"{t.batch_size} x {ctx.world_size} process(es); lower train.batch_size"
         )
     return TrainData(
@@ -141,39 +142,40 @@ def planned_epochs(config: TrainConfig, iters_per_epoch: int) -> int:
 def _datasets(
     recipe: Recipe,
     root: Path,
-    train_list: Path,
-    val_list: Path | None,
+    train_list: ListFile,
+    val_list: ListFile | None,
     flip_pairs: list[tuple[int, int]],
 ) -> tuple[Any, Any | None]:
-    """The train dataset (augmented) and the val dataset (centre views), if any."""
+    """The train dataset (augmented) and the val dataset, if any: the one place where the
+    recipe's data settings become the datasets'. Validation takes the view a test of the
+    checkpoint takes by default (segment centres, or dense with dense sampling; one centre
+    crop)."""
     from tsmcli.data.dataset import VideoClipDataset
+    from tsmcli.data.settings import Augmentation, ClipSize, Reading
+    from tsmcli.engine.views import ViewRequest
 
-    d, m = recipe.data, recipe.model
-    common = dict(
-        num_segments=m.num_segments,
+    d = recipe.data
+    clip = ClipSize(recipe.model.num_segments, d.input_size, d.scale_size)
+    reading = Reading(
         source=d.source,
         backend=d.backend,
-        template=d.frame_template,
-        input_size=d.input_size,
-        scale_size=d.scale_size,
-        dense=d.sampling == "dense",
-        even=d.sampling == "even",
-        skip_bad=d.skip_bad,
-        seed=recipe.train.seed,
+        frame_template=d.frame_template,
         frame_cache_mb=d.frame_cache_mb,
+        skip_bad=d.skip_bad,
     )
-    train_set = VideoClipDataset(
-        train_list,
-        root,
-        mode="train",
+    augment = Augmentation(
+        sampling=d.sampling,
         scales=d.scales,
         flip=d.flip,
         flip_pairs=flip_pairs,
         colour_jitter=d.colour_jitter,
-        **common,
+        seed=recipe.train.seed,
     )
-    val_set = VideoClipDataset(val_list, root, mode="val", **common) if val_list else None
-    return train_set, val_set
+    train_set = VideoClipDataset(train_list, root, clip=clip, reading=reading, augment=augment)
+    if val_list is None:
+        return train_set, None
+    views = ViewRequest().resolve(dense_training=d.sampling == "dense")
+    return train_set, VideoClipDataset(val_list, root, clip=clip, reading=reading, views=views)
 
 
 def _flip_pairs(

@@ -1,13 +1,14 @@
 """Test-time views: the protocol presets, what a user asks for, and how a checkpoint's videos
 are read. Typed settings that travel whole, as torchvision's video presets do.
 
-- ``Protocol``: how each video is viewed (clips x crops, full-res crops, twice-sampling,
-  dense sampling) and how the scores of its views are combined. ``PROTOCOLS`` is the one
-  table of presets.
+- ``Protocol`` (``data.settings``, where the clip dataset takes it): how each video is viewed
+  (clips x crops, full-res crops, twice-sampling, dense sampling) and how the scores of its
+  views are combined. ``PROTOCOLS`` is the one table of presets.
 - ``ViewRequest``: what was asked (a preset, or None for the checkpoint's default, and the
   fields to change); ``resolve`` turns it into the ``Protocol`` that is run, once.
 - ``EvalData``: how the videos are read and sized, from the checkpoint's stored recipe
-  (defaults without one) with ``--source`` / ``--backend`` applied.
+  (defaults without one) with ``--source`` / ``--backend`` applied; it makes the dataset's
+  ``Reading`` and ``ClipSize``.
 
 Test protocols (presets; any explicit option overrides one field of the preset). The crop
 sizes are those of a 224 recipe (``data.input_size`` 224, ``data.scale_size`` 256); other
@@ -35,34 +36,12 @@ dense when the checkpoint's recipe trained with dense sampling.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
-from typing import Any
+from dataclasses import dataclass, replace
 
-from tsmcli.data.transforms import TEST_CROPS
-from tsmcli.engine.metrics import AVERAGE_MODES, AverageMode
+from tsmcli.choices import AVERAGE_MODES, TEST_CROPS
+from tsmcli.data.settings import ClipSize, Protocol, Reading
 from tsmcli.errors import UsageError
 from tsmcli.recipe import DataConfig, Recipe
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """How each video is viewed and how its view scores are combined.
-
-    ``clips`` counts temporal clips before twice-sampling, which doubles them (the official
-    Something-Something test: centres and starts of the segments).
-    """
-
-    name: str
-    clips: int = 1
-    crops: int = 1
-    full_res: bool = False
-    twice_sample: bool = False
-    dense: bool = False
-    average: AverageMode = "score"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 PROTOCOLS: dict[str, Protocol] = {
     "single": Protocol("single", clips=1, crops=1),
@@ -184,17 +163,12 @@ class EvalData:
             dense_training=data.sampling == "dense",
         )
 
-    def dataset_options(self, protocol: Protocol) -> dict[str, Any]:
-        """The test-mode keywords of ``data.dataset.VideoClipDataset`` for ``protocol``: the one
-        place where eval and predict get their decoder, sizes and views."""
-        return {
-            "backend": self.backend,
-            "template": self.frame_template,
-            "input_size": self.input_size,
-            "scale_size": self.scale_size,
-            "clips": protocol.clips,
-            "crops": protocol.crops,
-            "full_res": protocol.full_res,
-            "twice_sample": protocol.twice_sample,
-            "dense": protocol.dense,
-        }
+    def reading(self, source: str) -> Reading:
+        """How the dataset of eval or predict reads ``source`` (frames or videos): the one
+        place where they get their decoder."""
+        return Reading(source=source, backend=self.backend, frame_template=self.frame_template)
+
+    def clip(self, num_segments: int) -> ClipSize:
+        """The clip of a ``num_segments`` model: the one place where eval and predict get their
+        sizes."""
+        return ClipSize(num_segments, self.input_size, self.scale_size)
