@@ -144,6 +144,8 @@ class ListFile:
     lines: tuple[int, ...] = ()  # the 1-based line of each entry; () when entry k is on k + 1
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+        object.__setattr__(self, "entries", tuple(self.entries))  # a list given stays unshared
         if not self.entries:
             raise DataError(f"{self.path}: the list is empty; check tsm build-list's missing.txt")
 

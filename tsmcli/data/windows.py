@@ -304,7 +304,7 @@ class InputClipDataset(VideoClipDataset):
         reading: Reading | None = None,
     ):
         super().__init__(
-            ListFile(Path("the inputs"), tuple(items)),
+            ListFile(Path("the inputs"), items),
             "",
             clip=clip,
             reading=replace(reading or Reading(), source=VIDEOS, skip_bad=True),
