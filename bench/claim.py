@@ -3,7 +3,7 @@
 The demo claims that a 2D model averaging its frames (TSN) stays at pair level on classes
 that are each other's time reverse, while TSM solves them: TSM >= 90% top-1, the online TSM
 >= 85% (offline and streaming), TSN <= 60%, with 30 training videos a class. Here the whole
-demo (`tsmcli.demo.demo`: synth, extract, lists, the three trainings with the `demo`
+demo (`tsmcli.demo`: synth, extract, lists, the three trainings with the `demo`
 recipe, evaluation, export, streaming evaluation) runs on sets written with seeds that were
 never used while the recipe was tuned, of several sizes and kinds, each in its own temp
 folder. One row a set: the training videos a class, the four top-1s, the wall time.
@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import load_average, load_line, machine, write_section  # noqa: E402
 
 from tsmcli.data.lists import read_list  # noqa: E402
-from tsmcli.demo import demo  # noqa: E402
-from tsmcli.demo.clock import cpu_isa  # noqa: E402
+from tsmcli.showcase import demo  # noqa: E402
+from tsmcli.showcase.clock import cpu_isa  # noqa: E402
 
 TUNING_SEEDS = (0, 100, 101, 102, 103)
 BARS = {"tsm": 90.0, "online": 85.0, "tsn": 60.0}
@@ -129,7 +129,7 @@ def describe(rows: list[dict], minutes: float, load_before: float) -> str:
     held = sum(verdict(row) == "holds" for row in claimed)
     load_after = load_average()
     return f"""
-Each row is a whole `tsm demo` (`tsmcli.demo.demo`) on a set written with that seed: the
+Each row is a whole `tsm demo` (`tsmcli.demo`) on a set written with that seed: the
 `demo` recipe as shipped, top-1 on the set's validation list (a quarter of its videos),
 final weights, one centre view; online is the fine-tuned one-way model offline and, in
 brackets, run frame by frame as exported; time is the demo's wall clock. The claim

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tsmcli.demo.clock import cpu_isa, cpu_name
+from tsmcli.showcase.clock import cpu_isa, cpu_name
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -64,8 +64,8 @@ def build_fine_tune_steps() -> dict[str, Callable[[], None]]:
     """The demo's online fine-tuning step (the one-way model learning from the offline one's
     outputs as well as the labels), with the teacher's forward after the student's and
     beside it in a second thread (``train_loop.teacher_logits``)."""
-    from tsmcli.demo import ONLINE_DISTILL
     from tsmcli.engine.train_loop import _loss, teacher_logits
+    from tsmcli.showcase import ONLINE_DISTILL
 
     recipe = load_recipe("demo", ONLINE_DISTILL)
     m, o, d, t = recipe.model, recipe.optim, recipe.data, recipe.train

@@ -45,7 +45,6 @@ from common import interleaved_medians, load_average, load_line, write_section  
 
 from tsmcli.data.lists import ListEntry, write_classes, write_list  # noqa: E402
 from tsmcli.data.synth import CLASSES, synth  # noqa: E402
-from tsmcli.demo.clock import cpu_isa  # noqa: E402
 from tsmcli.engine.convert import convert_online  # noqa: E402
 from tsmcli.engine.evaluate import evaluate  # noqa: E402
 from tsmcli.engine.predict import predict  # noqa: E402
@@ -54,6 +53,7 @@ from tsmcli.model.checkpoint import checkpoint_dict  # noqa: E402
 from tsmcli.model.tsn import build_model  # noqa: E402
 from tsmcli.model.weights import save_checkpoint  # noqa: E402
 from tsmcli.recipe import apply_overrides, load_recipe  # noqa: E402
+from tsmcli.showcase.clock import cpu_isa  # noqa: E402
 
 # name -> (arch, input size, scale size, video side, frames per video, videos per class)
 CONFIGS = {

@@ -4,7 +4,7 @@ Every import counts, at module level or hidden inside a function. The rules:
 
 - Layers, bottom to top: ``errors``, ``resources``, ``fileio``, ``schema``, ``zoo_check``,
   ``zoo``, ``zoo_cache``, ``choices``; ``data`` and ``model`` side by side; ``recipe``;
-  ``engine``; ``cli``, ``commands``, ``demo``, ``__main__``. An import never climbs a floor,
+  ``engine``; ``cli``, ``commands``, ``showcase``, ``__main__``. An import never climbs a floor,
   and ``data`` and ``model`` never import each other. ``tsmcli/__init__`` (the lazy public
   API) is exempt; a name taken from it counts as an import of the module that defines the
   name.
@@ -44,7 +44,7 @@ LAYERS = {
     "engine": 3,
     "cli": 4,
     "commands": 4,
-    "demo": 4,
+    "showcase": 4,
     "__main__": 4,
 }
 SIDE_BY_SIDE = {"data", "model"}

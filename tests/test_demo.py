@@ -9,12 +9,12 @@ import logging
 
 import pytest
 
-from tsmcli.demo import DEMO_NUM_CLASSES, MODELS, STEPS, demo
-from tsmcli.demo import clock as clock_module
-from tsmcli.demo.clock import Projection, StepClock
+from tsmcli.showcase import DEMO_NUM_CLASSES, MODELS, STEPS, demo
+from tsmcli.showcase import clock as clock_module
+from tsmcli.showcase.clock import Projection, StepClock
 
 SMALL = ["train.batch_size=4", "train.workers=0"]
-LOGGED: list[str] = []  # what the small demo logged (tsmcli.demo), filled by its fixture
+LOGGED: list[str] = []  # what the small demo logged (tsmcli.showcase), filled by its fixture
 REPORT: list[str] = []  # its report.md as first written (a re-run writes it again)
 
 
@@ -32,7 +32,7 @@ def small_demo(tmp_path_factory):
     """The demo on 4 videos a class of 8 frames, one epoch a model, TSN in its own process
     beside the offline TSM (as on any machine of two cores or more)."""
     out = tmp_path_factory.mktemp("demo")
-    logger, lines = logging.getLogger("tsmcli.demo"), _Lines()
+    logger, lines = logging.getLogger("tsmcli.showcase"), _Lines()
     level = logger.level
     logger.addHandler(lines)
     logger.setLevel(logging.INFO)
@@ -144,7 +144,7 @@ def test_projection_counts_the_steps_left_at_the_first_epochs_pace(monkeypatch, 
     now[0] = 110.0
     projection.begin("tsm", ["tsn", "tsm_online"])
     now[0] = 140.0  # the first epoch: 15 steps in 30 s, 2 s a step
-    with caplog.at_level(logging.INFO, logger="tsmcli.demo"):
+    with caplog.at_level(logging.INFO, logger="tsmcli.showcase"):
         projection.epoch({"epoch": 1, "steps_per_epoch": 15})
         now[0] = 170.0
         projection.epoch({"epoch": 2, "steps_per_epoch": 15})
@@ -175,7 +175,7 @@ def test_multiply_adds_count_what_torchs_flop_counter_counts(arch):
     import torchvision
     from torch.utils.flop_counter import FlopCounterMode
 
-    from tsmcli.demo.report import multiply_adds
+    from tsmcli.showcase.report import multiply_adds
 
     model = getattr(torchvision.models, arch)(weights=None).eval()
     x = torch.randn(2, 3, 64, 64)
@@ -192,8 +192,8 @@ def test_multiply_adds_count_a_one_output_conv_as_the_convolution_it_is():
     import torch
     from torch import nn
 
-    from tsmcli.demo.report import multiply_adds
     from tsmcli.model.backbones import NarrowResNet, OneOutputConv2d, convert_convs
+    from tsmcli.showcase.report import multiply_adds
 
     net = NarrowResNet(32).eval()
     x = torch.randn(2, 3, 32, 32)

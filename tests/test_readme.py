@@ -150,7 +150,7 @@ def demo_dir(tmp_path_factory):
     if given:
         (cwd / "demo_out").symlink_to(Path(given).resolve())
         return cwd
-    from tsmcli.demo import demo
+    from tsmcli.showcase import demo
 
     demo(cwd / "demo_out", per_class=10, epochs=1, overrides=["train.batch_size=4"])
     return cwd
@@ -158,7 +158,7 @@ def demo_dir(tmp_path_factory):
 
 def test_every_example_prints_what_the_readme_shows(demo_dir):
     from tsmcli.data.lists import read_classes
-    from tsmcli.demo.clock import cpu_isa
+    from tsmcli.showcase.clock import cpu_isa
 
     text = README.read_text()
     made_on = MADE_ON.search(text)

@@ -29,7 +29,7 @@ _API = {
     "predict": "tsmcli.engine.predict",
     "stream": "tsmcli.engine.stream",
     "convert_online": "tsmcli.engine.convert",
-    "demo": "tsmcli.demo",
+    "demo": "tsmcli.showcase",
     "download_checkpoint": "tsmcli.zoo_cache",
     "resolve_checkpoint": "tsmcli.zoo_cache",
 }

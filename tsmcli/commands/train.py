@@ -80,7 +80,7 @@ def demo(out, per_class, seed, epochs, overrides) -> None:
 
     Logs each step's time, the projected total after the first training epoch, and the total.
     """
-    from tsmcli.demo import demo as run_demo
+    from tsmcli.showcase import demo as run_demo
 
     result = run_demo(out, per_class=per_class, seed=seed, epochs=epochs, overrides=overrides)
     click.echo(result.table())

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tsmcli.demo.clock import StepClock, machine
 from tsmcli.fileio import atomic_write
+from tsmcli.showcase.clock import StepClock, machine
 
 
 @dataclass(frozen=True)

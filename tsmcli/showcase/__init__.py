@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tsmcli.demo.clock import Projection, StepClock, one_thread
-from tsmcli.demo.report import DemoRow, format_table, model_row, write_report
 from tsmcli.fileio import atomic_write
+from tsmcli.showcase.clock import Projection, StepClock, one_thread
+from tsmcli.showcase.report import DemoRow, format_table, model_row, write_report
 
 log = logging.getLogger(__name__)
 
