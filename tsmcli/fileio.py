@@ -60,28 +60,40 @@ def atomic_write_with(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Pa
     path = Path(path)
     if writes_through(path):
         return _write_through(path, write)
-    with _no_space_as_error(path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = temp_path(path)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # mode: 0666 & ~umask
+    return _replace_from_temp(path, lambda tmp: _fill(tmp, write))
+
+
+def _fill(tmp: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Create ``tmp`` (mode 0666 minus the umask) and ``write`` into it, flushed and fsynced."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    with os.fdopen(fd, "wb") as handle:
+        recorder = _WriteErrors(handle)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                recorder = _WriteErrors(handle)
-                try:
-                    write(recorder)
-                except Exception as exc:
-                    if recorder.error is None or exc is recorder.error:
-                        raise
-                    raise recorder.error from exc  # the errno the writer's own error dropped
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
+            write(recorder)
+        except Exception as exc:
+            if recorder.error is None or exc is recorder.error:
+                raise
+            raise recorder.error from exc  # the errno the writer's own error dropped
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _replace_from_temp(target: Path, fill: Callable[[Path], None]) -> Path:
+    """``fill`` a fresh temp file beside ``target``, then rename it over ``target``; on any
+    failure the temp file is removed and ``target`` is untouched, and a full disk is an
+    ``OutputError`` naming the folder."""
+    with _no_space_as_error(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_path(target)
+        try:
+            fill(tmp)
+            os.replace(tmp, target)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-    sync_dir(path.parent)
-    return path
+    sync_dir(target.parent)
+    return target
 
 
 class _WriteErrors:
@@ -109,22 +121,16 @@ def atomic_link(source: str | Path, target: str | Path) -> Path:
     are not supported). ``source`` is later replaced by a new file (a rename), so ``target``
     keeps these bytes without writing them twice."""
     source, target = Path(source), Path(target)
-    with _no_space_as_error(target):
-        tmp = temp_path(target)
+
+    def link_or_copy(tmp: Path) -> None:
         try:
-            try:
-                os.link(source, tmp)
-            except OSError as exc:
-                if exc.errno in FULL_DISK:
-                    raise
-                shutil.copyfile(source, tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-    sync_dir(target.parent)
-    return target
+            os.link(source, tmp)
+        except OSError as exc:
+            if exc.errno in FULL_DISK:
+                raise
+            shutil.copyfile(source, tmp)
+
+    return _replace_from_temp(target, link_or_copy)
 
 
 def remove_stale_temps(folder: str | Path, names: Iterable[str]) -> list[Path]:
