@@ -112,7 +112,7 @@ def run_eval(
         trust_torchscript=trust_torchscript,
     )
     if opts.out_dir is not None or opts.json_path is not None:
-        _write(result.metrics, result.summary(), opts.out_dir, opts.json_path)
+        _write(result, opts.out_dir, opts.json_path)
     return result
 
 
@@ -176,7 +176,7 @@ def _evaluate(
         videos_per_s=len(entries) / elapsed if elapsed > 0 else float("inf"),
     )
     if ctx.is_main:
-        _write(result, result.summary(), opts.out_dir, opts.json_path)
+        _write(result, opts.out_dir, opts.json_path)
     return result
 
 
@@ -290,17 +290,13 @@ def check_eval_outputs(
     check_outputs(files, inputs, overwrite=overwrite)
 
 
-def _write(
-    metrics: EvalResult,
-    summary: dict[str, Any],
-    out_dir: str | Path | None,
-    json_path: str | Path | None,
-) -> None:
+def _write(metrics: EvalResult, out_dir: str | Path | None, json_path: str | Path | None) -> None:
     """The reports and the JSON summary that were asked for (rank 0)."""
     if out_dir is not None:
         write_reports(metrics, out_dir)
     if json_path is not None:
-        atomic_write(Path(json_path), json.dumps(summary, indent=2, allow_nan=False) + "\n")
+        text = json.dumps(metrics.summary(), indent=2, allow_nan=False)
+        atomic_write(Path(json_path), text + "\n")
     log.info(
         "top-1 %.2f  top-5 %.2f  mean class %.2f  (%d videos, %d views)",
         metrics.top1,

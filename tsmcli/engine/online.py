@@ -113,46 +113,21 @@ def with_classes(loaded: ModelDir, classes: Sequence[str] | None) -> OnlineModel
     return OnlineModel(**fields, classes=list(classes) if classes is not None else None)
 
 
-@dataclass(frozen=True)
-class OnlineEvalResult:
+@dataclass(frozen=True, kw_only=True)
+class OnlineEvalResult(EvalResult):
     """The running average after each whole video, scored as ``tsm eval`` scores a checkpoint
-    (``metrics``: accuracies in percent, per class, confusions), top-1 part-way in, and the
-    per-frame latency."""
+    (accuracies in percent, per class, confusions: ``scores`` are the running averages), with
+    top-1 part-way in and the per-frame latency."""
 
-    metrics: EvalResult
     num_frames: int  # frames fed to the model, all videos together
     top1_at: dict[int, float]  # percent of the video seen -> top-1 at that point
     latency_ms: float  # median model time per frame (decoding excluded)
     stride: int  # one frame in ``stride`` was fed
     stride_from: str  # where that stride came from
 
-    @property
-    def top1(self) -> float:
-        return self.metrics.top1
-
-    @property
-    def top5(self) -> float:
-        return self.metrics.top5
-
-    @property
-    def mean_class_accuracy(self) -> float:
-        return self.metrics.mean_class_accuracy
-
-    @property
-    def num_videos(self) -> int:
-        return self.metrics.num_videos
-
-    @property
-    def scores(self) -> Tensor:
-        return self.metrics.scores  # (N, K) running average after the whole video
-
-    @property
-    def labels(self) -> Tensor:
-        return self.metrics.labels  # (N,)
-
     def summary(self) -> dict[str, Any]:
         """The JSON report (``tsm eval --online ... --json``)."""
-        summary = self.metrics.summary()
+        summary = super().summary()
         summary["model"] = summary.pop("checkpoint")
         summary.pop("views")
         summary.update(
@@ -242,9 +217,13 @@ def evaluate_stream(
     )
     labels = metrics.labels
     top1_at = {p: topk_accuracy(torch.cat(at_percent[p]), labels, (1,))[1] for p in SEEN_PERCENTS}
-    from_where = "given" if stride is not None else model.frame_stride_from
     return OnlineEvalResult(
-        metrics, len(latencies), top1_at, statistics.median(latencies) * 1000.0, step, from_where
+        **{f.name: getattr(metrics, f.name) for f in dataclasses.fields(EvalResult)},
+        num_frames=len(latencies),
+        top1_at=top1_at,
+        latency_ms=statistics.median(latencies) * 1000.0,
+        stride=step,
+        stride_from="given" if stride is not None else model.frame_stride_from,
     )
 
 
