@@ -38,6 +38,7 @@ LAYERS = {
     "zoo_cache": 0,
     "zoo_check": 0,
     "choices": 0,
+    "view_request": 0,
     "data": 1,
     "model": 1,
     "recipe": 2,

@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 _API = {
     "ModelSpec": "tsmcli.model.spec",
     "ArchOverrides": "tsmcli.model.spec",
+    "ViewRequest": "tsmcli.view_request",
     "build_model": "tsmcli.model.tsn",
     "load_model": "tsmcli.model.checkpoint",
     "read_checkpoint": "tsmcli.model.checkpoint",

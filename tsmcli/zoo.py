@@ -29,6 +29,7 @@ import yaml
 from tsmcli import choices
 from tsmcli.errors import DataError, UsageError
 from tsmcli.resources import datasets_dir, labels_dir, zoo_registry_path
+from tsmcli.view_request import ViewRequest
 from tsmcli.zoo_check import Checker, first_line, suggest
 
 FORMAT_VERSION = 1
@@ -50,54 +51,10 @@ _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when bui
 
 
 @dataclass(frozen=True)
-class ZooProtocol:
-    """A ``tsm eval`` protocol: a preset and the fields that differ from it (None: as preset)."""
-
-    preset: str
-    clips: int | None = None
-    crops: int | None = None
-    full_res: bool | None = None
-    twice_sample: bool | None = None
-    dense: bool | None = None
-    average: str | None = None
-
-    def overrides(self) -> dict[str, Any]:
-        """The fields that differ from the preset, as ``resolve_protocol`` keywords."""
-        return {key: value for key, value in self._fields() if value is not None}
-
-    def cli_args(self) -> str:
-        """The ``tsm eval`` options that select this protocol."""
-        args = ["--protocol", self.preset]
-        for key, value in self.overrides().items():
-            option = "--" + key.replace("_", "-")
-            if isinstance(value, bool):
-                args.append(option if value else option.replace("--", "--no-", 1))
-            else:
-                args += [option, str(value)]
-        return " ".join(args)
-
-    def __str__(self) -> str:
-        extra = [
-            key if value is True else f"{key}={value}" for key, value in self.overrides().items()
-        ]
-        return " ".join([self.preset, *extra])
-
-    def _fields(self) -> list[tuple[str, Any]]:
-        return [
-            ("clips", self.clips),
-            ("crops", self.crops),
-            ("full_res", self.full_res),
-            ("twice_sample", self.twice_sample),
-            ("dense", self.dense),
-            ("average", self.average),
-        ]
-
-
-@dataclass(frozen=True)
 class ZooResult:
     """A published accuracy (percent), the protocol it was measured with, and where it is."""
 
-    protocol: ZooProtocol
+    protocol: ViewRequest
     top1: float
     source: str
     top5: float | None = None
@@ -341,7 +298,7 @@ def _parse_result(check: Checker, raw: Any, where: str) -> ZooResult:
     crops = check.integer(proto.get("crops"), f"{at}.crops", minimum=1, optional=True)
     if crops is not None and crops not in choices.TEST_CROPS:
         check.fail(f"{at}.crops", f"must be one of {', '.join(map(str, choices.TEST_CROPS))}")
-    protocol = ZooProtocol(
+    protocol = ViewRequest(
         preset=check.choice(proto["preset"], f"{at}.preset", choices.PROTOCOLS),
         clips=check.integer(proto.get("clips"), f"{at}.clips", minimum=1, optional=True),
         crops=crops,

@@ -21,10 +21,11 @@ from PIL import Image
 from tsmcli.data.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 from tsmcli.engine import evaluate as evaluate_module
 from tsmcli.engine.evaluate import evaluate
-from tsmcli.engine.views import PROTOCOLS, ViewRequest
+from tsmcli.engine.views import PROTOCOLS
 from tsmcli.errors import CheckpointError, DataError
 from tsmcli.model.checkpoint import ArchOverrides
 from tsmcli.recipe import DataConfig, ModelConfig, Recipe
+from tsmcli.view_request import ViewRequest
 
 SIZE = 32
 SEGMENTS = 2

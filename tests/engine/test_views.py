@@ -7,9 +7,10 @@ import pytest
 
 from tsmcli.data.layout import FRAME_TEMPLATE
 from tsmcli.data.manifest import list_manifests, load_manifest
-from tsmcli.engine.views import PROTOCOLS, EvalData, ViewRequest, resolve_protocol
+from tsmcli.engine.views import PROTOCOLS, EvalData, resolve_protocol, resolve_views
 from tsmcli.errors import UsageError
 from tsmcli.recipe import DataConfig, Recipe
+from tsmcli.view_request import ViewRequest
 
 
 def test_resolve_protocol_validates():
@@ -27,14 +28,22 @@ def test_resolve_protocol_validates():
 
 
 def test_a_request_without_a_preset_follows_the_checkpoints_sampling():
-    assert ViewRequest().resolve() is PROTOCOLS["single"]
-    dense = ViewRequest().resolve(dense_training=True)
+    assert resolve_views(ViewRequest()) is PROTOCOLS["single"]
+    dense = resolve_views(ViewRequest(), dense_training=True)
     assert dense.dense and dense.name == "single (dense=True)"
-    assert ViewRequest("single").resolve(dense_training=True) is PROTOCOLS["single"]
-    assert not ViewRequest(dense=False).resolve(dense_training=True).dense
-    assert ViewRequest("kinetics", clips=2).resolve() == resolve_protocol("kinetics", clips=2)
+    assert resolve_views(ViewRequest("single"), dense_training=True) is PROTOCOLS["single"]
+    assert not resolve_views(ViewRequest(dense=False), dense_training=True).dense
+    kinetics = resolve_views(ViewRequest("kinetics", clips=2))
+    assert kinetics == resolve_protocol("kinetics", clips=2)
     with pytest.raises(UsageError, match="--crops must be one of 1, 3, 10, got 5"):
-        ViewRequest(crops=5).resolve()
+        resolve_views(ViewRequest(crops=5))
+
+
+def test_a_request_says_which_options_ask_for_it():
+    request = ViewRequest("kinetics", clips=2, full_res=False, average="prob")
+    assert request.overrides() == {"clips": 2, "full_res": False, "average": "prob"}
+    assert request.cli_args() == "--protocol kinetics --clips 2 --no-full-res --average prob"
+    assert str(request) == "kinetics clips=2 full_res=False average=prob"
 
 
 def test_eval_data_comes_from_the_stored_recipe_or_the_defaults():

@@ -218,7 +218,7 @@ def evaluate(**options: Any) -> None:
 def view_and_arch(options: dict[str, Any]) -> tuple[Any, Any]:
     """The view options as one ``ViewRequest`` and the architecture options as one
     ``ArchOverrides``, taken out of ``options`` (the rest are the API function's keywords)."""
-    from tsmcli.engine.views import ViewRequest
+    from tsmcli.view_request import ViewRequest
 
     crops = options.pop("crops")
     views = ViewRequest(

@@ -40,12 +40,13 @@ from tsmcli.engine import distributed, online
 from tsmcli.engine.checks import EVAL_HINT, check_present, eval_class_names
 from tsmcli.engine.metrics import AverageMode, average_views
 from tsmcli.engine.reports import EvalResult, eval_result, report_outputs, write_reports
-from tsmcli.engine.views import EvalData, Protocol, ViewRequest, Views, view_request
+from tsmcli.engine.views import EvalData, Protocol, Views, resolve_views, view_request
 from tsmcli.errors import CheckpointError, TSMError, UsageError
 from tsmcli.fileio import atomic_write, check_outputs, check_writable_dir, outputs
 from tsmcli.model.checkpoint import CheckpointInfo, as_info, load_model, missing_architecture
 from tsmcli.model.spec import ArchOverrides
 from tsmcli.recipe import Recipe
+from tsmcli.view_request import ViewRequest
 from tsmcli.zoo_cache import local_path
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,9 @@ def _evaluate(
     listed.check_labels(num_classes, owner=str(path), hint=EVAL_HINT, error=CheckpointError)
     source = data.source or _detect_source(entries, root)
     check_present(listed, root, source, data.frame_template, options=("--root", "--source"))
-    protocol = request if isinstance(request, Protocol) else request.resolve(data.dense_training)
+    protocol = (
+        request if isinstance(request, Protocol) else resolve_views(request, data.dense_training)
+    )
     segments, batch_size = int(model.num_segments), opts.batch_size
     loader, sampler = _loader(
         listed, root, segments, data, source, protocol, batch_size, opts.workers, ctx

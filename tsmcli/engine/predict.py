@@ -46,7 +46,7 @@ from tsmcli.engine.predictions import (
     write_csv,
     write_jsonl,
 )
-from tsmcli.engine.views import EvalData, Protocol, Views, view_request
+from tsmcli.engine.views import EvalData, Protocol, Views, resolve_views, view_request
 from tsmcli.errors import DataError, UsageError
 from tsmcli.fileio import check_outputs, outputs
 from tsmcli.model.checkpoint import CheckpointInfo
@@ -107,7 +107,9 @@ def predict(
     torch_device = resolve_device(device, "--device")
     model, data, stored, path = load_for_eval(checkpoint, arch or ArchOverrides(), None, backend)
     names = class_names(classes, label_order, stored, int(model.num_classes), path)
-    protocol = request if isinstance(request, Protocol) else request.resolve(data.dense_training)
+    protocol = (
+        request if isinstance(request, Protocol) else resolve_views(request, data.dense_training)
+    )
     found = find_inputs(inputs, data.frame_template)
     check_outputs(files, [*named, *(item.path for item in found)], overwrite=overwrite)
     if plot_path is not None and len(found) > MAX_PLOT_VIDEOS:

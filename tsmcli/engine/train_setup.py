@@ -152,7 +152,8 @@ def _datasets(
     crop)."""
     from tsmcli.data.dataset import VideoClipDataset
     from tsmcli.data.settings import Augmentation, ClipSize, Reading
-    from tsmcli.engine.views import ViewRequest
+    from tsmcli.engine.views import resolve_views
+    from tsmcli.view_request import ViewRequest
 
     d = recipe.data
     clip = ClipSize(recipe.model.num_segments, d.input_size, d.scale_size)
@@ -174,7 +175,7 @@ def _datasets(
     train_set = VideoClipDataset(train_list, root, clip=clip, reading=reading, augment=augment)
     if val_list is None:
         return train_set, None
-    views = ViewRequest().resolve(dense_training=d.sampling == "dense")
+    views = resolve_views(ViewRequest(), dense_training=d.sampling == "dense")
     return train_set, VideoClipDataset(val_list, root, clip=clip, reading=reading, views=views)
 
 

@@ -42,6 +42,7 @@ from tsmcli.choices import AVERAGE_MODES, TEST_CROPS
 from tsmcli.data.settings import ClipSize, Protocol, Reading
 from tsmcli.errors import UsageError
 from tsmcli.recipe import DataConfig, Recipe
+from tsmcli.view_request import ViewRequest
 
 PROTOCOLS: dict[str, Protocol] = {
     "single": Protocol("single", clips=1, crops=1),
@@ -94,34 +95,13 @@ def resolve_protocol(
     return replace(base, name=f"{base.name} ({label})", **changes)
 
 
-@dataclass(frozen=True)
-class ViewRequest:
-    """The views asked for: a preset (None: the checkpoint's default) and the fields to
-    change (None: as the preset). ``tsm eval``'s view options, as one object."""
-
-    protocol: str | None = None
-    clips: int | None = None
-    crops: int | None = None
-    full_res: bool | None = None
-    twice_sample: bool | None = None
-    dense: bool | None = None
-    average: str | None = None
-
-    def resolve(self, dense_training: bool = False) -> Protocol:
-        """The protocol to run. Without a preset or an explicit ``dense``, a checkpoint trained
-        with dense sampling is tested with dense views."""
-        dense = self.dense
-        if self.protocol is None and dense is None and dense_training:
-            dense = True
-        return resolve_protocol(
-            self.protocol,
-            clips=self.clips,
-            crops=self.crops,
-            full_res=self.full_res,
-            twice_sample=self.twice_sample,
-            dense=dense,
-            average=self.average,
-        )
+def resolve_views(request: ViewRequest, dense_training: bool = False) -> Protocol:
+    """The protocol to run for ``request``. Without a preset or an explicit ``dense``, a
+    checkpoint trained with dense sampling is tested with dense views."""
+    given = request.overrides()
+    if request.preset is None and "dense" not in given and dense_training:
+        given["dense"] = True
+    return resolve_protocol(request.preset, **given)
 
 
 Views = ViewRequest | Protocol | str | None  # what a caller may give as the views
@@ -131,8 +111,8 @@ def view_request(views: Views) -> ViewRequest | Protocol:
     """``views`` as a request (checked now: a bad option fails before any work) or a protocol."""
     if isinstance(views, Protocol):
         return views
-    request = views if isinstance(views, ViewRequest) else ViewRequest(protocol=views)
-    request.resolve()
+    request = views if isinstance(views, ViewRequest) else ViewRequest(preset=views)
+    resolve_views(request)
     return request
 
 
