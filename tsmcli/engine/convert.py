@@ -392,7 +392,7 @@ def _offline_accuracy(job: _Job) -> dict[str, Any]:
 
 def _online_accuracy(streaming: StreamingTSM, job: _Job) -> dict[str, Any]:
     """The streaming model fed every frame, running average of per-frame logits."""
-    from tsmcli.engine.online import evaluate_stream, with_classes
+    from tsmcli.engine.online import evaluate_online, with_classes
 
     height, width, scale_size = job.size
     val = job.val
@@ -406,7 +406,7 @@ def _online_accuracy(streaming: StreamingTSM, job: _Job) -> dict[str, Any]:
         frame_stride_from=job.stride[1],
     )
     online = with_classes(loaded, job.classes)
-    result = evaluate_stream(
+    result = evaluate_online(
         online, val.list_file, val.root, source=val.source, backend=val.backend
     )
     return {

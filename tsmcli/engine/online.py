@@ -141,7 +141,7 @@ class OnlineEvalResult(EvalResult):
 
 
 def evaluate_online(
-    model_dir: str | Path,
+    model: str | Path | OnlineModel,
     list_file: str | Path,
     root: str | Path,
     *,
@@ -154,37 +154,15 @@ def evaluate_online(
 ) -> OnlineEvalResult:
     """Evaluate an exported online model frame by frame on a TSN list (``tsm eval --online``).
 
-    ``source`` is ``frames`` or ``videos`` (None: a folder is frames, a file is a video);
-    ``backend`` the video decoder (decord by default); ``stride``: one frame in that many
-    (None: the model dir's own, the spacing of the frames it was trained on);
-    ``trust_torchscript`` runs ``online.pt`` instead of the model rebuilt from its weights
-    (``load_online_model``).
+    ``model`` is a model dir (``load_online_model``: ``trust_torchscript`` runs its
+    ``online.pt`` instead of the model rebuilt from its weights) or a model already in memory
+    (``convert_online`` measures the one it exports). ``source`` is ``frames`` or ``videos``
+    (None: a folder is frames, a file is a video); ``backend`` the video decoder (decord by
+    default); ``stride``: one frame in that many (None: the model's own, the spacing of the
+    frames it was trained on).
     """
-    model = load_online_model(model_dir, trust_torchscript=trust_torchscript)
-    return evaluate_stream(
-        model,
-        list_file,
-        root,
-        source=source,
-        backend=backend,
-        frame_template=frame_template,
-        stride=stride,
-        max_videos=max_videos,
-    )
-
-
-def evaluate_stream(
-    model: OnlineModel,
-    list_file: str | Path,
-    root: str | Path,
-    *,
-    source: str | None = None,
-    backend: str | None = None,
-    frame_template: str = FRAME_TEMPLATE,
-    stride: int | None = None,
-    max_videos: int | None = None,
-) -> OnlineEvalResult:
-    """``evaluate_online`` for a model already in memory (``convert_online`` uses it)."""
+    if not isinstance(model, OnlineModel):
+        model = load_online_model(model, trust_torchscript=trust_torchscript)
     step = model.stride(stride)
     if max_videos is not None and max_videos < 1:
         raise UsageError(f"max_videos must be at least 1, got {max_videos}")
