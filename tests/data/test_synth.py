@@ -15,14 +15,19 @@ from tsmcli.data.synth import (
     CLASS_PAIRS,
     CLASSES,
     DEFAULT_CLASSES,
-    Scene,
-    Sprite,
     first_classes,
-    generate_frames,
-    render_scene,
-    sample_scene,
+    read_boxes,
     synth,
     video_rng,
+)
+from tsmcli.data.synth_scene import (
+    Scene,
+    Sprite,
+    generate_clip,
+    generate_frames,
+    object_boxes,
+    render_scene,
+    sample_scene,
 )
 from tsmcli.errors import DataError, UsageError
 
@@ -53,7 +58,7 @@ def test_layout_class_names_and_counts(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(DEFAULT_CLASSES)
     for name in DEFAULT_CLASSES:
         files = sorted(p.name for p in (tmp_path / "out" / name).iterdir())
-        assert files == [f"{name}_0000.mp4", f"{name}_0001.mp4"]
+        assert files == [f"{name}_000{i}{ext}" for i in (0, 1) for ext in (".boxes.json", ".mp4")]
     assert len(result.paths) == 2 * len(DEFAULT_CLASSES)
 
     every = synth(tmp_path / "all", per_class=1, size=32, num_frames=4, classes=CLASSES)
@@ -220,7 +225,7 @@ def test_existing_class_folders_need_overwrite(tmp_path):
     result = synth(
         tmp_path / "out", per_class=2, size=32, num_frames=4, classes=("growing",), overwrite=True
     )
-    assert sorted(p.name for p in (tmp_path / "out" / "growing").iterdir()) == [
+    assert sorted(p.name for p in (tmp_path / "out" / "growing").glob("*.mp4")) == [
         "growing_0000.mp4",
         "growing_0001.mp4",
     ]
@@ -336,3 +341,57 @@ def test_synth_manifest_flip_pairs_are_the_mirror_image_classes():
     )
     path = _centroids(render_scene(_alone(bar, 8), 64)[:, :, ::-1]) - 32
     assert np.sum(path[:-1, 0] * path[1:, 1] - path[1:, 0] * path[:-1, 1]) < 0  # counterclockwise
+
+
+def test_each_video_has_its_main_objects_box_in_every_frame(tmp_path):
+    """The boxes hold the main object: rendered alone on a flat ground, every pixel it
+    changes lies inside its frame's box; a moving object's box moves its way; the reversed
+    class has the reversed boxes; the boxes file beside each video says the same."""
+    for name in ("moving_right", "growing", "appearing"):
+        scene = sample_scene(name, video_rng(3, CLASSES.index(name), 0), 48, 10)
+        alone = Scene(
+            np.zeros(3),
+            scene.grating_freq[:0],
+            scene.grating_phase[:0],
+            scene.grating_amp[:0],
+            scene.camera,
+            scene.sprites[-1:],
+        )
+        main = scene.sprites[-1]
+        opaque = Scene(
+            alone.base_colour,
+            alone.grating_freq,
+            alone.grating_phase,
+            alone.grating_amp,
+            alone.camera,
+            (
+                Sprite(
+                    main.shape,
+                    main.centre,
+                    main.radius,
+                    main.angle,
+                    np.full((2, 3), 255.0),
+                    main.stripes,
+                ),
+            ),
+        )
+        drawn = render_scene(opaque, 48).max(axis=3) > 128  # (T, S, S): mostly covered pixels
+        boxes = object_boxes(scene, 48)
+        for t, (x0, y0, x1, y1) in enumerate(boxes):
+            assert drawn[t].any() and x0 >= 0
+            ys, xs = np.nonzero(drawn[t])
+            assert x0 <= xs.min() and xs.max() < x1 and y0 <= ys.min() and ys.max() < y1
+        if name == "moving_right":
+            assert boxes[-1, 0] > boxes[0, 0]  # to the right
+    ahead = generate_clip("moving_right", video_rng(3, 0, 1), 32, 8)[1]
+    behind = generate_clip("moving_left", video_rng(3, 0, 1), 32, 8)[1]
+    assert np.array_equal(behind, ahead[::-1])
+    result = synth(tmp_path, per_class=1, num_frames=8, classes=["moving_left"])
+    (video,) = result.paths
+    assert np.array_equal(
+        read_boxes(video), generate_clip("moving_left", video_rng(0, 1, 0), 32, 8)[1]
+    )
+    assert sorted(p.name for p in video.parent.iterdir()) == [
+        "moving_left_0000.boxes.json",
+        "moving_left_0000.mp4",
+    ]
