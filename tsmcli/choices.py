@@ -28,6 +28,8 @@ CONFLICT_POLICIES = ("error", "first", "drop")  # tsm build-list: a clip with tw
 # training
 SAMPLINGS = ("segments", "even", "dense")  # data.sampling
 FLIP_MODES = ("off", "on", "swap")  # data.flip (swap: flip and swap left/right labels)
+SAMPLERS = ("uniform", "balanced")  # data.sampler (balanced: every class drawn alike)
+CLASS_WEIGHTS = ("none", "auto")  # train.class_weights (auto: inverse class frequency)
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("step", "cosine")
 AMP_MODES = ("none", "fp16", "bf16")
@@ -37,3 +39,6 @@ DEVICES = ("auto", "cpu", "cuda")  # auto: CUDA when a GPU is visible
 PROTOCOLS = ("single", "kinetics", "sthv2")  # test presets (engine.views.PROTOCOLS)
 TEST_CROPS = (1, 3, 10)  # spatial crops per clip
 AVERAGE_MODES = ("score", "prob")  # what is averaged over a video's views
+
+# tsm doctor: how much a finding matters, the worst first
+SEVERITIES = ("error", "warning", "note")

@@ -81,6 +81,10 @@ class DataConfig:
     # frames with stride 64 / T. Validation takes the segment centres (dense: its window).
     sampling: Literal[choices.SAMPLINGS] = "segments"
     flip: Literal[choices.FLIP_MODES] = "on"  # swap: flip and swap left/right labels
+    # which videos an epoch trains on: uniform, each once in a seeded order; balanced, as many
+    # draws as videos, each class drawn equally often (a rare class's videos repeat), for a
+    # list whose classes are far from equal in size (tsm doctor warns above 10:1)
+    sampler: Literal[choices.SAMPLERS] = "uniform"
     skip_bad: bool = False
     # train: per clip and RGB channel, a gain in [1 - j, 1 + j] and an offset of up to j * 128
     # levels (0: off); the same in every frame, so the motion is untouched
@@ -201,6 +205,10 @@ class TrainConfig:
     # cross-entropy against (1 - s) on the label and s spread over all classes (Szegedy et
     # al.); 0: plain labels
     label_smoothing: float = 0.0
+    # auto: each clip's cross-entropy weighted by N / (K * n_c) (n_c: its class's videos in
+    # the train list, K: the classes that have any), so the mean weight over the list's clips
+    # is 1 and the loss keeps its scale; the alternative to data.sampler: balanced
+    class_weights: Literal[choices.CLASS_WEIGHTS] = "none"
 
     def __post_init__(self) -> None:
         _check_types(self)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch.utils.data import Sampler
 
 from tsmcli.choices import DEVICES
+from tsmcli.engine.balance import balanced_order
 from tsmcli.errors import RecipeError, TrainingError, UsageError
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,10 @@ def epoch_permutation(num_items: int, seed: int, epoch: int) -> np.ndarray:
 class ShardedSampler(Sampler[int]):
     """Indices for this rank: a seeded per-epoch permutation split across ranks.
 
+    With ``labels`` (``data.sampler: balanced``) an epoch is ``balance.balanced_order`` of
+    (labels, seed, epoch) instead of a permutation: as many draws, every class alike; the
+    ranks share it out as they share a permutation.
+
     Training (``shuffle=True, pad=True``): the permutation of (seed, epoch) is padded by
     wrapping around to a multiple of ``world_size`` so that every rank takes the same number
     of steps, and rank r takes every world_size-th index from r. Step s of a 2-process run
@@ -152,7 +157,11 @@ class ShardedSampler(Sampler[int]):
         shuffle: bool = True,
         seed: int = 0,
         pad: bool = True,
+        labels: Sequence[int] | None = None,
     ):
+        if labels is not None and len(labels) != num_items:
+            raise ValueError(f"{len(labels)} labels for {num_items} items")
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.int64)
         self.num_items = num_items
         self.rank = rank
         self.world_size = world_size
@@ -168,7 +177,9 @@ class ShardedSampler(Sampler[int]):
 
     def indices(self) -> np.ndarray:
         """This rank's whole share of the current epoch (before ``start`` is skipped)."""
-        if self.shuffle:
+        if self.shuffle and self.labels is not None:
+            order = balanced_order(self.labels, self.seed, self.epoch)
+        elif self.shuffle:
             order = epoch_permutation(self.num_items, self.seed, self.epoch)
         else:
             order = np.arange(self.num_items)

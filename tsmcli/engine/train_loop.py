@@ -161,6 +161,7 @@ class Loop:
             t.distill_weight,
             t.distill_temperature,
             t.label_smoothing,
+            self.data.class_weights,
         )
         totals = distributed.all_reduce_sum(
             torch.cat([torch.stack([loss.detach() * count, count]), flags]), self.ctx
@@ -297,12 +298,22 @@ def _loss(
     weight: float = 0.0,
     temperature: float = 1.0,
     smoothing: float = 0.0,
+    class_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean cross-entropy of (B, K) logits against (B,) labels (smoothed by ``smoothing``);
     with ``teacher`` logits (B, K), ``(1 - weight) * CE + weight * T^2 * KL(teacher_T ||
     student_T)``, both softened by the temperature T (Hinton et al.; T^2 keeps the gradient
-    scale as T changes)."""
-    hard = F.cross_entropy(logits, labels, label_smoothing=smoothing)
+    scale as T changes).
+
+    ``class_weights`` (K,): each clip's cross-entropy times its label's weight, averaged over
+    the B clips. Divided by B, not by the batch's sum of weights (PyTorch's weighted mean): a
+    rare class's clip then counts its weight's worth even in a batch of its own class (and
+    at batch 1, where the weighted mean would cancel every weight)."""
+    if class_weights is None:
+        hard = F.cross_entropy(logits, labels, label_smoothing=smoothing)
+    else:
+        per_clip = F.cross_entropy(logits, labels, label_smoothing=smoothing, reduction="none")
+        hard = (per_clip * class_weights[labels]).mean()  # (B,) -> ()
     if teacher is None or weight == 0:
         return hard
     student_t = F.log_softmax(logits / temperature, dim=1)

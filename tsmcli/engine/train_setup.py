@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from tsmcli.data.lists import CLASSES_FILE, ListFile, read_list_file
+from tsmcli.engine.balance import inverse_frequency_weights
 from tsmcli.engine.checks import check_train_list, resolve_classes
 from tsmcli.engine.distributed import DistContext, ShardedSampler
 from tsmcli.engine.optim import LRSchedule, build_optimizer, fc_lr5_enabled, scaled_lr
@@ -77,6 +78,7 @@ class TrainData:
     global_batch: int
     iters_per_epoch: int  # full batches only
     epochs: int  # the epochs the run makes (planned_epochs)
+    class_weights: torch.Tensor | None = None  # (K,) on the device: train.class_weights auto
 
 
 def prepare_data(recipe: Recipe, ctx: DistContext) -> TrainData:
@@ -92,6 +94,7 @@ def prepare_data(recipe: Recipe, ctx: DistContext) -> TrainData:
     if val_list is not None:
         check_train_list(val_list, num_classes, root, d.source, d.frame_template)
     train_set, val_set = _datasets(recipe, root, train_list, val_list, flip_pairs)
+    labels = [entry.label for entry in train_list.entries]
     train_sampler = ShardedSampler(
         len(train_set),
         rank=ctx.rank,
@@ -99,6 +102,7 @@ def prepare_data(recipe: Recipe, ctx: DistContext) -> TrainData:
         shuffle=True,
         seed=t.seed,
         pad=True,
+        labels=labels if d.sampler == "balanced" else None,
     )
     val_sampler = (
         ShardedSampler(
@@ -128,7 +132,25 @@ def prepare_data(recipe: Recipe, ctx: DistContext) -> TrainData:
         global_batch=t.batch_size * ctx.world_size,
         iters_per_epoch=iters_per_epoch,
         epochs=planned_epochs(t, iters_per_epoch),
+        class_weights=_class_weights(t, labels, num_classes, ctx),
     )
+
+
+def _class_weights(
+    t: TrainConfig, labels: list[int], num_classes: int, ctx: DistContext
+) -> torch.Tensor | None:
+    """``train.class_weights: auto``: ``balance.inverse_frequency_weights`` of the train list,
+    on the device; None for plain cross-entropy."""
+    if t.class_weights != "auto":
+        return None
+    weights = inverse_frequency_weights(labels, num_classes)
+    if ctx.is_main:
+        log.info(
+            "class weights (inverse frequency, mean 1 over the list): %.3g to %.3g",
+            weights.min(),
+            weights.max(),
+        )
+    return torch.tensor(weights, dtype=torch.float32, device=ctx.device)
 
 
 def planned_epochs(config: TrainConfig, iters_per_epoch: int) -> int:
