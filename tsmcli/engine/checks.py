@@ -1,4 +1,5 @@
-"""The checks of a list before any work, shared by training, evaluation and online evaluation.
+"""The checks of a list before any work, shared by training, evaluation, online evaluation and
+``tsm doctor``.
 
 A command reads each list once (``data.lists.read_list_file``: a malformed line or an empty
 list is refused there) and hands the ``ListFile`` to these checks and then to its dataset.
@@ -7,15 +8,24 @@ beside a list has the model's class count, every listed video or frame folder is
 Each problem is one error that names the file (and line) and says what to fix; the caller
 says whose rule it is (``owner``: the checkpoint, ``model.num_classes``), what to do about it
 (``hint``), and which option names the data (``--root`` or ``data.root``).
+
+The checks a list can pass and still be worth a word (a video listed twice, the same video in
+train and val, classes far apart in size, classes without a validation video) return
+``Finding``s instead of raising: ``tsm train`` logs the warnings and stops on the errors,
+``tsm doctor`` reports them all. A raised rule becomes a finding through
+``Finding.from_error``, so both commands say the same line.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 from tsmcli.data.lists import CLASSES_FILE, ListFile
+from tsmcli.engine.findings import Finding
 from tsmcli.errors import CheckpointError, DataError, RecipeError, TSMError
 from tsmcli.recipe import Recipe
 from tsmcli.zoo import ZooEntry, list_entries
@@ -25,6 +35,15 @@ log = logging.getLogger(__name__)
 
 MISSING_SHOWN = 3  # missing entries named in the message
 EVAL_HINT = "evaluate on a list of the dataset the model was trained on"
+# Above this ratio of the largest class's videos to the smallest's, a train list is called
+# imbalanced. The usual benchmarks stay under it (Kinetics-400 about 4:1, UCF101 about 2:1);
+# past it the smallest classes get under a tenth of the largest's gradient steps.
+IMBALANCE_RATIO = 10.0
+CLASSES_SHOWN = 3  # class names quoted in a message
+REMEDY = (
+    "set data.sampler=balanced (every class drawn alike each epoch) or "
+    "train.class_weights=auto (inverse-frequency loss weights)"
+)
 
 
 def check_present(
@@ -90,8 +109,13 @@ def check_train_list(
 ) -> None:
     """Training: refuse a label outside ``0..num_classes-1`` or an entry whose data is
     missing under ``root`` (``read_list_file`` refused an empty list)."""
-    listed.check_labels(num_classes, owner="the model", hint="fix the list or model.num_classes")
+    check_train_labels(listed, num_classes)
     check_present(listed, root, source, frame_template, options=("data.root", "data.source"))
+
+
+def check_train_labels(listed: ListFile, num_classes: int) -> None:
+    """Training: every label in ``0..num_classes-1`` (the model's classes)."""
+    listed.check_labels(num_classes, owner="the model", hint="fix the list or model.num_classes")
 
 
 def eval_class_names(
@@ -118,15 +142,24 @@ def eval_class_names(
                 "another order, so each label would be scored against another class's output; "
                 f"rebuild the list in the checkpoint's order ({_rebuild_in_order(stored)})"
             )
-        log.warning(
-            "%s: class names differ from those stored in %s; reporting the list's names",
-            classes_file,
-            checkpoint,
-        )
+        log.warning("%s", names_differ(classes_file, checkpoint).line)
     for given in (names, stored):
         if given is not None and len(given) == num_classes:
             return list(given)
     return [str(i) for i in range(num_classes)]
+
+
+def names_differ(classes_file: Path, checkpoint: str | Path) -> Finding:
+    """``classes.txt`` names other classes than the checkpoint stores (the reports use the
+    list's names): a warning."""
+    return Finding(
+        "warning",
+        "checkpoint.class_names",
+        f"{classes_file}: its class names differ from those stored in {checkpoint} (reports "
+        "use the list's)",
+        "check that the list is of the dataset the model was trained on",
+        str(classes_file),
+    )
 
 
 def _rebuild_in_order(classes: Sequence[str]) -> str:
@@ -143,6 +176,183 @@ def _rebuild_in_order(classes: Sequence[str]) -> str:
             if manifest.classes(order) == list(classes):
                 return f"tsm build-list --dataset {name} --label-order {order}"
     return "the order it was trained with"
+
+
+# ---------------------------------------------------------------------------------------------
+# what a list can pass and still be worth a word
+
+
+def list_findings(
+    train: ListFile,
+    val: ListFile | None,
+    num_classes: int,
+    classes: Sequence[str] | None,
+    *,
+    remedied: bool,
+) -> list[Finding]:
+    """The findings of a train list (and its val list) that no rule refuses: videos listed
+    twice, videos in both lists, the class sizes (``remedied``: the recipe already evens them
+    out) and classes without a validation video. Counting only: fast on any list."""
+    found = duplicate_entries(train)
+    found += class_balance(train, num_classes, classes, remedied=remedied)
+    if val is not None:
+        found += duplicate_entries(val)
+        found += train_val_overlap(train, val)
+        found += classes_without_val(train, val, num_classes, classes)
+    return found
+
+
+def _key(path: str) -> str:
+    """A list path as a file: ``./a.mp4`` and ``a.mp4`` are one video."""
+    return os.path.normpath(path)
+
+
+def duplicate_entries(listed: ListFile) -> list[Finding]:
+    """A video listed twice in one list: a warning (it is trained on twice as often), an
+    error where the two lines give it two labels."""
+    first: dict[str, int] = {}
+    found = []
+    for index, entry in enumerate(listed.entries):
+        seen = first.setdefault(_key(entry.path), index)
+        if seen == index:
+            continue
+        other, where = listed.entries[seen], f"{listed.path}:{listed.line(index)}"
+        if other.label != entry.label:
+            found.append(
+                Finding(
+                    "error",
+                    "list.conflicting_labels",
+                    f"{where}: {entry.path} is labelled {entry.label} here and {other.label} "
+                    f"at line {listed.line(seen)}",
+                    "keep the line with the right label, or fix the annotations and rebuild "
+                    "the list with tsm build-list",
+                    str(listed.path),
+                )
+            )
+            continue
+        found.append(
+            Finding(
+                "warning",
+                "list.duplicates",
+                f"{where}: {entry.path} is listed again (first at line {listed.line(seen)})",
+                "remove the repeated line: a video listed twice is trained on twice as often "
+                "(tsm build-list writes each clip once)",
+                str(listed.path),
+            )
+        )
+    return found
+
+
+def train_val_overlap(train: ListFile, val: ListFile) -> list[Finding]:
+    """A video in both the train and the val list: validated after being trained on."""
+    in_train: dict[str, int] = {}
+    for index, entry in enumerate(train.entries):
+        in_train.setdefault(_key(entry.path), index)
+    found = []
+    for index, entry in enumerate(val.entries):
+        trained = in_train.get(_key(entry.path))
+        if trained is not None:
+            found.append(
+                Finding(
+                    "warning",
+                    "list.overlap",
+                    f"{val.path}:{val.line(index)}: {entry.path} is also in {train.path} "
+                    f"(line {train.line(trained)})",
+                    "remove it from one of the lists: a video trained on inflates the "
+                    "validation accuracy (tsm build-list keeps it in train only)",
+                    str(val.path),
+                )
+            )
+    return found
+
+
+def _name(classes: Sequence[str] | None, label: int) -> str:
+    return repr(classes[label]) if classes and label < len(classes) else f"label {label}"
+
+
+def class_balance(
+    listed: ListFile, num_classes: int, classes: Sequence[str] | None, *, remedied: bool
+) -> list[Finding]:
+    """The class sizes of a train list: a note; a warning (the remedy with it) where the
+    largest class has more than ``IMBALANCE_RATIO`` times the videos of the smallest, unless
+    the recipe already evens them out (``remedied``), and where classes have no video."""
+    counts = Counter(e.label for e in listed.entries if e.label < num_classes)
+    if not counts:
+        return []
+    largest, smallest = max(counts, key=counts.get), min(counts, key=counts.get)
+    ratio = counts[largest] / counts[smallest]
+    sizes = (
+        f"the largest class ({_name(classes, largest)}, {counts[largest]} videos) has "
+        f"{ratio:.1f}x the videos of the smallest ({_name(classes, smallest)}, "
+        f"{counts[smallest]})"
+    )
+    if ratio == 1:
+        sizes = f"{counts[largest]} each"
+    path = str(listed.path)
+    if ratio <= IMBALANCE_RATIO or remedied:
+        found = [
+            Finding(
+                "note",
+                "list.balance",
+                f"{path}: {len(listed.entries)} videos in {len(counts)} classes, {sizes}",
+                "data.sampler=balanced evens them out"
+                if remedied
+                else f"nothing to do up to {IMBALANCE_RATIO:g}:1",
+                path,
+            )
+        ]
+    else:
+        found = [
+            Finding(
+                "warning",
+                "list.imbalance",
+                f"{path}: {sizes}, over {IMBALANCE_RATIO:g}:1",
+                REMEDY,
+                path,
+            )
+        ]
+    empty = [c for c in range(num_classes) if c not in counts]
+    if empty:
+        found.append(
+            Finding(
+                "warning",
+                "list.empty_classes",
+                f"{path}: {len(empty)} of the {num_classes} classes have no video "
+                f"({_names(classes, empty)})",
+                "add videos of them, or leave them out of classes.txt and rebuild the list "
+                "(a class never trained on is never predicted)",
+                path,
+            )
+        )
+    return found
+
+
+def _names(classes: Sequence[str] | None, labels: Sequence[int]) -> str:
+    shown = ", ".join(_name(classes, c) for c in labels[:CLASSES_SHOWN])
+    return shown + (", ..." if len(labels) > CLASSES_SHOWN else "")
+
+
+def classes_without_val(
+    train: ListFile, val: ListFile, num_classes: int, classes: Sequence[str] | None
+) -> list[Finding]:
+    """Classes of the train list with no video in the val list: their accuracy is never
+    measured."""
+    trained = {e.label for e in train.entries if e.label < num_classes}
+    validated = {e.label for e in val.entries}
+    unseen = sorted(trained - validated)
+    if not unseen:
+        return []
+    return [
+        Finding(
+            "warning",
+            "list.val_classes",
+            f"{val.path}: {len(unseen)} of the {len(trained)} classes of {train.path} have no "
+            f"video here ({_names(classes, unseen)})",
+            "add validation videos of them, or their accuracy is never measured (tsm "
+            "build-list --val-fraction splits every class)",
+            str(val.path),
+        )
+    ]
 
 
 # ---------------------------------------------------------------------------------------------

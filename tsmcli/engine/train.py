@@ -103,7 +103,7 @@ def train(
     row once the epoch is recorded (and saved, when due), on the main process (``tsm demo``
     projects its total from the first). Under torchrun every process calls this.
     """
-    _check_arch(recipe)
+    check_arch(recipe)
     check_recipe_checkpoints(recipe, resume=resume)  # files or model zoo names, no network
     run_dir = _run_dir(recipe, out_dir)
     check_writable_dir(
@@ -150,7 +150,7 @@ def _run_dir_lock(run_dir: Path, is_main: bool) -> Iterator[None]:
                 run_dir.rmdir()  # only when empty
 
 
-def _check_arch(recipe: Recipe) -> None:
+def check_arch(recipe: Recipe) -> None:
     """An unknown backbone is a recipe error naming ``model.arch`` (before any work)."""
     from tsmcli.model.backbones import get_backbone
 
@@ -187,7 +187,7 @@ class _Run:
             for stale in remove_stale_temps(run_dir, RUN_FILES):
                 log.info("removed %s, left by an interrupted save", stale)
         amp_dtype = configure_backends(recipe.train, ctx)
-        self.data = prepare_data(recipe, ctx)
+        self.data = prepare_data(recipe, ctx, run_dir)
         # resuming: the weights come from last.pt
         self.parts = build_run_model(
             recipe,

@@ -27,6 +27,7 @@ from tsmcli.engine.balance import inverse_frequency_weights
 from tsmcli.engine.checks import check_train_list, resolve_classes
 from tsmcli.engine.distributed import DistContext, ShardedSampler
 from tsmcli.engine.optim import LRSchedule, build_optimizer, fc_lr5_enabled, scaled_lr
+from tsmcli.engine.run_checks import run_findings, stop_or_log
 from tsmcli.engine.state import seed_everything
 from tsmcli.errors import CheckpointError, RecipeError, TrainingError, UsageError
 from tsmcli.model.checkpoint import CheckpointInfo
@@ -81,19 +82,23 @@ class TrainData:
     class_weights: torch.Tensor | None = None  # (K,) on the device: train.class_weights auto
 
 
-def prepare_data(recipe: Recipe, ctx: DistContext) -> TrainData:
-    """Read and check the lists (labels in range, every video present) before any training,
-    then build the datasets and their loaders."""
+def prepare_data(recipe: Recipe, ctx: DistContext, run_dir: Path | None = None) -> TrainData:
+    """Read and check the lists (labels in range, every video present) and run the fast
+    checks of ``tsm doctor`` (``run_checks``: the first error stops the run, the warnings are
+    logged) before any training, then build the datasets and their loaders. ``run_dir``:
+    where the checkpoints go (default ``train.out_dir/<name>``), for the disk space check."""
     d, t = recipe.data, recipe.train
     root = Path(d.root).expanduser()
     train_list = read_list_file(Path(d.train_list).expanduser())
     classes, num_classes = resolve_classes(train_list, recipe.model.num_classes)
-    flip_pairs = _flip_pairs(recipe, classes, train_list.path)
+    pairs = flip_pairs(recipe, classes, train_list.path)
     check_train_list(train_list, num_classes, root, d.source, d.frame_template)
     val_list = read_list_file(Path(d.val_list).expanduser()) if d.val_list else None
     if val_list is not None:
         check_train_list(val_list, num_classes, root, d.source, d.frame_template)
-    train_set, val_set = _datasets(recipe, root, train_list, val_list, flip_pairs)
+    run_dir = run_dir or Path(t.out_dir).expanduser() / recipe.name
+    _preflight(recipe, ctx, run_dir, train_list, val_list, classes, num_classes)
+    train_set, val_set = _datasets(recipe, root, train_list, val_list, pairs)
     labels = [entry.label for entry in train_list.entries]
     train_sampler = ShardedSampler(
         len(train_set),
@@ -134,6 +139,31 @@ def prepare_data(recipe: Recipe, ctx: DistContext) -> TrainData:
         epochs=planned_epochs(t, iters_per_epoch),
         class_weights=_class_weights(t, labels, num_classes, ctx),
     )
+
+
+def _preflight(
+    recipe: Recipe,
+    ctx: DistContext,
+    run_dir: Path,
+    train_list: ListFile,
+    val_list: ListFile | None,
+    classes: list[str] | None,
+    num_classes: int,
+) -> None:
+    """``tsm doctor``'s fast checks (``run_checks.run_findings``) for this run on this
+    machine: the first error stops it, the warnings are logged."""
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", ctx.world_size))
+    found = run_findings(
+        recipe,
+        train_list,
+        val_list,
+        classes,
+        num_classes,
+        processes=per_node,
+        nodes=max(1, ctx.world_size // per_node),
+        run_dir=run_dir,
+    )
+    stop_or_log(found, ctx.is_main)
 
 
 def _class_weights(
@@ -201,7 +231,7 @@ def _datasets(
     return train_set, VideoClipDataset(val_list, root, clip=clip, reading=reading, views=views)
 
 
-def _flip_pairs(
+def flip_pairs(
     recipe: Recipe, classes: list[str] | None, train_list: Path
 ) -> list[tuple[int, int]]:
     """The left/right label pairs swapped with a flip (``data.flip: swap``), else none. A
