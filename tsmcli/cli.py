@@ -14,7 +14,7 @@ import sys
 import click
 
 from tsmcli import __version__
-from tsmcli.commands import convert, data, doctor, evaluate, predict, train, zoo
+from tsmcli.commands import convert, data, doctor, evaluate, explain, predict, train, zoo
 from tsmcli.errors import TSMError
 
 
@@ -123,6 +123,8 @@ for _command in (
     convert.convert_online,
     predict.predict,
     predict.stream,
+    explain.explain,
+    explain.features,
     train.demo,
     zoo.zoo,
 ):

@@ -1,10 +1,13 @@
-"""Plots: training curves (``curves.png``) and the timelines of ``tsm predict --plot``."""
+"""Plots: training curves (``curves.png``), the timelines of ``tsm predict --plot``, and the
+frames of ``tsm explain`` with where the model looks laid over them."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from tsmcli.fileio import atomic_write_with
 
@@ -70,3 +73,48 @@ def plot_timelines(
     axes[-1].set_xlabel("time (s), window centres")
     figure.tight_layout()
     return atomic_write_with(Path(path), lambda handle: figure.savefig(handle, format="png"))
+
+
+def heat_frames(frames: np.ndarray, maps: np.ndarray, scale: int = 1) -> np.ndarray:
+    """Each frame ``(T, S, S, 3)`` uint8 with its map ``(T, S, S)`` in [0, 1] laid over it in
+    the jet colours (half and half where the map is 1, the frame alone where it is 0),
+    enlarged ``scale`` times (nearest neighbour): uint8 ``(T, S*scale, S*scale, 3)``."""
+    from matplotlib import colormaps
+
+    heat = colormaps["jet"](maps)[..., :3] * 255.0  # (T, S, S, 3)
+    weight = 0.5 * maps[..., None]
+    mixed = np.rint(frames * (1 - weight) + heat * weight).astype(np.uint8)
+    return mixed.repeat(scale, axis=1).repeat(scale, axis=2)
+
+
+def heat_strip(frames: np.ndarray, maps: np.ndarray, title: str, path: str | Path) -> Path:
+    """``tsm explain``'s picture: the T frames side by side, each with its map, titled."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    count = len(frames)
+    figure = Figure(figsize=(1.6 * count, 2.1), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, count, squeeze=False)[0]
+    for t, (ax, image) in enumerate(zip(axes, heat_frames(frames, maps), strict=True)):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(f"frame {t + 1}", fontsize=8)
+        ax.axis("off")
+    figure.suptitle(title if len(title) <= 100 else "…" + title[-99:], fontsize=9)
+    figure.tight_layout()
+    return atomic_write_with(Path(path), lambda handle: figure.savefig(handle, format="png"))
+
+
+def heat_animation(frames: np.ndarray, maps: np.ndarray, path: str | Path) -> Path:
+    """The frames with their maps as an animated GIF, two frames a second, looping; small
+    frames enlarged to at least 128 px a side."""
+    from PIL import Image
+
+    scale = max(1, -(-128 // frames.shape[1]))
+    images = [Image.fromarray(image) for image in heat_frames(frames, maps, scale)]
+    return atomic_write_with(
+        Path(path),
+        lambda handle: images[0].save(
+            handle, format="GIF", save_all=True, append_images=images[1:], duration=500, loop=0
+        ),
+    )
