@@ -76,6 +76,7 @@ class DoctorResult:
             "lists": [str(p) for p in self.lists],
             "entries": self.entries,
             "decoded": self.decoded,
+            "seconds": round(self.seconds, 3),
             "counts": self.counts(),
             "findings": [f.to_dict() for f in self.findings],
         }
@@ -97,7 +98,7 @@ class DoctorResult:
         totals = ", ".join(f"{n} {s}{'' if n == 1 else 's'}" for s, n in counts.items())
         decoded = f", {self.decoded} decoded" if self.decoded else ""
         lists = f"{len(self.lists)} list{'' if len(self.lists) == 1 else 's'}"
-        rows.append(f"{totals} ({lists}, {self.entries} lines{decoded}, {self.seconds:.1f} s)")
+        rows.append(f"{totals} ({lists}, {self.entries} lines{decoded})")
         return "\n".join(rows)
 
 
