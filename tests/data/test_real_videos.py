@@ -123,12 +123,12 @@ def test_stream_of_a_phone_clip_ends_where_a_streaming_evaluation_does(recorded,
 
 
 def test_doctor_on_the_two_videos_clean_then_with_a_wrong_frame_count(recorded, tmp_path):
-    """A list of the two recorded videos is clean (notes only, exit 0); the same list with
-    bikes.mp4's frame count wrong is an error naming bikes.mp4 (exit 1)."""
+    """A list of the two recorded videos is clean (notes only, exit 0), every frame decoded;
+    the same list with bikes.mp4's frame count wrong is an error naming bikes.mp4 (exit 1)."""
     listed = tmp_path / "list.txt"
     listed.write_text("bikes.mp4 250 0\ncarphone_pristine.mp4 120 1\n")
     args = ["doctor", "--list", str(listed), "--root", str(recorded), "--workers", "2"]
-    clean = CliRunner().invoke(cli, [*args, "--json", str(tmp_path / "clean.json")])
+    clean = CliRunner().invoke(cli, [*args, "--full", "--json", str(tmp_path / "clean.json")])
     assert clean.exit_code == 0, clean.output
     report = json.loads((tmp_path / "clean.json").read_text())
     assert report["counts"] == {"error": 0, "warning": 0, "note": 3} and report["decoded"] == 2

@@ -319,6 +319,11 @@ def test_json_is_never_an_input_and_needs_overwrite(planted, tmp_path):
     assert exists.exit_code == 2 and "already exists; pass --overwrite" in exists.output
     both = runner.invoke(cli, [*args, "--recipe", "demo"])
     assert both.exit_code == 2 and "not both" in both.output
+    neither = runner.invoke(cli, ["doctor"])
+    assert neither.exit_code == 2
+    assert neither.output == "error: give a recipe (--recipe) or lists (--list with --root)\n"
+    rootless = runner.invoke(cli, ["doctor", "--list", str(planted / "val.txt")])
+    assert rootless.exit_code == 2 and "--list needs --root" in rootless.output
 
 
 def test_remedies_turn_the_imbalance_into_a_note_and_both_at_once_warn(planted):
@@ -380,3 +385,32 @@ def test_train_says_what_doctor_says(planted, tmp_path, caplog):
     with pytest.raises(DataError) as stopped:
         train(recipe, out_dir=tmp_path / "run3")
     assert str(stopped.value) == label.line
+
+
+def test_a_model_zoo_name_is_checked_by_its_entry_without_a_download(
+    planted, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("TSM_HOME", str(tmp_path / "home"))
+    found = _by_check(doctor(_recipe(planted), checkpoint="tsm-k400-r50-8f", decode=False))
+    (count,) = found["checkpoint.classes"]
+    assert count.line.startswith("tsm-k400-r50-8f (")
+    assert count.line.endswith(
+        f"the model has 400 classes but {planted / 'classes.txt'} lists 3; evaluate on a list "
+        "of the dataset the model was trained on"
+    )
+    assert "checkpoint.read" not in found
+    assert not (tmp_path / "home").exists() or not any((tmp_path / "home").rglob("*.pth"))
+
+
+def test_full_decodes_the_frames_between_first_middle_and_last(tmp_path):
+    jpeg = encode_jpeg(torch.full((3, 16, 16), 90, dtype=torch.uint8)).numpy().tobytes()
+    (tmp_path / "clip").mkdir()
+    for k in range(1, 9):
+        (tmp_path / "clip" / f"img_{k:05d}.jpg").write_bytes(jpeg)
+    (tmp_path / "clip" / "img_00003.jpg").write_bytes(b"not a jpeg")  # neither end nor middle
+    (tmp_path / "list.txt").write_text("clip 8 0\n")
+    quick = doctor(lists=[tmp_path / "list.txt"], root=tmp_path, workers=1)
+    assert quick.exit_code() == 0
+    full = doctor(lists=[tmp_path / "list.txt"], root=tmp_path, workers=1, full=True)
+    (bad,) = _by_check(full)["data.unreadable"]
+    assert bad.file == str(tmp_path / "clip") and "img_00003.jpg: cannot decode JPEG" in bad.line

@@ -87,10 +87,11 @@ def doctor(
             "give --recipe (its lists) or --list (bare lists), not both; to check other lists "
             "with a recipe, --set data.train_list=... data.val_list=..."
         )
+    loaded, inputs = None, []
     if recipe is not None:
         loaded, inputs = load_recipe(recipe, overrides), [find_recipe(recipe)]
-    else:
-        loaded, inputs = apply_overrides(Recipe(), overrides), []
+    elif lists:  # the default recipe's data and model keys read the lists
+        loaded = apply_overrides(Recipe(), overrides)
     result = run_doctor(
         loaded,
         lists=lists,

@@ -100,7 +100,9 @@ def inspect_clip(root: Path, clip: Clip, look: Look) -> tuple[list[Finding], Cli
         found, facts = inspect(path, clip, look)
     except (DataError, OSError) as exc:
         if not isinstance(exc, DataError):
-            exc = DataError(f"{path}: cannot be read ({exc.strerror or exc}); check it")
+            exc = DataError(
+                f"{path}: cannot be read ({exc.strerror or exc}); check its permissions"
+            )
         kind = "data.unreadable"
         if str(exc) in (str(no_video_error(path)), str(image_error(path))):
             kind = "data.no_video_stream"
@@ -125,6 +127,8 @@ def _inspect_video(path: Path, clip: Clip, look: Look) -> tuple[list[Finding], C
         for batch in video.iter_frames(None, batch_size=CHUNK):  # (n, 3, H, W)
             count += len(batch)
             height, width = batch.shape[-2:]
+        if not count:
+            raise DataError(f"{path}: no frame decodes; the video is truncated or corrupt")
     else:
         frames = video.get(sorted({0, count // 2, count - 1}))  # (k, 3, H, W)
         height, width = frames.shape[-2:]
