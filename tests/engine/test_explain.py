@@ -182,3 +182,17 @@ def test_features_are_the_classifiers_input(data, tmp_path):
     assert rows[0]["error"] is None and "missing.mp4" in rows[1]["error"]
     with pytest.raises(UsageError, match="give INPUTs, or --list and --root, not both"):
         features([root / "videos" / "v2.mp4"], checkpoint, list_file=listed, root=root)
+
+
+def test_layercam_weighs_each_position_by_its_own_positive_gradient():
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=3, num_segments=4).eval()
+    clip = torch.randn(1, 4, 3, 32, 32)
+    maps, label, _ = grad_cam(model, clip, model.base_model.layer1, 2, "layercam")
+    store = {}
+    handle = model.base_model.layer1.register_forward_hook(lambda m, i, o: store.update(a=o))
+    logits = model(clip)
+    handle.remove()
+    (grad,) = torch.autograd.grad(logits[0, 2], store["a"])
+    expected = torch.relu((torch.relu(grad) * store["a"].detach()).sum(1))
+    assert label == 2 and torch.allclose(maps, expected / expected.max(), atol=1e-6)

@@ -34,6 +34,14 @@ from tsmcli.commands.evaluate import arch_options, arch_overrides, view_and_arch
     "are at least 4 pixels a side).",
 )
 @click.option(
+    "--method",
+    type=click.Choice(["gradcam", "layercam"]),
+    default="gradcam",
+    show_default=True,
+    help="Grad-CAM (channels weighed by their mean gradient) or LayerCAM (each position by its "
+    "own positive gradient: sharper at shallow layers and small frames).",
+)
+@click.option(
     "--out",
     "out_dir",
     type=click.Path(path_type=Path),
@@ -80,10 +88,19 @@ def explain(**options: Any) -> None:
     type=click.Path(path_type=Path),
     help="Checkpoint whose features to compute: a file or a model zoo name.",
 )
-@click.option("--list", "list_file", type=click.Path(path_type=Path), default=None,
-              help="A TSN list, instead of INPUTs (its labels go into the index).")
-@click.option("--root", type=click.Path(path_type=Path), default=None,
-              help="Folder the list's paths are relative to.")
+@click.option(
+    "--list",
+    "list_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A TSN list, instead of INPUTs (its labels go into the index).",
+)
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder the list's paths are relative to.",
+)
 @click.option(
     "--out",
     "out_dir",

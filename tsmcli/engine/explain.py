@@ -46,6 +46,7 @@ STAGES = {
     "mobilenet_v2": (("base_model.features", 32),),
 }
 MIN_MAP = 4
+METHODS = ("gradcam", "layercam")
 OUTPUT_SUFFIXES = (".png", ".gif", ".npy")
 
 
@@ -72,10 +73,15 @@ class ExplainResult:
     layer: str
 
 
-def grad_cam(model: nn.Module, clip: Tensor, layer: nn.Module, target: int | None) -> tuple:
-    """Grad-CAM of ``target`` (None: the top-1 class) for a normalised clip ``(1, T, 3, H, W)``
-    through ``model`` at ``layer`` (which sees the T frames as a batch): the maps ``(T, h, w)``
-    at the layer's resolution, scaled so the clip's largest is 1, the class, and the logits."""
+def grad_cam(
+    model: nn.Module, clip: Tensor, layer: nn.Module, target: int | None, method: str = "gradcam"
+) -> tuple:
+    """The class activation maps of ``target`` (None: the top-1 class) for a normalised clip
+    ``(1, T, 3, H, W)`` through ``model`` at ``layer`` (which sees the T frames as a batch):
+    the maps ``(T, h, w)`` at the layer's resolution, scaled so the clip's largest is 1, the
+    class, and the logits. ``gradcam`` weighs each channel by its gradient averaged over the
+    frame; ``layercam`` weighs each position by its own positive gradient (LayerCAM), which
+    keeps more of where at shallow layers."""
     store: dict[str, Tensor] = {}
 
     def keep(_module, _inputs, output: Tensor) -> None:
@@ -92,7 +98,10 @@ def grad_cam(model: nn.Module, clip: Tensor, layer: nn.Module, target: int | Non
     finally:
         handle.remove()
     activation = store["activation"]  # (T, C, h, w)
-    weights = activation.grad.mean(dim=(2, 3), keepdim=True)  # (T, C, 1, 1): per frame
+    if method == "layercam":
+        weights = torch.relu(activation.grad)  # (T, C, h, w)
+    else:
+        weights = activation.grad.mean(dim=(2, 3), keepdim=True)  # (T, C, 1, 1): per frame
     maps = torch.relu((weights * activation).sum(dim=1)).detach()  # (T, h, w)
     peak = maps.max()
     return (maps / peak if peak > 0 else maps), label, logits.detach()
@@ -104,6 +113,7 @@ def explain(
     *,
     target: str | int | None = None,
     layer: str | None = None,
+    method: str = "gradcam",
     out_dir: str | Path | None = None,
     arch: ArchOverrides | None = None,
     backend: str | None = None,
@@ -111,10 +121,13 @@ def explain(
 ) -> ExplainResult:
     """Grad-CAM maps of each input (a video, a frame folder, or a folder searched for them)
     for ``target`` (a class name or index; None: each input's top-1), at ``layer`` (a module
-    path such as ``base_model.layer3``; None: the last convolutional stage). With ``out_dir``,
+    path such as ``base_model.layer3``; None: the last convolutional stage) by ``method``
+    (``gradcam`` or ``layercam``: see ``grad_cam``). With ``out_dir``,
     each input gets ``<name>.png`` (the frames with their maps), ``<name>.gif`` (the same,
     animated) and ``<name>.npy`` (the maps, ``(T, S, S)`` float32), checked before any work."""
     model, data, classes, path = load_for_eval(checkpoint, arch or ArchOverrides(), None, backend)
+    if method not in METHODS:
+        raise UsageError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     model.eval()
     names = list(classes) if classes else [str(k) for k in range(int(model.num_classes))]
     wanted = _target(target, names)
@@ -127,16 +140,18 @@ def explain(
         files = [Output("--out", Path(out_dir) / f"{s}{x}") for s in stems for x in OUTPUT_SUFFIXES]
         check_outputs(files, [checkpoint_file(checkpoint), *inputs], overwrite=overwrite)
     explanations = []
-    log.info("explaining with Grad-CAM at %s", layer_name)
+    log.info("explaining with %s at %s", method, layer_name)
     for item, stem in zip(found, stems, strict=True):
-        explanation = _explain_one(model, module, item, data, wanted, names)
+        explanation = _explain_one(model, module, item, data, wanted, names, method)
         if out_dir is not None and explanation.error is None:
             explanation = _write(explanation, Path(out_dir), stem)
         explanations.append(explanation)
     return ExplainResult(explanations, str(path), layer_name)
 
 
-def _explain_one(model, module, item: FoundInput, data: EvalData, target, names) -> Explanation:
+def _explain_one(
+    model, module, item: FoundInput, data: EvalData, target, names, method
+) -> Explanation:
     """One input: its single eval view through ``grad_cam``; a bad input is its error."""
     empty = np.zeros((0,), dtype=np.float32)
     if item.error is not None:
@@ -148,7 +163,7 @@ def _explain_one(model, module, item: FoundInput, data: EvalData, target, names)
     from tsmcli.data import transforms
 
     clip = transforms.normalize(frames)[None]  # (1, T, 3, S, S)
-    maps, label, logits = grad_cam(model, clip, module, target)
+    maps, label, logits = grad_cam(model, clip, module, target, method)
     size = frames.shape[-2:]
     full = nn.functional.interpolate(maps[:, None], size=size, mode="bilinear")[:, 0]  # (T, S, S)
     probability = float(logits[0].softmax(0)[label])
