@@ -252,7 +252,8 @@ def _write(explanation: Explanation, out_dir: Path, stem: str) -> Explanation:
     from tsmcli.fileio import atomic_write_with
 
     title = f"{explanation.path}: {explanation.name} ({explanation.probability:.3f})"
-    strip = heat_strip(explanation.frames, explanation.maps, title, out_dir / f"{stem}.png")
+    labels = [f"frame {index + 1}" for index in explanation.frame_indices]  # as img_%05d counts
+    strip = heat_strip(explanation.frames, explanation.maps, title, out_dir / f"{stem}.png", labels)
     gif = heat_animation(explanation.frames, explanation.maps, out_dir / f"{stem}.gif")
     raw = atomic_write_with(
         out_dir / f"{stem}.npy", lambda h: np.save(h, explanation.maps.astype(np.float32))

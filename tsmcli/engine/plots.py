@@ -77,18 +77,26 @@ def plot_timelines(
 
 def heat_frames(frames: np.ndarray, maps: np.ndarray, scale: int = 1) -> np.ndarray:
     """Each frame ``(T, S, S, 3)`` uint8 with its map ``(T, S, S)`` in [0, 1] laid over it in
-    the jet colours (half and half where the map is 1, the frame alone where it is 0),
-    enlarged ``scale`` times (nearest neighbour): uint8 ``(T, S*scale, S*scale, 3)``."""
+    the jet colours (70% colour where the map is 1, the frame alone where it is 0; the square
+    root keeps the weaker maps of a clip visible beside its peak), enlarged ``scale`` times
+    (nearest neighbour): uint8 ``(T, S*scale, S*scale, 3)``."""
     from matplotlib import colormaps
 
     heat = colormaps["jet"](maps)[..., :3] * 255.0  # (T, S, S, 3)
-    weight = 0.5 * maps[..., None]
+    weight = 0.7 * np.sqrt(maps)[..., None]
     mixed = np.rint(frames * (1 - weight) + heat * weight).astype(np.uint8)
     return mixed.repeat(scale, axis=1).repeat(scale, axis=2)
 
 
-def heat_strip(frames: np.ndarray, maps: np.ndarray, title: str, path: str | Path) -> Path:
-    """``tsm explain``'s picture: the T frames side by side, each with its map, titled."""
+def heat_strip(
+    frames: np.ndarray,
+    maps: np.ndarray,
+    title: str,
+    path: str | Path,
+    labels: Sequence[str] | None = None,
+) -> Path:
+    """``tsm explain``'s picture: the T frames side by side, each with its map and ``labels``
+    (default: frame 1, 2, ...), titled."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -98,7 +106,7 @@ def heat_strip(frames: np.ndarray, maps: np.ndarray, title: str, path: str | Pat
     axes = figure.subplots(1, count, squeeze=False)[0]
     for t, (ax, image) in enumerate(zip(axes, heat_frames(frames, maps), strict=True)):
         ax.imshow(image, interpolation="nearest")
-        ax.set_title(f"frame {t + 1}", fontsize=8)
+        ax.set_title(labels[t] if labels else f"frame {t + 1}", fontsize=8)
         ax.axis("off")
     figure.suptitle(title if len(title) <= 100 else "…" + title[-99:], fontsize=9)
     figure.tight_layout()
