@@ -71,6 +71,31 @@ def interleaved_medians(
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def dense_peak(size: int = 2048, reps: int = 5, dtype=None) -> float:
+    """What this machine's cores can do at best, in FLOP/s: a large square matrix product
+    (``size`` x ``size``, float32 unless ``dtype``) on the current intra-op threads, the median
+    of ``reps``. A model's achieved FLOP/s as a fraction of it says how far a step is from the
+    machine's limit."""
+    import torch
+
+    dtype = dtype or torch.float32
+    a, b = (torch.randn(size, size, dtype=dtype) for _ in range(2))
+    seconds = interleaved_medians({"gemm": lambda: a @ b}, reps=reps)["gemm"]
+    return 2.0 * size**3 / seconds
+
+
+def forward_flops(model, clips) -> int:
+    """Floating-point operations (2 per multiply-add) of one forward of ``model`` on
+    ``clips``, as torch's FLOP counter counts them (convolutions and matrix products)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(clips)
+    return counter.get_total_flops()
+
+
 def write_section(name: str, title: str, body: str) -> Path:
     """Write ``bench/results/<name>.md``: a section of BENCHMARKS.md with its machine and command."""
     RESULTS.mkdir(parents=True, exist_ok=True)
