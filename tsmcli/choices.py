@@ -40,5 +40,10 @@ PROTOCOLS = ("single", "kinetics", "sthv2")  # test presets (engine.views.PROTOC
 TEST_CROPS = (1, 3, 10)  # spatial crops per clip
 AVERAGE_MODES = ("score", "prob")  # what is averaged over a video's views
 
+# deployment: the number format a model runs in (bf16: PyTorch autocast where the hardware has
+# it; int8: an ONNX model quantized with calibration), and those an export writes
+PRECISIONS = ("fp32", "bf16", "int8")
+EXPORT_PRECISIONS = ("fp32", "int8")
+
 # tsm doctor: how much a finding matters, the worst first
 SEVERITIES = ("error", "warning", "note")

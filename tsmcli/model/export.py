@@ -11,6 +11,12 @@ after the last frame). A difference above the tolerance is an ``ExportError`` na
 worst output; the files are staged in a temp dir beside the model dir and moved into place
 only at the end (``model_dir.publish``).
 
+The ONNX file is exported from the streaming model with each in-place splice of the buffer
+(``streaming.swap_in`` / ``restore``) written as a slice and a concatenation instead
+(``spliced_for_onnx``): the same values, but the exporter otherwise turns each in-place write
+into a ScatterND between four transposes, which ONNX Runtime runs slower and its int8
+quantizer cannot fuse; as Slice/Concat the graph is plain convolutions and copies.
+
 Exporters (torch 2.14): ONNX goes through ``torch.onnx.export(dynamo=True)`` (torch.export,
 translated by onnxscript), the default and maintained path; the TorchScript-based exporter
 (``dynamo=False``) is deprecated and due for removal. The dynamo exporter implements opset 18
@@ -23,6 +29,8 @@ and shapes are static (one frame size per export).
 
 from __future__ import annotations
 
+import copy
+import operator
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -30,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.fx as fx
 from torch import Tensor, nn
 
 from tsmcli.errors import ExportError
@@ -41,12 +50,14 @@ from tsmcli.model.model_dir import (
     io_names,
     load_streaming_model,
 )
-from tsmcli.model.streaming import StepFn, StreamingTSM, run_stream
+from tsmcli.model.runtime import OnnxClipModel, OnnxStep
+from tsmcli.model.streaming import StepFn, StreamingTSM, run_stream, swap_in
 from tsmcli.model.tsn import TSN
 from tsmcli.model.weights import save_checkpoint
 
 TOLERANCE = 1e-4
 DEFAULT_OPSET = 18
+CLIP_TOLERANCE = 1e-4  # the clip model's logits, relative to their largest magnitude
 
 
 def rebuild(model: TSN, **changes: Any) -> TSN:
@@ -118,8 +129,8 @@ def export_and_verify(
         comparison.compare("weights", reloaded)
         traced = _export_torchscript(streaming, frame, buffers, staged / TORCHSCRIPT_FILE)
         comparison.compare("torchscript", traced)
-        _export_onnx(streaming, frame, buffers, staged / ONNX_FILE, opset)
-        comparison.compare("onnx", _onnx_step(staged / ONNX_FILE, streaming.num_buffers))
+        export_onnx(spliced_for_onnx(streaming), frame, buffers, staged / ONNX_FILE, opset)
+        comparison.compare("onnx", OnnxStep(staged / ONNX_FILE, streaming.num_buffers))
     comparison.raise_worst()
     return Verified(comparison.checks, reloaded)
 
@@ -195,21 +206,86 @@ def _export_torchscript(
         return torch.jit.load(str(path)).eval()
 
 
-def _export_onnx(
-    streaming: StreamingTSM, frame: Tensor, buffers: list[Tensor], path: Path, opset: int
+def export_clip_and_verify(
+    model: TSN, path: Path, *, sizes: Sequence[int], opset: int, seed: int
+) -> dict[str, dict[str, float]]:
+    """Export the offline ``model`` as an ONNX clip model at ``path``: input ``clip``
+    ``(1, T, 3, H, W)`` (H and W free: eval's crops are the input size, or the scale size for
+    full-resolution views), output ``logits`` ``(1, K)``. It is run in ONNX Runtime on a random
+    clip of each side in ``sizes`` and its logits compared with PyTorch's: a difference above
+    ``CLIP_TOLERANCE`` of their largest magnitude is an ``ExportError``. Returns the checks."""
+    from torch.export import Dim
+
+    generator = torch.Generator().manual_seed(seed)
+    segments = int(model.num_segments)
+    channels = int(getattr(model.spec, "input_channels", 3))  # 3 for RGB
+    clip = torch.randn(1, segments, channels, sizes[0], sizes[0], generator=generator)
+    free = {3: Dim("height", min=16, max=4096), 4: Dim("width", min=16, max=4096)}
+    export_module(model, (clip,), path, opset, inputs=["clip"], outputs=["logits"], dynamic=(free,))
+    exported = OnnxClipModel(path, num_classes=model.num_classes, num_segments=segments)
+    checks = {}
+    for side in dict.fromkeys(sizes):
+        clip = torch.randn(
+            1, segments, channels, side, side, generator=generator
+        )  # (1, T, C, S, S)
+        with torch.no_grad():
+            want = model(clip)  # (1, K)
+        scale = max(float(want.abs().max()), 1e-12)
+        checks[f"clip logits at {side}x{side}"] = {
+            "max_rel_diff": _max_diff(exported(clip), want) / scale,
+            "tolerance": CLIP_TOLERANCE,
+        }
+    name, worst = max(checks.items(), key=lambda item: item[1]["max_rel_diff"])
+    if not worst["max_rel_diff"] <= CLIP_TOLERANCE:
+        raise ExportError(
+            f"{path.name}: {name} differ from PyTorch's by {worst['max_rel_diff']:.3g} of their "
+            f"magnitude (tolerance {CLIP_TOLERANCE:g}): the export is wrong and nothing was "
+            "written; please report it with the checkpoint's architecture"
+        )
+    return checks
+
+
+def export_onnx(
+    streaming: nn.Module, frame: Tensor, buffers: list[Tensor], path: Path, opset: int
 ) -> None:
+    """The streaming model (``num_buffers`` buffers) to an ONNX file with the model dir's
+    input and output names; the opset written is checked."""
+    buffer_names, new_buffer_names = io_names(streaming.num_buffers)
+    export_module(
+        streaming,
+        (frame, *buffers),
+        path,
+        opset,
+        inputs=["frame", *buffer_names],
+        outputs=["logits", *new_buffer_names],
+    )
+
+
+def export_module(
+    module: nn.Module,
+    args: tuple[Tensor, ...],
+    path: Path,
+    opset: int,
+    *,
+    inputs: list[str],
+    outputs: list[str],
+    dynamic: tuple[dict[int, Any], ...] | None = None,
+) -> None:
+    """``module(*args)`` to an ONNX file at ``path`` (static shapes but the ``dynamic`` dims
+    of each input, weights inside), through the dynamo exporter; ``ExportError`` when it
+    fails or writes another opset."""
     import onnx
 
-    buffer_names, new_buffer_names = io_names(streaming.num_buffers)
     try:
         torch.onnx.export(
-            streaming,
-            (frame, *buffers),
+            module,
+            args,
             str(path),
             dynamo=True,
             opset_version=opset,
-            input_names=["frame", *buffer_names],
-            output_names=["logits", *new_buffer_names],
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_shapes=dynamic,
             external_data=False,
             verbose=False,
         )
@@ -226,22 +302,55 @@ def _export_onnx(
         )
 
 
-def _onnx_step(path: Path, num_buffers: int) -> StepFn:
-    """The ONNX file in onnxruntime (CPU) as a streaming step; checks the I/O names."""
-    import onnxruntime as ort
+# ---------------------------------------------------------------------------------------------
+# the streaming graph as ONNX gets it
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    buffer_names, new_buffer_names = io_names(num_buffers)
-    inputs = [i.name for i in session.get_inputs()]
-    outputs = [o.name for o in session.get_outputs()]
-    if inputs != ["frame", *buffer_names] or outputs != ["logits", *new_buffer_names]:
-        raise ExportError(
-            f"{path.name}: inputs {inputs[:3]}... and outputs {outputs[:3]}... "
-            "are not named frame, buffer_i / logits, new_buffer_i"
-        )
 
-    def step(frame: Tensor, *buffers: Tensor) -> list[Tensor]:
-        feed = {name: t.numpy() for name, t in zip(inputs, (frame, *buffers), strict=True)}
-        return [torch.from_numpy(out) for out in session.run(None, feed)]
+def splice(x: Tensor, buffer: Tensor, fold_div: int) -> tuple[Tensor, Tensor]:
+    """``swap_in`` without writing in place: ``(new buffer, spliced input)``, the first
+    ``fold`` channels of ``x`` and ``x`` with those channels replaced by ``buffer``."""
+    fold = x.shape[1] // fold_div
+    kept = x.narrow(1, fold, x.shape[1] - fold)  # (1, C - fold, H, W)
+    return x.narrow(1, 0, fold), torch.cat([buffer, kept], dim=1)  # (1, fold, H, W), (1, C, H, W)
 
-    return step
+
+class SplicedStreaming(nn.Module):
+    """``StreamingTSM`` with each in-place ``swap_in -> layer -> restore`` rewritten as
+    ``splice -> layer`` on the spliced copy: the same outputs and buffers, and a graph of
+    Slice/Concat for the ONNX exporter. Shares the streaming model's modules."""
+
+    def __init__(self, streaming: StreamingTSM):
+        super().__init__()
+        self.backbone = _spliced_backbone(streaming.backbone)
+        self.dropout, self.new_fc = streaming.dropout, streaming.new_fc
+        self.num_buffers = streaming.num_buffers
+
+    def forward(self, frame: Tensor, *buffers: Tensor) -> tuple[Tensor, ...]:
+        out = self.backbone(frame, *buffers)
+        features, *new_buffers = tuple(out) if self.num_buffers else (out,)  # (1, D), ...
+        return (self.new_fc(self.dropout(features)), *new_buffers)  # (1, K), ...
+
+
+def spliced_for_onnx(streaming: StreamingTSM) -> SplicedStreaming:
+    """The streaming model as the ONNX file holds it (``SplicedStreaming``), in eval mode."""
+    return SplicedStreaming(streaming).eval()
+
+
+def _spliced_backbone(backbone: fx.GraphModule) -> fx.GraphModule:
+    """A copy of the streaming backbone's graph (sharing its modules) in which every
+    ``swap_in(x, buffer)`` is ``splice(x, buffer)``, the shifted layer reads the spliced copy
+    instead of ``x``, and its ``restore`` is gone: nothing writes into ``x`` any more."""
+    graph = copy.deepcopy(backbone.graph)
+    for node in list(graph.nodes):
+        if node.op != "call_function" or node.target is not swap_in:
+            continue
+        node.target = splice
+        picks = {user.args[1]: user for user in node.users if user.target is operator.getitem}
+        spliced = picks[1]  # was the head view written in place; now the spliced input
+        for restore_node in list(spliced.users):
+            layer = restore_node.args[0]  # the shifted layer, which read x after the write
+            layer.args = (spliced, *layer.args[1:])
+            restore_node.replace_all_uses_with(layer)
+            graph.erase_node(restore_node)
+    graph.lint()
+    return fx.GraphModule(backbone, graph)

@@ -4,7 +4,8 @@ from it executed. ``export`` fills it; ``engine.convert`` drives the conversion.
 A model dir holds ``online_weights.pt`` (a plain checkpoint of the one-way model: what
 ``tsm stream`` and ``tsm eval --online`` rebuild and run, so nothing from the dir executes),
 the deployment exports ``online.pt`` (TorchScript, which runs code when loaded: only with
-``trust_torchscript``) and ``online.onnx``, ``report.json`` (input size, test scale, buffer
+``trust_torchscript``), ``online.onnx`` and, converted with ``--precision int8``,
+``online.int8.onnx`` (run by ONNX Runtime, ``model.runtime``: data, not code), ``report.json`` (input size, test scale, buffer
 shapes, what was verified and measured), ``classes.txt`` when the class names are known, and
 ``finetune/`` when the model was fine-tuned one-way. A conversion is staged in a temp dir
 beside the model dir and published at the end; into an existing dir, only the names in
@@ -29,25 +30,34 @@ import torch
 from tsmcli.errors import ExportError, UsageError
 from tsmcli.fileio import atomic_write, check_writable_dir
 from tsmcli.model.checkpoint import load_model
+from tsmcli.model.runtime import OnnxStep, stream_io_names
 from tsmcli.model.streaming import StepFn, StreamingTSM
 
 # what a model dir holds; --overwrite replaces these names and no others (report.json last)
 WEIGHTS_FILE = "online_weights.pt"  # what tsm stream / eval --online run (rebuilt, no code)
 TORCHSCRIPT_FILE = "online.pt"  # deployment artifact; runs code when loaded
 ONNX_FILE = "online.onnx"
+INT8_FILE = "online.int8.onnx"  # --precision int8: calibrated and checked against online.onnx
 CLASSES_FILE = "classes.txt"
 FINETUNE_DIR = "finetune"
 REPORT_FILE = "report.json"
-OUTPUTS = (FINETUNE_DIR, WEIGHTS_FILE, TORCHSCRIPT_FILE, ONNX_FILE, CLASSES_FILE, REPORT_FILE)
+OUTPUTS = (
+    FINETUNE_DIR,
+    WEIGHTS_FILE,
+    TORCHSCRIPT_FILE,
+    ONNX_FILE,
+    INT8_FILE,
+    CLASSES_FILE,
+    REPORT_FILE,
+)
+INT8_REMEDY = "make it with tsm convert-online --precision int8 --calib-list LIST --root ROOT"
 REPORT_FORMAT, REPORT_VERSION = "tsmcli-online", 1
 
 
 def io_names(num_buffers: int) -> tuple[list[str], list[str]]:
-    """ONNX input and output names, buffers in the order the shifted blocks run."""
-    return (
-        [f"buffer_{i}" for i in range(num_buffers)],
-        [f"new_buffer_{i}" for i in range(num_buffers)],
-    )
+    """ONNX input and output names of the buffers, in the order the shifted blocks run."""
+    inputs, outputs = stream_io_names(num_buffers)
+    return inputs[1:], outputs[1:]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,10 +132,10 @@ def write_report(
         atomic_write(staged / CLASSES_FILE, "".join(f"{name}\n" for name in classes))
 
 
-def publish(staged: Path, out_dir: Path) -> None:
+def publish(staged: Path, out_dir: Path, outputs: Sequence[str] = OUTPUTS) -> None:
     """Move the staged model into place. A new ``out_dir`` is the staged dir renamed. In an
-    existing one (empty, or ``--overwrite``) only the names this command writes (``OUTPUTS``)
-    are replaced, and those this conversion did not produce (classes.txt, finetune/) are
+    existing one (empty, or ``--overwrite``) only the names this command writes (``outputs``:
+    the online model dir's, or ``model.clip_dir.OUTPUTS``) are replaced, and those this conversion did not produce (classes.txt, finetune/) are
     removed (into the temp dir, deleted with it); any other file there is left alone.
     report.json goes last."""
     if not out_dir.exists():
@@ -133,7 +143,7 @@ def publish(staged: Path, out_dir: Path) -> None:
         return
     previous = staged.parent / "previous"
     previous.mkdir()
-    for name in OUTPUTS:
+    for name in outputs:
         new, target = staged / name, out_dir / name
         if new.is_file() and target.is_file() and not target.is_symlink():
             os.replace(new, target)
@@ -172,12 +182,19 @@ def load_streaming_model(path: str | Path) -> StreamingTSM:
     return StreamingTSM(load_model(path)).eval()
 
 
-def load_model_dir(model_dir: str | Path, *, trust_torchscript: bool = False) -> ModelDir:
+def load_model_dir(
+    model_dir: str | Path,
+    *,
+    trust_torchscript: bool = False,
+    precision: str = "fp32",
+    threads: int | None = None,
+) -> ModelDir:
     """The streaming model of a model dir, with the input size recorded in ``report.json``.
 
     By default it is rebuilt from ``online_weights.pt`` (no code from the dir runs).
     ``trust_torchscript=True`` loads ``online.pt`` instead: only for a dir you trust, since
-    loading and running TorchScript runs whatever code it holds.
+    loading and running TorchScript runs whatever code it holds. ``precision="int8"`` runs
+    ``online.int8.onnx`` in ONNX Runtime (``threads`` intra-op threads; None: one a core).
     """
     model_dir = Path(model_dir)
     report_path = model_dir / REPORT_FILE
@@ -187,7 +204,10 @@ def load_model_dir(model_dir: str | Path, *, trust_torchscript: bool = False) ->
             "(make one with tsm convert-online)"
         )
     report = read_report(report_path)
-    if trust_torchscript:
+    if precision == "int8":
+        path = model_dir / INT8_FILE
+        step = _load_int8(path, report_path, report, threads)
+    elif trust_torchscript:
         path = model_dir / TORCHSCRIPT_FILE
         step: StepFn = load_torchscript(path)
     else:
@@ -222,6 +242,20 @@ def _load_weights(path: Path, model_dir: Path, report_path: Path, report: Report
             f"{report_path}: its buffer_shapes do not match {path} at "
             f"{report.height}x{report.width}; the report was edited or belongs to another "
             "model: convert again with tsm convert-online"
+        )
+    return step
+
+
+def _load_int8(path: Path, report_path: Path, report: Report, threads: int | None) -> OnnxStep:
+    """online.int8.onnx in ONNX Runtime, checked against the buffer shapes of the report."""
+    if not path.is_file():
+        raise ExportError(f"{path}: missing, the model dir holds no int8 model; {INT8_REMEDY}")
+    step = OnnxStep(path, len(report.buffer_shapes), threads=threads, remedy=INT8_REMEDY)
+    shapes = [tuple(i.shape) for i in step.session.get_inputs()[1:]]
+    if shapes != report.buffer_shapes:
+        raise ExportError(
+            f"{report_path}: its buffer_shapes do not match {path}; the report was edited or "
+            f"belongs to another model: {INT8_REMEDY}"
         )
     return step
 
