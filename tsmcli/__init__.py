@@ -31,6 +31,7 @@ _API = {
     "predict": "tsmcli.engine.predict",
     "stream": "tsmcli.engine.stream",
     "convert_online": "tsmcli.engine.convert",
+    "export_model": "tsmcli.engine.deploy",
     "demo": "tsmcli.showcase",
     "download_checkpoint": "tsmcli.zoo_cache",
     "resolve_checkpoint": "tsmcli.zoo_cache",

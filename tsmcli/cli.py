@@ -121,6 +121,7 @@ for _command in (
     train.train,
     evaluate.evaluate,
     convert.convert_online,
+    convert.export,
     predict.predict,
     predict.stream,
     explain.explain,

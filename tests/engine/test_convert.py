@@ -142,7 +142,7 @@ def test_onnx_and_torchscript_files_match_pytorch_frame_by_frame(converted):
 
 def test_a_wrong_export_is_an_error_and_nothing_is_written(converted, tmp_path, monkeypatch):
     checkpoint, good = converted
-    real_step = export._onnx_step
+    real_step = export.OnnxStep
 
     def perturbed(path, num_buffers):
         step = real_step(path, num_buffers)
@@ -152,9 +152,9 @@ def test_a_wrong_export_is_an_error_and_nothing_is_written(converted, tmp_path, 
 
     # The verified file of the same checkpoint stands in for a fresh (slow) ONNX export.
     monkeypatch.setattr(
-        export, "_export_onnx", lambda *args: shutil.copyfile(good.out_dir / "online.onnx", args[3])
+        export, "export_onnx", lambda *args: shutil.copyfile(good.out_dir / "online.onnx", args[3])
     )
-    monkeypatch.setattr(export, "_onnx_step", perturbed)
+    monkeypatch.setattr(export, "OnnxStep", perturbed)
     with pytest.raises(ExportError, match=r"onnx (frame|clip) logits differ .* by 0\.001"):
         convert_online(checkpoint, tmp_path / "online", **FAST)
     assert list(tmp_path.iterdir()) == []  # no model dir, no temp dir left behind
@@ -297,7 +297,7 @@ def fast_onnx(converted, monkeypatch):
     """The verified ONNX file of the same checkpoint stands in for a fresh (slow) export."""
     _, good = converted
     monkeypatch.setattr(
-        export, "_export_onnx", lambda *args: shutil.copyfile(good.out_dir / "online.onnx", args[3])
+        export, "export_onnx", lambda *args: shutil.copyfile(good.out_dir / "online.onnx", args[3])
     )
 
 

@@ -513,11 +513,16 @@ def test_cli_checkpoint_and_online_are_exclusive(tmp_path):
     from tsmcli.cli import cli
 
     base = ["eval", "--list", str(tmp_path / "l.txt"), "--root", str(tmp_path)]
-    for extra in ([], ["--checkpoint", "a.pt", "--online", "dir"]):
+    for extra in (
+        [],
+        ["--checkpoint", "a.pt", "--online", "dir"],
+        ["--model", "m", "--online", "d"],
+    ):
         result = CliRunner().invoke(cli, base + extra)
         assert result.exit_code == 2
         assert result.output.strip().splitlines() == [
-            "error: give exactly one of --checkpoint CKPT or --online MODEL_DIR"
+            "error: give exactly one of --checkpoint CKPT, --model MODEL_DIR (tsm export) or "
+            "--online MODEL_DIR (tsm convert-online)"
         ]
     for option in (["--trust-torchscript"], ["--stride", "3"]):
         result = CliRunner().invoke(cli, [*base, "--checkpoint", "a.pt", *option])
@@ -568,7 +573,13 @@ def test_cli_online_calls_the_streaming_evaluation(tmp_path, monkeypatch):
             tmp_path / "m",
             tmp_path / "l.txt",
             tmp_path,
-            {"source": None, "backend": None, "stride": None, "trust_torchscript": False},
+            {
+                "source": None,
+                "backend": None,
+                "stride": None,
+                "trust_torchscript": False,
+                "precision": "fp32",
+            },
         )
     ]
     rows = dict(re.split(r"\s{2,}", line, maxsplit=1) for line in result.output.splitlines())
@@ -684,7 +695,7 @@ def test_the_loader_forks_its_workers_with_the_decoder_already_imported(
     code = f"""
 import json, sys, types, torch
 from tsmcli.data.settings import Reading
-from tsmcli.engine.evaluate import views_loader
+from tsmcli.engine.scoring import views_loader
 dataset = types.SimpleNamespace(reading=Reading(source={source!r}, backend={backend!r}))
 before = {{"decord", "av"}} & set(sys.modules)
 views_loader(dataset, 1, {workers}, torch.device("cpu"))

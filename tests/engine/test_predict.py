@@ -323,14 +323,14 @@ def test_a_model_zoo_name_is_its_cached_file_with_its_architecture_and_names(
 @pytest.mark.filterwarnings("ignore:This DataLoader will create")  # 8 cores faked, none started
 def test_default_workers_are_no_more_than_the_batches_to_overlap(monkeypatch):
     """One batch (``tsm predict clip.mp4``) has nothing to overlap: no worker is started."""
-    from tsmcli.engine import evaluate as evaluate_module
-    from tsmcli.engine.evaluate import views_loader
+    from tsmcli.engine import scoring
+    from tsmcli.engine.scoring import views_loader
 
-    monkeypatch.setattr(evaluate_module.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(scoring.os, "cpu_count", lambda: 8)
     cpu = torch.device("cpu")
     for items, batch, expected in [(1, 4, 0), (4, 4, 0), (5, 4, 1), (9, 2, 4), (100, 4, 4)]:
         assert views_loader(list(range(items)), batch, None, cpu).num_workers == expected
-    monkeypatch.setattr(evaluate_module.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(scoring.os, "cpu_count", lambda: 2)
     assert views_loader(list(range(100)), 4, None, cpu).num_workers == 2
     assert views_loader(list(range(1)), 4, 3, cpu).num_workers == 3  # given: as given
 

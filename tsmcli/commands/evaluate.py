@@ -12,7 +12,7 @@ from tsmcli import choices
 from tsmcli.commands import overwrite_option, print_rows
 
 
-def _apply(options):
+def apply_options(options):
     """Several click options as one decorator, shown in ``--help`` in the order listed."""
 
     def decorate(command):
@@ -24,7 +24,7 @@ def _apply(options):
 
 
 # the test views and their loading: tsm eval and tsm predict read videos alike
-view_options = _apply(
+view_options = apply_options(
     [
         click.option(
             "--protocol",
@@ -82,7 +82,7 @@ view_options = _apply(
     ]
 )
 # the architecture: for official / mmaction2 checkpoints; over what ours record
-arch_options = _apply(
+arch_options = apply_options(
     [
         click.option(
             "--arch",
@@ -116,8 +116,16 @@ arch_options = _apply(
         ),
     ]
 )
-# the model: its decoder, its architecture, its device
-model_options = _apply(
+precision_option = click.option(
+    "--precision",
+    type=click.Choice(choices.PRECISIONS),
+    default="fp32",
+    show_default=True,
+    help="bf16: the checkpoint under autocast, only where bf16 is native (AVX512_BF16/AMX "
+    "CPUs, GPUs); int8: the int8 ONNX model of a model dir (--model, --online).",
+)
+# the model: its decoder, its architecture, its device, its precision
+model_options = apply_options(
     [
         click.option(
             "--backend",
@@ -133,6 +141,7 @@ model_options = _apply(
             show_default=True,
             help="Where the model runs (auto: CUDA when available).",
         ),
+        precision_option,
     ]
 )
 
@@ -143,6 +152,13 @@ model_options = _apply(
     type=click.Path(path_type=Path),
     default=None,
     help="Checkpoint to evaluate: a file, or a model zoo name (tsm zoo list), which also gives the architecture and class names.",
+)
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Evaluate the ONNX model of a model dir from tsm export (ONNX Runtime, CPU), with eval's views.",
 )
 @click.option(
     "--online",
@@ -195,7 +211,7 @@ model_options = _apply(
     help="--online: feed one frame in N (default: the model dir's stride, the spacing of the frames it was trained on).",
 )
 def evaluate(**options: Any) -> None:
-    """Top-1 / top-5 / mean class accuracy of a checkpoint on a list.
+    """Top-1 / top-5 / mean class accuracy of a checkpoint (or an exported model) on a list.
 
     Under torchrun (python -m torch.distributed.run ... -m tsmcli eval ...) each process scores
     a share of the list and the numbers equal a single process's.
@@ -208,11 +224,7 @@ def evaluate(**options: Any) -> None:
     if options["online_dir"] is not None:
         print_rows(_online_rows(options["online_dir"], result, options))
     elif env_rank() == 0:  # under torchrun every rank has the numbers; one prints them
-        print_rows(
-            _checkpoint_rows(
-                options["checkpoint"], result, options["json_path"], options["out_dir"]
-            )
-        )
+        print_rows(_checkpoint_rows(result, options))
 
 
 def view_and_arch(options: dict[str, Any]) -> tuple[Any, Any]:
@@ -244,8 +256,10 @@ def arch_overrides(options: dict[str, Any]) -> Any:
 def _online_rows(online: Path, result, options: dict[str, Any]) -> list[tuple[str, str]]:
     which = "every frame" if result.stride == 1 else f"one frame in {result.stride}"
     why = "given" if options["stride"] is not None else result.stride_from
+    precision = [] if options["precision"] == "fp32" else [("precision", options["precision"])]
     return [
         ("model", str(online)),
+        *precision,
         ("frames fed", f"{which} ({why})"),
         ("top-1", f"{result.top1:.2f} %"),
         ("top-5", f"{result.top5:.2f} %"),
@@ -257,11 +271,12 @@ def _online_rows(online: Path, result, options: dict[str, Any]) -> list[tuple[st
     ] + _written(options["json_path"], options["out_dir"])
 
 
-def _checkpoint_rows(
-    checkpoint: Path, result, json_path: Path | None, out_dir: Path | None
-) -> list[tuple[str, str]]:
+def _checkpoint_rows(result, options: dict[str, Any]) -> list[tuple[str, str]]:
+    given = options["checkpoint"] or options["model_dir"]
+    precision = [] if options["precision"] == "fp32" else [("precision", options["precision"])]
     rows = [
-        ("checkpoint", str(checkpoint)),
+        ("checkpoint" if options["checkpoint"] else "model", str(given)),
+        *precision,
         ("protocol", result.protocol.name),
         ("top-1", f"{result.top1:.2f} %"),
         ("top-5", f"{result.top5:.2f} %"),
@@ -270,7 +285,7 @@ def _checkpoint_rows(
         ("views", str(result.views)),
         ("videos/s", f"{result.videos_per_s:.1f}"),
     ]
-    return rows + _written(json_path, out_dir)
+    return rows + _written(options["json_path"], options["out_dir"])
 
 
 def _written(json_path: Path | None, out_dir: Path | None) -> list[tuple[str, str]]:

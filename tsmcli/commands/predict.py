@@ -10,7 +10,7 @@ import click
 
 from tsmcli import choices
 from tsmcli.commands import overwrite_option, print_rows
-from tsmcli.commands.evaluate import model_options, view_and_arch, view_options
+from tsmcli.commands.evaluate import model_options, precision_option, view_and_arch, view_options
 from tsmcli.data.inputs import DEFAULT_FPS
 from tsmcli.data.layout import FRAME_TEMPLATE, VIDEO_EXTENSIONS
 
@@ -25,9 +25,16 @@ _FOUND = (
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--checkpoint",
-    required=True,
+    default=None,
     type=click.Path(path_type=Path),
     help="Checkpoint to predict with: a file (ours, official TSM or mmaction2), or a model zoo name (tsm zoo list), which also gives the architecture and class names.",
+)
+@click.option(
+    "--model",
+    "model_dir",
+    default=None,
+    type=click.Path(path_type=Path),
+    help="Predict with the ONNX model of a model dir from tsm export instead (ONNX Runtime, CPU).",
 )
 @click.option(
     "--classes",
@@ -187,6 +194,7 @@ def _summary_rows(result) -> list[tuple[str, str]]:
     default=None,
     help="torch threads for the model (default: every core but one, which decodes the source).",
 )
+@precision_option
 def stream(source, camera, **options: Any) -> None:
     """Run an online model frame by frame on SOURCE (a video file, a frame folder or a URL:
     http(s), rtsp, ...) or a camera, printing the running top-k after each frame.

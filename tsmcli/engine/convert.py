@@ -1,6 +1,7 @@
 """``tsm convert-online``: a checkpoint to a verified streaming model dir (``model.export``
 into a ``model.model_dir``), with top-1 before and after conversion, an optional one-way
-fine-tuning, and latency.
+fine-tuning, latency, and with ``precision="int8"`` a calibrated int8 ONNX model beside the
+fp32 one (``engine.int8_stream``), checked on real clips before anything is written.
 
 The checkpoint is read once (``read_checkpoint``); the model, the offline accuracy and the
 fine-tuning run (its init and its distillation teacher) all take that one ``CheckpointInfo``.
@@ -9,29 +10,32 @@ fine-tuning run (its init and its distillation teacher) all take that one ``Chec
 from __future__ import annotations
 
 import logging
-import statistics
-import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from tsmcli.data.lists import read_list
+from tsmcli.data.lists import ListFile, read_list, read_list_file
 from tsmcli.data.sampling import clip_frame_spacing
+from tsmcli.engine.convert_finetune import Finetune, check_finetune, finetune_one_way
+from tsmcli.engine.convert_measure import latency_ms, offline_accuracy, online_accuracy
+from tsmcli.engine.int8 import DEFAULT_CALIB_CLIPS, DEFAULT_CHECK_CLIPS, Int8Checks
+from tsmcli.engine.online import OnlineModel, with_classes
 from tsmcli.errors import TSMError, UsageError
 from tsmcli.model.checkpoint import CheckpointInfo, load_model, read_checkpoint
-from tsmcli.model.export import DEFAULT_OPSET, export_and_verify, rebuild
+from tsmcli.model.export import DEFAULT_OPSET, Verified, export_and_verify, rebuild
 from tsmcli.model.model_dir import (
     FINETUNE_DIR,
+    INT8_FILE,
+    ONNX_FILE,
     ModelDir,
     check_out_dir,
     publish,
     staged_model_dir,
     write_report,
 )
+from tsmcli.model.quantize import DEFAULT_INT8
 from tsmcli.model.spec import ArchOverrides
 from tsmcli.model.streaming import FrameModel, StreamingTSM
 from tsmcli.recipe import DataConfig, Recipe
@@ -71,6 +75,8 @@ class ConvertResult:
     finetuned_checkpoint: Path | None = None  # out_dir/finetune/...: the one-way weights exported
     frame_stride: int = 1  # one frame in this many: the spacing the model was trained on
     frame_stride_from: str = "not recorded"
+    # fp32 / int8 -> the ONNX file, its bytes, ms/frame in ONNX Runtime, what was checked
+    precisions: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def report_fields(self) -> dict[str, Any]:
         """The fields as JSON values, for ``report.json`` (``model.model_dir.write_report``)."""
@@ -87,14 +93,6 @@ class ConvertResult:
 
 
 @dataclass(frozen=True)
-class _Finetune:
-    epochs: int
-    lr_scale: float
-    distill_weight: float
-    distill_temperature: float
-
-
-@dataclass(frozen=True)
 class _ValData:
     """The list accuracy is measured on, and how its videos are read."""
 
@@ -102,6 +100,16 @@ class _ValData:
     root: str | Path
     source: str | None
     backend: str | None
+
+
+@dataclass(frozen=True)
+class _Int8:
+    """``--precision int8``: the list to calibrate and check on, read once."""
+
+    listed: ListFile
+    root: Path
+    calib_clips: int
+    check_clips: int
 
 
 @dataclass(frozen=True)
@@ -115,13 +123,14 @@ class _Job:
     size: tuple[int, int, int]  # height, width, scale_size
     classes: list[str] | None
     val: _ValData | None
-    finetune: _Finetune
+    finetune: Finetune
     arch: ArchOverrides
     verify_frames: int
     opset: int
     seed: int
     latency_reps: int
     stride: tuple[int, str]  # the frame stride to record, and where it came from
+    int8: _Int8 | None = None
 
 
 def convert_online(
@@ -145,6 +154,10 @@ def convert_online(
     seed: int = 0,
     stride: int | None = None,
     arch: ArchOverrides | None = None,
+    precision: str = "fp32",
+    calib_list: str | Path | None = None,
+    calib_clips: int = DEFAULT_CALIB_CLIPS,
+    check_clips: int = DEFAULT_CHECK_CLIPS,
 ) -> ConvertResult:
     """Build the streaming model of a checkpoint, verify its exports, write them to ``out_dir``.
 
@@ -161,22 +174,26 @@ def convert_online(
     model's architecture, as in ``evaluate`` (``ArchOverrides(arch=..., num_segments=...,
     shift=...)``): an official TSM or mmaction2 checkpoint does not record it, unless it is
     given by its model zoo name (``checkpoint`` may be one), which brings its class names too.
+    ``precision="int8"`` also writes ``online.int8.onnx``, calibrated on ``calib_clips`` clips
+    of ``calib_list`` (under ``root``, read with ``source``/``backend``) and checked against
+    ``online.onnx`` on up to ``check_clips`` others (``engine.int8``). Long because it takes
+    every option of the command as a keyword.
     """
     out_dir = Path(out_dir)
-    if (val_list is None) != (root is None):
-        raise UsageError("give --val-list and --root together (or neither)")
-    if verify_frames < 2:
-        raise UsageError(
-            f"verify_frames must be at least 2 to check the buffers, got {verify_frames}"
+    _check_options(val_list, calib_list, root, precision, verify_frames)
+    check_out_dir(out_dir, overwrite, [local_path(checkpoint), val_list, calib_list, root])
+    int8 = None
+    if precision == "int8":
+        int8 = _Int8(
+            read_list_file(calib_list, classes=False), Path(root), calib_clips, check_clips
         )
-    check_out_dir(out_dir, overwrite, [local_path(checkpoint), val_list, root])
     arch = arch or ArchOverrides()
     info = read_checkpoint(checkpoint, arch)  # a zoo name: its file, fetched if needed
     checkpoint = info.path
     recipe = Recipe.from_stored(info.recipe, str(checkpoint))
-    finetune = _Finetune(finetune_epochs, finetune_lr_scale, distill_weight, distill_temperature)
-    _check_finetune(finetune, recipe, checkpoint, out_dir, overwrite)
-    classes = _classes(info, val_list)
+    finetune = Finetune(finetune_epochs, finetune_lr_scale, distill_weight, distill_temperature)
+    check_finetune(finetune, recipe, checkpoint, out_dir, overwrite)
+    classes = _classes(info, val_list or calib_list)
     model = load_model(info, arch=arch)
     val = None if val_list is None else _ValData(val_list, root, source, backend)
     size = _input_size(recipe, height, width)
@@ -197,8 +214,40 @@ def convert_online(
             seed,
             latency_reps,
             frame_stride,
+            int8,
         )
     )
+
+
+def _check_options(
+    val_list: str | Path | None,
+    calib_list: str | Path | None,
+    root: str | Path | None,
+    precision: str,
+    verify_frames: int,
+) -> None:
+    """--root goes with --val-list or --calib-list; --calib-list with --precision int8."""
+    from tsmcli.choices import EXPORT_PRECISIONS
+
+    if verify_frames < 2:
+        raise UsageError(
+            f"verify_frames must be at least 2 to check the buffers, got {verify_frames}"
+        )
+    if precision not in EXPORT_PRECISIONS:
+        raise UsageError(
+            f"--precision {precision}: convert-online writes {' or '.join(EXPORT_PRECISIONS)} "
+            "(bf16 is a way to run the PyTorch model: tsm stream --precision bf16)"
+        )
+    if (precision == "int8") != (calib_list is not None):
+        raise UsageError(
+            "--precision int8 needs --calib-list LIST (clips to calibrate and check it on), "
+            "and --calib-list needs --precision int8"
+        )
+    if (val_list is None and calib_list is None) != (root is None):
+        raise UsageError(
+            "--val-list and --calib-list name clips under --root: give --root together with "
+            "one of them (and not without)"
+        )
 
 
 def _write(job: _Job) -> ConvertResult:
@@ -220,8 +269,8 @@ def _write(job: _Job) -> ConvertResult:
 
 
 def _convert(job: _Job, staged: Path) -> ConvertResult:
-    """The steps: accuracy as trained, (fine-tune one-way,) export and verify, latency,
-    accuracy of what was exported."""
+    """The steps: accuracy as trained, (fine-tune one-way,) export and verify, (int8,)
+    latency, accuracy of what was exported."""
     height, width, _ = job.size
     from_bidirectional = job.model.config().get("shift") == "bidirectional"
     if from_bidirectional:
@@ -246,7 +295,10 @@ def _convert(job: _Job, staged: Path) -> ConvertResult:
         seed=job.seed,
         classes=job.classes,
     )
-    latency = _latency_ms(streaming, FrameModel(one_way).eval(), height, width, job.latency_reps)
+    int8 = None if job.int8 is None else _quantize(job, streaming, staged)
+    files = {"fp32": staged / ONNX_FILE, **({"int8": staged / INT8_FILE} if int8 else {})}
+    plain = FrameModel(one_way).eval()
+    latency = latency_ms(streaming, plain, height, width, job.latency_reps, files)
     if job.val is not None:  # the model tsm eval --online and tsm stream will run
         key = "after_finetune" if job.finetune.epochs > 0 else "after"
         accuracy[key] = _online_accuracy(verified.reloaded, job)
@@ -272,28 +324,69 @@ def _convert(job: _Job, staged: Path) -> ConvertResult:
         finetuned_checkpoint=finetuned,
         frame_stride=job.stride[0],
         frame_stride_from=job.stride[1],
+        precisions=_precisions(files, latency, verified, int8),
     )
 
 
-def _check_finetune(
-    finetune: _Finetune, recipe: Recipe | None, checkpoint: Path, out_dir: Path, overwrite: bool
-) -> None:
-    """Fine-tuning needs the stored recipe, and reads its data: the model dir must not hold
-    it (``--overwrite`` would replace files there)."""
-    if finetune.epochs <= 0:
-        return
-    if recipe is None:
-        raise UsageError(
-            f"{checkpoint}: --finetune-epochs needs the training recipe, which only "
-            "tsmcli checkpoints carry; fine-tune with tsm train --set "
-            "model.shift=unidirectional --set model.init_from=CKPT instead"
+def _online(job: _Job, streaming: StreamingTSM) -> OnlineModel:
+    """The streaming model as ``tsm eval --online`` runs the model dir being written."""
+    height, width, scale_size = job.size
+    loaded = ModelDir(
+        streaming,
+        height,
+        width,
+        scale_size,
+        streaming.buffer_shapes(height, width),
+        frame_stride=job.stride[0],
+        frame_stride_from=job.stride[1],
+    )
+    return with_classes(loaded, job.classes)
+
+
+def _quantize(job: _Job, streaming: StreamingTSM, staged: Path) -> Int8Checks:
+    """online.int8.onnx beside online.onnx, calibrated and checked (``engine.int8_stream``)."""
+    from tsmcli.engine.int8_stream import quantize_streaming
+
+    int8, val = job.int8, job.val
+    return quantize_streaming(
+        staged / ONNX_FILE,
+        staged / INT8_FILE,
+        _online(job, streaming),
+        int8.listed,
+        int8.root,
+        source=val.source if val else None,
+        backend=val.backend if val else None,
+        calib_clips=int8.calib_clips,
+        check_clips=int8.check_clips,
+    )
+
+
+def _precisions(
+    files: dict[str, Path], latency: dict[str, float], verified: Verified, int8: Int8Checks | None
+) -> dict[str, dict[str, Any]]:
+    """Per precision: the ONNX file, its size, its ms/frame in ONNX Runtime, its checks."""
+    onnx_checks = {k: v for k, v in verified.checks.items() if k.startswith("onnx")}
+    found = {}
+    for name, path in files.items():
+        checks: dict[str, Any] = (
+            {k: {"diff": d, "tolerance": t} for k, (d, t) in onnx_checks.items()}
+            if name == "fp32"
+            else int8.to_dict()
         )
-    data = recipe.data
-    check_out_dir(out_dir, overwrite, [data.root, data.train_list, data.val_list])
+        found[name] = {
+            "file": path.name,
+            "bytes": path.stat().st_size,
+            "ms_per_frame": latency[f"onnx_{name}"],
+            "runtime": "onnxruntime",
+            "checks": checks,
+            **({"quantization": DEFAULT_INT8.to_dict()} if name == "int8" else {}),
+        }
+    return found
 
 
 def _classes(info: CheckpointInfo, val_list: str | Path | None) -> list[str] | None:
-    """The names stored in the checkpoint, else those of classes.txt beside the val list."""
+    """The names stored in the checkpoint, else those of classes.txt beside the (val or
+    calibration) list."""
     if info.classes:
         return list(info.classes)
     if val_list is not None:
@@ -337,113 +430,18 @@ def _input_size(
     return height, width, max(height, width, round(min(height, width) * ratio))
 
 
-# ---------------------------------------------------------------------------------------------
-# measurements
-
-
-def _latency_ms(
-    streaming: StreamingTSM, plain: nn.Module, height: int, width: int, reps: int
-) -> dict[str, float]:
-    """Median per-frame time of the streaming model and of the same 2D network without shift,
-    interleaved so that drift in the machine's speed hits both alike."""
-    frame = torch.randn(1, 3, height, width)
-    buffers = streaming.initial_buffers(height, width)
-    runs: dict[str, Callable[[], object]] = {
-        "streaming": lambda: streaming(frame, *buffers),
-        "backbone_2d": lambda: plain(frame),
-    }
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    names = list(runs)
-    with torch.inference_mode():  # as deployed: no autograd bookkeeping
-        for rep in range(max(1, reps) + 1):
-            for name in names if rep % 2 else names[::-1]:  # neither always runs first
-                start = time.perf_counter()
-                runs[name]()
-                if rep:  # the first round warms up
-                    times[name].append(time.perf_counter() - start)
-    out = {name: 1000.0 * statistics.median(ts) for name, ts in times.items()}
-    out["ratio"] = out["streaming"] / out["backbone_2d"]
-    out["threads"] = torch.get_num_threads()
-    return out
-
-
 def _offline_accuracy(job: _Job) -> dict[str, Any]:
-    """The checkpoint as trained (offline, its own shift), single centre-crop view."""
-    from tsmcli.engine.evaluate import evaluate
-
     val = job.val
-    result = evaluate(
-        job.info,
-        val.list_file,
-        val.root,
-        views="single",
-        source=val.source,
-        backend=val.backend,
-        workers=0,
-        arch=job.arch,
+    return offline_accuracy(
+        job.info, val.list_file, val.root, source=val.source, backend=val.backend, arch=job.arch
     )
-    return {
-        "top1": result.top1,
-        "top5": result.top5,
-        "num_videos": result.num_videos,
-        "how": "offline, as trained, one centre-crop clip",
-    }
 
 
 def _online_accuracy(streaming: StreamingTSM, job: _Job) -> dict[str, Any]:
-    """The streaming model fed every frame, running average of per-frame logits."""
-    from tsmcli.engine.online import evaluate_online, with_classes
-
-    height, width, scale_size = job.size
     val = job.val
-    loaded = ModelDir(
-        streaming,
-        height,
-        width,
-        scale_size,
-        streaming.buffer_shapes(height, width),
-        frame_stride=job.stride[0],
-        frame_stride_from=job.stride[1],
-    )
-    online = with_classes(loaded, job.classes)
-    result = evaluate_online(
-        online, val.list_file, val.root, source=val.source, backend=val.backend
-    )
-    return {
-        "top1": result.top1,
-        "top5": result.top5,
-        "top1_at": result.top1_at,
-        "num_videos": result.num_videos,
-        "stride": result.stride,
-        "how": f"streaming one-way, frame by frame, one frame in {result.stride}",
-    }
+    online = _online(job, streaming)
+    return online_accuracy(online, val.list_file, val.root, source=val.source, backend=val.backend)
 
 
 def _finetune(job: _Job, run_dir: Path) -> tuple[nn.Module, Path]:
-    """Fine-tune one-way on the recipe's training data: the recipe the checkpoint was trained
-    with, unidirectional shift, initialised from the checkpoint, ``epochs`` epochs at
-    ``lr_scale`` times its learning rate (a converged model needs small steps), distilling
-    from the checkpoint as trained when ``distill_weight`` > 0."""
-    from tsmcli.engine.train import train
-
-    info, recipe, finetune = job.info, job.recipe, job.finetune
-    checkpoint = str(info.path)
-    derived = replace(
-        recipe,
-        name=f"{recipe.name}_online",
-        model=replace(recipe.model, shift="unidirectional", init_from=checkpoint, pretrained=None),
-        optim=replace(recipe.optim, lr=recipe.optim.lr * finetune.lr_scale, warmup_epochs=0.0),
-        train=replace(
-            recipe.train,
-            epochs=finetune.epochs,
-            steps=0,  # --finetune-epochs counts epochs, whatever the recipe's length was
-            eval_every=finetune.epochs,
-            distill_from=checkpoint if finetune.distill_weight > 0 else None,
-            distill_weight=finetune.distill_weight,
-            distill_temperature=finetune.distill_temperature,
-        ),
-    )
-    logger.info("fine-tuning one-way for %d epochs into %s", finetune.epochs, run_dir)
-    result = train(derived, out_dir=run_dir, preloaded=[info])
-    best = result.best_checkpoint or result.last_checkpoint
-    return load_model(best), best
+    return finetune_one_way(job.info, job.recipe, job.finetune, run_dir)

@@ -11,7 +11,11 @@ read once (``model.checkpoint.read_checkpoint``); a caller that has read it pass
 ``CheckpointInfo`` instead of the path.
 
 ``run_eval`` is the one entry of ``tsm eval``: a checkpoint goes to ``evaluate``, an exported
-online model dir to ``engine.online.evaluate_online``.
+online model dir to ``engine.online.evaluate_online``, and the clip model dir of ``tsm export``
+(``model.clip_dir``) to ``evaluate`` too: its ONNX model in ONNX Runtime takes the place of
+the PyTorch model in the same loader, views and scoring, so the two give the same scores.
+``precision``: ``bf16`` runs the PyTorch model under autocast (native bf16 only), ``int8`` an
+exported int8 model (``engine.precision``).
 
 Distributed (``torchrun ... -m tsmcli eval``): rank r scores videos r, r + W, r + 2W, ...
 of the list (no padding), the scores are gathered with their list indices, and every rank
@@ -23,11 +27,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +40,15 @@ from tsmcli import errors
 from tsmcli.data.lists import CLASSES_FILE, ListEntry, ListFile, read_list_file
 from tsmcli.engine import distributed, online
 from tsmcli.engine.checks import EVAL_HINT, check_present, eval_class_names
-from tsmcli.engine.metrics import AverageMode, average_views
+from tsmcli.engine.metrics import AverageMode
+from tsmcli.engine.precision import check_precision, in_precision
 from tsmcli.engine.reports import EvalResult, eval_result, report_outputs, write_reports
+from tsmcli.engine.scoring import score_batches, views_loader
 from tsmcli.engine.views import EvalData, Protocol, Views, resolve_views, view_request
 from tsmcli.errors import CheckpointError, TSMError, UsageError
 from tsmcli.fileio import atomic_write, check_outputs, check_writable_dir, outputs
 from tsmcli.model.checkpoint import CheckpointInfo, as_info, load_model, missing_architecture
+from tsmcli.model.clip_dir import ClipModelDir, load_clip_dir
 from tsmcli.model.spec import ArchOverrides
 from tsmcli.recipe import Recipe
 from tsmcli.view_request import ViewRequest
@@ -64,7 +69,8 @@ class EvalOptions:
     videos (each with all its views). ``workers`` are DataLoader processes (default: up to
     4). ``device`` is ``auto`` (None), ``cpu`` or ``cuda``. ``out_dir`` (reports) and
     ``json_path`` (the summary) are checked before any work and replace earlier files only
-    with ``overwrite``.
+    with ``overwrite``. ``precision``: ``fp32``, ``bf16`` (the PyTorch model under autocast,
+    where bf16 is native) or ``int8`` (an exported model dir's int8 ONNX model).
     """
 
     views: Views = None
@@ -77,6 +83,10 @@ class EvalOptions:
     out_dir: str | Path | None = None
     json_path: str | Path | None = None
     overwrite: bool = False
+    precision: str = "fp32"
+
+
+Model = str | Path | CheckpointInfo | ClipModelDir  # what evaluate and predict take
 
 
 def run_eval(
@@ -85,20 +95,28 @@ def run_eval(
     *,
     checkpoint: str | Path | CheckpointInfo | None = None,
     online_dir: str | Path | None = None,
+    model_dir: str | Path | None = None,
     trust_torchscript: bool = False,
     stride: int | None = None,
     **options: Any,
 ) -> EvalResult | online.OnlineEvalResult:
-    """``tsm eval``: exactly one of a checkpoint (``evaluate``, with ``options``: the fields
-    of ``EvalOptions``) or an exported online model dir (``evaluate_online``: ``stride``,
-    ``trust_torchscript`` and, of ``options``, ``source``, ``backend`` and the outputs apply;
-    the view and model options are not used)."""
+    """``tsm eval``: exactly one of a checkpoint or the clip model dir of ``tsm export``
+    (``evaluate``, with ``options``: the fields of ``EvalOptions``), or an exported online
+    model dir (``evaluate_online``: ``stride``, ``trust_torchscript`` and, of ``options``,
+    ``source``, ``backend``, ``precision`` and the outputs apply; the view and model options
+    are not used)."""
     opts = EvalOptions(**options)
-    if (checkpoint is None) == (online_dir is None):
-        raise UsageError("give exactly one of --checkpoint CKPT or --online MODEL_DIR")
+    check_precision(opts.precision)
+    if sum(given is not None for given in (checkpoint, online_dir, model_dir)) != 1:
+        raise UsageError(
+            "give exactly one of --checkpoint CKPT, --model MODEL_DIR (tsm export) or "
+            "--online MODEL_DIR (tsm convert-online)"
+        )
     for option, given in (("--trust-torchscript", trust_torchscript), ("--stride", stride)):
         if online_dir is None and given not in (None, False):
             raise UsageError(f"{option} applies to --online only; drop it")
+    if model_dir is not None:
+        checkpoint = load_exported(model_dir, opts.precision)
     if online_dir is None:
         return evaluate(checkpoint, list_file, root, **options)
     model_files = [p for p in Path(online_dir).glob("*") if p.is_file()]
@@ -111,27 +129,42 @@ def run_eval(
         backend=opts.backend,
         stride=stride,
         trust_torchscript=trust_torchscript,
+        precision=opts.precision,
     )
     if opts.out_dir is not None or opts.json_path is not None:
         _write(result, opts.out_dir, opts.json_path)
     return result
 
 
+def load_exported(model_dir: str | Path, precision: str) -> ClipModelDir:
+    """The clip model dir of ``tsm export`` in ``precision`` (fp32 or int8: its ONNX files);
+    bf16 is the PyTorch checkpoint's, a ``UsageError`` here."""
+    if check_precision(precision) == "bf16":
+        raise UsageError(
+            "--precision bf16 runs a PyTorch checkpoint (--checkpoint); an exported model dir "
+            "holds ONNX models in fp32 and int8"
+        )
+    return load_clip_dir(model_dir, precision)
+
+
 def evaluate(
-    checkpoint: str | Path | CheckpointInfo, list_file: str | Path, root: str | Path, **options: Any
+    checkpoint: Model, list_file: str | Path, root: str | Path, **options: Any
 ) -> EvalResult:
-    """Top-1 / top-5 / mean class accuracy of ``checkpoint`` on the videos of ``list_file``;
-    ``options`` are the fields of ``EvalOptions`` (views, arch, device, outputs, ...). Under
-    torchrun the list is sharded over the ranks; every rank returns the same result.
+    """Top-1 / top-5 / mean class accuracy of ``checkpoint`` (a checkpoint, or an exported
+    ``ClipModelDir``: ``load_exported``) on the videos of ``list_file``; ``options`` are the
+    fields of ``EvalOptions`` (views, arch, device, outputs, precision, ...). Under torchrun the
+    list is sharded over the ranks; every rank returns the same result.
     """
     opts = EvalOptions(**options)
     if opts.batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {opts.batch_size}")
+    check_model_precision(checkpoint, opts.precision, opts.device)
     request = view_request(opts.views)
     check_eval_outputs(
         opts.out_dir, opts.json_path, list_file, [checkpoint_file(checkpoint)], opts.overwrite
     )
-    ctx = distributed.setup(opts.device, option="--device")
+    exported = isinstance(checkpoint, ClipModelDir)  # ONNX Runtime runs it on the CPU
+    ctx = distributed.setup("cpu" if exported else opts.device, option="--device")
     try:
         return _evaluate(ctx, checkpoint, Path(list_file), Path(root), request, opts)
     finally:
@@ -150,10 +183,12 @@ def _evaluate(
     entries = listed.entries
     arch = opts.arch or ArchOverrides()
     model, data, stored_classes, path = load_for_eval(checkpoint, arch, opts.source, opts.backend)
+    if not isinstance(checkpoint, ClipModelDir):  # an exported model runs in its own precision
+        model = in_precision(model, opts.precision, ctx.device)
     num_classes = int(model.num_classes)
     classes = eval_class_names(listed, num_classes, stored_classes, path)
     listed.check_labels(num_classes, owner=str(path), hint=EVAL_HINT, error=CheckpointError)
-    source = data.source or _detect_source(entries, root)
+    source = data.source or detect_source(entries, root)
     check_present(listed, root, source, data.frame_template, options=("--root", "--source"))
     protocol = (
         request if isinstance(request, Protocol) else resolve_views(request, data.dense_training)
@@ -183,20 +218,43 @@ def _evaluate(
     return result
 
 
-def checkpoint_file(checkpoint: str | Path | CheckpointInfo) -> Path:
+def checkpoint_file(checkpoint: Model) -> Path:
     """The file a checkpoint argument stands for, before it is read (a model zoo name: its
     cache path), for the checks that an output is not an input."""
-    return checkpoint.path if isinstance(checkpoint, CheckpointInfo) else local_path(checkpoint)
+    if isinstance(checkpoint, CheckpointInfo | ClipModelDir):
+        return checkpoint.path
+    return local_path(checkpoint)
+
+
+def check_model_precision(checkpoint: Model, precision: str, device: str | None) -> None:
+    """Before any work: int8 is an exported model's, and an exported model runs on the CPU."""
+    check_precision(precision)
+    exported = isinstance(checkpoint, ClipModelDir)
+    if precision == "int8" and not exported:
+        in_precision(None, precision, torch.device("cpu"))  # its one-line UsageError
+    if exported and device == "cuda":
+        raise UsageError("--device cuda: an exported model runs in ONNX Runtime on the CPU")
 
 
 def load_for_eval(
-    checkpoint: str | Path | CheckpointInfo,
+    checkpoint: Model,
     arch: ArchOverrides,
     source: str | None,
     backend: str | None,
 ) -> tuple[torch.nn.Module, EvalData, Sequence[str] | None, Path]:
     """The model, how its videos are read, its stored class names and the file's path. The
-    file is read once, here, and only the model is kept."""
+    file is read once, here, and only the model is kept. An exported ``ClipModelDir`` brings
+    its ONNX model and the recipe stored at export, read as a checkpoint's."""
+    if isinstance(checkpoint, ClipModelDir):
+        if arch.given():
+            raise UsageError(
+                "--arch, --segments and --shift apply to checkpoints; an exported model dir "
+                "records its architecture"
+            )
+        recipe = Recipe.from_stored(checkpoint.recipe, str(checkpoint.path))
+        data = EvalData.from_recipe(recipe, source=source, backend=backend)
+        sizes = {"input_size": checkpoint.input_size, "scale_size": checkpoint.scale_size}
+        return checkpoint.model, replace(data, **sizes), checkpoint.classes, checkpoint.path
     info = as_info(checkpoint, arch)  # an arch a zoo name contradicts: before any download
     missing = missing_architecture(info, arch)
     if missing:
@@ -212,7 +270,7 @@ def load_for_eval(
     return model, data, info.classes, info.path
 
 
-def _detect_source(entries: Sequence[ListEntry], root: Path) -> str:
+def detect_source(entries: Sequence[ListEntry], root: Path) -> str:
     """frames when the first listed path is a folder, else videos (checkpoints without a recipe)."""
     return "frames" if (root / entries[0].path).is_dir() else "videos"
 
@@ -242,38 +300,6 @@ def _loader(
         len(dataset), rank=ctx.rank, world_size=ctx.world_size, shuffle=False, pad=False
     )
     return views_loader(dataset, batch_size, workers, ctx.device, sampler=sampler), sampler
-
-
-def views_loader(
-    dataset,
-    batch_size: int,
-    workers: int | None,
-    device: torch.device,
-    *,
-    sampler=None,
-    collate_fn=None,
-):
-    """The DataLoader of test views, in order. ``workers``: processes, by default up to 4 and
-    one fewer than the batches (one batch has nothing to overlap with: starting a worker for
-    it, as for ``tsm predict clip.mp4``, only costs)."""
-    from torch.utils.data import DataLoader
-
-    from tsmcli.data.batch import collate_clips
-    from tsmcli.data.decode import preload_decoder
-
-    if workers is None:
-        batches = math.ceil(len(sampler if sampler is not None else dataset) / batch_size)
-        workers = max(0, min(4, os.cpu_count() or 1, batches - 1))
-    if workers:
-        preload_decoder(dataset)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=workers,
-        collate_fn=collate_fn or collate_clips,
-        pin_memory=device.type == "cuda",
-    )
 
 
 def check_eval_outputs(
@@ -352,27 +378,6 @@ def _score_shard(
             torch.zeros(0, dtype=torch.long), torch.zeros(0, int(model.num_classes)), None
         )
     return _Shard(torch.cat(indices), torch.cat(scores), views)
-
-
-def score_batches(
-    model: torch.nn.Module, batches: Iterable, average: AverageMode, device: torch.device
-) -> Iterator[tuple[Tensor, Tensor, int]]:
-    """``(item indices (B,), view-averaged scores (B, K), views V)`` of each ``ClipBatch``
-    of test views: the one scoring of eval and predict (call under ``inference_mode``). A
-    batch whose items all failed to load is passed over."""
-    for batch in batches:
-        if not len(batch.indices):
-            continue
-        clips = batch.model_input(device)  # (B, V, T, 3, S, S)
-        b, v = clips.shape[:2]
-        logits = model(clips.flatten(0, 1))  # (B*V, K)
-        scores = average_views(logits.float().cpu().view(b, v, -1), average)  # (B, K)
-        if not torch.isfinite(scores).all():  # never a NaN turned into a ranking or a number
-            raise CheckpointError(
-                "the model's scores are NaN or infinite; its weights are damaged or come "
-                "from a diverged run: use an earlier checkpoint"
-            )
-        yield torch.as_tensor(batch.indices, dtype=torch.long), scores, v
 
 
 def _gather(

@@ -5,7 +5,9 @@ An online model dir (written by ``tsm convert-online``; its layout and loading a
 ``model.model_dir``'s) is run here as ``load_model_dir`` gives it: rebuilt from the package's own
 code with the weights read by ``weights_only=True`` (a model dir from elsewhere cannot run
 code), or ``online.pt`` when asked with ``trust_torchscript=True`` (``--trust-torchscript``).
-Either way the step is ``(frame, *buffers) -> (logits, *new_buffers)``. Frames are fed one at
+With ``precision="int8"`` the step is the dir's ``online.int8.onnx`` in ONNX Runtime, and with
+``"bf16"`` the rebuilt model under bf16 autocast where the CPU has native bf16
+(``engine.precision``). Either way the step is ``(frame, *buffers) -> (logits, *new_buffers)``. Frames are fed one at
 a time, as a camera would give them, and the prediction is the running average of the
 per-frame logits.
 
@@ -38,6 +40,7 @@ from tsmcli.data.layout import FRAME_TEMPLATE
 from tsmcli.data.lists import read_classes, read_list_file
 from tsmcli.engine.checks import EVAL_HINT
 from tsmcli.engine.metrics import topk_accuracy
+from tsmcli.engine.precision import Autocast, check_precision, require_bf16
 from tsmcli.engine.reports import EvalResult, eval_result
 from tsmcli.engine.views import Protocol
 from tsmcli.errors import DataError, ExportError, UsageError
@@ -90,11 +93,30 @@ class OnlineModel(ModelDir):
         return given
 
 
-def load_online_model(model_dir: str | Path, *, trust_torchscript: bool = False) -> OnlineModel:
+def load_online_model(
+    model_dir: str | Path,
+    *,
+    trust_torchscript: bool = False,
+    precision: str = "fp32",
+    threads: int | None = None,
+) -> OnlineModel:
     """The streaming model of a model dir (``model.model_dir.load_model_dir``: rebuilt from its
-    weights, or ``online.pt`` with ``trust_torchscript``), with its class names, which must be
-    one per output."""
-    loaded = load_model_dir(model_dir, trust_torchscript=trust_torchscript)
+    weights, or ``online.pt`` with ``trust_torchscript``; ``online.int8.onnx`` for
+    ``precision="int8"``, on ``threads`` ONNX Runtime threads; bf16: the rebuilt model under
+    autocast), with its class names, which must be one per output."""
+    check_precision(precision)
+    if precision == "int8" and trust_torchscript:
+        raise UsageError(
+            "--trust-torchscript runs online.pt, in fp32; drop it for --precision int8"
+        )
+    if precision == "bf16":
+        require_bf16(torch.device("cpu"))  # the streaming model runs on the CPU
+    kind = "int8" if precision == "int8" else "fp32"
+    loaded = load_model_dir(
+        model_dir, trust_torchscript=trust_torchscript, precision=kind, threads=threads
+    )
+    if precision == "bf16":
+        loaded = dataclasses.replace(loaded, step=Autocast(loaded.step, torch.device("cpu")))
     classes = None
     if loaded.classes_file is not None:
         classes = read_classes(loaded.classes_file)
@@ -124,6 +146,7 @@ class OnlineEvalResult(EvalResult):
     latency_ms: float  # median model time per frame (decoding excluded)
     stride: int  # one frame in ``stride`` was fed
     stride_from: str  # where that stride came from
+    precision: str = "fp32"
 
     def summary(self) -> dict[str, Any]:
         """The JSON report (``tsm eval --online ... --json``)."""
@@ -136,6 +159,7 @@ class OnlineEvalResult(EvalResult):
             latency_ms=self.latency_ms,
             stride=self.stride,
             stride_from=self.stride_from,
+            precision=self.precision,
         )
         return summary
 
@@ -151,6 +175,7 @@ def evaluate_online(
     stride: int | None = None,
     max_videos: int | None = None,
     trust_torchscript: bool = False,
+    precision: str = "fp32",
 ) -> OnlineEvalResult:
     """Evaluate an exported online model frame by frame on a TSN list (``tsm eval --online``).
 
@@ -159,10 +184,11 @@ def evaluate_online(
     (``convert_online`` measures the one it exports). ``source`` is ``frames`` or ``videos``
     (None: a folder is frames, a file is a video); ``backend`` the video decoder (decord by
     default); ``stride``: one frame in that many (None: the model's own, the spacing of the
-    frames it was trained on).
+    frames it was trained on). ``precision``: ``fp32``, ``bf16`` (native bf16 only) or
+    ``int8`` (the dir's ``online.int8.onnx``), for a model dir.
     """
     if not isinstance(model, OnlineModel):
-        model = load_online_model(model, trust_torchscript=trust_torchscript)
+        model = load_online_model(model, trust_torchscript=trust_torchscript, precision=precision)
     step = model.stride(stride)
     if max_videos is not None and max_videos < 1:
         raise UsageError(f"max_videos must be at least 1, got {max_videos}")
@@ -174,7 +200,7 @@ def evaluate_online(
     final, at_percent, latencies = [], {p: [] for p in SEEN_PERCENTS}, []
     begin = time.perf_counter()
     for entry in tqdm(entries, desc="online eval", unit="video", disable=None):
-        video = _open(root / entry.path, entry.num_frames, source, backend, frame_template)
+        video = open_frames(root / entry.path, entry.num_frames, source, backend, frame_template)
         indices = list(range(0, video.num_frames, step))
         # p% of the video seen: the running average after ceil(p% of the frames fed).
         marks = {p: max(1, math.ceil(p * len(indices) / 100)) for p in SEEN_PERCENTS}
@@ -202,6 +228,7 @@ def evaluate_online(
         latency_ms=statistics.median(latencies) * 1000.0,
         stride=step,
         stride_from="given" if stride is not None else model.frame_stride_from,
+        precision=precision,
     )
 
 
@@ -241,8 +268,12 @@ def step_frame(
     return logits, buffers
 
 
-def _open(
-    path: Path, num_frames: int | None, source: str | None, backend: str | None, frame_template: str
+def open_frames(
+    path: Path,
+    num_frames: int | None,
+    source: str | None,
+    backend: str | None,
+    frame_template: str = FRAME_TEMPLATE,
 ) -> FrameSource:
     """A frame folder or a video file; with ``source=None`` a folder is frames. The list's
     frame count, when there is one, spares PyAV a counting pass (as in the clip dataset)."""

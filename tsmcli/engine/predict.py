@@ -4,7 +4,9 @@ The inputs are video files and frame folders, and folders searched for them
 (``data.inputs``). Each is read, sampled and viewed exactly as ``tsm eval`` reads a listed
 video: the same checkpoint loading (``evaluate.load_for_eval``), the same data settings and
 test protocol (``views``), the same clip dataset in test mode (``data.windows``), the same
-scoring and view averaging (``evaluate.score_batches``). So for a video of a list, predict's
+scoring and view averaging (``scoring.score_batches``). The model is the checkpoint's (bf16:
+under autocast, where native), or the ONNX model of an exported clip model dir (``model_dir``,
+fp32 or int8: ``evaluate.load_exported``). So for a video of a list, predict's
 ``scores`` equal eval's, given the same checkpoint, protocol and batch size. The one
 difference: a list gives eval each video's frame count, predict asks the decoder (decord reads
 it from the container; PyAV decodes the video once to count, as for a list without counts).
@@ -34,8 +36,15 @@ from torch import Tensor
 from tsmcli.data.inputs import DEFAULT_FPS, FoundInput, find_inputs
 from tsmcli.data.windows import WHOLE, InputClip, probe_timing, window_clips
 from tsmcli.engine.distributed import resolve_device
-from tsmcli.engine.evaluate import checkpoint_file, load_for_eval, score_batches, views_loader
+from tsmcli.engine.evaluate import (
+    Model,
+    check_model_precision,
+    checkpoint_file,
+    load_exported,
+    load_for_eval,
+)
 from tsmcli.engine.plots import plot_timelines
+from tsmcli.engine.precision import in_precision
 from tsmcli.engine.predictions import (
     InputPrediction,
     PredictResult,
@@ -46,10 +55,11 @@ from tsmcli.engine.predictions import (
     write_csv,
     write_jsonl,
 )
+from tsmcli.engine.scoring import score_batches, views_loader
 from tsmcli.engine.views import EvalData, Protocol, Views, resolve_views, view_request
 from tsmcli.errors import DataError, UsageError
 from tsmcli.fileio import check_outputs, outputs
-from tsmcli.model.checkpoint import CheckpointInfo
+from tsmcli.model.clip_dir import ClipModelDir
 from tsmcli.model.spec import ArchOverrides
 
 log = logging.getLogger(__name__)
@@ -68,8 +78,10 @@ class Timeline:
 
 def predict(
     inputs: Sequence[str | Path],
-    checkpoint: str | Path | CheckpointInfo,
+    checkpoint: Model | None = None,
     *,
+    model_dir: str | Path | None = None,
+    precision: str = "fp32",
     views: Views = None,
     arch: ArchOverrides | None = None,
     classes: str | Path | None = None,
@@ -89,7 +101,9 @@ def predict(
 ) -> PredictResult:
     """The ``topk`` best classes of each input (a video file, a frame folder, or a folder
     searched for them), with eval's test views (``views``, ``arch`` and ``backend`` as in
-    ``evaluate``).
+    ``evaluate``), by ``checkpoint`` or by the clip model dir of ``tsm export``
+    (``model_dir``), in ``precision`` (fp32; bf16 for a checkpoint where native; int8 for an
+    exported model dir). Long because it takes every option of the command as a keyword.
 
     ``classes``: a class list file or a shipped dataset's name (``kinetics400``, in
     ``label_order``), in place of the checkpoint's names. ``window``/``stride``: seconds, for a
@@ -99,13 +113,20 @@ def predict(
     is replaced only with ``overwrite``) and written at the end.
     """
     timeline = _timeline(window, stride, fps, plot_path)
+    if (checkpoint is None) == (model_dir is None):
+        raise UsageError("give exactly one of --checkpoint CKPT or --model MODEL_DIR (tsm export)")
+    if model_dir is not None:
+        checkpoint = load_exported(model_dir, precision)
+    check_model_precision(checkpoint, precision, device)
     files = outputs(json=json_path, csv=csv_path, plot=plot_path)
     named = [*inputs, checkpoint_file(checkpoint), classes]
     _check(inputs, topk, batch_size)
     check_outputs(files, named, overwrite=overwrite)
     request = view_request(views)
-    torch_device = resolve_device(device, "--device")
+    exported = isinstance(checkpoint, ClipModelDir)  # ONNX Runtime runs it on the CPU
+    torch_device = resolve_device("cpu" if exported else device, "--device")
     model, data, stored, path = load_for_eval(checkpoint, arch or ArchOverrides(), None, backend)
+    model = model if exported else in_precision(model, precision, torch_device)
     names = class_names(classes, label_order, stored, int(model.num_classes), path)
     protocol = (
         request if isinstance(request, Protocol) else resolve_views(request, data.dense_training)

@@ -114,6 +114,7 @@ def stream(
     opener: Callable[..., Any] | None = None,
     threads: int | None = None,
     overwrite: bool = False,
+    precision: str = "fp32",
 ) -> StreamResult:
     """Run the online model of ``model_dir`` on ``source`` (a frame folder, a video file or a
     URL) or on ``camera`` (an index or a device name), until the source ends.
@@ -124,8 +125,10 @@ def stream(
     and http(s) not). ``on_step`` is called after each scored frame; ``jsonl`` gets one JSON
     line per scored frame; ``keep_steps`` keeps every step in the result (a camera's stream
     can be long: off by default). ``threads``: torch's intra-op threads while it runs (None:
-    ``default_threads()``; torch's setting is restored after). ``overwrite``: replace an
-    existing ``jsonl`` file. An unreadable model dir, source or camera raises before any
+    ``default_threads()``; torch's setting is restored after; ONNX Runtime's for int8).
+    ``overwrite``: replace an existing ``jsonl`` file. ``precision``: ``fp32``, ``bf16`` (the
+    rebuilt model under autocast, where the CPU has native bf16) or ``int8`` (the dir's
+    ``online.int8.onnx`` in ONNX Runtime). An unreadable model dir, source or camera raises before any
     frame; a source that stops mid-stream does not raise (see ``StreamResult.ending``).
     """
     if topk < 1:
@@ -133,7 +136,12 @@ def stream(
     if threads is not None and threads < 1:
         raise UsageError(f"--threads must be at least 1, got {threads}")
     check_outputs(outputs(jsonl=jsonl), _inputs(source, model_dir), overwrite=overwrite)
-    model = load_online_model(model_dir, trust_torchscript=trust_torchscript)
+    model = load_online_model(
+        model_dir,
+        trust_torchscript=trust_torchscript,
+        precision=precision,
+        threads=threads or default_threads(),
+    )
     run = _Run(model, topk, stride, on_step, keep_steps)
     folder = (
         camera is None
