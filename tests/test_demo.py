@@ -56,28 +56,33 @@ def test_every_step_leaves_its_result(small_demo):
     for name in MODELS:
         assert (out / "runs" / name / "best.pt").exists()
         assert (out / "eval" / name / "confusion.png").exists()
-    for file in ("online.pt", "online.onnx", "report.json"):
+    for file in ("online.pt", "online.onnx", "online.int8.onnx", "report.json"):
         assert (out / "online" / file).exists()
-    assert [row.name for row in small_demo.rows] == list(MODELS)
+    assert [row.name for row in small_demo.rows] == [*MODELS, "tsm_online_int8"]
 
 
 def test_report_numbers_are_the_evaluations(small_demo):
     out = small_demo.out_dir
     report = small_demo.report.read_text()
-    for row in small_demo.rows:
+    for row in small_demo.rows[: len(MODELS)]:  # the int8 row is the online model's, below
         summary = json.loads((out / "eval" / row.name / "summary.json").read_text())
         assert (row.top1, row.top5) == (summary["top1"], summary["top5"])
         assert summary["num_videos"] == DEMO_NUM_CLASSES  # one val video per class
         assert row.title in report
-    online = small_demo.rows[-1]
-    assert (
-        online.cache_bytes
-        == json.loads((out / "online" / "report.json").read_text())["cache_bytes"]
-    )
+    tsn, tsm, online, int8 = small_demo.rows
+    converted = json.loads((out / "online" / "report.json").read_text())
+    assert online.cache_bytes == int8.cache_bytes == converted["cache_bytes"]
     streaming = json.loads((out / "eval" / "streaming.json").read_text())
     assert online.streaming_top1 == streaming["top1"]
-    assert all(row.cache_bytes is None for row in small_demo.rows[:-1])
-    # same architecture for all three: the shift adds no parameters and no FLOPs
+    assert tsn.cache_bytes is None and tsm.cache_bytes is None
+    # the int8 row: its own streaming evaluation, its step time and its file
+    streaming_int8 = json.loads((out / "eval" / "streaming_int8.json").read_text())
+    assert (int8.top1, int8.top5) == (streaming_int8["top1"], streaming_int8["top5"])
+    assert int8.latency_ms == converted["precisions"]["int8"]["ms_per_frame"]
+    assert int8.file_bytes == (out / "online" / "online.int8.onnx").stat().st_size
+    assert online.file_bytes == (out / "online" / "online.onnx").stat().st_size
+    assert f"| {int8.file_bytes / 1024:,.0f} KiB |" in report and "checked on" in report
+    # same architecture for all: the shift adds no parameters and no FLOPs
     assert len({row.params for row in small_demo.rows}) == 1
     assert len({round(row.gflops, 9) for row in small_demo.rows}) == 1
 
@@ -202,3 +207,22 @@ def test_multiply_adds_count_a_one_output_conv_as_the_convolution_it_is():
         convert_convs(net, nn.Conv2d)
         assert not any(isinstance(m, OneOutputConv2d) for m in net.modules())
         assert ours == multiply_adds(net, x)
+
+
+def test_a_refused_int8_model_leaves_the_demo_fp32_and_says_why(small_demo, tmp_path, monkeypatch):
+    from int8_fakes import collapsed_quantizer
+
+    from tsmcli import showcase
+    from tsmcli.engine import int8_stream
+    from tsmcli.showcase.report import _deploy_lines
+
+    monkeypatch.setattr(int8_stream, "quantize_onnx", collapsed_quantizer)
+    out = small_demo.out_dir
+    checkpoint = out / "runs" / "tsm_online" / "last.pt"
+    converted, reused = showcase._convert_once(
+        checkpoint, tmp_path / "online", out / "lists", out / "frames"
+    )
+    assert not reused and list(converted["precisions"]) == ["fp32"]
+    assert not (tmp_path / "online" / "online.int8.onnx").exists()
+    assert "online.int8.onnx): refused, " in converted["int8_refused"]
+    assert _deploy_lines(converted)[-2] == f"No int8 model: {converted['int8_refused']}"

@@ -45,6 +45,11 @@ DEFAULT_CALIB_CLIPS = 32
 DEFAULT_CHECK_CLIPS = 256
 
 
+class Int8Refused(ExportError):
+    """The int8 model did not pass the checks: what was measured, and that nothing was
+    written (an ``ExportError``, printed as one line)."""
+
+
 @dataclass(frozen=True)
 class ClipSplit:
     """Which clips of the list calibrate and which check (indices into its entries)."""
@@ -144,7 +149,7 @@ def judge(
     failure = _failure(checks, int(int8_top1[0]) if n else -1)
     if failure:
         clips = f"{n} {'held-back ' if held_back else ''}clips of the calibration list"
-        raise ExportError(
+        raise Int8Refused(
             f"{what}: refused, {failure} on {clips}; nothing was written (keep --precision "
             "fp32, or calibrate on more clips of the data it will see: --calib-clips)"
         )

@@ -1,7 +1,8 @@
 """``tsm demo``: the whole pipeline on the embedded synthetic dataset, and what TSM adds.
 
 synth -> extract -> build-list -> train TSN and the offline TSM -> fine-tune the online TSM
--> evaluate each -> convert the online model -> evaluate it streaming -> report.md. Each step
+-> evaluate each -> convert the online model (fp32, and int8 calibrated on the training list)
+-> evaluate both streaming -> report.md. Each step
 leaves its result on disk and is skipped when found finished, so a re-run (or a run after
 Ctrl-C) picks up where the last one stopped.
 
@@ -26,13 +27,13 @@ import logging
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from tsmcli.fileio import atomic_write
 from tsmcli.showcase.clock import Projection, StepClock, one_thread
-from tsmcli.showcase.report import DemoRow, format_table, model_row, write_report
+from tsmcli.showcase.report import DemoRow, format_table, int8_row, model_row, write_report
 
 log = logging.getLogger(__name__)
 
@@ -148,15 +149,14 @@ def _run(
         if all(reused for _, reused in found.values()):
             step.reuse()
     online_dir = out / "online"
-    text = "converting the online model (TorchScript, ONNX, checked)"
+    text = "converting the online model (TorchScript, ONNX, int8 ONNX, checked)"
     with clock.step("convert online", text) as step:
-        converted, reused = _convert_once(runs["tsm_online"] / "last.pt", online_dir)
+        converted, reused = _convert_once(runs["tsm_online"] / "last.pt", online_dir, lists, frames)
         if reused:
             step.reuse()
     with clock.step("streaming eval", "evaluating the online model frame by frame") as step:
         # at the model dir's own stride: the spacing of the frames it was trained on
-        summary = out / "eval" / "streaming.json"
-        streaming_top1, reused = _evaluate_online_once(online_dir, lists, frames, summary)
+        streamed, reused = _evaluate_online_once(online_dir, lists, frames, out / "eval")
         if reused:
             step.reuse()
     with clock.step("report", "writing the report"):
@@ -164,11 +164,12 @@ def _run(
         for name, (_, title) in MODELS.items():
             online = name == "tsm_online"
             cache = converted["cache_bytes"] if online else None
-            streamed = streaming_top1 if online else None
-            rows.append(
-                model_row(name, title, runs[name] / "last.pt", results[name], cache, streamed)
-            )
-        report = write_report(out, rows, clock)
+            top1 = streamed["fp32"]["top1"] if online else None
+            row = model_row(name, title, runs[name] / "last.pt", results[name], cache, top1)
+            rows.append(replace(row, file_bytes=_file_bytes(converted, "fp32")) if online else row)
+        if "int8" in streamed:
+            rows.append(int8_row(rows[-1], streamed["int8"], converted["precisions"]["int8"]))
+        report = write_report(out, rows, clock, converted)
     seconds = clock.elapsed()
     log.info("demo finished in %.1f min (%s)", seconds / 60, clock.summary())
     return DemoResult(out, rows, report, seconds, dict(clock.timings))
@@ -381,9 +382,15 @@ def _evaluate_once(
     return result.summary(), False
 
 
-def _convert_once(checkpoint: Path, online_dir: Path) -> tuple[dict[str, Any], bool]:
-    """The model dir's report, and whether an earlier run's model dir was reused."""
+def _convert_once(
+    checkpoint: Path, online_dir: Path, lists: Path, frames: Path
+) -> tuple[dict[str, Any], bool]:
+    """The model dir's report, and whether an earlier run's model dir was reused. The int8
+    model is calibrated and checked on the training list; when it is refused (a model too
+    little trained to keep its top-1 in 8 bits), the model dir is fp32 only and the report
+    says why."""
     from tsmcli.engine.convert import convert_online
+    from tsmcli.engine.int8 import Int8Refused
     from tsmcli.model.model_dir import WEIGHTS_FILE
 
     report = online_dir / "report.json"
@@ -391,32 +398,51 @@ def _convert_once(checkpoint: Path, online_dir: Path) -> tuple[dict[str, Any], b
         (online_dir / WEIGHTS_FILE).exists()
         and report.exists()
         and report.stat().st_mtime >= checkpoint.stat().st_mtime
-        and "frame_stride" in json.loads(report.read_text())
+        and "precisions" in json.loads(report.read_text())
     ):
         return json.loads(report.read_text()), True
-    convert_online(checkpoint, online_dir, overwrite=True)
+    int8 = {"precision": "int8", "calib_list": lists / "train.txt", "root": frames}
+    try:
+        convert_online(checkpoint, online_dir, overwrite=True, **int8)
+    except Int8Refused as refused:
+        log.warning("%s; converting without it", refused)
+        convert_online(checkpoint, online_dir, overwrite=True)
+        found = json.loads(report.read_text())
+        atomic_write(report, json.dumps({**found, "int8_refused": str(refused)}, indent=2))
     return json.loads(report.read_text()), False
 
 
-def _evaluate_online_once(
-    online_dir: Path, lists: Path, frames: Path, summary: Path
-) -> tuple[float, bool]:
-    """Streaming top-1 at the model dir's stride, and whether an earlier run's was reused."""
-    from tsmcli.engine.online import evaluate_online
+def _file_bytes(converted: dict[str, Any], precision: str) -> int | None:
+    found = converted.get("precisions", {}).get(precision)
+    return None if found is None else found["bytes"]
 
-    if summary.exists() and summary.stat().st_mtime >= (online_dir / "report.json").stat().st_mtime:
-        return json.loads(summary.read_text())["top1"], True
-    result = evaluate_online(online_dir, lists / "val.txt", frames, source="frames")
-    atomic_write(
-        summary,
-        json.dumps(
-            {
-                "top1": result.top1,
-                "top5": result.top5,
-                "top1_at": result.top1_at,
-                "latency_ms": result.latency_ms,
-                "stride": result.stride,
-            }
-        ),
-    )
-    return result.top1, False
+
+def _evaluate_online_once(
+    online_dir: Path, lists: Path, frames: Path, eval_dir: Path
+) -> tuple[dict[str, dict[str, Any]], bool]:
+    """Streaming top-1 of each precision the model dir holds (fp32, and int8 when it was
+    not refused) at its own stride, and whether an earlier run's were reused."""
+    from tsmcli.engine.online import evaluate_online
+    from tsmcli.model.model_dir import INT8_FILE
+
+    precisions = ["fp32", "int8"] if (online_dir / INT8_FILE).exists() else ["fp32"]
+    summaries = {
+        p: eval_dir / f"streaming{'' if p == 'fp32' else '_' + p}.json" for p in precisions
+    }
+    newest = (online_dir / "report.json").stat().st_mtime
+    if all(path.exists() and path.stat().st_mtime >= newest for path in summaries.values()):
+        return {p: json.loads(path.read_text()) for p, path in summaries.items()}, True
+    found = {}
+    for precision, path in summaries.items():
+        result = evaluate_online(
+            online_dir, lists / "val.txt", frames, source="frames", precision=precision
+        )
+        found[precision] = {
+            "top1": result.top1,
+            "top5": result.top5,
+            "top1_at": result.top1_at,
+            "latency_ms": result.latency_ms,
+            "stride": result.stride,
+        }
+        atomic_write(path, json.dumps(found[precision]))
+    return found, False

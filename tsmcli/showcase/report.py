@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ class DemoRow:
     latency_ms: float  # per frame, batch 1, on this machine
     cache_bytes: int | None  # the online model's shift buffers
     streaming_top1: float | None = None
+    file_bytes: int | None = None  # the ONNX file that deploys it (the online models)
 
 
 def model_row(
@@ -56,6 +57,21 @@ def model_row(
         latency,
         cache_bytes,
         streaming_top1,
+    )
+
+
+def int8_row(online: DemoRow, streamed: dict[str, Any], int8: dict[str, Any]) -> DemoRow:
+    """The online model's int8 ONNX file, streamed in ONNX Runtime: its top-1 and top-5 are
+    the streaming ones, its ms/frame one streaming step (``report.json``), its file's size."""
+    return replace(
+        online,
+        name="tsm_online_int8",
+        title="TSM online int8 (ONNX Runtime, streaming)",
+        top1=streamed["top1"],
+        top5=streamed["top5"],
+        latency_ms=int8["ms_per_frame"],
+        streaming_top1=None,
+        file_bytes=int8["bytes"],
     )
 
 
@@ -111,17 +127,18 @@ def multiply_adds(model, inputs) -> int:
 def format_table(rows: Sequence[DemoRow]) -> str:
     """The demo's table in Markdown (also what ``tsm demo`` prints)."""
     lines = [
-        "| model | top-1 | top-5 | params | GFLOPs/clip | ms/frame | online cache |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| model | top-1 | top-5 | params | GFLOPs/clip | ms/frame | online cache | file |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         cache = f"{row.cache_bytes / 1024:.1f} KiB" if row.cache_bytes is not None else "-"
+        file = f"{row.file_bytes / 1024:,.0f} KiB" if row.file_bytes is not None else "-"
         top1 = f"{row.top1:.1f}"
         if row.streaming_top1 is not None:
             top1 += f" (streaming {row.streaming_top1:.1f})"
         lines.append(
             f"| {row.title} | {top1} | {row.top5:.1f} | {row.params / 1e6:.2f} M | "
-            f"{row.gflops:.3f} | {row.latency_ms:.2f} | {cache} |"
+            f"{row.gflops:.3f} | {row.latency_ms:.2f} | {cache} | {file} |"
         )
     return "\n".join(lines)
 
@@ -134,6 +151,25 @@ def _streaming_lines(out: Path) -> list[str]:
     at = json.loads(summary.read_text())["top1_at"]
     seen = ", ".join(f"{percent}% of each video: {top1:.1f}" for percent, top1 in at.items())
     return [f"Streaming online TSM, top-1 after {seen}.", ""]
+
+
+def _deploy_lines(converted: dict[str, Any]) -> list[str]:
+    """One streaming step of the online model in each runtime, and the int8 model's checks
+    (or why it was refused)."""
+    latency, precisions = converted.get("latency_ms", {}), converted.get("precisions", {})
+    steps = [f"PyTorch {latency['streaming']:.2f} ms"] if "streaming" in latency else []
+    steps += [f"ONNX Runtime {p} {found['ms_per_frame']:.2f} ms" for p, found in precisions.items()]
+    lines = [f"Online model, one streaming step, batch 1, one thread: {', '.join(steps)}."]
+    if "int8" in precisions:
+        checks = precisions["int8"]["checks"]
+        lines.append(
+            f"The int8 model was calibrated on {checks['calibration_clips']} training videos and "
+            f"checked on {checks['clips']} others before it was written: its top-1 agrees with "
+            f"fp32's on {checks['agreement']:.1f}% of them."
+        )
+    if "int8_refused" in converted:
+        lines.append(f"No int8 model: {converted['int8_refused']}")
+    return [*lines, ""]
 
 
 def _time_lines(clock: StepClock) -> list[str]:
@@ -151,7 +187,9 @@ def _time_lines(clock: StepClock) -> list[str]:
     return lines
 
 
-def write_report(out: Path, rows: Sequence[DemoRow], clock: StepClock) -> Path:
+def write_report(
+    out: Path, rows: Sequence[DemoRow], clock: StepClock, converted: dict[str, Any]
+) -> Path:
     """``out/report.md``: the table, the machine and the time of each step (that of the run
     that did it: a re-run that reuses a step keeps its time), training curves and confusion
     matrices."""
@@ -165,20 +203,26 @@ def write_report(out: Path, rows: Sequence[DemoRow], clock: StepClock) -> Path:
         "model's outputs as well as from the labels. "
         "A 2D model that averages over frames (TSN) cannot tell a clip from its reverse; "
         "the temporal shift can. Accuracy on the validation list, one centre view; the "
-        "online model is also run frame by frame as exported (streaming). "
+        "online model is also run frame by frame as exported (streaming), and so is its int8 "
+        "ONNX model, whose ms/frame is one streaming step in ONNX Runtime (the others' are a "
+        "PyTorch clip forward over its frames); file is the ONNX file that deploys a model. "
         "GFLOPs count multiply-adds per clip, as the TSM paper does.",
         "",
         format_table(rows),
         "",
         *_streaming_lines(out),
+        *_deploy_lines(converted),
         *_time_lines(clock),
         "",
         "## Training curves",
         "",
     ]
-    parts += [f"### {row.title}\n\n![curves](runs/{row.name}/curves.png)\n" for row in rows]
+    trained = [row for row in rows if (out / "runs" / row.name).is_dir()]  # int8: no run of its own
+    parts += [f"### {row.title}\n\n![curves](runs/{row.name}/curves.png)\n" for row in trained]
     parts += ["## Confusion matrices", ""]
-    parts += [f"### {row.title}\n\n![confusion](eval/{row.name}/confusion.png)\n" for row in rows]
+    parts += [
+        f"### {row.title}\n\n![confusion](eval/{row.name}/confusion.png)\n" for row in trained
+    ]
     path = out / "report.md"
     atomic_write(path, "\n".join(parts))
     return path
