@@ -228,7 +228,8 @@ def test_timeline_of_windows_in_json_csv_and_plot(data, tmp_path, make_video, mo
     assert len(rows) == len(plan) + 3  # one row a window, no row for the whole video
     assert [(r["start"], r["end"]) for r in rows[:2]] == [("0.000", "2.000"), ("1.000", "3.000")]
     assert rows[0]["class_1"] == video.windows[0].top[0].name
-    (name, times, curves), _ = timeline_panels(result)  # what the PNG draws
+    panel, _ = timeline_panels(result)  # what the PNG draws
+    name, times, curves = panel.title, panel.times, panel.curves
     assert name == str(long) and times == [(w.start + w.end) / 2 for w in video.windows]
     assert {w.top[0].name for w in video.windows} <= set(curves)  # every window's best class
     probs = torch.stack([w.scores for w in video.windows]).softmax(1)
@@ -347,13 +348,14 @@ def test_the_timeline_draws_every_window_winner_even_beyond_five():
         windows.append(WindowPrediction(float(w), w + 1.0, (), scores))
     video = InputPrediction(Path("long.mp4"), "videos", (), windows=tuple(windows), fps=8.0)
     result = PredictResult([video], "c.pt", PROTOCOLS["single"], 1, names, 2, 1.0, 1.0, 1.0)
-    ((_, _, curves),) = timeline_panels(result)
+    (panel,) = timeline_panels(result)
+    curves = panel.curves
     assert list(curves) == ["c5", "c0", "c1", "c2", "c3", "c4"]  # every winner, by its peak
     two = PredictResult(
         [InputPrediction(Path("a.mp4"), "videos", (), windows=tuple(windows[:2]), fps=8.0)],
         *("c.pt", PROTOCOLS["single"], 1, names, 2, 1.0, 1.0, 1.0),
     )
-    assert list(timeline_panels(two)[0][2]) == ["c0", "c1", "c7", "c2", "c3"]  # then the rest
+    assert list(timeline_panels(two)[0].curves) == ["c0", "c1", "c7", "c2", "c3"]  # the rest
 
 
 def test_a_variable_rate_video_is_windowed_by_when_its_frames_are_shown(tmp_path):
@@ -365,3 +367,42 @@ def test_a_variable_rate_video_is_windowed_by_when_its_frames_are_shown(tmp_path
     video = write_vfr(tmp_path / "vfr.mp4", SLOW_THEN_FAST_MS)
     (found,) = predict([video], checkpoint, window=1.0, workers=0).predictions
     assert [(w.start, w.end) for w in found.windows] == [(0, 1), (1, 2), (2, 3), (3, 4)]
+
+
+def test_intervals_of_a_timeline_in_the_table_json_and_csv(data, tmp_path):
+    root, checkpoint = data
+    long = root / "videos" / "v2.mp4"  # 21 frames at 8 fps
+    paths = {k: tmp_path / f"i.{k}" for k in ("jsonl", "csv")}
+    args = [
+        "predict",
+        str(long),
+        "--checkpoint",
+        str(checkpoint),
+        "--window",
+        "1",
+        "--stride",
+        "0.5",
+        "--intervals",
+        "--threshold",
+        "0",
+        "--min-duration",
+        "0",
+        "--json",
+        str(paths["jsonl"]),
+        "--csv",
+        str(paths["csv"]),
+    ]
+    printed = CliRunner().invoke(cli, args)
+    assert printed.exit_code == 0, printed.output
+    (line,) = [json.loads(x) for x in paths["jsonl"].read_text().splitlines()]
+    found = line["intervals"]
+    assert found and found[0]["start"] == 0 and found[-1]["end"] == pytest.approx(21 / 8)
+    assert all(a["end"] == b["start"] for a, b in zip(found, found[1:], strict=False))  # no gap
+    assert {i["class"] for i in found} <= set(CLASSES)
+    rows = list(csv.DictReader(paths["csv"].open()))
+    assert [r["kind"] for r in rows].count("interval") == len(found)
+    assert f"actions ({len(found)}):" in printed.output
+    refused = CliRunner().invoke(
+        cli, ["predict", str(long), "--checkpoint", str(checkpoint), "--intervals"]
+    )
+    assert refused.exit_code == 2 and "--intervals needs --window" in refused.output

@@ -88,18 +88,49 @@ _FOUND = (
     default=None,
     help="With --window: draw the top classes' probabilities over time (PNG).",
 )
+@click.option(
+    "--intervals",
+    is_flag=True,
+    help="With --window: merge the windows into labelled actions with start and end times.",
+)
+@click.option(
+    "--threshold",
+    type=click.FloatRange(0, 1),
+    default=0.3,
+    show_default=True,
+    help="--intervals: below this mean probability no action is named.",
+)
+@click.option(
+    "--min-duration",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="--intervals: seconds; shorter actions are dropped.",
+)
+@click.option(
+    "--merge-gap",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="--intervals: seconds of background two actions of one class may straddle.",
+)
 @overwrite_option
 @view_options
 @model_options
 def predict(**options: Any) -> None:
     """The top-k classes of each INPUT, with exactly the sampling, crops and view averaging of
     tsm eval (--protocol, --clips, --crops, --average)."""
+    from tsmcli.engine.intervals import IntervalRule
     from tsmcli.engine.predict import predict as run_predict
     from tsmcli.errors import DataError
 
     views, arch = view_and_arch(options)
     inputs = options.pop("inputs")
-    result = run_predict(inputs, views=views, arch=arch, **options)
+    rule = IntervalRule(
+        options.pop("threshold"), options.pop("min_duration"), options.pop("merge_gap")
+    )
+    intervals = rule if options.pop("intervals") else None
+    result = run_predict(inputs, views=views, arch=arch, intervals=intervals, **options)
     _print_table(result)
     click.echo()
     print_rows(_summary_rows(result))
@@ -119,6 +150,11 @@ def _print_table(result) -> None:
         for w in p.windows or ():
             span = f"{w.start:.2f}-{w.end:.2f} s"
             click.echo(f"{'':<{width}}  {span:>15}  {_classes(w.top)}")
+        if p.intervals is not None:
+            click.echo(f"{'':<{width}}  actions ({len(p.intervals)}):")
+        for i in p.intervals or ():
+            span = f"{i.start:.2f}-{i.end:.2f} s"
+            click.echo(f"{'':<{width}}  {span:>15}  {i.name} {i.score:.3f}")
 
 
 def _classes(top) -> str:

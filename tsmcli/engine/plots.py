@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tsmcli.fileio import atomic_write_with
+
+if TYPE_CHECKING:
+    from tsmcli.engine.predictions import TimelinePanel
 
 
 def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
@@ -50,21 +53,25 @@ def plot_curves(history: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     return atomic_write_with(path, lambda handle: figure.savefig(handle, format="png"))
 
 
-def plot_timelines(
-    panels: Sequence[tuple[str, Sequence[float], Mapping[str, Sequence[float]]]],
-    path: str | Path,
-) -> Path:
+def plot_timelines(panels: Sequence[TimelinePanel], path: str | Path) -> Path:
     """``tsm predict --plot``: one panel per video, each class's probability (0-1) against
-    time in seconds at the centres of the windows; written atomically, off-screen (Agg)."""
+    time in seconds at the centres of the windows, and each action interval found shaded in
+    its class's colour and named; written atomically, off-screen (Agg)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(10, 0.6 + 2.6 * max(1, len(panels))), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.subplots(max(1, len(panels)), 1, squeeze=False)[:, 0]
-    for ax, (title, times, lines) in zip(axes, panels, strict=False):
-        for name, values in lines.items():
-            ax.plot(times, values, marker="o", markersize=3, label=name)
+    for ax, panel in zip(axes, panels, strict=False):
+        colours = {}
+        for name, values in panel.curves.items():
+            (line,) = ax.plot(panel.times, values, marker="o", markersize=3, label=name)
+            colours[name] = line.get_color()
+        for start, end, name in panel.intervals:
+            ax.axvspan(start, end, ymin=0.0, ymax=0.06, color=colours.get(name, "grey"), alpha=0.8)
+            ax.text((start + end) / 2, 0.08, name, ha="center", va="bottom", fontsize=7)
+        title = panel.title
         ax.set_title(title if len(title) <= 90 else "…" + title[-89:], fontsize=9)
         ax.set_ylim(0, 1)
         ax.set_ylabel("probability")

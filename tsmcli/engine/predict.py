@@ -43,6 +43,7 @@ from tsmcli.engine.evaluate import (
     load_exported,
     load_for_eval,
 )
+from tsmcli.engine.intervals import IntervalRule
 from tsmcli.engine.plots import plot_timelines
 from tsmcli.engine.precision import in_precision
 from tsmcli.engine.predictions import (
@@ -52,6 +53,7 @@ from tsmcli.engine.predictions import (
     class_names,
     timeline_panels,
     top_classes,
+    with_intervals,
     write_csv,
     write_jsonl,
 )
@@ -98,6 +100,7 @@ def predict(
     csv_path: str | Path | None = None,
     plot_path: str | Path | None = None,
     overwrite: bool = False,
+    intervals: IntervalRule | None = None,
 ) -> PredictResult:
     """The ``topk`` best classes of each input (a video file, a frame folder, or a folder
     searched for them), with eval's test views (``views``, ``arch`` and ``backend`` as in
@@ -110,9 +113,12 @@ def predict(
     timeline of each video (``stride`` defaults to ``window``); ``fps`` is the frame rate of
     frame folders. ``json_path`` (JSON Lines), ``csv_path`` and ``plot_path`` (the timelines,
     with ``window``) are checked before any work (none may be an input, and an existing file
-    is replaced only with ``overwrite``) and written at the end.
+    is replaced only with ``overwrite``) and written at the end. ``intervals``: with
+    ``window``, each video's actions with their start and end (``engine.intervals``).
     """
     timeline = _timeline(window, stride, fps, plot_path)
+    if intervals is not None and timeline is None:
+        raise UsageError("--intervals needs --window SECONDS (actions are found in a timeline)")
     if (checkpoint is None) == (model_dir is None):
         raise UsageError("give exactly one of --checkpoint CKPT or --model MODEL_DIR (tsm export)")
     if model_dir is not None:
@@ -154,6 +160,8 @@ def predict(
         stride=timeline.stride if timeline else None,
         videos_per_s=sum(p.ok for p in predictions) / elapsed if elapsed > 0 else float("inf"),
     )
+    if intervals is not None:
+        result = with_intervals(result, intervals)
     result.written.extend(_write(result, json_path, csv_path, plot_path))
     return result
 

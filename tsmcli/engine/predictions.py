@@ -9,7 +9,7 @@ import csv
 import io
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from tsmcli.data.lists import read_classes
+from tsmcli.engine.intervals import Interval, IntervalRule, intervals
 from tsmcli.engine.metrics import AverageMode, rank_classes
 from tsmcli.engine.views import Protocol
 from tsmcli.errors import CheckpointError, DataError
@@ -63,6 +64,7 @@ class InputPrediction:
     scores: Tensor | None = field(default=None, repr=False)  # (K,)
     windows: tuple[WindowPrediction, ...] | None = None
     fps: float | None = None  # the rate the windows were cut at
+    intervals: tuple[Interval, ...] | None = None  # with --intervals: the actions found
 
     @property
     def ok(self) -> bool:
@@ -79,6 +81,8 @@ class InputPrediction:
         if self.windows is not None:
             line["fps"] = self.fps
             line["windows"] = [w.to_dict() for w in self.windows]
+        if self.intervals is not None:
+            line["intervals"] = [i.to_dict() for i in self.intervals]
         return line
 
 
@@ -158,37 +162,64 @@ def write_jsonl(result: PredictResult, path: str | Path) -> Path:
 
 
 def write_csv(result: PredictResult, path: str | Path) -> Path:
-    """``--csv``: a row per whole input or per window (``start``/``end`` in seconds, empty for
-    a whole input), with the best classes and their probabilities; a failed input is a row
-    with its ``error``."""
+    """``--csv``: a row per whole input, per window and per interval (``kind``; ``start``/``end``
+    in seconds, empty for a whole input), with the best classes and their probabilities (an
+    interval: its class and score); a failed input is a row with its ``error``."""
     k = min(result.topk, len(result.classes))
-    header = ["input", "start", "end", "error"]
+    header = ["input", "kind", "start", "end", "error"]
     header += [f"{c}_{i}" for i in range(1, k + 1) for c in ("class", "probability")]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
     for p in result.predictions:
-        if p.windows:
-            for w in p.windows:
-                writer.writerow([p.path, f"{w.start:.3f}", f"{w.end:.3f}", "", *_cells(w.top)])
+        for w in p.windows or ():
+            span = [f"{w.start:.3f}", f"{w.end:.3f}"]
+            writer.writerow([p.path, "window", *span, "", *_cells(w.top)])
+        for i in p.intervals or ():
+            span = [f"{i.start:.3f}", f"{i.end:.3f}"]
+            writer.writerow([p.path, "interval", *span, "", i.name, f"{i.score:.6f}"])
         if not p.ok or p.windows is None:
-            writer.writerow([p.path, "", "", p.error or "", *_cells(p.top)])
+            writer.writerow([p.path, "input", "", "", p.error or "", *_cells(p.top)])
     return atomic_write(Path(path), buffer.getvalue())
+
+
+def with_intervals(result: PredictResult, rule: IntervalRule) -> PredictResult:
+    """``result`` with each windowed input's actions found by ``rule`` (``engine.intervals``)."""
+    found = []
+    for p in result.predictions:
+        if p.windows:
+            spans = [(w.start, w.end) for w in p.windows]
+            probs = probabilities(torch.stack([w.scores for w in p.windows]), result.protocol.average)
+            p = replace(p, intervals=tuple(intervals(spans, probs, result.classes, rule)))
+        found.append(p)
+    return replace(result, predictions=found)
 
 
 def _cells(top: Sequence[ClassScore]) -> list[str]:
     return [cell for c in top for cell in (c.name, f"{c.probability:.6f}")]
 
 
-def timeline_panels(result: PredictResult) -> list[tuple[str, list[float], dict[str, list[float]]]]:
+@dataclass(frozen=True)
+class TimelinePanel:
+    """What ``--plot`` draws for one windowed input."""
+
+    title: str
+    times: list[float]  # the windows' centres, seconds
+    curves: dict[str, list[float]]  # class name -> its probability at each time
+    intervals: list[tuple[float, float, str]]  # (start, end, class) of each action found
+
+
+def timeline_panels(result: PredictResult) -> list[TimelinePanel]:
     """What ``--plot`` draws for each windowed input: its name, the windows' centres in
-    seconds, and the probability over time of its top classes: every class best in some
-    window, then the others by their highest probability up to ``PLOT_CLASSES`` in all."""
+    seconds, the probability over time of its top classes (every class best in some window,
+    then the others by their highest probability up to ``PLOT_CLASSES`` in all), and its
+    intervals when they were asked for."""
     average = result.protocol.average
     panels = []
     for p in result.predictions:
         if not p.windows:
             continue
+        shaded = [(i.start, i.end, i.name) for i in p.intervals or ()]
         probs = probabilities(torch.stack([w.scores for w in p.windows]), average)  # (W, K)
         peak = probs.max(dim=0).values  # (K,)
         winners = set(probs.argmax(dim=1).tolist())
@@ -196,5 +227,5 @@ def timeline_panels(result: PredictResult) -> list[tuple[str, list[float], dict[
         chosen = order[: max(PLOT_CLASSES, len(winners))]
         centres = [(w.start + w.end) / 2 for w in p.windows]
         lines = {result.classes[k]: probs[:, k].tolist() for k in chosen}
-        panels.append((str(p.path), centres, lines))
+        panels.append(TimelinePanel(str(p.path), centres, lines, shaded))
     return panels
