@@ -20,6 +20,7 @@ ORDER = [
     "online",
     "predict",
     "explain",
+    "intervals",
     "doctor",
     "claim",
 ]
