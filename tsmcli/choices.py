@@ -12,6 +12,7 @@ from __future__ import annotations
 SHIFT_MODES = ("none", "bidirectional", "unidirectional")  # none: TSN; one-way: the online model
 SHIFT_DIRECTIONS = ("bidirectional", "unidirectional")  # the modes that shift something
 SHIFT_PLACES = ("blockres", "block")  # the residual branch's first conv, or the whole block
+MODALITIES = ("rgb", "flow")  # what a segment is: one RGB frame, or stacked x/y optical flow
 # The smallest shift_div: fold = C // shift_div channels move each way, and at 1 every channel
 # moves, so none of a frame's own features stay in place. 2 is the least that keeps channels
 # in place for the one-way shift (the bidirectional shift then moves both halves: allowed, as
@@ -24,6 +25,7 @@ SOURCES = ("frames", "videos")  # what the paths of a list point at
 BACKENDS = ("decord", "pyav")  # video decoders
 LABEL_ORDERS = ("official", "sorted")  # a dataset's class order
 CONFLICT_POLICIES = ("error", "first", "drop")  # tsm build-list: a clip with two labels
+FLOW_METHODS = ("tvl1", "dis", "farneback")  # tsm extract --flow: OpenCV's optical flow methods
 
 # training
 SAMPLINGS = ("segments", "even", "dense")  # data.sampling

@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Literal
 import yaml
 
 from tsmcli import choices
-from tsmcli.data.layout import FRAME_TEMPLATE, check_frame_template
+from tsmcli.data.layout import FRAME_TEMPLATE, check_frame_template, flow_y_template
 from tsmcli.errors import RecipeError
 from tsmcli.model.spec import ModelSpec, check_model
 from tsmcli.resources import recipes_dir
@@ -58,6 +58,7 @@ class ModelConfig(ModelSpec):
     def __post_init__(self) -> None:
         _check_types(self)
         check_model(self.as_dict(), prefix="model.", error=RecipeError, classes_from_list=True)
+        self._resolve_new_length()
 
 
 @dataclass(frozen=True)
@@ -279,6 +280,8 @@ class Recipe:
             "must not exceed train.epochs",
             self.optim.warmup_epochs,
         )
+        if self.model.modality == "flow":
+            _check_flow_data(self.data)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dicts, lists and scalars: what recipe.yaml and checkpoints store."""
@@ -408,6 +411,24 @@ def find_recipe(name_or_path: str | Path) -> Path:
     raise RecipeError(
         f"{name_or_path}: no such recipe file or shipped recipe; {hint}"
         f"shipped recipes: {', '.join(names)}"
+    )
+
+
+def _check_flow_data(data: DataConfig) -> None:
+    """What a flow model's data must be: flow frame folders (``tsm extract --flow``) named by
+    the template of their x images, without colour jitter (flow images have no colours)."""
+    _require(
+        data.source == "frames",
+        "data.source",
+        "must be frames with model.modality flow (flow frame folders: tsm extract --flow)",
+        data.source,
+    )
+    flow_y_template(data.frame_template, "data.frame_template", RecipeError)
+    _require(
+        data.colour_jitter == 0,
+        "data.colour_jitter",
+        "must be 0 with model.modality flow (flow images have no colours to change)",
+        data.colour_jitter,
     )
 
 

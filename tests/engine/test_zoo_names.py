@@ -121,6 +121,8 @@ def test_load_model_by_name_given_keys_win_within_limits(tmp_path, monkeypatch, 
         "shift_place": "blockres",
         "dropout": 0.5,
         "partial_bn": False,
+        "modality": "rgb",
+        "new_length": 1,
     }
     with caplog.at_level(logging.WARNING, logger="tsmcli"):
         caplog.clear()

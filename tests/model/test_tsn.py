@@ -99,6 +99,8 @@ def test_config_round_trip():
         "shift_place": "blockres",
         "dropout": 0.3,
         "partial_bn": True,
+        "modality": "rgb",
+        "new_length": 1,
     }
     rebuilt = build_model(**config)
     assert rebuilt.config() == config

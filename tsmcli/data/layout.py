@@ -18,6 +18,10 @@ from tsmcli.choices import SOURCES
 from tsmcli.errors import DataError, TSMError, UsageError
 
 FRAME_TEMPLATE = "img_{:05d}.jpg"
+# Optical flow frames, one grayscale image each for x and y, 1-based like the RGB frames: the
+# names dense_flow writes and the official TSM ops/dataset.py reads ('flow_{}_{:05d}.jpg',
+# its UCF101/HMDB51 layout). A flow folder's frame template names the x images.
+FLOW_X_TEMPLATE = "flow_x_{:05d}.jpg"
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov")
 _INTEGER_SPEC = re.compile(r"0?\d*d?")  # format specs of a plain integer: "", "d", "5d", "05d"
 
@@ -67,3 +71,24 @@ def _template_problem(template: str) -> str | None:
     if any(sep in template for sep in ("/", os.sep, os.altsep) if sep):
         return "a path separator; frames sit directly in their folder"
     return None
+
+
+def flow_y_template(
+    x_template: str, what: str = "flow frame template", error: type[TSMError] = UsageError
+) -> str:
+    """The template of the y images of a flow folder whose x images ``x_template`` names:
+    its one ``x`` outside the number field made ``y`` (``flow_x_{:05d}.jpg`` ->
+    ``flow_y_{:05d}.jpg``). A template with no such ``x``, or several, names no y images:
+    an ``error`` naming ``what``."""
+    check_frame_template(x_template, what, error)
+    head, brace, rest = x_template.partition("{")
+    field, close, tail = rest.partition("}")
+    if head.count("x") + tail.count("x") != 1:
+        raise error(
+            f"{what} {x_template!r} does not name flow x images (one 'x' outside the number "
+            f"field, which the y images have as 'y'); use {FLOW_X_TEMPLATE!r}, as tsm extract "
+            "--flow writes"
+        )
+    if "x" in head:
+        return head.replace("x", "y") + brace + field + close + tail
+    return head + brace + field + close + tail.replace("x", "y")

@@ -42,20 +42,29 @@ class BackboneSpec:
     head: str  # attribute of the ImageNet classifier ("fc" / "classifier")
     build: Callable[[], nn.Module]  # the network with random weights
     insert_shift: ShiftInserter
+    first_conv: str = "conv1"  # qualified name of the first convolution (the input's)
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
 
 
 def register_backbone(
-    name: str, *, family: str, feature_dim: int, head: str, insert_shift: ShiftInserter
+    name: str,
+    *,
+    family: str,
+    feature_dim: int,
+    head: str,
+    insert_shift: ShiftInserter,
+    first_conv: str = "conv1",
 ) -> Callable[[Callable[[], nn.Module]], Callable[[], nn.Module]]:
     """Decorator: register a function returning a freshly initialised network as ``name``."""
 
     def decorator(build: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"backbone {name!r} is registered twice")
-        _REGISTRY[name] = BackboneSpec(name, family, feature_dim, head, build, insert_shift)
+        _REGISTRY[name] = BackboneSpec(
+            name, family, feature_dim, head, build, insert_shift, first_conv
+        )
         return build
 
     return decorator
@@ -85,6 +94,8 @@ def build_backbone(spec: ModelSpec) -> tuple[nn.Module, BackboneSpec]:
     backbone = get_backbone(spec.arch)
     model = backbone.build()
     setattr(model, backbone.head, nn.Identity())
+    if spec.input_channels != 3:
+        widen_first_conv(model, backbone.first_conv, spec.input_channels)
     if spec.shift != "none":
         names = backbone.insert_shift(
             model, spec.num_segments, spec.shift_div, spec.shift, spec.shift_place
@@ -93,6 +104,40 @@ def build_backbone(spec: ModelSpec) -> tuple[nn.Module, BackboneSpec]:
             "%s: %s shift in %d modules (%s)", spec.arch, spec.shift, len(names), spec.shift_place
         )
     return model, backbone
+
+
+def widen_first_conv(model: nn.Module, name: str, channels: int) -> None:
+    """Give the convolution ``name`` of ``model`` ``channels`` inputs, as the official TSN
+    builds a flow network from an RGB one (``_construct_flow_model``): the kernel averaged
+    over its RGB inputs and repeated over the new ones, the bias and every other setting
+    kept. An ImageNet kernel so averaged responds to a flow image's gradients as the RGB
+    one did to intensity; a random one stays random. The module keeps its own class."""
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = getattr(parent, attr)
+    new = nn.utils.skip_init(
+        type(old),
+        channels,
+        old.out_channels,
+        old.kernel_size,
+        stride=old.stride,
+        padding=old.padding,
+        dilation=old.dilation,
+        groups=old.groups,
+        bias=old.bias is not None,
+        padding_mode=old.padding_mode,
+    )
+    with torch.no_grad():
+        new.weight.copy_(average_rgb_kernel(old.weight, channels))
+        if old.bias is not None:
+            new.bias.copy_(old.bias)
+    setattr(parent, attr, new)
+
+
+def average_rgb_kernel(weight: Tensor, channels: int) -> Tensor:
+    """A (out, 3, kh, kw) kernel as one of ``channels`` inputs: its mean over the input
+    channels, repeated (out, channels, kh, kw), contiguous."""
+    return weight.mean(dim=1, keepdim=True).expand(-1, channels, -1, -1).contiguous()
 
 
 def shifted_module_names(model: nn.Module) -> list[str]:
@@ -310,6 +355,7 @@ def resnet152() -> nn.Module:
     feature_dim=1280,
     head="classifier",
     insert_shift=_shift_mobilenet_v2,
+    first_conv="features.0.0",
 )
 def mobilenet_v2() -> nn.Module:
     """MobileNetV2 (width 1.0), the backbone of the paper's online model."""

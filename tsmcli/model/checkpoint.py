@@ -34,7 +34,7 @@ from torch import Tensor
 from tsmcli.errors import CheckpointError, UsageError
 from tsmcli.model.backbones import get_backbone, shifted_module_names
 from tsmcli.model.spec import SPEC_KEYS, ArchOverrides, ModelSpec, as_overrides
-from tsmcli.model.tsn import TSN, load_imagenet_weights
+from tsmcli.model.tsn import TSN, load_imagenet_weights, with_input_channels
 from tsmcli.model.weights import (
     FORMAT,
     FORMAT_VERSION,
@@ -53,7 +53,15 @@ logger = logging.getLogger(__name__)
 
 # The spec keys a file's layout or a model zoo entry can say: the others (num_classes, dropout,
 # partial_bn) follow from the weights or do not change what they compute.
-_LAYOUT_KEYS = ("arch", "num_segments", "shift", "shift_div", "shift_place")
+_LAYOUT_KEYS = (
+    "arch",
+    "num_segments",
+    "shift",
+    "shift_div",
+    "shift_place",
+    "modality",
+    "new_length",
+)
 # what official / mmaction2 files do not record and a caller (or the zoo entry) must give
 REQUIRED_FOR_IMPORT = ("arch", "num_segments", "shift")
 IMPORTED_FORMATS = ("official", "mmaction2", "online_demo")  # files without a model_config
@@ -72,7 +80,15 @@ IMPLIED_BY_FORMAT = {
 # Keys that say where the weights sit: given values that contradict the file are an error.
 # The others (shift, shift_div, num_segments) change what the same weights compute: a given
 # value wins (with a warning for the shift).
-_WEIGHT_KEYS = ("arch", "shift_place")
+_WEIGHT_KEYS = ("arch", "shift_place", "modality", "new_length")
+# Where an imported file keeps its first convolution, whose input channels say what a segment
+# is: 3, an RGB frame; 2 * L, L stacked x/y flow images (official, mmaction2, MobileNetV2).
+_FIRST_CONV_KEYS = (
+    "base_model.conv1.weight",
+    "backbone.conv1.conv.weight",
+    "base_model.features.0.0.weight",
+    "features.0.0.weight",
+)
 _HEADER = ("format", "format_version", "model_config", "recipe", "classes", "state_dict")
 
 
@@ -188,10 +204,26 @@ def recorded_options(info: CheckpointInfo) -> dict[str, Any]:
         return {key: config[key] for key in _LAYOUT_KEYS if key in config}
     if info.format not in IMPORTED_FORMATS:
         return {}
-    known = dict(IMPLIED_BY_FORMAT.get(info.format, {}))
+    known = {**IMPLIED_BY_FORMAT.get(info.format, {}), **_input_of(info.state_dict or {})}
     if info.zoo is not None:
         known.update(info.zoo.model_options())
     return known
+
+
+def _input_of(state: Mapping[str, Tensor]) -> dict[str, Any]:
+    """What the first convolution of an imported file's weights says a segment is: its
+    ``modality`` and ``new_length`` (none when it is not found or says neither)."""
+    for key in _FIRST_CONV_KEYS:
+        weight = state.get(key)
+        if weight is None or weight.dim() != 4:
+            continue
+        channels = int(weight.shape[1])
+        if channels == 3:
+            return {"modality": "rgb", "new_length": 1}
+        if channels % 2 == 0:
+            return {"modality": "flow", "new_length": channels // 2}
+        return {}
+    return {}
 
 
 def arch_options(info: CheckpointInfo, given: Mapping[str, Any]) -> dict[str, Any]:
@@ -366,7 +398,9 @@ class InitReport:
 def load_weights_for_finetune(model: TSN, checkpoint: str | Path | CheckpointInfo) -> InitReport:
     """Initialise ``model`` from any checkpoint we read, to fine-tune it: every weight is
     loaded, except the head when the number of classes differs (it keeps its fresh init).
-    The file's architecture must match the model's; its clip length need not."""
+    The file's architecture must match the model's; its clip length need not, and an RGB
+    file starts a flow model (its first kernel averaged over the flow channels, as the
+    official TSN starts a flow network)."""
     info = as_info(checkpoint)
     path, fmt = info.path, info.format
     if fmt == "torchvision":
@@ -394,6 +428,7 @@ def load_weights_for_finetune(model: TSN, checkpoint: str | Path | CheckpointInf
         )
         state = {k: v for k, v in state.items() if not k.startswith("new_fc.")}
         state.update({f"new_fc.{k}": v for k, v in model.new_fc.state_dict().items()})
+    state = with_input_channels(state, model, "base_model.")  # an RGB file into a flow model
     state = _keyed_for_shift(state, info, model)
     load_state_dict_strict(model, state, str(path))
     return InitReport(fmt, head_loaded=head_loaded)

@@ -1,7 +1,8 @@
 """A network's architecture as one typed value, checked in one place. torch-free: the CLI and
 the recipe import it without importing torch.
 
-``ModelSpec`` holds the keys that decide a TSN/TSM network: ``TSN(spec)`` builds it,
+``ModelSpec`` holds the keys that decide a TSN/TSM network (its input among them: ``modality``
+rgb, one frame a segment, or flow, ``new_length`` stacked x/y optical flow images a segment): ``TSN(spec)`` builds it,
 ``TSN.config()`` is it as the plain dict our checkpoints store (``model_config``), and the
 recipe's ``model`` section extends it (with the weights to start from). ``ArchOverrides`` is a
 partial spec: the keys a caller gives over what a checkpoint records (``--arch``,
@@ -34,10 +35,25 @@ class ModelSpec:
     shift_place: Literal[choices.SHIFT_PLACES] = "blockres"
     dropout: float = 0.5  # before the head
     partial_bn: bool = False  # in training, every BatchNorm but the first keeps ImageNet's
+    modality: Literal[choices.MODALITIES] = "rgb"  # what a segment is: an RGB frame, or flow
+    # consecutive frames a segment stacks: x/y flow pairs, 2 * new_length input channels (the
+    # first convolution's); None: the official default, 1 for rgb, 5 for flow
+    new_length: int | None = None
 
     def __post_init__(self) -> None:
         check_model(self.as_dict())
         object.__setattr__(self, "dropout", float(self.dropout))
+        self._resolve_new_length()
+
+    def _resolve_new_length(self) -> None:
+        """``new_length`` None becomes its modality's default (a frozen field, set once)."""
+        if self.new_length is None:
+            object.__setattr__(self, "new_length", DEFAULT_NEW_LENGTH[self.modality])
+
+    @property
+    def input_channels(self) -> int:
+        """Channels of one segment: 3 (RGB), or x and y of ``new_length`` flow images."""
+        return 3 if self.modality == "rgb" else 2 * int(self.new_length or 1)
 
     def as_dict(self) -> dict[str, Any]:
         """The keys as ``TSN.config()`` returns them and our checkpoints store them."""
@@ -45,6 +61,8 @@ class ModelSpec:
 
 
 SPEC_KEYS = tuple(f.name for f in dataclasses.fields(ModelSpec))
+# the official TSN's new_length when none is given (ops/models.py: 1 for RGB, 5 for Flow)
+DEFAULT_NEW_LENGTH = {"rgb": 1, "flow": 5}
 
 
 def _count(minimum: int) -> Callable[[Any], bool]:
@@ -69,6 +87,11 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
         f"must be one of {', '.join(choices.SHIFT_PLACES)}",
     ),
     "partial_bn": (lambda v: isinstance(v, bool), "must be true or false"),
+    "modality": (
+        lambda v: v in choices.MODALITIES,
+        f"must be one of {', '.join(choices.MODALITIES)}",
+    ),
+    "new_length": (lambda v: v is None or _count(1)(v), "must be at least 1 (or null: default)"),
 }
 # the recipe's model.num_classes: 0 reads the number from classes.txt
 _CLASSES_FROM_LIST = (_count(0), "must be 0 (from classes.txt) or more")
@@ -93,6 +116,24 @@ def check_model(
             holds, what = _CLASSES_FROM_LIST
         if not holds(values[key]):
             raise error(f"{prefix}{key} {what}, got {values[key]!r}")
+    if values.get("modality") == "rgb" and values.get("new_length") not in (None, 1):
+        raise error(
+            f"{prefix}new_length must be 1 with modality rgb (one RGB frame a segment), got "
+            f"{values['new_length']!r}; stacked frames are flow's (modality flow)"
+        )
+
+
+def check_streamable(spec: ModelSpec, label: str) -> None:
+    """A streaming model steps on one RGB frame at a time. A flow model's segment is optical
+    flow between consecutive frames, which a stream of RGB frames does not carry: refused in
+    one line naming ``label`` (the checkpoint)."""
+    if spec.modality == "flow":
+        raise UsageError(
+            f"{label}: is a flow model (modality flow, {spec.input_channels} input channels); "
+            "a streaming model takes RGB frames one at a time, and streaming flow needs a flow "
+            "source (optical flow from each new frame and the one before), which tsm stream "
+            "and convert-online do not have; convert an RGB model"
+        )
 
 
 def check_known(keys: Mapping[str, Any]) -> None:

@@ -35,6 +35,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from tsmcli.model.shift import TemporalShift
+from tsmcli.model.spec import check_streamable
 
 # step(frame (1, 3, H, W), *buffers) -> (logits (1, K), *new_buffers)
 StepFn = Callable[..., Sequence[Tensor]]
@@ -147,6 +148,9 @@ class StreamingTSM(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
+        spec = getattr(model, "spec", None)
+        if spec is not None:  # a flow model's segment is not one frame: refused here
+            check_streamable(spec, f"this {spec.arch} model")
         self.backbone, self.num_buffers = _rewrite_backbone(model.base_model, streaming=True)
         self.dropout = model.dropout
         self.new_fc = model.new_fc

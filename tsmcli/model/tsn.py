@@ -13,7 +13,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from tsmcli.errors import CheckpointError
-from tsmcli.model.backbones import build_backbone, shifted_module_names
+from tsmcli.model.backbones import average_rgb_kernel, build_backbone, shifted_module_names
 from tsmcli.model.spec import ModelSpec, check_known
 from tsmcli.model.weights import (
     imagenet_state_dict,
@@ -29,8 +29,10 @@ logger = logging.getLogger(__name__)
 class TSN(nn.Module):
     """Temporal Segment Network; with a shift, the Temporal Shift Module model.
 
-    Input (B, T, 3, H, W) with T = ``num_segments``; output (B, num_classes) logits, the mean
-    over frames of per-frame logits (the head runs per frame, as in the official code).
+    Input (B, T, C, H, W) with T = ``num_segments`` and C = ``spec.input_channels`` (3 for
+    RGB; for flow, x and y of ``new_length`` consecutive flow images, x1, y1, x2, y2, ...: the
+    official TSN's ``modality='Flow'``); output (B, num_classes) logits, the mean over frames
+    of per-frame logits (the head runs per frame, as in the official code).
     ``spec`` is what it is (``model.num_segments`` and the other keys read as attributes too,
     but ``model.dropout``: that is the layer); ``config()`` is the spec as our checkpoints
     store it. ``build_model`` builds one from keywords and loads ImageNet weights.
@@ -64,8 +66,14 @@ class TSN(nn.Module):
                 f"{tuple(x.shape)}; build the model with num_segments="
                 f"{x.shape[1] if x.dim() == 5 else '?'} to use another clip length"
             )
+        channels = self.spec.input_channels
+        if x.shape[2] != channels:
+            raise ValueError(
+                f"expected {channels} channels a segment ({self.modality}, new_length "
+                f"{self.new_length}), got input {tuple(x.shape)}"
+            )
         batch, frames = x.shape[:2]
-        flat = x.reshape(batch * frames, *x.shape[2:])  # (B*T, 3, H, W)
+        flat = x.reshape(batch * frames, *x.shape[2:])  # (B*T, C, H, W)
         return self.base_model(flat).view(batch, frames, -1)  # (B, T, D)
 
     def frame_logits(self, x: Tensor) -> Tensor:
@@ -130,9 +138,27 @@ def load_pretrained_backbone(model: TSN, path: str | Path) -> None:
 
 
 def load_imagenet_weights(model: TSN, state: Mapping[str, Tensor], path: str | Path) -> None:
-    """``load_pretrained_backbone`` for the tensors of a file already read."""
+    """``load_pretrained_backbone`` for the tensors of a file already read. A flow model's
+    first convolution takes the RGB kernel averaged over its inputs and repeated over its own
+    (``backbones.average_rgb_kernel``, the official flow init)."""
     mapped = imagenet_state_dict(
         state, head=model.backbone.head, wrapped=shifted_module_names(model.base_model)
     )
+    mapped = with_input_channels(mapped, model, "")
     load_state_dict_strict(model.base_model, mapped, f"{path} (ImageNet {model.arch} weights)")
     logger.info("loaded ImageNet weights from %s into %s", path, model.arch)
+
+
+def with_input_channels(state: Mapping[str, Tensor], model: TSN, prefix: str) -> dict[str, Tensor]:
+    """``state`` with an RGB first kernel (3 inputs) made the flow model's (its averaged RGB
+    kernel over ``model``'s input channels), as the official TSN starts a flow network from
+    RGB weights; any other kernel is left as it is (a shape that still does not fit is
+    ``load_state_dict_strict``'s to report). ``prefix``: of the backbone's keys in ``state``
+    (``base_model.`` in a whole TSN's)."""
+    key = f"{prefix}{model.backbone.first_conv}.weight"
+    weight = state.get(key)
+    channels = model.spec.input_channels
+    if weight is None or weight.dim() != 4 or weight.shape[1] != 3 or channels == 3:
+        return dict(state)
+    logger.info("%s: RGB kernel averaged over %d flow input channels", key, channels)
+    return {**state, key: average_rgb_kernel(weight, channels)}

@@ -386,7 +386,7 @@ def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, Tensor], s
             problems.append(f"{len(reshaped)} of another shape, file vs model ({some(shown)})")
         raise CheckpointError(
             f"{source}: weights do not fit the model: {'; '.join(problems)}; "
-            "check arch, shift, shift_place and num_classes"
+            "check arch, shift, shift_place, num_classes, modality and new_length"
         )
     full = {k: v for k, v in expected.items() if k not in state_dict}  # num_batches_tracked
     full.update(state_dict)
