@@ -16,6 +16,7 @@ SHIPPED = [
     "demo",
     "kinetics_r50",
     "kinetics_r50_dense",
+    "kinetics_r50_flow",
     "kinetics_r50_online",
     "sthv2_r50",
     "ucf101_r50_finetune",

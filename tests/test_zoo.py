@@ -37,7 +37,7 @@ def test_every_shipped_entry_is_consistent():
     from tsmcli.recipe import load_recipe
 
     entries = zoo.list_entries()
-    assert len(entries) == len({e.name for e in entries}) == 23
+    assert len(entries) == len({e.name for e in entries}) == 24
     assert "zoo" not in list_manifests()  # the model zoo registry is not a dataset manifest
     backbones = [e for e in entries if e.is_backbone]
     assert [e.name for e in backbones] == [

@@ -86,6 +86,8 @@ class ZooEntry:
     results: tuple[ZooResult, ...]
     note: str
     kind: str = "video"  # or "backbone": an ImageNet network without a video head
+    modality: str = "rgb"  # or "flow": stacked x/y optical flow a segment
+    new_length: int | None = None  # flow images a segment (None: the modality's default)
 
     @property
     def is_backbone(self) -> bool:
@@ -103,9 +105,12 @@ class ZooEntry:
             "shift": self.shift,
             "shift_div": self.shift_div,
             "shift_place": self.shift_place,
+            "modality": self.modality,
         }
         if self.segments is not None:
             options["num_segments"] = self.segments
+        if self.new_length is not None:
+            options["new_length"] = self.new_length
         return options
 
     def class_names(self) -> list[str] | None:
@@ -168,7 +173,7 @@ def load_registry(path: str | Path) -> dict[str, ZooEntry]:
     return entries
 
 
-_OPTIONAL_KEYS = ("kind",)  # "video" when left out
+_OPTIONAL_KEYS = ("kind", "modality", "new_length")  # video, rgb and its default when left out
 _ENTRY_KEYS = tuple(f.name for f in fields(ZooEntry) if f.name not in _OPTIONAL_KEYS)
 _PROTOCOL_KEYS = ("preset", "clips", "crops", "full_res", "twice_sample", "dense", "average")
 
@@ -205,8 +210,23 @@ def _parse_entry(check: Checker, raw: Any, where: str) -> ZooEntry:
         recipe_overrides=tuple(overrides),
         note=check.text(raw["note"], f"{where}.note"),
         kind=kind,
+        **_modality(check, raw, where, kind),
         **task,
     )
+
+
+def _modality(check: Checker, raw: dict[str, Any], where: str, kind: str) -> dict[str, Any]:
+    """What a segment of the model's input is: rgb (a backbone's always), or flow with
+    ``new_length`` x/y images (null: the official 5)."""
+    modality = check.choice(raw.get("modality", "rgb"), f"{where}.modality", choices.MODALITIES)
+    new_length = check.integer(
+        raw.get("new_length"), f"{where}.new_length", minimum=1, optional=True
+    )
+    if kind == "backbone" and modality != "rgb":
+        check.fail(f"{where}.modality", "must be rgb for a backbone (an ImageNet classifier)")
+    if modality == "rgb" and new_length not in (None, 1):
+        check.fail(f"{where}.new_length", "must be 1 or null with modality rgb")
+    return {"modality": modality, "new_length": new_length}
 
 
 def _video_task(check: Checker, raw: dict[str, Any], where: str) -> dict[str, Any]:
