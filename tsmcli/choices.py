@@ -49,3 +49,9 @@ EXPORT_PRECISIONS = ("fp32", "int8")
 
 # tsm doctor: how much a finding matters, the worst first
 SEVERITIES = ("error", "warning", "note")
+
+# tsm explain: how a class activation map weighs a layer; tsm features: a row per clip or per
+# segment, stored as
+CAM_METHODS = ("gradcam", "layercam")
+FEATURE_LEVELS = ("clip", "frame")
+FEATURE_DTYPES = ("float32", "float16")

@@ -35,7 +35,7 @@ from tsmcli.commands.evaluate import arch_options, arch_overrides, view_and_arch
 )
 @click.option(
     "--method",
-    type=click.Choice(["gradcam", "layercam"]),
+    type=click.Choice(choices.CAM_METHODS),
     default="gradcam",
     show_default=True,
     help="Grad-CAM (channels weighed by their mean gradient) or LayerCAM (each position by its "
@@ -110,14 +110,14 @@ def explain(**options: Any) -> None:
 )
 @click.option(
     "--level",
-    type=click.Choice(["clip", "frame"]),
+    type=click.Choice(choices.FEATURE_LEVELS),
     default="clip",
     show_default=True,
     help="One row per clip (averaged over frames and views) or per segment (over views).",
 )
 @click.option(
     "--dtype",
-    type=click.Choice(["float32", "float16"]),
+    type=click.Choice(choices.FEATURE_DTYPES),
     default="float32",
     show_default=True,
     help="Type of the stored features.",

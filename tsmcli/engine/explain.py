@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from tsmcli.choices import CAM_METHODS
 from tsmcli.data.inputs import FRAMES, VIDEOS, FoundInput, find_inputs
 from tsmcli.engine.evaluate import checkpoint_file, load_for_eval
 from tsmcli.engine.views import PROTOCOLS, EvalData
@@ -46,7 +47,7 @@ STAGES = {
     "mobilenet_v2": (("base_model.features", 32),),
 }
 MIN_MAP = 4
-METHODS = ("gradcam", "layercam")
+METHODS = CAM_METHODS
 OUTPUT_SUFFIXES = (".png", ".gif", ".npy")
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tsmcli.choices import FEATURE_DTYPES, FEATURE_LEVELS
 from tsmcli.data.inputs import VIDEOS, find_inputs
 from tsmcli.engine.distributed import resolve_device
 from tsmcli.engine.evaluate import checkpoint_file, load_for_eval, views_loader
@@ -41,8 +42,7 @@ from tsmcli.model.spec import ArchOverrides
 
 log = logging.getLogger(__name__)
 
-LEVELS = ("clip", "frame")
-DTYPES = {"float32": np.float32, "float16": np.float16}
+DTYPES = dict(zip(FEATURE_DTYPES, (np.float32, np.float16), strict=True))
 FEATURES_FILE, INDEX_FILE = "features.npy", "index.jsonl"
 
 
@@ -80,7 +80,7 @@ def features(
     videos of ``list_file`` under ``root``, at ``level`` (``clip`` or ``frame``), with eval's
     ``views`` (a preset or ``ViewRequest``); written to ``out_dir`` when given (checked before
     any work: never onto an input, an earlier run's files only with ``overwrite``)."""
-    if level not in LEVELS or dtype not in DTYPES:
+    if level not in FEATURE_LEVELS or dtype not in DTYPES:
         raise UsageError(
             f"--level must be clip or frame and --dtype float32 or float16, got {level}, {dtype}"
         )
