@@ -189,7 +189,9 @@ def with_intervals(result: PredictResult, rule: IntervalRule) -> PredictResult:
     for p in result.predictions:
         if p.windows:
             spans = [(w.start, w.end) for w in p.windows]
-            probs = probabilities(torch.stack([w.scores for w in p.windows]), result.protocol.average)
+            probs = probabilities(
+                torch.stack([w.scores for w in p.windows]), result.protocol.average
+            )
             p = replace(p, intervals=tuple(intervals(spans, probs, result.classes, rule)))
         found.append(p)
     return replace(result, predictions=found)
