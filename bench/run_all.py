@@ -19,6 +19,7 @@ ORDER = [
     "demo_step",
     "online",
     "predict",
+    "deploy",
     "explain",
     "intervals",
     "doctor",

@@ -28,10 +28,18 @@ OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 
 
 def open_session(
-    path: str | Path, *, threads: int | None = None, optimization: str = "all", remedy: str = ""
+    path: str | Path,
+    *,
+    threads: int | None = None,
+    optimization: str = "all",
+    spinning: bool = True,
+    remedy: str = "",
 ) -> Any:
-    """An ONNX Runtime session of ``path`` on the CPU. A file ONNX Runtime cannot load is one
-    ``ExportError`` line naming it, ending with ``remedy`` (what to run to make it again)."""
+    """An ONNX Runtime session of ``path`` on the CPU. ``spinning=False`` makes its idle
+    threads sleep at once instead of spinning for the next run (a benchmark interleaving
+    several models keeps them from stealing the CPU from each other). A file ONNX Runtime
+    cannot load is one ``ExportError`` line naming it, ending with ``remedy`` (what to run to
+    make it again)."""
     import onnxruntime as ort
 
     path = Path(path)
@@ -40,6 +48,8 @@ def open_session(
     options = ort.SessionOptions()
     options.intra_op_num_threads = int(threads or 0)  # 0: ONNX Runtime's default
     options.inter_op_num_threads = 1
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
