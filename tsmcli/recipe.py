@@ -180,13 +180,15 @@ class TrainConfig:
     _section: ClassVar[str] = "train"
 
     epochs: int = 50
-    # > 0: train this many optimizer steps whatever the size of the train list, in whole epochs
-    # (the last one completes the count); train.epochs is then not used. A small list gets as
-    # many updates as a large one instead of as many passes.
+    # > 0: this many optimizer steps whatever the train list's size, in whole epochs (the last
+    # completes the count; train.epochs unused): a small list gets as many updates as a large
     steps: int = 0
     batch_size: int = 16  # per process; the global batch is this times the number of processes
+    # one optimizer step every N batches, on their mean gradient: the global batch (the lr's
+    # scale) is batch_size x processes x N; an epoch's last batches, fewer than N, are left out
+    accumulate: int = 1
     workers: int = 4  # DataLoader worker processes per training process
-    amp: Literal[choices.AMP_MODES] = "none"  # CUDA only; ignored (with a log line) on CPU
+    amp: Literal[choices.AMP_MODES] = "none"  # on the CPU only bf16, where native; else refused
     channels_last: bool = False
     device: Literal[choices.DEVICES] = "auto"
     seed: int = 0
@@ -203,9 +205,7 @@ class TrainConfig:
     distill_from: str | None = None
     distill_weight: float = 0.5  # the rest is cross-entropy with the labels
     distill_temperature: float = 1.0
-    # cross-entropy against (1 - s) on the label and s spread over all classes (Szegedy et
-    # al.); 0: plain labels
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.0  # target (1 - s) on the label, s over all classes; 0: off
     # auto: each clip's cross-entropy weighted by N / (K * n_c) (n_c: its class's videos in
     # the train list, K: the classes that have any), so the mean weight over the list's clips
     # is 1 and the loss keeps its scale; the alternative to data.sampler: balanced
@@ -216,6 +216,7 @@ class TrainConfig:
         _require(self.epochs >= 1, "train.epochs", "must be at least 1", self.epochs)
         _require(self.steps >= 0, "train.steps", "must be 0 (use train.epochs) or more", self.steps)
         _require(self.batch_size >= 1, "train.batch_size", "must be at least 1", self.batch_size)
+        _require(self.accumulate >= 1, "train.accumulate", "must be at least 1", self.accumulate)
         _require(self.workers >= 0, "train.workers", "must be 0 or more", self.workers)
         _require(self.eval_every >= 1, "train.eval_every", "must be at least 1", self.eval_every)
         _require(self.save_every >= 1, "train.save_every", "must be at least 1", self.save_every)

@@ -4,8 +4,8 @@ runs them all at start (logging the warnings, stopping on the first error) and `
 reports them beside its own.
 
 - the learning rate: the recipe's is for ``optim.reference_batch_size``; the run trains at
-  it scaled linearly to the global batch (a note), and a large step up without warmup is a
-  warning;
+  it scaled linearly to the global batch, accumulated batches included (a note), and a large
+  step up without warmup is a warning;
 - batch norm: starting from trained weights, a batch of fewer than ``BN_MIN_BATCH`` clips a
   process makes noisy statistics unless ``model.partial_bn`` keeps the trained ones;
 - mirroring: ``data.flip: on`` keeps the label of a mirrored clip, wrong where the dataset
@@ -28,7 +28,7 @@ from tsmcli.data.lists import CLASSES_FILE, ListFile
 from tsmcli.engine.checks import list_findings
 from tsmcli.engine.findings import Finding
 from tsmcli.errors import OutputError, RecipeError, TSMError
-from tsmcli.recipe import Recipe
+from tsmcli.recipe import Recipe, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -124,16 +124,18 @@ def learning_rate(recipe: Recipe, processes: int) -> list[Finding]:
     warmup."""
     from tsmcli.engine.optim import scaled_lr
 
-    o, batch = recipe.optim, recipe.train.batch_size
-    global_batch = batch * processes
+    o, t = recipe.optim, recipe.train
+    global_batch = step_batch(t, processes)
     lr = scaled_lr(o.lr, o.reference_batch_size, global_batch)
+    accumulated = f" x {t.accumulate} accumulated (train.accumulate)" if t.accumulate > 1 else ""
     found = [
         Finding(
             "note",
             "recipe.lr",
             f"optim.lr {o.lr:g} is for a global batch of {o.reference_batch_size} "
-            f"(optim.reference_batch_size); this run's is {batch} a process x {processes} "
-            f"process(es) = {global_batch}, so it trains at lr {lr:.4g} (scaled linearly)",
+            f"(optim.reference_batch_size); this run's is {t.batch_size} a process x "
+            f"{processes} process(es){accumulated} = {global_batch}, so it trains at lr "
+            f"{lr:.4g} (scaled linearly)",
             "to train at another lr, change optim.lr (given for the reference batch)",
         )
     ]
@@ -149,6 +151,12 @@ def learning_rate(recipe: Recipe, processes: int) -> list[Finding]:
             )
         )
     return found
+
+
+def step_batch(t: TrainConfig, processes: int) -> int:
+    """The global batch: the clips of one optimizer step, ``train.batch_size`` a process x
+    the processes x ``train.accumulate``; the lr is scaled to it."""
+    return t.batch_size * processes * t.accumulate
 
 
 def batch_norm(recipe: Recipe, processes: int) -> list[Finding]:

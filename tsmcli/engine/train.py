@@ -6,6 +6,8 @@ seed and the position in training: the train order of epoch e is a permutation o
 of step k from (e, k), and the remaining global RNG state (dropout) is stored in every
 checkpoint. So 2 epochs in one go and 1 epoch + ``--resume`` give identical weights on the
 CPU, and a Ctrl-C in the middle of an epoch saves a checkpoint that resumes at the next step.
+A step is an optimizer step: with ``train.accumulate`` the Ctrl-C lets the step finish all its
+batches, so a checkpoint never holds half an accumulated gradient.
 
 Only rank 0 writes files, logs and shows a progress bar; every rank computes the same
 decisions (stop on NaN, stop on Ctrl-C) from values all-reduced once a step.

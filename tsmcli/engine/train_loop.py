@@ -1,5 +1,13 @@
 """The steps of a training run: an epoch of SGD steps, one step, validation, the loss.
 
+A step is one optimizer step on ``train.accumulate`` batches (one, by default): each batch's
+forward and backward in turn, its loss weighted by its share of the step's clips, so the
+gradient is their mean, that of one batch as large as all of them (where batch norm takes
+no statistics from the batch); clipping and the optimizer act once, on that gradient. Under
+DistributedDataParallel only the last batch's backward all-reduces the gradients. Steps are
+what the schedule, ``train.steps``, the progress bar and a checkpoint's position count, so a
+checkpoint always lies between two steps and resumes exactly.
+
 Every rank computes the same decisions (stop on NaN, stop on Ctrl-C) from values
 all-reduced once a step; only rank 0 shows a progress bar and logs.
 """
@@ -64,7 +72,7 @@ class Loop:
         t = self.recipe.train
         self.parts.net.train()
         self.data.train_set.set_epoch(epoch)
-        self.data.train_sampler.set_epoch(epoch, start=start * t.batch_size)
+        self.data.train_sampler.set_epoch(epoch, start=start * t.batch_size * t.accumulate)
         show_bar = self.ctx.is_main and sys.stderr.isatty()
         bar = tqdm(
             total=self.data.iters_per_epoch,
@@ -103,12 +111,14 @@ class Loop:
         epoch: int,
         iteration: int,
     ) -> tuple[float, bool]:
-        """One step, with the time spent waiting for its batch; adds to ``acc``."""
+        """One step, with the time spent waiting for its batches; adds to ``acc``. The step's
+        batches are read first (uint8 clips, small beside the activations), so that each
+        one's loss is weighted by its share of the step's clips."""
         step_start = time.perf_counter()
-        batch = next(batches)
+        group = [next(batches) for _ in range(self.recipe.train.accumulate)]
         waited = time.perf_counter() - step_start
         lr = self.optim.schedule.apply(self.optim.optimizer, epoch, iteration)
-        loss_sum, count, skipped, stop_all = self.step(batch, stop.requested, epoch, iteration)
+        loss_sum, count, skipped, stop_all = self.step(group, stop.requested, epoch, iteration)
         acc["loss_sum"] += loss_sum
         acc["clips"] += count
         acc["skipped"] += skipped
@@ -136,25 +146,61 @@ class Loop:
             )
 
     def step(
-        self, batch: Any, stop_requested: bool, epoch: int, iteration: int
+        self, group: list[Any], stop_requested: bool, epoch: int, iteration: int
     ) -> tuple[float, int, int, bool]:
-        """One SGD step on one batch. Returns, summed over ranks: the loss times the clips, the
-        clips, the unreadable videos dropped (``data.skip_bad``), and whether to stop."""
+        """One optimizer step on a ``group`` of ``train.accumulate`` batches. Returns, summed
+        over ranks: the loss times the clips, the clips, the unreadable videos dropped
+        (``data.skip_bad``), and whether to stop."""
         device = self.ctx.device
-        labels = batch.labels.to(device, non_blocking=True)  # (B,)
-        count = torch.tensor(float(labels.numel()), device=device)
-        flags = torch.tensor([float(len(batch.skipped)), float(stop_requested)], device=device)
-        if self._empty(count, labels):
+        counts = torch.tensor([float(b.labels.numel()) for b in group], device=device)  # (N,)
+        dropped = float(sum(len(b.skipped) for b in group))
+        flags = torch.tensor([dropped, float(stop_requested)], device=device)
+        if self._empty(counts):
             _, _, skipped, stop_all = distributed.all_reduce_sum(
                 torch.cat([torch.zeros(2, device=device), flags]), self.ctx
             ).tolist()
             return 0.0, 0, int(skipped), bool(stop_all)
-        clips = batch.model_input(device)  # (B, T, 3, S, S)
+        self.optim.optimizer.zero_grad(set_to_none=True)
+        loss_sum = self._backward(group, counts)
+        totals = distributed.all_reduce_sum(
+            torch.cat([torch.stack([loss_sum, counts.sum()]), flags]), self.ctx
+        )
+        loss_sum, total, skipped, stop_all = totals.tolist()
+        if not math.isfinite(loss_sum):
+            self._non_finite(loss_sum / max(total, 1), epoch, iteration)
+        self._update()
+        return loss_sum, int(total), int(skipped), bool(stop_all)
+
+    def _backward(self, group: list[Any], counts: torch.Tensor) -> torch.Tensor:
+        """Forward and backward of each batch of the group holding clips, its loss weighted
+        by its share of the group's clips (``counts``, (N,)), so the gradients add up to
+        their mean over all of them. Under DistributedDataParallel only the last batch
+        all-reduces them (``no_sync`` for the others). Returns the loss times the clips."""
+        kept = [i for i, count in enumerate(counts.tolist()) if count]
+        shares = counts / counts.sum()  # (N,)
+        loss_sum = torch.zeros((), device=self.ctx.device)
+        for i in kept:
+            last = i == kept[-1]
+            with contextlib.nullcontext() if last else self._no_sync():
+                loss = self._loss_of(group[i])
+                self.optim.scaler.scale(loss * shares[i]).backward()
+            loss_sum += loss.detach() * counts[i]
+        return loss_sum
+
+    def _no_sync(self) -> contextlib.AbstractContextManager:
+        """DistributedDataParallel's ``no_sync`` (gradients kept local), else nothing."""
+        no_sync = getattr(self.parts.net, "no_sync", None)
+        return no_sync() if no_sync is not None else contextlib.nullcontext()
+
+    def _loss_of(self, batch: Any) -> torch.Tensor:
+        """The training loss of one batch (a mean over its clips)."""
+        labels = batch.labels.to(self.ctx.device, non_blocking=True)  # (B,)
+        clips = batch.model_input(self.ctx.device)  # (B, T, 3, S, S)
         taught = self._teach(clips)  # beside the student's forward when a core is spare
         with self.autocast():
             logits = self.parts.net(clips)  # (B, K)
         t = self.recipe.train
-        loss = _loss(
+        return _loss(
             logits.float(),
             labels,
             taught(),
@@ -163,24 +209,16 @@ class Loop:
             t.label_smoothing,
             self.data.class_weights,
         )
-        totals = distributed.all_reduce_sum(
-            torch.cat([torch.stack([loss.detach() * count, count]), flags]), self.ctx
-        )
-        loss_sum, total, skipped, stop_all = totals.tolist()
-        if not math.isfinite(loss_sum):
-            self._non_finite(loss_sum / max(total, 1), epoch, iteration)
-        self._update(loss)
-        return loss_sum, int(total), int(skipped), bool(stop_all)
 
-    def _empty(self, count: torch.Tensor, labels: torch.Tensor) -> bool:
-        """Whether to skip the step: every rank must take part in the gradient all-reduce, so
-        with ``data.skip_bad`` under torchrun the step is skipped everywhere if any rank lost
-        its whole batch to bad videos."""
+    def _empty(self, counts: torch.Tensor) -> bool:
+        """Whether to skip the step: no clip in any of its batches. Every rank must run the
+        same forwards and gradient all-reduce, so with ``data.skip_bad`` under torchrun the
+        step is skipped everywhere if any rank lost a whole batch of it to bad videos."""
         if self.recipe.data.skip_bad and self.ctx.distributed:
-            smallest = count.clone()
+            smallest = counts.min().reshape(1)
             torch.distributed.all_reduce(smallest, op=torch.distributed.ReduceOp.MIN)
             return bool(smallest.item() == 0)
-        return labels.numel() == 0
+        return bool(counts.sum().item() == 0)
 
     def _non_finite(self, loss: float, epoch: int, iteration: int) -> None:
         kept = (
@@ -193,11 +231,9 @@ class Loop:
             f"stopped and {kept}; lower optim.lr or check the data"
         )
 
-    def _update(self, loss: torch.Tensor) -> None:
-        """Backward and the optimiser step (gradient clipping, AMP scaling)."""
+    def _update(self) -> None:
+        """The optimiser step on the accumulated gradient: clipping, AMP unscaling."""
         optimizer, scaler = self.optim.optimizer, self.optim.scaler
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
         if self.recipe.optim.clip_grad > 0:
             scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(self.parts.model.parameters(), self.recipe.optim.clip_grad)
@@ -240,9 +276,10 @@ class Loop:
         return teacher_logits(teacher, clips, self.autocast, beside=spare)
 
     def autocast(self) -> contextlib.AbstractContextManager:
+        """``train.amp``'s autocast on the run's device (CUDA, or a CPU with native bf16)."""
         if self.amp_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+        return torch.autocast(device_type=self.ctx.device.type, dtype=self.amp_dtype)
 
 
 def teacher_logits(

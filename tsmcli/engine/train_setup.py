@@ -27,7 +27,7 @@ from tsmcli.engine.balance import inverse_frequency_weights
 from tsmcli.engine.checks import check_train_list, resolve_classes
 from tsmcli.engine.distributed import DistContext, ShardedSampler
 from tsmcli.engine.optim import LRSchedule, build_optimizer, fc_lr5_enabled, scaled_lr
-from tsmcli.engine.run_checks import run_findings, stop_or_log
+from tsmcli.engine.run_checks import run_findings, step_batch, stop_or_log
 from tsmcli.engine.state import seed_everything
 from tsmcli.errors import CheckpointError, RecipeError, TrainingError, UsageError
 from tsmcli.model.checkpoint import CheckpointInfo
@@ -42,22 +42,44 @@ CheckpointSource = Callable[[str], "str | CheckpointInfo"]
 
 def configure_backends(t: TrainConfig, ctx: DistContext) -> torch.dtype | None:
     """Deterministic kernels and cuDNN autotuning as the recipe asks; the autocast dtype
-    (None: full precision). CUDA-only keys are logged as ignored on the CPU."""
+    (None: full precision). ``train.sync_bn`` is logged as ignored on the CPU; ``train.amp``
+    there is bf16 where it is native, else refused (``cpu_amp``)."""
     cuda = ctx.device.type == "cuda"
+    if cuda:
+        amp = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(t.amp)
+    else:  # before any setting is changed: it may refuse
+        amp = cpu_amp(t.amp, ctx.device)
     if t.deterministic:
         if cuda:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     if cuda:
         torch.backends.cudnn.benchmark = not t.deterministic
-    elif ctx.is_main:
-        for key, value, off in (
-            ("train.amp", t.amp, "none"),
-            ("train.sync_bn", t.sync_bn, False),
-        ):
-            if value != off:
-                log.info("%s=%s applies to CUDA only; ignored on the CPU", key, value)
-    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(t.amp) if cuda else None
+    elif t.sync_bn and ctx.is_main:
+        log.info("train.sync_bn=true applies to CUDA only; ignored on the CPU")
+    return amp
+
+
+def cpu_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """The CPU autocast dtype of ``train.amp``: bf16 where the CPU has it natively
+    (``precision.native_bf16``). bf16 elsewhere, and fp16 on any CPU, would be emulated
+    through fp32 and train slower than fp32 itself: a ``RecipeError`` saying so."""
+    from tsmcli.engine.precision import cpu_isa, native_bf16
+
+    if amp == "none":
+        return None
+    if amp == "bf16" and native_bf16(device):
+        return torch.bfloat16
+    if amp == "bf16":
+        raise RecipeError(
+            f"train.amp: bf16 on this CPU ({cpu_isa()}), which has no native bf16 (no "
+            "avx512_bf16/amx_bf16), would be emulated and train slower than fp32; set "
+            "train.amp=none"
+        )
+    raise RecipeError(
+        "train.amp: fp16 on the CPU would be emulated and train slower than fp32 (fp16 is "
+        "for CUDA); set train.amp=none, or bf16 on a CPU with native bf16"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -77,7 +99,7 @@ class TrainData:
     train_loader: DataLoader
     val_loader: DataLoader | None
     global_batch: int
-    iters_per_epoch: int  # full batches only
+    iters_per_epoch: int  # optimizer steps: whole groups of train.accumulate full batches
     epochs: int  # the epochs the run makes (planned_epochs)
     class_weights: torch.Tensor | None = None  # (K,) on the device: train.class_weights auto
 
@@ -119,11 +141,15 @@ def prepare_data(recipe: Recipe, ctx: DistContext, run_dir: Path | None = None) 
     # loaders live for the whole run (persistent workers); set_epoch reaches the workers
     # through the dataset's shared-memory epoch counter
     cuda = ctx.device.type == "cuda"
-    iters_per_epoch = len(train_sampler) // t.batch_size
+    # an optimizer step takes train.accumulate full batches; those left over at the end of
+    # an epoch, fewer than that, are not trained on (as a last incomplete batch is not)
+    iters_per_epoch = len(train_sampler) // (t.batch_size * t.accumulate)
     if iters_per_epoch == 0:
+        accumulated = f" x {t.accumulate} accumulated" if t.accumulate > 1 else ""
+        lower = "train.batch_size or train.accumulate" if t.accumulate > 1 else "train.batch_size"
         raise TrainingError(
             f"{train_list.path}: {len(train_set)} videos make no full batch of "
-            f"{t.batch_size} x {ctx.world_size} process(es); lower train.batch_size"
+            f"{t.batch_size} x {ctx.world_size} process(es){accumulated}; lower {lower}"
         )
     return TrainData(
         classes=classes,
@@ -134,7 +160,7 @@ def prepare_data(recipe: Recipe, ctx: DistContext, run_dir: Path | None = None) 
         val_sampler=val_sampler,
         train_loader=make_loader(train_set, train_sampler, t, cuda, drop_last=True),
         val_loader=make_loader(val_set, val_sampler, t, cuda, drop_last=False) if val_set else None,
-        global_batch=t.batch_size * ctx.world_size,
+        global_batch=step_batch(t, ctx.world_size),
         iters_per_epoch=iters_per_epoch,
         epochs=planned_epochs(t, iters_per_epoch),
         class_weights=_class_weights(t, labels, num_classes, ctx),
@@ -384,7 +410,8 @@ class Optimisation:
 def build_optimisation(
     recipe: Recipe, model: nn.Module, data: TrainData, ctx: DistContext
 ) -> Optimisation:
-    """The learning rate scaled to the global batch, fc x5 when fine-tuning, the schedule."""
+    """The learning rate scaled to the global batch (batches accumulated included), fc x5
+    when fine-tuning, the schedule (over optimizer steps)."""
     o, t = recipe.optim, recipe.train
     base_lr = scaled_lr(o.lr, o.reference_batch_size, data.global_batch)
     fc_lr5 = fc_lr5_enabled(recipe)
@@ -393,13 +420,21 @@ def build_optimisation(
     scaler = torch.amp.GradScaler("cuda", enabled=ctx.device.type == "cuda" and t.amp == "fp16")
     if ctx.is_main:
         log.info(
-            "lr %.4g (%.4g for batch %d, global batch %d), fc lr x5: %s, %d epochs of %d steps",
+            "lr %.4g (%.4g for batch %d, global batch %d = %s), fc lr x5: %s, "
+            "%d epochs of %d steps",
             base_lr,
             o.lr,
             o.reference_batch_size,
             data.global_batch,
+            global_batch_terms(t, ctx.world_size),
             "on" if fc_lr5 else "off",
             data.epochs,
             data.iters_per_epoch,
         )
     return Optimisation(optimizer, schedule, scaler)
+
+
+def global_batch_terms(t: TrainConfig, processes: int) -> str:
+    """What the global batch is made of: ``4 x 1 process x 2 accumulated``."""
+    made = f"{t.batch_size} x {processes} process{'es' if processes != 1 else ''}"
+    return made + (f" x {t.accumulate} accumulated" if t.accumulate > 1 else "")
