@@ -25,7 +25,7 @@ SOURCES = ("frames", "videos")  # what the paths of a list point at
 BACKENDS = ("decord", "pyav")  # video decoders
 LABEL_ORDERS = ("official", "sorted")  # a dataset's class order
 CONFLICT_POLICIES = ("error", "first", "drop")  # tsm build-list: a clip with two labels
-FLOW_METHODS = ("tvl1", "dis", "farneback")  # tsm extract --flow: OpenCV's optical flow methods
+FLOW_METHODS = ("dis", "tvl1", "farneback")  # tsm extract --flow: OpenCV's optical flow methods
 
 # training
 SAMPLINGS = ("segments", "even", "dense")  # data.sampling

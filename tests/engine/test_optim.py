@@ -205,3 +205,26 @@ def test_policy_on_a_tsn_model():
         1 for p in model.parameters() if p.requires_grad
     )
     assert torch.is_tensor(groups["normal_weight"]["params"][0])
+
+
+def test_a_flow_models_first_conv_learns_at_5x_and_its_bias_at_10x():
+    """The official get_optim_policies for modality Flow; every other group as for RGB."""
+    from tsmcli.model.tsn import build_model
+
+    model = Tiny()
+    model.modality = "flow"  # as TSN has it, from its spec
+    flow = _by_name(parameter_groups(model, fc_lr5=True))
+    rgb = _by_name(parameter_groups(Tiny(), fc_lr5=True))
+    mults = {name: (g["lr_mult"], g["decay_mult"]) for name, g in flow.items()}
+    assert mults["first_conv_weight"] == (5, 1) and mults["first_conv_bias"] == (10, 0)
+    for name in set(flow) - {"first_conv_weight", "first_conv_bias"}:
+        assert (rgb[name]["lr_mult"], rgb[name]["decay_mult"]) == mults[name], name
+    tsn = build_model("resnet18", num_classes=5, num_segments=2, modality="flow")
+    groups = _by_name(parameter_groups(tsn, fc_lr5=False))
+    assert [id(p) for p in groups["first_conv_weight"]["params"]] == [
+        id(tsn.base_model.conv1.weight)
+    ]
+    assert groups["first_conv_weight"]["lr_mult"] == 5
+    optimizer = build_optimizer(tsn, OptimConfig(lr=0.02), lr=0.01, fc_lr5=False)
+    lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    assert lrs["first_conv_weight"] == pytest.approx(0.05) and lrs["normal_weight"] == 0.01

@@ -28,8 +28,31 @@ from tsmcli.data.layout import FRAME_TEMPLATE
     "--overwrite", is_flag=True, help="Extract again even where a finished folder exists."
 )
 @click.option("--strict", is_flag=True, help="Exit 1 if any video fails.")
-def extract(src, dst, short_side, fps, quality, workers, overwrite, strict) -> None:
-    """Decode every video under SRC into a folder of JPEG frames under DST.
+@click.option(
+    "--flow",
+    is_flag=True,
+    help="Write the optical flow between consecutive frames instead of the frames: "
+    "flow_x_00001.jpg, flow_y_00001.jpg, ... (the official TSM layout), for flow models.",
+)
+@click.option(
+    "--method",
+    type=click.Choice(choices.FLOW_METHODS),
+    default="dis",
+    show_default=True,
+    help="--flow: OpenCV's DIS (fast), TV-L1 (the TSN tool chain's; ~30x slower) or Farneback.",
+)
+@click.option(
+    "--bound",
+    type=float,
+    default=20.0,
+    show_default=True,
+    help="--flow: pixels a frame mapped onto 0-255 (-bound..bound; beyond is clipped).",
+)
+def extract(
+    src, dst, short_side, fps, quality, workers, overwrite, strict, flow, method, bound
+) -> None:
+    """Decode every video under SRC into a folder of JPEG frames under DST (with --flow, of
+    optical flow images).
 
     Videos that cannot be decoded (or whose worker process dies) are listed in
     DST/failures.csv and the run goes on; exit 1 when every video failed. One run at a time
@@ -47,10 +70,14 @@ def extract(src, dst, short_side, fps, quality, workers, overwrite, strict) -> N
         workers=workers,
         overwrite=overwrite,
         strict=strict,
+        flow=flow,
+        method=method,
+        bound=bound,
     )
     failures = f" (see {result.failures_csv})" if result.failed else ""
+    what = "flow frame" if flow else "frame"
     click.echo(
-        f"extracted {_count(result.done, 'video')} ({_count(result.frames, 'frame')}) in "
+        f"extracted {_count(result.done, 'video')} ({_count(result.frames, what)}) in "
         f"{result.seconds:.1f} s, {result.skipped:,} skipped, {result.failed:,} failed{failures}"
     )
     if result.failed and not result.done and not result.skipped:

@@ -34,6 +34,7 @@ class Sample:
     flip: bool = False
     resize_to: int | None = None
     colour: tuple[float, ...] | None = None  # train: transforms.draw_colour_jitter's, if on
+    flow: bool = False  # channels are stacked x/y flow images (mirrored and normalised as such)
 
 
 class ClipBatch(NamedTuple):
@@ -54,21 +55,26 @@ class ClipBatch(NamedTuple):
     flips: torch.Tensor
     resize_to: int | None
     colours: torch.Tensor | None = None  # (B, 6): each train clip's colour jitter, if on
+    flow: bool = False  # clips of stacked x/y flow images (C = 2 * new_length), not RGB
 
     def model_input(self, device: torch.device | str) -> torch.Tensor:
         """The batch as the model takes it, computed on ``device``: crops resized and mirrored,
-        then normalised (and colour-jittered, if drawn); float32 (B, T, 3, S, S) or
-        (B, V, T, 3, S, S)."""
+        then normalised (and colour-jittered, if drawn); float32 (B, T, C, S, S) or
+        (B, V, T, C, S, S), C = 3 or a flow clip's 2 * new_length."""
         clips = self.clips.to(device, non_blocking=True)
         if self.resize_to is not None and len(clips):
             clips = torch.stack(
                 [
-                    transforms.resize_crop(clips[b, ..., :height, :width], self.resize_to, flip)
+                    transforms.resize_crop(
+                        clips[b, ..., :height, :width], self.resize_to, flip, self.flow
+                    )
                     for b, ((height, width), flip) in enumerate(
                         zip(self.sizes.tolist(), self.flips.tolist(), strict=True)
                     )
                 ]
-            )  # (B, T, 3, S, S)
+            )  # (B, T, C, S, S)
+        if self.flow:
+            return transforms.normalize(clips, transforms.FLOW_MEAN, transforms.FLOW_STD)
         clips = transforms.normalize(clips)
         if self.colours is not None and len(clips):
             clips = transforms.jitter_colour(clips, self.colours)
@@ -102,6 +108,7 @@ def collate_clips(samples: Sequence[Sample]) -> ClipBatch:
         colours=torch.tensor([s.colour for s in good], dtype=torch.float32)
         if good and good[0].colour is not None
         else None,
+        flow=bool(good) and good[0].flow,
     )
 
 

@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 from tsmcli.data import transforms
 from tsmcli.data.batch import ClipBatch, Sample, collate_clips
 from tsmcli.data.decode import FrameFolder, FrameSource, open_video
+from tsmcli.data.flow import FlowFolder, as_segments, stack_span, stacked_indices
 from tsmcli.data.frame_cache import CachedVideo, frame_cache_for
 from tsmcli.data.lists import ListEntry, ListFile, read_list_file
 from tsmcli.data.sampling import sample_indices
@@ -87,6 +88,11 @@ class VideoClipDataset(Dataset):
         self.num_views = 1 if views is None else views.num_views
         self._seed = 0 if augment is None else augment.seed
         # sample_indices' and draw_train_crop's keywords, made once rather than per item
+        if reading.flow and augment is not None and augment.colour_jitter > 0:
+            raise UsageError(
+                "colour jitter changes RGB colours, and flow images have none; set it to 0 "
+                "for a flow model"
+            )
         if augment is not None:
             self._sampling = {
                 "dense": augment.sampling == "dense",
@@ -135,6 +141,9 @@ class VideoClipDataset(Dataset):
     def _open(self, entry: ListEntry) -> tuple[FrameSource, int]:
         """The frame source of an entry and the frame count to sample from."""
         path, reading = self.root / entry.path, self.reading
+        if reading.flow:
+            folder = FlowFolder(path, entry.num_frames, reading.frame_template, self.frame_cache)
+            return folder, entry.num_frames
         if reading.source == "frames":
             folder = FrameFolder(
                 path,
@@ -169,7 +178,11 @@ class VideoClipDataset(Dataset):
     def _load(self, entry: ListEntry, index: int, rng: np.random.Generator) -> Sample:
         source, num_frames = self._open(entry)
         segments = self.clip_size.num_segments
-        indices = sample_indices(num_frames, segments, self.mode, rng, **self._sampling)  # (V_t, T)
+        stack = self.reading.new_length  # flow: each segment's first image and the next ones
+        span = stack_span(num_frames, stack)
+        indices = sample_indices(span, segments, self.mode, rng, **self._sampling)  # (V_t, T)
+        if self.reading.flow:
+            indices = stacked_indices(indices, stack, num_frames)  # (V_t, T * L)
         # Decode each distinct frame once, in order (short videos and views repeat frames).
         order = indices.reshape(-1)
         if np.all(order[1:] > order[:-1]):  # the usual case: already distinct and in order
@@ -178,20 +191,23 @@ class VideoClipDataset(Dataset):
             unique, inverse = np.unique(order, return_inverse=True)
         if self.mode == "train":
             return self._train_sample(source, unique, inverse, entry, index, rng)
-        frames = source.get(unique.tolist())  # (U, 3, H, W)
+        frames = source.get(unique.tolist())  # (U, K, H, W), K = 3 or a flow item's 2
         if inverse is not None:
-            frames = frames[torch.from_numpy(inverse)]  # (V_t*T, 3, H, W)
+            frames = frames[torch.from_numpy(inverse)]  # (V_t*T*L, K, H, W)
+        if self.reading.flow:
+            frames = as_segments(frames, stack)  # (V_t*T, 2L, H, W)
         views = transforms.eval_views(
             frames,
             input_size=self.clip_size.input_size,
             scale_size=self.clip_size.scale_size,
             crops=self.views.crops,
             full_res=self.views.full_res,
-        )  # (C, V_t*T, 3, S, S)
+            flow=self.reading.flow,
+        )  # (C, V_t*T, K, S, S)
         crops, _, channels, height, width = views.shape
         views = views.view(crops, indices.shape[0], segments, channels, height, width)
         views = views.transpose(0, 1).reshape(-1, segments, channels, height, width)
-        return Sample(views, entry.label, index)  # clip (V_t*C, T, 3, S, S)
+        return Sample(views, entry.label, index, flow=self.reading.flow)  # (V_t*C, T, K, S, S)
 
     def _train_sample(
         self,
@@ -219,11 +235,19 @@ class VideoClipDataset(Dataset):
             clip = transforms.crop_view(frames, draw.box)  # a view: collate copies the crop
             if inverse is not None:
                 clip = clip[torch.from_numpy(inverse)]
+            if self.reading.flow:
+                clip = as_segments(clip, self.reading.new_length)  # (T, 2L, h, w)
         # drawn after everything else, so clips without jitter are what they always were
         jitter = self.augment.colour_jitter
         colour = transforms.draw_colour_jitter(jitter, rng) if jitter > 0 else None
         return Sample(
-            clip, draw.label, index, flip=draw.flip, resize_to=options["input_size"], colour=colour
+            clip,
+            draw.label,
+            index,
+            flip=draw.flip,
+            resize_to=options["input_size"],
+            colour=colour,
+            flow=self.reading.flow,
         )
 
 

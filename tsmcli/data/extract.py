@@ -1,4 +1,5 @@
-"""``tsm extract``: every video under a folder becomes a folder of JPEG frames.
+"""``tsm extract``: every video under a folder becomes a folder of JPEG frames, or with
+``flow`` of optical flow images (``data.flow``: ``flow_x_00001.jpg``, ``flow_y_00001.jpg``, ...).
 
 A frame folder is written under a hidden temporary name beside its final place
 (``.clip.partial-<pid>``) and renamed when the last frame is on disk, so a folder under its
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from tsmcli.data import extract_job
 from tsmcli.data.extract_job import FrameOptions, Job, Outcome, remove_stale_partials
+from tsmcli.data.flow import DEFAULT_BOUND, FlowOptions
 from tsmcli.data.layout import VIDEO_EXTENSIONS, is_video
 from tsmcli.data.process_pool import run_in_processes
 from tsmcli.errors import DataError, UsageError
@@ -63,17 +65,25 @@ def extract(
     workers: int | None = None,
     overwrite: bool = False,
     strict: bool = False,
+    flow: bool = False,
+    method: str = "dis",
+    bound: float = DEFAULT_BOUND,
 ) -> ExtractResult:
     """Decode every video under ``src`` into ``dst/<relative path without extension>/img_00001.jpg``...
 
     ``short_side`` resizes so the shorter side has that many pixels (0 keeps the size);
-    ``fps`` keeps that many frames per second (default: every frame). Failed videos are
-    listed in ``dst/failures.csv``; with ``strict`` they also raise a ``DataError`` once
-    everything else is done. On Linux workers are forked from this process, so a calling
-    script needs no ``if __name__ == "__main__":`` guard (elsewhere it does).
+    ``fps`` keeps that many frames per second (default: every frame). With ``flow``, each
+    folder holds the optical flow between consecutive frames kept instead
+    (``flow_x_00001.jpg``, ``flow_y_00001.jpg``, ...: ``n - 1`` of each for ``n`` frames),
+    computed by ``method`` (tvl1, dis, farneback) and quantised over ``[-bound, bound]``
+    pixels (``data.flow``). Failed videos are listed in ``dst/failures.csv``; with ``strict``
+    they also raise a ``DataError`` once everything else is done. On Linux workers are forked
+    from this process, so a calling script needs no ``if __name__ == "__main__":`` guard
+    (elsewhere it does).
     """
     src, dst = Path(src), Path(dst)
     _check_options(short_side, fps, quality, workers)
+    flow_options = FlowOptions(method, bound) if flow else None
     check_writable_dir(dst, "DST")
     failures_csv = dst / FAILURES_CSV
     if failures_csv.is_dir():
@@ -81,12 +91,12 @@ def extract(
             f"{failures_csv}: a folder where this run writes its report (the frames of a video "
             "named failures.csv.*?); move it away"
         )
-    options = FrameOptions(short_side, fps, quality)
+    options = FrameOptions(short_side, fps, quality, flow_options)
     started = time.perf_counter()
     videos = find_videos(src)
     dst.mkdir(parents=True, exist_ok=True)
     with _lock(dst) as lock_fd:
-        jobs, skipped, failures, folders = _plan(src, dst, videos, overwrite)
+        jobs, skipped, failures, folders = _plan(src, dst, videos, overwrite, flow)
         remove_stale_partials({folder.parent for folder in folders})
 
         done = frames = 0
@@ -153,7 +163,7 @@ def find_videos(src: Path) -> list[Path]:
 
 
 def _plan(
-    src: Path, dst: Path, videos: list[Path], overwrite: bool
+    src: Path, dst: Path, videos: list[Path], overwrite: bool, flow: bool = False
 ) -> tuple[list[Job], int, list[tuple[Path, str]], list[Path]]:
     """The videos to extract, how many are finished already, the videos refused up front
     (two videos that would share one frame folder) and every frame folder planned."""
@@ -179,12 +189,13 @@ def _plan(
             skipped += 1
         else:
             replaces = os.lstat(folder).st_ino if folder.exists() else None
-            jobs.append(Job(video, folder, replaces))
+            jobs.append(Job(video, folder, replaces, flow))
     return jobs, skipped, failures, list(owner)
 
 
 # The modules a worker needs, imported once before the workers start (see process_pool).
 _PRELOAD = ("tsmcli.data.extract_job", "torchvision.io", "decord", "av")
+_PRELOAD_FLOW = ("cv2",)
 
 
 def _run(
@@ -211,7 +222,7 @@ def _run(
             died=_died,
             salvage=extract_job.salvage,
             initializer=functools.partial(extract_job.init_worker, os.getpid()),
-            preload=_PRELOAD,
+            preload=_PRELOAD + (_PRELOAD_FLOW if options.flow is not None else ()),
             private_fds=(lock_fd,),
         )
     try:

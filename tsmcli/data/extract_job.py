@@ -1,5 +1,9 @@
 """One video -> one folder of JPEG frames, atomically: the job each ``tsm extract`` worker runs.
 
+The frames are RGB (``img_00001.jpg``, ...) or, with ``--flow``, the optical flow between
+consecutive frames (``flow_x_00001.jpg``, ``flow_y_00001.jpg``, ...; ``data.flow``): the same job
+with another writer, so flow folders are written, published and salvaged as frame folders are.
+
 A frame folder is written under a hidden temporary name beside its final place
 (``.clip.partial-<pid>``) and renamed when every frame decoded is on disk, checked by listing
 the folder; a finished folder that ``--overwrite`` replaces is first moved aside as
@@ -14,13 +18,16 @@ import logging
 import math
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from tsmcli.data.decode import DecordVideo, probe_video
-from tsmcli.data.layout import FRAME_TEMPLATE
+from tsmcli.data.flow import FlowOptions, flow_function, quantise, to_gray
+from tsmcli.data.layout import FLOW_X_TEMPLATE, FRAME_TEMPLATE, flow_y_template
 from tsmcli.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -31,11 +38,13 @@ _BATCH = 16  # frames resized and encoded together
 @dataclass(frozen=True)
 class FrameOptions:
     """How frames are written: short side in pixels (0 keeps the size), frames kept per
-    second (None keeps every frame), JPEG quality."""
+    second (None keeps every frame), JPEG quality; with ``flow``, the optical flow between
+    the frames kept instead of the frames."""
 
     short_side: int
     fps: float | None
     quality: int
+    flow: FlowOptions | None = None
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,7 @@ class Job:
     video: Path
     folder: Path  # the finished frame folder
     replaces: int | None = None  # inode of the finished folder there that --overwrite replaces
+    flow: bool = False  # a flow folder: two images (x, y) a frame
 
 
 Outcome = tuple[Job, int, str | None]  # (job, frames written, failure reason or None)
@@ -74,6 +84,7 @@ def run_job(job: Job, options: FrameOptions) -> Outcome:
                 options.fps,
                 options.quality,
                 replace=job.replaces is not None,
+                flow=options.flow,
             ),
             None,
         )
@@ -97,9 +108,11 @@ def extract_video(
     fps: float | None = None,
     quality: int = 90,
     replace: bool = False,
+    flow: FlowOptions | None = None,
 ) -> int:
-    """Write ``video``'s frames to ``folder`` (which must not exist unless ``replace``) and
-    return how many; raises ``DataError`` when the video cannot be decoded completely."""
+    """Write ``video``'s frames (with ``flow``, the flow between them) to ``folder`` (which
+    must not exist unless ``replace``) and return how many; raises ``DataError`` when the
+    video cannot be decoded completely."""
     if video.stat().st_size == 0:
         raise DataError(f"{video}: empty file (0 bytes); download it again or remove it")
     probe = probe_video(video)  # a clean DataError for non-videos, and the reference count
@@ -113,14 +126,15 @@ def extract_video(
     temp = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
     shutil.rmtree(temp, ignore_errors=True)
     temp.mkdir(parents=True)
+    writer = FlowWriter(temp, quality, flow) if flow is not None else FrameWriter(temp, quality)
     try:
-        decoded = written = 0
+        decoded = kept = 0
         for batch in source.iter_frames(batch_size=_BATCH):  # (n, 3, H, W) uint8
             keep = [i for i in range(len(batch)) if _kept(decoded + i, keep_ratio)]
             decoded += len(batch)
+            kept += len(keep)
             if keep:
-                images = _resize(batch[keep], short_side)  # (k, 3, h, w) uint8
-                written = _write_jpegs(images, temp, written, quality)
+                writer.write(_resize(batch[keep], short_side))  # (k, 3, h, w) uint8
             _check_run(video)
         _check_complete(
             video,
@@ -128,14 +142,16 @@ def extract_video(
             max(source.num_frames, probe.num_frames or 0),
             exact=probe.exact or probe.num_frames is None,
         )
-        if written == 0:
+        if kept == 0:
             raise DataError(f"{video}: no frame could be decoded; the file is corrupt")
-        _check_written(video, temp, written)
+        if writer.written == 0:  # flow of a single frame
+            raise DataError(f"{video}: has one frame, and optical flow needs two")
+        _check_written(video, temp, writer)
         _check_run(video)
         _publish(temp, folder, replace)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
-    return written
+    return writer.written
 
 
 def _kept(index: int, ratio: float | None) -> bool:
@@ -162,13 +178,71 @@ def _resize(frames: torch.Tensor, short_side: int) -> torch.Tensor:
     )  # (n, 3, h, w) uint8
 
 
-def _write_jpegs(images: torch.Tensor, folder: Path, start: int, quality: int) -> int:
-    """Encode ``(k, 3, h, w)`` as ``img_<start+1>.jpg``...; returns the new frame count."""
+class FrameWriter:
+    """RGB frames as ``img_00001.jpg``, ...: what a frame folder holds."""
+
+    def __init__(self, folder: Path, quality: int):
+        self.folder, self.quality = folder, quality
+        self.written = 0  # frames written
+
+    def write(self, images: torch.Tensor) -> None:
+        """Encode the next frames, uint8 ``(k, 3, h, w)``."""
+        self.written = _write_jpegs(images, self.folder, self.written, self.quality)
+
+    def names(self) -> set[str]:
+        """The files the folder must hold."""
+        return {FRAME_TEMPLATE.format(k) for k in range(1, self.written + 1)}
+
+
+class FlowWriter:
+    """The optical flow from each frame to the next as ``flow_x_00001.jpg`` and
+    ``flow_y_00001.jpg``, ... (``data.flow``): ``n - 1`` of each for ``n`` frames, the last
+    frame carried over from one batch to the next."""
+
+    TEMPLATES = (FLOW_X_TEMPLATE, flow_y_template(FLOW_X_TEMPLATE))
+
+    def __init__(self, folder: Path, quality: int, options: FlowOptions):
+        self.folder, self.quality, self.bound = folder, quality, options.bound
+        self.flow = flow_function(options.method)
+        self.previous: np.ndarray | None = None
+        self.written = 0  # flow frames (x/y pairs) written
+
+    def write(self, images: torch.Tensor) -> None:
+        """Compute and encode the flow into each of the next frames, uint8 ``(k, 3, h, w)``."""
+        pairs = []
+        for gray in to_gray(images):
+            if self.previous is not None:
+                pairs.append(torch.from_numpy(quantise(self.flow(self.previous, gray), self.bound)))
+            self.previous = gray
+        images_xy = [image[None] for pair in pairs for image in pair]  # x, y, x, y, ... (1, h, w)
+        self.written = _write_jpegs(
+            images_xy, self.folder, self.written, self.quality, self.TEMPLATES
+        )
+
+    def names(self) -> set[str]:
+        return {t.format(k) for t in self.TEMPLATES for k in range(1, self.written + 1)}
+
+
+def _write_jpegs(
+    images: torch.Tensor | list[torch.Tensor],
+    folder: Path,
+    start: int,
+    quality: int,
+    templates: Sequence[str] = (FRAME_TEMPLATE,),
+) -> int:
+    """Encode ``images`` (each ``(c, h, w)``), ``len(templates)`` a frame in template order, as
+    frames ``start + 1``, ``start + 2``, ...: ``img_<k>.jpg``, or ``flow_x_<k>.jpg`` then
+    ``flow_y_<k>.jpg``; returns the new frame count."""
     from torchvision.io import encode_jpeg
 
-    for offset, data in enumerate(encode_jpeg(list(images), quality=quality)):
-        (folder / FRAME_TEMPLATE.format(start + offset + 1)).write_bytes(data.numpy().tobytes())
-    return start + len(images)
+    images = list(images)
+    if not images:
+        return start
+    for position, data in enumerate(encode_jpeg(images, quality=quality)):
+        frame, part = divmod(position, len(templates))
+        name = templates[part].format(start + frame + 1)
+        (folder / name).write_bytes(data.numpy().tobytes())
+    return start + len(images) // len(templates)
 
 
 def _check_complete(video: Path, decoded: int, expected: int, exact: bool) -> None:
@@ -185,15 +259,17 @@ def _check_complete(video: Path, decoded: int, expected: int, exact: bool) -> No
         log.debug("%s: decoded %d of %d reported frames", video, decoded, expected)
 
 
-def _check_written(video: Path, temp: Path, written: int) -> None:
-    """Refuse to publish a folder that does not hold exactly the frames written: another
+def _check_written(video: Path, temp: Path, writer: FrameWriter | FlowWriter) -> None:
+    """Refuse to publish a folder that does not hold exactly the files written: another
     process removed or added files while it was written."""
-    expected = {FRAME_TEMPLATE.format(k) for k in range(1, written + 1)}
+    expected = writer.names()
     found = set(os.listdir(temp))
     if found != expected:
+        what = "flow images" if isinstance(writer, FlowWriter) else "frames"
         raise DataError(
-            f"{video}: {temp} holds {len(found & expected)} of the {written} frames written "
-            "(another process removed or added files); nothing was published, extract it again"
+            f"{video}: {temp} holds {len(found & expected)} of the {len(expected)} {what} "
+            "written (another process removed or added files); nothing was published, extract "
+            "it again"
         )
 
 
@@ -233,7 +309,7 @@ def salvage(job: Job, pid: int) -> Outcome | None:
     _remove_temps(job.folder, pid)
     if not published:
         return None
-    return job, len(os.listdir(job.folder)), None
+    return job, len(os.listdir(job.folder)) // (2 if job.flow else 1), None
 
 
 def remove_stale_partials(parents: set[Path]) -> None:

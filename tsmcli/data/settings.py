@@ -7,7 +7,8 @@ and predict through ``engine.views.EvalData`` (from the checkpoint's recipe) and
 ``Protocol`` they resolve. This module imports neither torch nor a decoder.
 
 - ``Reading``: how the files are read: what the list's paths point at, the decoder, the
-  frame file names, the decoded frames kept in memory, whether an unreadable item is skipped.
+  frame file names, the decoded frames kept in memory, whether an unreadable item is skipped,
+  and what a segment is made of (one RGB frame, or ``new_length`` stacked flow images).
 - ``ClipSize``: what a clip is: T frames, cropped to ``input_size`` from frames whose short
   side is ``scale_size``.
 - ``Augmentation``: the random draws of a training clip (its frames, crop box, flip, colours)
@@ -22,8 +23,16 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from tsmcli.choices import AVERAGE_MODES, BACKENDS, FLIP_MODES, SAMPLINGS, SOURCES, TEST_CROPS
-from tsmcli.data.layout import FRAME_TEMPLATE, check_frame_template
+from tsmcli.choices import (
+    AVERAGE_MODES,
+    BACKENDS,
+    FLIP_MODES,
+    MODALITIES,
+    SAMPLINGS,
+    SOURCES,
+    TEST_CROPS,
+)
+from tsmcli.data.layout import FRAME_TEMPLATE, check_frame_template, flow_y_template
 from tsmcli.errors import UsageError
 
 TRAIN_SCALES = (1.0, 0.875, 0.75, 0.66)  # the official multi-scale crop's sides
@@ -39,21 +48,42 @@ class Reading:
     """How a list's videos are read. ``frame_cache_mb``: MiB of decoded frames (from JPEGs or
     videos) each loading process keeps in memory (0: none; see ``frame_cache``).
     ``skip_bad``: an item that cannot be loaded comes back with its error instead of raising
-    it (``collate_clips`` drops it into ``ClipBatch.skipped``)."""
+    it (``collate_clips`` drops it into ``ClipBatch.skipped``). ``modality`` flow reads flow
+    folders (``data.flow``: ``frame_template`` names their x images) and stacks
+    ``new_length`` consecutive x/y pairs a segment, as the official flow loader does."""
 
     source: Literal[SOURCES] = "frames"
     backend: Literal[BACKENDS] = "decord"
     frame_template: str = FRAME_TEMPLATE  # frame folders' file names (source "frames")
     frame_cache_mb: int = 0
     skip_bad: bool = False
+    modality: Literal[MODALITIES] = "rgb"
+    new_length: int = 1  # frames a segment stacks (flow); 1 for rgb
 
     def __post_init__(self) -> None:
         _choice("source", self.source, SOURCES)
         _choice("backend", self.backend, BACKENDS)
+        _choice("modality", self.modality, MODALITIES)
         if self.frame_cache_mb < 0:
             raise UsageError(f"frame_cache_mb must be >= 0 (0: off), got {self.frame_cache_mb}")
-        if self.source == "frames":
+        if self.new_length < 1 or (self.modality == "rgb" and self.new_length != 1):
+            raise UsageError(
+                f"new_length must be 1 for rgb and at least 1 for flow, got {self.new_length} "
+                f"({self.modality})"
+            )
+        if self.modality == "flow" and self.source != "frames":
+            raise UsageError(
+                "a flow model reads flow frame folders (tsm extract --flow), not videos; give "
+                "it a list of flow folders"
+            )
+        if self.modality == "flow":
+            flow_y_template(self.frame_template)
+        elif self.source == "frames":
             check_frame_template(self.frame_template)
+
+    @property
+    def flow(self) -> bool:
+        return self.modality == "flow"
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,10 @@ from tsmcli.data.settings import TRAIN_SCALES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Flow images, every channel alike, as the official TSN normalises its Flow input
+# (ops/models.py: mean [0.5], std [np.mean(input_std)]), after dividing by 255
+FLOW_MEAN = (0.5,)
+FLOW_STD = (sum(IMAGENET_STD) / len(IMAGENET_STD),)
 
 
 class CropBox(NamedTuple):
@@ -162,9 +166,14 @@ def resize_short_side(frames: torch.Tensor, size: int) -> torch.Tensor:
     return F.resize(frames, [new_h, new_w], antialias=True)
 
 
-def horizontal_flip(frames: torch.Tensor) -> torch.Tensor:
-    """Mirror left-right (the last axis)."""
-    return frames.flip(-1)
+def horizontal_flip(frames: torch.Tensor, flow: bool = False) -> torch.Tensor:
+    """Mirror left-right (the last axis). Mirrored flow moves the other way along x: its x
+    images (the even channels of ``(..., 2L, H, W)``) are negated, which on their 0-255
+    levels is ``255 - x`` (the official flip inverts them so)."""
+    mirrored = frames.flip(-1)
+    if flow:
+        mirrored[..., 0::2, :, :] = 255 - mirrored[..., 0::2, :, :]
+    return mirrored
 
 
 def swap_label(label: int, pairs: Sequence[tuple[int, int]]) -> int:
@@ -181,9 +190,10 @@ def normalize(
     frames: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
 ) -> torch.Tensor:
     """uint8 in [0, 255] to contiguous float32 ``(x / 255 - mean) / std`` per channel, on the
-    device of ``frames``; same shape ``(..., 3, H, W)``, any strides (channels-last included)."""
+    device of ``frames``; same shape ``(..., C, H, W)``, any strides (channels-last included).
+    ``mean`` and ``std`` hold one value a channel, or one for all (``FLOW_MEAN``)."""
     out = torch.empty(frames.shape, dtype=torch.float32, device=frames.device)
-    scale, shift = _affine(tuple(mean), tuple(std), frames.device)  # (3, 1, 1) each
+    scale, shift = _affine(tuple(mean), tuple(std), frames.device)  # (C or 1, 1, 1) each
     if frames.device.type != "cpu":  # one pass per op over the whole batch
         out.copy_(frames).mul_(scale).add_(shift)
         return out
@@ -202,10 +212,10 @@ def normalize(
 def _affine(
     mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift) of ``normalize``, each (3, 1, 1) float32 on ``device``, computed in
-    float64 once per device."""
-    mean_t = torch.tensor(mean, dtype=torch.float64).view(3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float64).view(3, 1, 1)
+    """(scale, shift) of ``normalize``, each (len(mean), 1, 1) float32 on ``device``,
+    computed in float64 once per device."""
+    mean_t = torch.tensor(mean, dtype=torch.float64).view(-1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float64).view(-1, 1, 1)
     scale, shift = (1.0 / (255.0 * std_t)).float(), (-mean_t / std_t).float()
     return scale.to(device), shift.to(device)
 
@@ -278,14 +288,17 @@ def crop_view(frames: torch.Tensor, box: CropBox) -> torch.Tensor:
     return frames[..., box.top : box.top + box.height, box.left : box.left + box.width]
 
 
-def resize_crop(crop: torch.Tensor, size: int, flip: bool = False) -> torch.Tensor:
-    """A crop (T, 3, h, w) resized to (T, 3, size, size) (antialiased bilinear, as PIL), then
-    mirrored if ``flip``. On the CPU uint8 stays uint8 (torch's fast path); CUDA resamples
-    floats only, so there the result is float in [0, 255], unrounded."""
+def resize_crop(
+    crop: torch.Tensor, size: int, flip: bool = False, flow: bool = False
+) -> torch.Tensor:
+    """A crop (T, C, h, w) resized to (T, C, size, size) (antialiased bilinear, as PIL), then
+    mirrored if ``flip`` (flow-aware with ``flow``). On the CPU uint8 stays uint8 (torch's
+    fast path); CUDA resamples floats only, so there the result is float in [0, 255],
+    unrounded."""
     if crop.dtype == torch.uint8 and crop.device.type != "cpu":
         crop = crop.float()
     clip = F.resize(crop, [size, size], antialias=True)
-    return horizontal_flip(clip) if flip else clip
+    return horizontal_flip(clip, flow) if flip else clip
 
 
 def eval_views(
@@ -295,11 +308,13 @@ def eval_views(
     scale_size: int = 256,
     crops: int = 1,
     full_res: bool = False,
+    flow: bool = False,
 ) -> torch.Tensor:
-    """The deterministic spatial views: uint8 (T, 3, H, W) -> uint8 (C, T, 3, S, S).
+    """The deterministic spatial views: uint8 (T, K, H, W) -> uint8 (C, T, K, S, S).
 
     S is ``scale_size`` with ``full_res`` (official 3-crop "full resolution" testing),
-    else ``input_size``. C is ``crops``; with 10 crops each box is followed by its flip.
+    else ``input_size``. C is ``crops``; with 10 crops each box is followed by its flip
+    (flow-aware with ``flow``).
     """
     num_frames, channels, height, width = frames.shape
     virtual = scaled_size(width, height, scale_size)
@@ -311,5 +326,5 @@ def eval_views(
         view = crop_resize(frames, map_box(box, virtual, (width, height)), crop)  # (T, 3, S, S)
         out[step * k].copy_(view)  # each view written once, straight into place
         if crops == 10:
-            out[step * k + 1].copy_(horizontal_flip(view))
-    return out  # (C, T, 3, S, S)
+            out[step * k + 1].copy_(horizontal_flip(view, flow))
+    return out  # (C, T, K, S, S)

@@ -1,10 +1,13 @@
 """SGD with the official TSM parameter groups, and the learning-rate schedule.
 
 Groups (the official ``get_optim_policies``): the first conv's weight learns at 1x with
-decay; every other conv and linear weight at 1x with decay; every bias at 2x without decay;
-normalisation scales and shifts at 1x without decay. With ``fc_lr5`` (training from
-ImageNet or another data set's weights) the classifier's weight learns at 5x and its bias
-at 10x (no decay), so the new head catches up with the pretrained body.
+decay (its bias at 2x without); every other conv and linear weight at 1x with decay; every
+bias at 2x without decay; normalisation scales and shifts at 1x without decay. A flow model's
+first conv learns at 5x (bias 10x), as the official policy has it for ``modality='Flow'``:
+that layer is the one built anew for flow (its kernel the RGB one averaged), the rest is
+the pretrained body. With ``fc_lr5`` (training from ImageNet or another data set's weights)
+the classifier's weight learns at 5x and its bias at 10x (no decay), so the new head catches
+up with the pretrained body.
 
 The schedule is a pure function of (epoch, iteration): resuming at any step gives exactly
 the learning rate the uninterrupted run had there, with no scheduler state to save.
@@ -23,14 +26,16 @@ from tsmcli.recipe import OptimConfig, Recipe
 
 # (name, lr multiplier, weight-decay multiplier), in the official order
 GROUPS: tuple[tuple[str, float, float], ...] = (
-    ("first_conv_weight", 1.0, 1.0),
-    ("first_conv_bias", 2.0, 0.0),
+    ("first_conv_weight", 1.0, 1.0),  # 5x for flow (FLOW_FIRST_CONV)
+    ("first_conv_bias", 2.0, 0.0),  # 10x for flow
     ("normal_weight", 1.0, 1.0),
     ("normal_bias", 2.0, 0.0),
     ("norm", 1.0, 0.0),
     ("fc_weight_lr5", 5.0, 1.0),
     ("fc_bias_lr10", 10.0, 0.0),
 )
+# a flow model's first conv: name -> (lr multiplier, weight-decay multiplier)
+FLOW_FIRST_CONV = {"first_conv_weight": (5.0, 1.0), "first_conv_bias": (10.0, 0.0)}
 _NORMS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
 _CONVS = (nn.modules.conv._ConvNd,)
 
@@ -51,9 +56,11 @@ def parameter_groups(model: nn.Module, fc_lr5: bool) -> list[dict[str, Any]]:
     """Trainable parameters split into the official groups (empty groups left out).
 
     Each group carries ``name``, ``lr_mult`` and ``decay_mult``; frozen parameters
-    (``requires_grad=False``, e.g. the BN layers partial BN freezes) are left out.
+    (``requires_grad=False``, e.g. the BN layers partial BN freezes) are left out. A model
+    whose ``modality`` is flow gets the flow multipliers of its first conv.
     """
     model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    flow = getattr(model, "modality", "rgb") == "flow"
     members: dict[str, list[nn.Parameter]] = {name: [] for name, _, _ in GROUPS}
     seen: set[int] = set()
     conv_count = 0
@@ -81,9 +88,16 @@ def parameter_groups(model: nn.Module, fc_lr5: bool) -> list[dict[str, Any]]:
                 continue
             seen.add(id(param))
             members[bias_group if pname == "bias" else weight_group].append(param)
+    multipliers = [
+        (
+            name,
+            *(FLOW_FIRST_CONV.get(name, (lr_mult, decay_mult)) if flow else (lr_mult, decay_mult)),
+        )
+        for name, lr_mult, decay_mult in GROUPS
+    ]
     return [
         {"params": members[name], "name": name, "lr_mult": lr_mult, "decay_mult": decay_mult}
-        for name, lr_mult, decay_mult in GROUPS
+        for name, lr_mult, decay_mult in multipliers
         if members[name]
     ]
 

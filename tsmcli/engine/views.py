@@ -7,8 +7,9 @@ are read. Typed settings that travel whole, as torchvision's video presets do.
 - ``ViewRequest``: what was asked (a preset, or None for the checkpoint's default, and the
   fields to change); ``resolve`` turns it into the ``Protocol`` that is run, once.
 - ``EvalData``: how the videos are read and sized, from the checkpoint's stored recipe
-  (defaults without one) with ``--source`` / ``--backend`` applied; it makes the dataset's
-  ``Reading`` and ``ClipSize``.
+  (defaults without one) with ``--source`` / ``--backend`` applied, and what a segment is
+  (the model's modality: RGB frames, or stacks of flow images from flow folders); it makes the
+  dataset's ``Reading`` and ``ClipSize``.
 
 Test protocols (presets; any explicit option overrides one field of the preset). The crop
 sizes are those of a 224 recipe (``data.input_size`` 224, ``data.scale_size`` 256); other
@@ -39,8 +40,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from tsmcli.choices import AVERAGE_MODES, TEST_CROPS
+from tsmcli.data.layout import FLOW_X_TEMPLATE, FRAME_TEMPLATE
 from tsmcli.data.settings import ClipSize, Protocol, Reading
 from tsmcli.errors import UsageError
+from tsmcli.model.spec import ModelSpec
 from tsmcli.recipe import DataConfig, Recipe
 from tsmcli.view_request import ViewRequest
 
@@ -126,6 +129,8 @@ class EvalData:
     input_size: int
     scale_size: int
     dense_training: bool
+    modality: str = "rgb"  # flow: stacks of new_length x/y flow images a segment
+    new_length: int = 1
 
     @classmethod
     def from_recipe(
@@ -141,12 +146,34 @@ class EvalData:
             input_size=data.input_size,
             scale_size=data.scale_size,
             dense_training=data.sampling == "dense",
+            modality=recipe.model.modality if recipe is not None else "rgb",
+            new_length=recipe.model.new_length if recipe is not None else 1,
+        )
+
+    def for_model(self, spec: ModelSpec) -> EvalData:
+        """These settings for a model of ``spec``: its modality and stack length (what a
+        checkpoint without a recipe, an official flow file, says only through its weights),
+        and a flow folder's template when no recipe named one."""
+        template = self.frame_template
+        if spec.modality == "flow" and template == FRAME_TEMPLATE:
+            template = FLOW_X_TEMPLATE
+        return replace(
+            self,
+            modality=spec.modality,
+            new_length=int(spec.new_length or 1),
+            frame_template=template,
         )
 
     def reading(self, source: str) -> Reading:
         """How the dataset of eval or predict reads ``source`` (frames or videos): the one
         place where they get their decoder."""
-        return Reading(source=source, backend=self.backend, frame_template=self.frame_template)
+        return Reading(
+            source=source,
+            backend=self.backend,
+            frame_template=self.frame_template,
+            modality=self.modality,
+            new_length=self.new_length,
+        )
 
     def clip(self, num_segments: int) -> ClipSize:
         """The clip of a ``num_segments`` model: the one place where eval and predict get their
