@@ -14,7 +14,7 @@ import sys
 import click
 
 from tsmcli import __version__
-from tsmcli.commands import convert, data, doctor, evaluate, explain, predict, train, zoo
+from tsmcli.commands import convert, data, doctor, evaluate, explain, fuse, predict, train, zoo
 from tsmcli.errors import TSMError
 
 
@@ -120,6 +120,7 @@ for _command in (
     doctor.doctor,
     train.train,
     evaluate.evaluate,
+    fuse.fuse,
     convert.convert_online,
     convert.export,
     predict.predict,

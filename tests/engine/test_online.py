@@ -425,6 +425,7 @@ def test_an_online_evaluation_writes_the_same_reports_as_an_offline_one(
         "confusion.png",
         "per_class.csv",
         "predictions.csv",
+        "scores.csv",
     ]
     rows = (reports / "predictions.csv").read_text().splitlines()
     assert rows[0].startswith("video,label,pred_1,score_1") and len(rows) == 4

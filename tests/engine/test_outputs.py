@@ -100,7 +100,13 @@ def test_an_earlier_evaluation_is_replaced_only_with_overwrite(setup, tmp_path):
     first = run(*args, "--out", out, "--json", summary)
     assert first.exit_code == 0, first.output
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert set(before) == {"per_class.csv", "confusion.csv", "confusion.png", "predictions.csv"}
+    assert set(before) == {
+        "per_class.csv",
+        "confusion.csv",
+        "confusion.png",
+        "predictions.csv",
+        "scores.csv",
+    }
     again = run(*args, "--out", out)
     assert again.exit_code == 2
     assert again.output.strip() == (

@@ -1,6 +1,7 @@
 """What an evaluation produced (``EvalResult``) and the files of ``tsm eval --out``:
 per-class accuracy, the confusion matrix (as CSV and as a heat map, or the top confusions
-when there are too many classes), per-video predictions.
+when there are too many classes), per-video predictions, and every video's full score vector
+(``scores.csv``: what ``tsm fuse`` combines across models; ``read_scores`` reads it back).
 
 Every file is written atomically (``fileio``); the heat map is rendered off-screen (Agg).
 """
@@ -26,9 +27,13 @@ from tsmcli.engine.metrics import (
     topk_accuracy,
 )
 from tsmcli.engine.views import Protocol
+from tsmcli.errors import DataError
 from tsmcli.fileio import Output, atomic_write, atomic_write_with
 
 TOP_K = 5
+# video, label, then one column a class (headed by its name): the view-averaged scores, as
+# many digits as a float32 needs to be read back exactly
+SCORES_FILE = "scores.csv"
 # every file ``write_reports`` may write (the heat map, or the top confusions beyond 60 classes)
 REPORT_FILES = (
     "per_class.csv",
@@ -36,6 +41,7 @@ REPORT_FILES = (
     "confusion.png",
     "top_confusions.txt",
     "predictions.csv",
+    SCORES_FILE,
 )
 HEATMAP_MAX_CLASSES = 60  # above this a heat map is unreadable: list the top confusions instead
 TOP_CONFUSIONS = 50
@@ -150,7 +156,8 @@ def report_outputs(out_dir: str | Path | None) -> list[Output]:
 
 
 def write_reports(result: EvalResult, out_dir: str | Path) -> list[Path]:
-    """per_class.csv, confusion.csv, a heat map (or top_confusions.txt), predictions.csv."""
+    """per_class.csv, confusion.csv, a heat map (or top_confusions.txt), predictions.csv,
+    scores.csv."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = [
@@ -203,7 +210,78 @@ def write_reports(result: EvalResult, out_dir: str | Path) -> list[Path]:
             ],
         )
     )
+    written.append(_write_scores(out / SCORES_FILE, result))
     return written
+
+
+def _write_scores(path: Path, result: EvalResult) -> Path:
+    """Every video's scores, one column a class, at float32 precision."""
+    return _write_csv(
+        path,
+        ["video", "label", *result.classes],
+        [
+            [p.video, p.label, *(f"{v:.9g}" for v in row)]
+            for p, row in zip(result.predictions, result.scores.tolist(), strict=True)
+        ],
+    )
+
+
+@dataclass(frozen=True)
+class VideoScores:
+    """A ``scores.csv`` read back: the videos in list order, their labels, the class names
+    and the scores (N, K)."""
+
+    path: Path
+    videos: tuple[str, ...]
+    labels: Tensor  # (N,) long
+    classes: tuple[str, ...]
+    scores: Tensor  # (N, K) float64 holding the float32 values written
+
+
+def read_scores(path: str | Path) -> VideoScores:
+    """The ``scores.csv`` at ``path`` (or in the folder ``path``, a ``tsm eval --out``). A
+    missing or malformed file is one ``DataError`` naming it and its line."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / SCORES_FILE
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            rows = list(csv.reader(handle))
+    except FileNotFoundError:
+        raise DataError(
+            f"{path}: no such file; write it with tsm eval --out {path.parent}"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(
+            f"{path}: cannot read it ({exc}); write it again with tsm eval --out"
+        ) from None
+    if not rows or rows[0][:2] != ["video", "label"] or len(rows[0]) < 3:
+        raise DataError(
+            f"{path}: not a scores file (its header is not video,label,<classes>); write it "
+            "with tsm eval --out"
+        )
+    classes = tuple(rows[0][2:])
+    videos, labels, scores = [], [], []
+    for number, row in enumerate(rows[1:], start=2):
+        try:
+            if len(row) != len(rows[0]):
+                raise ValueError(f"{len(row)} fields, the header has {len(rows[0])}")
+            labels.append(int(row[1]))
+            scores.append([float(v) for v in row[2:]])
+        except ValueError as exc:
+            raise DataError(
+                f"{path}:{number}: not a row of scores ({exc}); write the file again with "
+                "tsm eval --out"
+            ) from None
+        videos.append(row[0])
+    return VideoScores(
+        path,
+        tuple(videos),
+        torch.tensor(labels, dtype=torch.long),
+        classes,
+        # float32, as written (9 digits read back exactly), then float64 to add them up
+        torch.tensor(scores, dtype=torch.float32).view(len(videos), len(classes)).double(),
+    )
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
