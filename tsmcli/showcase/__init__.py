@@ -262,11 +262,13 @@ def _train_all(
 
 
 def _plan(recipe) -> tuple[int, int]:
-    """(epochs, steps an epoch) that the recipe makes on its train list, in one process."""
+    """(epochs, optimizer steps an epoch) that the recipe makes on its train list, in one
+    process (a step takes ``train.accumulate`` batches)."""
     from tsmcli.data.lists import read_list
     from tsmcli.engine.train_setup import planned_epochs
 
-    per_epoch = max(1, len(read_list(recipe.data.train_list)) // recipe.train.batch_size)
+    t = recipe.train
+    per_epoch = max(1, len(read_list(recipe.data.train_list)) // (t.batch_size * t.accumulate))
     return planned_epochs(recipe.train, per_epoch), per_epoch
 
 
