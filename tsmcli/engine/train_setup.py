@@ -241,6 +241,8 @@ def _datasets(
         frame_template=d.frame_template,
         frame_cache_mb=d.frame_cache_mb,
         skip_bad=d.skip_bad,
+        modality=recipe.model.modality,  # flow: stacks of new_length x/y images a segment
+        new_length=recipe.model.new_length,
     )
     augment = Augmentation(
         sampling=d.sampling,

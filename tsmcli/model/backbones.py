@@ -126,6 +126,8 @@ def widen_first_conv(model: nn.Module, name: str, channels: int) -> None:
         groups=old.groups,
         bias=old.bias is not None,
         padding_mode=old.padding_mode,
+        device=old.weight.device,  # the meta device too (a model counted, not built)
+        dtype=old.weight.dtype,
     )
     with torch.no_grad():
         new.weight.copy_(average_rgb_kernel(old.weight, channels))
