@@ -28,11 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load_average, load_line, machine, write_section  # noqa: E402
+from common import load_average, load_line, machine, machine_kind, write_section  # noqa: E402
 
 from tsmcli.data.lists import read_list  # noqa: E402
 from tsmcli.showcase import demo  # noqa: E402
-from tsmcli.showcase.clock import cpu_isa  # noqa: E402
 
 TUNING_SEEDS = (0, 100, 101, 102, 103)
 BARS = {"tsm": 90.0, "online": 85.0, "tsn": 60.0}
@@ -181,12 +180,8 @@ def main() -> None:
         return
     # one section for each kind of machine: the accuracies differ with the instruction set
     # (AVX2 and AVX-512 kernels round differently, and training carries it on)
-    isa = cpu_isa()
-    name = isa.split()[0]  # AVX2, AVX512, ...
-    stand_in = "stand-in" in isa
-    kind = name.lower() + ("_standin" if stand_in else "")
-    forced = " forced (a stand-in)" if stand_in else ""
-    title = f"The demo's claim on held-out synthetic sets, {name}{forced} (bench/claim.py)"
+    kind, words = machine_kind()
+    title = f"The demo's claim on held-out synthetic sets, {words} (bench/claim.py)"
     print(write_section(f"claim_{kind}", title, body))
 
 

@@ -30,6 +30,19 @@ def machine() -> str:
     )
 
 
+def machine_kind() -> tuple[str, str]:
+    """This machine's kind, for scripts that keep one section per kind of CPU (their times and
+    ratios differ with the instruction set): a file-name suffix (``avx2``, ``avx512``,
+    ``avx2_standin``) and the words for a title (``AVX2``, ``AVX2 forced (a stand-in)``)."""
+    isa = cpu_isa()
+    name = isa.split()[0]
+    stand_in = "stand-in" in isa
+    return (
+        name.lower() + ("_standin" if stand_in else ""),
+        name + (" forced (a stand-in)" if stand_in else ""),
+    )
+
+
 def load_average() -> float:
     """The 1-minute load average (0 where the OS does not give one): above the core count,
     other work shared the CPU and absolute times are inflated."""

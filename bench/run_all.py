@@ -14,6 +14,7 @@ ORDER = [
     "shift",
     "loader",
     "extract",
+    "flow",
     "train",
     "train_step",
     "demo_step",
@@ -23,6 +24,7 @@ ORDER = [
     "explain",
     "intervals",
     "doctor",
+    "two_stream",
     "claim",
 ]
 GPU_SECTION = "gpu"  # written on a lent GPU machine by bench/gpu.py; kept, never rerun here
@@ -52,15 +54,21 @@ def main() -> int:
         if subprocess.call([sys.executable, str(script)]) != 0:
             failed.append(name)
         print(f"   ({time.perf_counter() - start:.0f} s)", flush=True)
-    # a script may write one section per machine kind: results/<name>.md, results/<name>_*.md
-    # (not another script's own section: train_step.md is not a kind of train.md)
+    # a script may write one section per machine kind: results/<name>.md, results/<name>_*.md;
+    # a file belongs to the longest name it starts with (train_step_avx2.md is train_step's,
+    # not a kind of train.md)
     results = BENCH / "results"
     names = [*ORDER, GPU_SECTION]
+
+    def owner(stem: str) -> str | None:
+        mine = [n for n in names if stem == n or stem.startswith(f"{n}_")]
+        return max(mine, key=len) if mine else None
+
     sections = [
         path
         for name in names
         for path in [results / f"{name}.md", *sorted(results.glob(f"{name}_*.md"))]
-        if path.stem == name or path.stem not in names
+        if owner(path.stem) == name
     ]
     body = "\n".join(p.read_text() for p in sections if p.exists())
     (BENCH.parent / "BENCHMARKS.md").write_text(HEADER + "\n" + body)

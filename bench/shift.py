@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import interleaved_medians, write_section  # noqa: E402
+from common import interleaved_medians, machine_kind, write_section  # noqa: E402
 
 from tsmcli.model.shift import TemporalShift  # noqa: E402
 from tsmcli.model.tsn import TSN, build_model  # noqa: E402
@@ -166,7 +166,8 @@ def main() -> int:
             "count means other work shared the CPU and absolute times are inflated.",
         ]
     )
-    path = write_section("shift", "Temporal shift: TSM against TSN", body)
+    kind, words = machine_kind()  # one section per kind of CPU: the ratio differs with it
+    path = write_section(f"shift_{kind}", f"Temporal shift: TSM against TSN, {words}", body)
     print(path.read_text())
     return 0
 

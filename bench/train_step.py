@@ -32,7 +32,13 @@ import torchvision
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import dense_peak, forward_flops, interleaved_medians, write_section  # noqa: E402
+from common import (  # noqa: E402
+    dense_peak,
+    forward_flops,
+    interleaved_medians,
+    machine_kind,
+    write_section,
+)
 from shift import seed_shift  # noqa: E402  (the seed's shift, as bench/shift.py times it)
 
 from tsmcli.engine.optim import build_optimizer, parameter_groups  # noqa: E402
@@ -175,7 +181,8 @@ def main() -> int:
         where, target, name = torch.cuda.get_device_name(), GPU_TARGET, "train_step_gpu"
         peak, flops = None, None
     else:
-        where, target, name = torch.backends.cpu.get_cpu_capability(), CPU_TARGET, "train_step"
+        where, target = torch.backends.cpu.get_cpu_capability(), CPU_TARGET
+        name = f"train_step_{machine_kind()[0]}"  # one section per kind of CPU
         peak = dense_peak()
         recipe = load_recipe("kinetics_r50", ["model.pretrained="])
         clips = torch.randn(args.batch, recipe.model.num_segments, 3, args.size, args.size)
