@@ -9,7 +9,7 @@ import click
 
 from tsmcli import choices
 from tsmcli.commands import print_rows
-from tsmcli.commands.evaluate import apply_options, arch_options, arch_overrides
+from tsmcli.commands.evaluate import apply_options, arch_options, arch_overrides, backend_option
 
 # --precision int8 for convert-online and export: the calibration list and its split
 int8_options = apply_options(
@@ -206,12 +206,7 @@ def precision_rows(precisions: dict[str, dict[str, Any]], unit: str) -> list[tup
     default=None,
     help="What ROOT holds (default: from the checkpoint's recipe).",
 )
-@click.option(
-    "--backend",
-    type=click.Choice(choices.BACKENDS),
-    default=None,
-    help="Video decoder (default: from the recipe, else decord).",
-)
+@backend_option
 @click.option(
     "--overwrite",
     is_flag=True,

@@ -116,6 +116,12 @@ arch_options = apply_options(
         ),
     ]
 )
+backend_option = click.option(
+    "--backend",
+    type=click.Choice(choices.BACKENDS),
+    default=None,
+    help="Video decoder (default: from the recipe, else decord).",
+)
 precision_option = click.option(
     "--precision",
     type=click.Choice(choices.PRECISIONS),
@@ -127,12 +133,7 @@ precision_option = click.option(
 # the model: its decoder, its architecture, its device, its precision
 model_options = apply_options(
     [
-        click.option(
-            "--backend",
-            type=click.Choice(choices.BACKENDS),
-            default=None,
-            help="Video decoder (default: from the recipe, else decord).",
-        ),
+        backend_option,
         arch_options,
         click.option(
             "--device",

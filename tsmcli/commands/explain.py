@@ -10,7 +10,13 @@ import click
 
 from tsmcli import choices
 from tsmcli.commands import overwrite_option, print_rows
-from tsmcli.commands.evaluate import arch_options, arch_overrides, view_and_arch, view_options
+from tsmcli.commands.evaluate import (
+    arch_options,
+    arch_overrides,
+    backend_option,
+    view_and_arch,
+    view_options,
+)
 
 
 @click.command()
@@ -49,12 +55,7 @@ from tsmcli.commands.evaluate import arch_options, arch_overrides, view_and_arch
     help="Write <name>.png (frames and maps), <name>.gif and <name>.npy (the maps) per input.",
 )
 @overwrite_option
-@click.option(
-    "--backend",
-    type=click.Choice(choices.BACKENDS),
-    default=None,
-    help="Video decoder (default: from the recipe, else decord).",
-)
+@backend_option
 @arch_options
 def explain(**options: Any) -> None:
     """Where the model looks in each frame for the class it predicts (Grad-CAM, the whole clip
@@ -124,12 +125,7 @@ def explain(**options: Any) -> None:
 )
 @overwrite_option
 @view_options
-@click.option(
-    "--backend",
-    type=click.Choice(choices.BACKENDS),
-    default=None,
-    help="Video decoder (default: from the recipe, else decord).",
-)
+@backend_option
 @arch_options
 @click.option(
     "--device",

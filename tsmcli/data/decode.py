@@ -352,25 +352,11 @@ class FrameFolder:
     def frames(self, indices: Sequence[int]) -> list[torch.Tensor]:
         """The frames one by one, each ``(3, H, W)``: a channels-last view of its decoder's
         buffer, not a copy (so a caller that wants only a crop copies only the crop)."""
-        from torchvision.io import ImageReadMode, decode_jpeg, read_file
-
         indices = _check_indices(self.path, indices, self.num_frames)
         frames = []
         for i in indices:
             file = self.frame_path(i)
-            frame = self.cache.get(file) if self.cache is not None else None
-            if frame is None:
-                try:
-                    frame = decode_jpeg(read_file(str(file)), mode=ImageReadMode.RGB)  # (3, H, W)
-                except RuntimeError as exc:
-                    if not file.exists():
-                        raise DataError(
-                            f"{file}: frame is missing; extract the video again "
-                            "(tsm extract --overwrite)"
-                        ) from exc
-                    raise DataError(f"{file}: cannot decode JPEG ({first_line(exc)})") from exc
-                if self.cache is not None:
-                    self.cache.put(file, frame)
+            frame = read_jpeg(file, self.cache, "frame", "tsm extract --overwrite")  # (3, H, W)
             if frames and frame.shape != frames[0].shape:
                 (_, height, width), (_, first_h, first_w) = frame.shape, frames[0].shape
                 raise DataError(
@@ -379,6 +365,29 @@ class FrameFolder:
                 )
             frames.append(frame)
         return frames
+
+
+def read_jpeg(
+    file: Path, cache: FrameCache | None, what: str, remedy: str, gray: bool = False
+) -> torch.Tensor:
+    """One JPEG as uint8 ``(3, H, W)`` (``(1, H, W)`` with ``gray``), through ``cache`` when
+    there is one. A missing or undecodable file is one ``DataError`` naming it as ``what`` (a
+    frame, a flow image) and, when missing, the command that writes it again (``remedy``)."""
+    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+    image = cache.get(file) if cache is not None else None
+    if image is not None:
+        return image
+    try:
+        mode = ImageReadMode.GRAY if gray else ImageReadMode.RGB
+        image = decode_jpeg(read_file(str(file)), mode=mode)
+    except RuntimeError as exc:
+        if not file.exists():
+            raise DataError(f"{file}: {what} is missing; extract it again ({remedy})") from exc
+        raise DataError(f"{file}: cannot decode JPEG ({first_line(exc)})") from exc
+    if cache is not None:
+        cache.put(file, image)
+    return image
 
 
 def count_frames(folder: Path, template: str = FRAME_TEMPLATE, start_index: int = 1) -> int:

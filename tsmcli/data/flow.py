@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from tsmcli.choices import FLOW_METHODS
+from tsmcli.data.decode import read_jpeg
 from tsmcli.data.frame_cache import FrameCache
 from tsmcli.data.layout import FLOW_X_TEMPLATE, flow_y_template
-from tsmcli.data.video_meta import first_line
 from tsmcli.errors import DataError, UsageError
 
 DEFAULT_BOUND = 20.0  # pixels a frame: dense_flow's and the official scripts' bound
@@ -181,21 +181,5 @@ class FlowFolder:
 
     def _image(self, name: str) -> torch.Tensor:
         """One grayscale image ``(1, H, W)``, through the cache."""
-        from torchvision.io import ImageReadMode, decode_jpeg, read_file
-
-        file = self.path / name
-        image = self.cache.get(file) if self.cache is not None else None
-        if image is not None:
-            return image
-        try:
-            image = decode_jpeg(read_file(str(file)), mode=ImageReadMode.GRAY)  # (1, H, W)
-        except RuntimeError as exc:
-            if not file.exists():
-                raise DataError(
-                    f"{file}: flow image is missing; extract the flow again "
-                    "(tsm extract --flow --overwrite)"
-                ) from exc
-            raise DataError(f"{file}: cannot decode JPEG ({first_line(exc)})") from exc
-        if self.cache is not None:
-            self.cache.put(file, image)
-        return image
+        remedy = "tsm extract --flow --overwrite"
+        return read_jpeg(self.path / name, self.cache, "flow image", remedy, gray=True)
