@@ -15,7 +15,7 @@ The rule (``IntervalRule``), in order:
 
 Nothing here decodes or scores: the windows come from ``engine.predict`` (``--intervals``).
 On long videos joined from the demo's clips, the demo's offline TSM with 3 s windows every
-0.5 s recovers the true actions with a mean IoU of 0.58 under the defaults
+0.5 s recovers the true actions with a mean IoU of 0.57 under the defaults
 (``bench/intervals.py``): a window across a join sees the end of one motion and the start of
 the next, and often calls it a third class.
 """
