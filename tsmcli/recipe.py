@@ -190,6 +190,7 @@ class TrainConfig:
     workers: int = 4  # DataLoader worker processes per training process
     amp: Literal[choices.AMP_MODES] = "none"  # on the CPU only bf16, where native; else refused
     channels_last: bool = False
+    compile: bool = False  # torch.compile the model: faster steps after a compile of its own
     device: Literal[choices.DEVICES] = "auto"
     seed: int = 0
     deterministic: bool = False  # deterministic kernels (slower); CPU runs are exact without it
@@ -200,8 +201,7 @@ class TrainConfig:
     out_dir: str = "runs"  # the run dir is out_dir/<recipe name> unless --out says otherwise
     sync_bn: bool = False  # SyncBatchNorm across processes (CUDA only)
     log_every: int = 50  # a log line every N steps when there is no progress bar
-    # Knowledge distillation: a teacher checkpoint (e.g. the bidirectional model when training
-    # one-way) whose softened outputs make up distill_weight of the loss.
+    # distillation: a teacher checkpoint whose softened outputs are distill_weight of the loss
     distill_from: str | None = None
     distill_weight: float = 0.5  # the rest is cross-entropy with the labels
     distill_temperature: float = 1.0

@@ -369,6 +369,8 @@ def build_run_model(
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[ctx.device.index] if cuda else None)
+    if t.compile:  # the steps run compiled; checkpoints keep saving the plain model's weights
+        net = torch.compile(net)
     if ctx.rank:
         torch.manual_seed(t.seed + ctx.rank)  # different dropout masks on each rank
     return RunModel(model, net, _load_teacher(recipe, num_classes, ctx, source))
