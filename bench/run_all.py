@@ -17,6 +17,7 @@ ORDER = [
     "flow",
     "train",
     "train_step",
+    "compile",
     "demo_step",
     "online",
     "predict",
