@@ -12,6 +12,7 @@ import torch
 from onnx import numpy_helper
 from PIL import Image
 
+from tsmcli.model.checkpoint import checkpoint_dict
 from tsmcli.model.streaming import StreamingTSM, run_stream
 from tsmcli.model.tsn import build_model
 from tsmcli.model.weights import save_checkpoint
@@ -46,17 +47,7 @@ def write_checkpoint(
         model=ModelConfig(arch="resnet18", num_classes=len(CLASSES), num_segments=4, shift=shift),
         data=DataConfig(input_size=SIZE, scale_size=scale_size, source="frames"),
     )
-    save_checkpoint(
-        {
-            "format": "tsmcli",
-            "format_version": 1,
-            "model_config": model.config(),
-            "recipe": recipe.to_dict(),
-            "classes": CLASSES,
-            "state_dict": model.state_dict(),
-        },
-        path,
-    )
+    save_checkpoint(checkpoint_dict(model, recipe=recipe.to_dict(), classes=CLASSES), path)
     return path
 
 

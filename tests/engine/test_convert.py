@@ -18,7 +18,7 @@ from tsmcli.engine.convert import convert_online
 from tsmcli.engine.online import load_online_model
 from tsmcli.errors import ExportError, UsageError
 from tsmcli.model import export, model_dir
-from tsmcli.model.checkpoint import load_model
+from tsmcli.model.checkpoint import checkpoint_dict, load_model
 from tsmcli.model.export import rebuild
 from tsmcli.model.streaming import StreamingTSM, run_stream
 from tsmcli.model.tsn import build_model
@@ -50,18 +50,7 @@ def write_checkpoint(path, shift: str, seed: int = 0):
         model=ModelConfig(arch="resnet18", num_classes=len(CLASSES), num_segments=4, shift=shift),
         data=DataConfig(input_size=SIZE, scale_size=36),
     )
-    save_checkpoint(
-        {
-            "format": "tsmcli",
-            "format_version": 1,
-            "model_config": model.config(),
-            "recipe": recipe.to_dict(),
-            "classes": CLASSES,
-            "state_dict": model.state_dict(),
-            "epoch": 1,
-        },
-        path,
-    )
+    save_checkpoint(checkpoint_dict(model, recipe=recipe.to_dict(), classes=CLASSES, epoch=1), path)
     return path
 
 

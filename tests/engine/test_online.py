@@ -19,7 +19,7 @@ from tsmcli.engine.convert import convert_online
 from tsmcli.engine.metrics import topk_accuracy
 from tsmcli.engine.online import evaluate_online
 from tsmcli.engine.stream import stream
-from tsmcli.model.checkpoint import load_model
+from tsmcli.model.checkpoint import checkpoint_dict, load_model
 from tsmcli.model.export import rebuild
 from tsmcli.model.tsn import build_model
 from tsmcli.model.weights import save_checkpoint
@@ -50,17 +50,7 @@ def model_dir(tmp_path_factory):
         data=DataConfig(input_size=SIZE, scale_size=SIZE, source="videos"),
     )
     checkpoint = root / "ckpt.pt"
-    save_checkpoint(
-        {
-            "format": "tsmcli",
-            "format_version": 1,
-            "model_config": model.config(),
-            "recipe": recipe.to_dict(),
-            "classes": CLASSES,
-            "state_dict": model.state_dict(),
-        },
-        checkpoint,
-    )
+    save_checkpoint(checkpoint_dict(model, recipe=recipe.to_dict(), classes=CLASSES), checkpoint)
     convert_online(checkpoint, root / "model", verify_frames=3, latency_reps=1)
     return root / "model", checkpoint
 
