@@ -115,25 +115,32 @@ def widen_first_conv(model: nn.Module, name: str, channels: int) -> None:
     parent_name, _, attr = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     old = getattr(parent, attr)
-    new = nn.utils.skip_init(
-        type(old),
-        channels,
-        old.out_channels,
-        old.kernel_size,
-        stride=old.stride,
-        padding=old.padding,
-        dilation=old.dilation,
-        groups=old.groups,
-        bias=old.bias is not None,
-        padding_mode=old.padding_mode,
-        device=old.weight.device,  # the meta device too (a model counted, not built)
-        dtype=old.weight.dtype,
-    )
+    new = _unset_conv(type(old), old, channels)
     with torch.no_grad():
         new.weight.copy_(average_rgb_kernel(old.weight, channels))
         if old.bias is not None:
             new.bias.copy_(old.bias)
     setattr(parent, attr, new)
+
+
+def _unset_conv(kind: type[nn.Conv2d], like: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    """A ``kind`` with the settings of ``like`` but ``in_channels`` inputs, its parameters
+    left unset (no random numbers drawn), on ``like``'s device and dtype (the meta device too:
+    a model counted, not built)."""
+    return nn.utils.skip_init(
+        kind,
+        in_channels,
+        like.out_channels,
+        like.kernel_size,
+        stride=like.stride,
+        padding=like.padding,
+        dilation=like.dilation,
+        groups=like.groups,
+        bias=like.bias is not None,
+        padding_mode=like.padding_mode,
+        device=like.weight.device,
+        dtype=like.weight.dtype,
+    )
 
 
 def average_rgb_kernel(weight: Tensor, channels: int) -> Tensor:
@@ -251,18 +258,7 @@ def convert_convs(module: nn.Module, kind: type[nn.Conv2d]) -> None:
         if not isinstance(child, nn.Conv2d):
             convert_convs(child, kind)
         elif type(child) is not kind:
-            new = nn.utils.skip_init(
-                kind,
-                child.in_channels,
-                child.out_channels,
-                child.kernel_size,
-                stride=child.stride,
-                padding=child.padding,
-                dilation=child.dilation,
-                groups=child.groups,
-                bias=child.bias is not None,
-                padding_mode=child.padding_mode,
-            )
+            new = _unset_conv(kind, child, child.in_channels)
             new.weight, new.bias = child.weight, child.bias
             setattr(module, name, new)
 
