@@ -39,7 +39,7 @@ from tsmcli.data.layout import FRAME_TEMPLATE
     type=click.Choice(choices.FLOW_METHODS),
     default="dis",
     show_default=True,
-    help="--flow: OpenCV's DIS (fast), TV-L1 (the TSN tool chain's; ~30x slower) or Farneback.",
+    help="--flow: OpenCV's DIS (fast), TV-L1 (the TSN tool chain's; ~100x slower) or Farneback.",
 )
 @click.option(
     "--bound",
