@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tsmcli.engine.intervals import Interval, IntervalRule, intervals, mean_iou, temporal_iou
+from tsmcli.engine.intervals import (
+    Interval,
+    IntervalRule,
+    _suppress,
+    intervals,
+    mean_iou,
+    temporal_iou,
+)
 from tsmcli.errors import UsageError
 
 CLASSES = ["a", "b", "c"]
@@ -16,37 +23,70 @@ def probs(*rows):
 
 
 def test_windows_become_intervals_by_the_documented_rule():
-    """Windows of 2 s every 1 s over 6 s: stretches of 1 s, each the mean of the windows over
-    it. a a | b b b, with one doubtful window, worked by hand."""
+    """Windows of 2 s every 1 s over 6 s (a a | b b b, the join read as a third class c),
+    worked by hand. Neighbours overlap by 1 s (IoU 1/3), windows 2 s apart not at all."""
     spans = [(0, 2), (1, 3), (2, 4), (3, 5), (4, 6)]
     p = probs(
         [0.9, 0.1, 0.0],  # 0-2
         [0.8, 0.2, 0.0],  # 1-3
-        [0.1, 0.8, 0.1],  # 2-4
+        [0.2, 0.3, 0.5],  # 2-4: across the join, c
         [0.2, 0.7, 0.1],  # 3-5
         [0.0, 1.0, 0.0],  # 4-6
     )
-    # stretch means: 0-1 a .9; 1-2 a .85; 2-3 (w1, w2) a .45 b .5; 3-4 (w2, w3) b .75;
-    # 4-5 (w3, w4) b .85; 5-6 b 1.0
-    found = intervals(spans, p, CLASSES, IntervalRule(threshold=0.3, min_duration=1, merge_gap=1))
+    # most probable first: 4-6 (b 1.0) kept, 0-2 (a .9) kept, 1-3 and 3-5 overlap a kept
+    # window at IoU 1/3 > 0.1 and go, 2-4 (c .5) touches both kept ones only at a point
+    found = intervals(spans, p, CLASSES, IntervalRule(threshold=0.3, nms_iou=0.1))
     assert found == [
-        Interval(0, "a", 0, 2, pytest.approx((0.9 + 0.85) / 2)),
-        Interval(1, "b", 2, 6, pytest.approx((0.5 + 0.75 + 0.85 + 1.0) / 4)),
+        Interval(0, "a", 0, 2, pytest.approx(0.9)),
+        Interval(2, "c", 2, 4, pytest.approx(0.5)),
+        Interval(1, "b", 4, 6, pytest.approx(1.0)),
     ]
-    strict = intervals(spans, p, CLASSES, IntervalRule(threshold=0.6, min_duration=1, merge_gap=0))
-    assert [(i.name, i.start, i.end) for i in strict] == [("a", 0, 2), ("b", 3, 6)]  # 2-3: none
-    joined = intervals(spans, p, CLASSES, IntervalRule(threshold=0.6, min_duration=3, merge_gap=0))
-    assert [(i.name, i.start, i.end) for i in joined] == [("b", 3, 6)]  # a is too short
+    strict = intervals(spans, p, CLASSES, IntervalRule(threshold=0.6, nms_iou=0.1))
+    assert [(i.name, i.start, i.end) for i in strict] == [("a", 0, 2), ("b", 4, 6)]
+    # nothing suppressed: each class's windows join, their scores averaged
+    every = intervals(spans, p, CLASSES, IntervalRule(threshold=0.3, nms_iou=0.5))
+    assert every == [
+        Interval(0, "a", 0, 3, pytest.approx((0.9 + 0.8) / 2)),
+        Interval(2, "c", 2, 4, pytest.approx(0.5)),
+        Interval(1, "b", 3, 6, pytest.approx((0.7 + 1.0) / 2)),
+    ]
+    short = intervals(spans, p, CLASSES, IntervalRule(threshold=0.3, nms_iou=0.5, min_duration=2.5))
+    assert [i.name for i in short] == ["a", "b"]  # c lasts 2 s
 
 
-def test_a_short_doubt_inside_one_action_is_bridged():
-    spans = [(t, t + 1) for t in range(5)]
-    p = probs([1, 0, 0], [1, 0, 0], [0.2, 0.2, 0.6], [1, 0, 0], [1, 0, 0])
-    rule = IntervalRule(threshold=0.5, min_duration=1.5, merge_gap=1)
-    (only,) = intervals(spans, p, CLASSES, rule)  # c (1 s) dropped, the gap bridged
-    assert (only.name, only.start, only.end, only.score) == ("a", 0, 5, 1.0)
-    kept = intervals(spans, p, CLASSES, IntervalRule(threshold=0.5, min_duration=1, merge_gap=0))
-    assert [i.name for i in kept] == ["a", "c", "a"]
+def test_kept_windows_of_one_class_join_across_gaps_shorter_than_a_window():
+    """One action over 0-6 s, windows of 2 s every 0.5 s: suppression keeps 1.5-3.5 and then
+    4-6 (0.5 s apart); 0-2 overlaps 1.5-3.5 at IoU 1/7 > 0.1 and goes, as do the others."""
+    spans = [(t / 2, t / 2 + 2) for t in range(9)]
+    a = [0.7, 0.6, 0.6, 1.0, 0.6, 0.6, 0.6, 0.8, 0.9]
+    p = probs(*[[x, 1 - x, 0.0] for x in a])
+    (joined,) = intervals(spans, p, CLASSES)  # the default gap: one window's length
+    assert (joined.name, joined.start, joined.end) == ("a", 1.5, 6)
+    assert joined.score == pytest.approx((1.0 + 0.9) / 2)
+    apart = intervals(spans, p, CLASSES, IntervalRule(merge_gap=0.25))
+    assert [(i.start, i.end) for i in apart] == [(1.5, 3.5), (4, 6)]
+
+
+def test_suppression_keeps_a_maximal_set_of_windows_that_barely_overlap():
+    """On random timelines: no two kept windows overlap at an IoU over the bound, and every
+    window over the threshold that was not kept overlaps a kept one at least as probable."""
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        count = int(torch.randint(1, 40, (1,), generator=generator))
+        spans = [(t * 0.5, t * 0.5 + 3) for t in range(count)]
+        p = torch.rand(count, 3, generator=generator).softmax(dim=1)
+        rule = IntervalRule(threshold=0.4, nms_iou=0.1, merge_gap=0, min_duration=0)
+        best = p.max(dim=1).values.tolist()
+        kept = _suppress(spans, best, rule)
+        assert all(best[i] >= 0.4 for i in kept)
+        for i in kept:
+            for j in kept:
+                assert i == j or temporal_iou(spans[i], spans[j]) <= 0.1 + 1e-9
+        for i in set(range(count)) - set(kept):
+            if best[i] >= 0.4:
+                assert any(
+                    temporal_iou(spans[i], spans[j]) > 0.1 and best[j] >= best[i] for j in kept
+                )
 
 
 def test_iou_counts_missed_and_invented_actions():
@@ -62,6 +102,12 @@ def test_iou_counts_missed_and_invented_actions():
 
 
 def test_the_rule_refuses_values_that_mean_nothing():
-    for bad, option in ((dict(threshold=1.5), "--threshold"), (dict(min_duration=-1), "--min")):
+    refused = (
+        (dict(threshold=1.5), "--threshold"),
+        (dict(nms_iou=-0.1), "--nms-iou"),
+        (dict(min_duration=-1), "--min-duration"),
+        (dict(merge_gap=-1), "--merge-gap"),
+    )
+    for bad, option in refused:
         with pytest.raises(UsageError, match=option):
             IntervalRule(**bad)

@@ -98,7 +98,15 @@ _FOUND = (
     type=click.FloatRange(0, 1),
     default=0.3,
     show_default=True,
-    help="--intervals: below this mean probability no action is named.",
+    help="--intervals: a window whose best class is under this probability names no action.",
+)
+@click.option(
+    "--nms-iou",
+    type=click.FloatRange(0, 1),
+    default=0.1,
+    show_default=True,
+    help="--intervals: a window overlapping a more probable kept one at a temporal IoU over "
+    "this is dropped (non-maximum suppression).",
 )
 @click.option(
     "--min-duration",
@@ -110,9 +118,9 @@ _FOUND = (
 @click.option(
     "--merge-gap",
     type=click.FloatRange(min=0),
-    default=1.0,
-    show_default=True,
-    help="--intervals: seconds of background two actions of one class may straddle.",
+    default=None,
+    help="--intervals: seconds between kept windows of one class that still join into one "
+    "action  [default: the window's length]",
 )
 @overwrite_option
 @view_options
@@ -127,7 +135,10 @@ def predict(**options: Any) -> None:
     views, arch = view_and_arch(options)
     inputs = options.pop("inputs")
     rule = IntervalRule(
-        options.pop("threshold"), options.pop("min_duration"), options.pop("merge_gap")
+        threshold=options.pop("threshold"),
+        min_duration=options.pop("min_duration"),
+        merge_gap=options.pop("merge_gap"),
+        nms_iou=options.pop("nms_iou"),
     )
     intervals = rule if options.pop("intervals") else None
     result = run_predict(inputs, views=views, arch=arch, intervals=intervals, **options)

@@ -1,31 +1,31 @@
 """Labelled action intervals of a long video, from the windows ``tsm predict --window`` scores.
 
-The rule (``IntervalRule``), in order:
+Each window is a candidate action: its best class, scored by that class's probability. The
+rule (``IntervalRule``), in order:
 
-1. The video is cut at every window's start and end; each stretch between two such edges gets
-   the mean class probabilities of the windows that cover it (with windows every ``stride``
-   seconds, each ``stride``-long stretch is covered by window / stride windows).
-2. A stretch takes its best class, unless that class's mean probability is under
-   ``threshold``: then no action is named there (background).
-3. Neighbouring stretches of one class join into an interval; its score is the mean of its
-   stretches' probabilities of that class.
-4. An interval shorter than ``min_duration`` seconds is dropped (its time becomes background),
-   and then two intervals of one class with at most ``merge_gap`` seconds of background
-   between them join into one, the gap included (a short doubt inside one action).
+1. A candidate under ``threshold`` is dropped (no action is named from it).
+2. Non-maximum suppression: candidates are taken from the most probable down, and one is kept
+   unless its temporal IoU with a window already kept is over ``nms_iou``. Windows every
+   ``stride`` seconds overlap heavily; this keeps the windows that lie on one action, which a
+   classifier trained on whole clips calls with confidence, over those across a change of
+   action, which see the end of one motion and the start of the next and often read as a
+   third class.
+3. Kept windows of one class next to each other in time join into one interval when at most
+   ``merge_gap`` seconds apart (by default the window's length: suppression leaves gaps
+   shorter than a window inside a long action, and no window that long could see a pause
+   shorter than itself). The interval's score is the mean probability of its windows.
+4. An interval shorter than ``min_duration`` seconds is dropped.
 
-Nothing here decodes or scores: the windows come from ``engine.predict`` (``--intervals``).
-On long videos joined from the demo's clips, the demo's offline TSM with 3 s windows every
-0.5 s recovers the true actions with a mean IoU of 0.57 under the defaults
-(``bench/intervals.py``): a window across a join sees the end of one motion and the start of
-the next, and often calls it a third class.
+This is the sliding-window detector's usual decoding (score, suppress, join). Nothing here
+decodes or scores video: the windows come from ``engine.predict`` (``--intervals``).
 """
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from tsmcli.errors import UsageError
@@ -35,15 +35,17 @@ from tsmcli.errors import UsageError
 class IntervalRule:
     """How windows become intervals (see the module's rule)."""
 
-    threshold: float = 0.3  # below this mean probability a stretch names no action
+    threshold: float = 0.3  # a window whose best class is under this names no action
     min_duration: float = 1.0  # seconds: shorter intervals are dropped
-    merge_gap: float = 1.0  # seconds of background two intervals of one class may straddle
+    merge_gap: float | None = None  # seconds between kept windows of one class that join
+    nms_iou: float = 0.1  # a window overlapping a more probable kept one more than this goes
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.threshold <= 1.0:
-            raise UsageError(f"--threshold must be in [0, 1], got {self.threshold}")
+        for name, value in (("--threshold", self.threshold), ("--nms-iou", self.nms_iou)):
+            if not 0.0 <= value <= 1.0:
+                raise UsageError(f"{name} must be in [0, 1], got {value}")
         for name, value in (("--min-duration", self.min_duration), ("--merge-gap", self.merge_gap)):
-            if not value >= 0.0:
+            if value is not None and not value >= 0.0:
                 raise UsageError(f"{name} must be seconds >= 0, got {value}")
 
 
@@ -69,7 +71,7 @@ class Interval:
 
 @dataclass
 class _Run:
-    label: int | None  # None: background
+    label: int
     start: float
     end: float
     probabilities: list[float]
@@ -85,48 +87,48 @@ def intervals(
     ``probabilities`` their class probabilities ``(W, K)``."""
     if len(spans) != probabilities.shape[0]:
         raise ValueError(f"{len(spans)} windows but {probabilities.shape[0]} rows of scores")
+    if not spans:
+        return []
+    best, labels = (t.tolist() for t in probabilities.max(dim=1))
+    kept = _suppress(spans, best, rule)
+    gap = rule.merge_gap if rule.merge_gap is not None else max(e - s for s, e in spans)
     runs: list[_Run] = []
-    for begin, end, mean in _cells(spans, probabilities):
-        p, k = (float(v) for v in mean.max(dim=0))
-        label = int(k) if p >= rule.threshold else None
-        if runs and runs[-1].label == label:
-            runs[-1].end = end
-            runs[-1].probabilities.append(p)
+    for i in sorted(kept, key=lambda i: spans[i]):
+        (start, end), label = spans[i], labels[i]
+        last = runs[-1] if runs else None
+        if last is not None and last.label == label and start - last.end <= gap + 1e-9:
+            last.end = max(last.end, end)
+            last.probabilities.append(best[i])
         else:
-            runs.append(_Run(label, begin, end, [p]))
-    kept = [r for r in runs if r.label is not None and r.end - r.start >= rule.min_duration - 1e-9]
+            runs.append(_Run(label, start, end, [best[i]]))
     return [
         Interval(
             r.label, classes[r.label], r.start, r.end, sum(r.probabilities) / len(r.probabilities)
         )
-        for r in _merge(kept, rule.merge_gap)
+        for r in runs
+        if r.end - r.start >= rule.min_duration - 1e-9
     ]
 
 
-def _cells(spans: Sequence[tuple[float, float]], probabilities: Tensor):
-    """The stretches between consecutive window edges, each with the mean probabilities of the
-    windows that cover it (a stretch no window covers is left out)."""
-    edges = sorted({t for span in spans for t in span})
-    starts = torch.tensor([s for s, _ in spans])
-    ends = torch.tensor([e for _, e in spans])
-    for begin, end in zip(edges, edges[1:], strict=False):
-        middle = (begin + end) / 2
-        covering = (starts <= middle) & (middle < ends)
-        if covering.any():
-            yield begin, end, probabilities[covering].mean(dim=0)
-
-
-def _merge(runs: list[_Run], gap: float) -> list[_Run]:
-    """Join neighbouring runs of one class at most ``gap`` seconds apart, the gap included."""
-    merged: list[_Run] = []
-    for run in runs:
-        last = merged[-1] if merged else None
-        if last is not None and last.label == run.label and run.start - last.end <= gap + 1e-9:
-            last.end = run.end
-            last.probabilities.extend(run.probabilities)
-        else:
-            merged.append(_Run(run.label, run.start, run.end, list(run.probabilities)))
-    return merged
+def _suppress(spans: Sequence[tuple[float, float]], best: list[float], rule: IntervalRule):
+    """The windows non-maximum suppression keeps: most probable first (ties: the earlier),
+    each unless it overlaps a kept one at a temporal IoU over ``rule.nms_iou``."""
+    longest = max(e - s for s, e in spans)
+    order = sorted(range(len(spans)), key=lambda i: (-best[i], spans[i]))
+    starts: list[float] = []  # of the kept windows, sorted
+    kept_at: list[int] = []
+    for i in order:
+        if best[i] < rule.threshold:
+            break
+        start, end = spans[i]
+        # only kept windows starting within one window's length before this one can overlap it
+        low = bisect.bisect_left(starts, start - longest)
+        high = bisect.bisect_left(starts, end)
+        if all(temporal_iou(spans[i], spans[j]) <= rule.nms_iou + 1e-9 for j in kept_at[low:high]):
+            at = bisect.bisect_left(starts, start)
+            starts.insert(at, start)
+            kept_at.insert(at, i)
+    return kept_at
 
 
 def temporal_iou(a: tuple[float, float], b: tuple[float, float]) -> float:
