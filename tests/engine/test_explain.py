@@ -15,7 +15,7 @@ from torch import nn
 
 from tsmcli.cli import cli
 from tsmcli.engine.evaluate import evaluate
-from tsmcli.engine.explain import default_layer, explain, grad_cam
+from tsmcli.engine.explain import default_layer, explain, grad_cam, input_x_gradient
 from tsmcli.engine.features import features
 from tsmcli.errors import UsageError
 from tsmcli.model.checkpoint import checkpoint_dict, load_model
@@ -196,3 +196,58 @@ def test_layercam_weighs_each_position_by_its_own_positive_gradient():
     (grad,) = torch.autograd.grad(logits[0, 2], store["a"])
     expected = torch.relu((torch.relu(grad) * store["a"].detach()).sum(1))
     assert label == 2 and torch.allclose(maps, expected / expected.max(), atol=1e-6)
+
+
+def test_gradcam_plus_plus_weighs_channels_by_their_positive_gradients():
+    """Grad-CAM++'s closed form: alpha = g^2 / (2 g^2 + sum(A) g^3), a channel's weight the
+    sum of alpha * relu(g) over the frame."""
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=3, num_segments=4).eval()
+    clip = torch.randn(1, 4, 3, 32, 32)
+    maps, label, _ = grad_cam(model, clip, model.base_model.layer1, 1, "gradcam++")
+    store = {}
+    handle = model.base_model.layer1.register_forward_hook(lambda m, i, o: store.update(a=o))
+    logits = model(clip)
+    handle.remove()
+    (g,) = torch.autograd.grad(logits[0, 1], store["a"])
+    a = store["a"].detach()
+    denominator = 2 * g**2 + a.sum(dim=(2, 3), keepdim=True) * g**3
+    alpha = torch.where(denominator != 0, g**2 / denominator, torch.zeros_like(g))
+    weights = (alpha * torch.relu(g)).sum(dim=(2, 3), keepdim=True)
+    expected = torch.relu((weights * a).sum(1))
+    assert label == 1 and torch.allclose(maps, expected / expected.max(), atol=1e-6)
+    assert not torch.allclose(maps, grad_cam(model, clip, model.base_model.layer1, 1)[0])
+
+
+def test_input_x_gradient_is_each_pixels_share_of_the_score():
+    """The colour model's score for red is the mean red value: its gradient is the same for
+    every red pixel and zero for the others, so input x gradient is the red channel; smoothed,
+    it still peaks on the red square in every frame."""
+    clip = torch.zeros(1, 4, 3, 16, 16)
+    for t in range(4):
+        clip[0, t, 0, 2 + 3 * t : 5 + 3 * t, 4:7] = 1.0
+        clip[0, t, 1, 10:13, 10:13] = 0.5
+    model = Colours()
+    raw, label, _ = input_x_gradient(model, clip, target=0, blur=0)
+    red = clip[0, :, 0]
+    assert label == 0 and torch.allclose(raw, red / red.max())
+    smooth, _, _ = input_x_gradient(model, clip, target=0)
+    assert smooth.shape == (4, 16, 16) and float(smooth.max()) == pytest.approx(1.0)
+    for t in range(4):
+        y, x = np.unravel_index(int(smooth[t].argmax()), (16, 16))
+        assert 2 + 3 * t <= y < 5 + 3 * t and 4 <= x < 7
+    green, _, _ = input_x_gradient(model, clip, target=1, blur=0)
+    assert torch.allclose(green, clip[0, :, 1] / 0.5)
+
+
+def test_input_x_gradient_maps_the_input_and_refuses_a_layer(data):
+    root, checkpoint = data
+    video = root / "videos" / "v1.mp4"
+    result = explain([video], checkpoint, method="inputxgrad")
+    (found,) = result.explanations
+    assert result.layer == "input" and found.maps.shape == (4, 32, 32)
+    again = explain([video], checkpoint, method="inputxgrad").explanations[0]
+    assert np.array_equal(found.maps, again.maps)  # deterministic
+    args = ["explain", str(video), "--checkpoint", str(checkpoint), "--method", "inputxgrad"]
+    refused = CliRunner().invoke(cli, [*args, "--layer", "base_model.layer1"])
+    assert refused.exit_code == 2 and "leave out --layer" in refused.output

@@ -44,8 +44,10 @@ from tsmcli.commands.evaluate import (
     type=click.Choice(choices.CAM_METHODS),
     default="gradcam",
     show_default=True,
-    help="Grad-CAM (channels weighed by their mean gradient) or LayerCAM (each position by its "
-    "own positive gradient: sharper at shallow layers and small frames).",
+    help="gradcam: a layer's channels weighed by their mean gradient; gradcam++: by their "
+    "positive gradients, Grad-CAM++'s way; layercam: each position by its own positive "
+    "gradient (sharper at shallow layers and small frames); inputxgrad: each pixel's value "
+    "times its gradient (no --layer), lightly smoothed.",
 )
 @click.option(
     "--out",

@@ -7,6 +7,11 @@ features with its neighbours', so a frame's map depends on the other frames, and
 computed frame by frame (as a 2D explainer would) is not the model's. The maps of a clip
 share one scale (the clip's largest value is 1), so frames can be compared.
 
+Grad-CAM++ and LayerCAM weigh a layer's maps otherwise; input x gradient needs no layer and
+maps the pixels themselves, which suits frames too small for a deep layer's maps to say
+where. What each finds on the demo, and which of them still depend on the trained layers
+above the one they read, is measured in ``bench/explain.py``.
+
 Inputs are read, sampled and cropped as ``tsm eval`` reads them in its ``single`` view (the
 segment centres, the centre crop): the map of frame t is over the crop the model saw.
 """
@@ -14,6 +19,7 @@ segment centres, the centre crop): the map of frame t is over the crop the model
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +54,8 @@ STAGES = {
 }
 MIN_MAP = 4
 METHODS = CAM_METHODS
+INPUT_METHOD = "inputxgrad"  # a map over the input pixels: no layer
+BLUR = 1.0  # pixels: the Gaussian that smooths an input-level map
 OUTPUT_SUFFIXES = (".png", ".gif", ".npy")
 
 
@@ -81,8 +89,10 @@ def grad_cam(
     ``(1, T, 3, H, W)`` through ``model`` at ``layer`` (which sees the T frames as a batch):
     the maps ``(T, h, w)`` at the layer's resolution, scaled so the clip's largest is 1, the
     class, and the logits. ``gradcam`` weighs each channel by its gradient averaged over the
-    frame; ``layercam`` weighs each position by its own positive gradient (LayerCAM), which
-    keeps more of where at shallow layers."""
+    frame; ``gradcam++`` by the positive gradients weighted by the closed-form coefficients of
+    Grad-CAM++ (Chattopadhay et al.), which favour the places that raise the class score;
+    ``layercam`` weighs each position by its own positive gradient (LayerCAM), which keeps
+    more of where at shallow layers."""
     store: dict[str, Tensor] = {}
 
     def keep(_module, _inputs, output: Tensor) -> None:
@@ -99,13 +109,56 @@ def grad_cam(
     finally:
         handle.remove()
     activation = store["activation"]  # (T, C, h, w)
+    gradient = activation.grad
     if method == "layercam":
-        weights = torch.relu(activation.grad)  # (T, C, h, w)
+        weights = torch.relu(gradient)  # (T, C, h, w)
+    elif method == "gradcam++":
+        # alpha = g^2 / (2 g^2 + sum(A) g^3), the score's exponential cancelled; 0 where the
+        # denominator is (no gradient there)
+        square, total = gradient.pow(2), activation.detach().sum(dim=(2, 3), keepdim=True)
+        denominator = 2 * square + total * gradient.pow(3)
+        alpha = torch.where(denominator != 0, square / denominator, torch.zeros_like(square))
+        weights = (alpha * torch.relu(gradient)).sum(dim=(2, 3), keepdim=True)  # (T, C, 1, 1)
     else:
         weights = activation.grad.mean(dim=(2, 3), keepdim=True)  # (T, C, 1, 1): per frame
     maps = torch.relu((weights * activation).sum(dim=1)).detach()  # (T, h, w)
     peak = maps.max()
     return (maps / peak if peak > 0 else maps), label, logits.detach()
+
+
+def input_x_gradient(
+    model: nn.Module, clip: Tensor, target: int | None, blur: float = BLUR
+) -> tuple[Tensor, int, Tensor]:
+    """Where the pixels of a normalised clip ``(1, T, 3, S, S)`` push the score of ``target``
+    (None: the top-1 class): each pixel's input times its gradient, summed over the colours,
+    its magnitude, smoothed by a Gaussian of ``blur`` pixels (a single pixel's value is noisy
+    at this resolution). The maps ``(T, S, S)`` scaled so the clip's largest is 1, the class,
+    and the logits; the whole clip in one pass, as ``grad_cam``."""
+    pixels = clip.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(pixels)  # (1, K)
+        label = int(logits[0].argmax()) if target is None else target
+        model.zero_grad(set_to_none=True)
+        logits[0, label].backward()
+    maps = (pixels.grad[0] * clip[0]).sum(dim=1).abs()  # (T, S, S)
+    if blur > 0:
+        maps = _gaussian_blur(maps, blur)
+    peak = maps.max()
+    return (maps / peak if peak > 0 else maps), label, logits.detach()
+
+
+def _gaussian_blur(maps: Tensor, sigma: float) -> Tensor:
+    """``maps`` ``(T, H, W)`` through a separable Gaussian of ``sigma`` pixels (3 sigma
+    either side), edges repeated."""
+    radius = math.ceil(3 * sigma)
+    offsets = torch.arange(-radius, radius + 1, dtype=maps.dtype)
+    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    x = maps[:, None]  # (T, 1, H, W)
+    x = nn.functional.pad(x, (radius, radius, 0, 0), mode="replicate")
+    x = nn.functional.conv2d(x, kernel.view(1, 1, 1, -1))
+    x = nn.functional.pad(x, (0, 0, radius, radius), mode="replicate")
+    return nn.functional.conv2d(x, kernel.view(1, 1, -1, 1))[:, 0]
 
 
 def explain(
@@ -123,7 +176,8 @@ def explain(
     """Grad-CAM maps of each input (a video, a frame folder, or a folder searched for them)
     for ``target`` (a class name or index; None: each input's top-1), at ``layer`` (a module
     path such as ``base_model.layer3``; None: the last convolutional stage) by ``method``
-    (``gradcam`` or ``layercam``: see ``grad_cam``). With ``out_dir``,
+    (``gradcam``, ``gradcam++`` or ``layercam``: see ``grad_cam``; ``inputxgrad``, which
+    takes no layer: see ``input_x_gradient``). With ``out_dir``,
     each input gets ``<name>.png`` (the frames with their maps), ``<name>.gif`` (the same,
     animated) and ``<name>.npy`` (the maps, ``(T, S, S)`` float32), checked before any work."""
     model, data, classes, path = load_for_eval(checkpoint, arch or ArchOverrides(), None, backend)
@@ -132,8 +186,16 @@ def explain(
     model.eval()
     names = list(classes) if classes else [str(k) for k in range(int(model.num_classes))]
     wanted = _target(target, names)
-    layer_name = layer or default_layer(model.backbone.family, data.input_size)
-    module = _module(model, layer_name)
+    if method == INPUT_METHOD:
+        if layer is not None:
+            raise UsageError(
+                f"--method {INPUT_METHOD} maps the input pixels, not a layer; leave out --layer "
+                f"{layer}, or choose a layer's method ({', '.join(m for m in METHODS if m != method)})"
+            )
+        layer_name, module = "input", None
+    else:
+        layer_name = layer or default_layer(model.backbone.family, data.input_size)
+        module = _module(model, layer_name)
     found = find_inputs(inputs, data.frame_template)
     stems = _stems(found)
     if out_dir is not None:
@@ -164,7 +226,10 @@ def _explain_one(
     from tsmcli.data import transforms
 
     clip = transforms.normalize(frames)[None]  # (1, T, 3, S, S)
-    maps, label, logits = grad_cam(model, clip, module, target, method)
+    if module is None:
+        maps, label, logits = input_x_gradient(model, clip, target)
+    else:
+        maps, label, logits = grad_cam(model, clip, module, target, method)
     size = frames.shape[-2:]
     full = nn.functional.interpolate(maps[:, None], size=size, mode="bilinear")[:, 0]  # (T, S, S)
     probability = float(logits[0].softmax(0)[label])
