@@ -1,12 +1,19 @@
 """Where the demo's models look, and what keeping their features costs.
 
-Pointing game: for every video of the demo's validation list, `tsm explain`'s Grad-CAM map
-of each sampled frame for the model's own top-1 class, and whether the map's maximum falls
-inside the main object's box in that frame (`tsm synth` knows it: `<video>.boxes.json`, or
-recomputed from the set's options for a set written before the boxes were). A frame whose
-map is zero everywhere counts as a miss. Measured for the offline TSM and for TSN at each
-ResNet stage (the default is the deepest whose maps keep 4 pixels a side: layer2 at 32 px),
-with Grad-CAM and with LayerCAM.
+Pointing game: for every video of the demo's validation list, `tsm explain`'s map of each
+sampled frame for the model's own top-1 class, and whether the map's maximum falls inside the
+main object's box in that frame (`tsm synth` knows it: `<video>.boxes.json`, or recomputed
+from the set's options for a set written before the boxes were). A frame whose map is zero
+everywhere counts as a miss. Measured for the offline TSM and for TSN with each method at
+each ResNet stage it reads (the default is the deepest stage whose maps keep 4 pixels a side:
+layer2 at 32 px), and with input x gradient, which reads the pixels.
+
+Besides all frames: the frames that show the object (an appearing or fading object drawn at
+an opacity under 0.2 stands out from the background by less than the background's own
+stripes vary, and the pointing game scores images that show the object), and a sanity check
+of each method on TSM (Adebayo et al., model randomisation): the same maps with the stages
+above layer1 and the classifier re-initialised. A map that keeps its score without the
+trained layers that make the decision shows the image's contrast, not the model's evidence.
 
 Features: `tsmcli.features` against `tsmcli.evaluate` on the same list, same loader, one
 process, interleaved (target: features >= 0.95x eval's videos/s).
@@ -17,6 +24,7 @@ Needs a finished demo: `--demo DIR` (default `demo_out`, as `make demo` leaves i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -24,20 +32,27 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import interleaved_medians, load_average, load_line, write_section  # noqa: E402
 
 from tsmcli.data.synth import read_boxes, video_rng  # noqa: E402
-from tsmcli.data.synth_scene import CLASSES, generate_clip  # noqa: E402
+from tsmcli.data.synth_scene import CLASSES, generate_clip, sample_scene  # noqa: E402
 from tsmcli.engine.evaluate import evaluate  # noqa: E402
 from tsmcli.engine.explain import explain  # noqa: E402
 from tsmcli.engine.features import features  # noqa: E402
+from tsmcli.model.checkpoint import CheckpointInfo, load_model, read_checkpoint  # noqa: E402
 
 STAGES = ("base_model.layer1", "base_model.layer2", "base_model.layer3")
+METHODS = ("gradcam", "gradcam++", "layercam")
+INPUT = ("inputxgrad", None)  # reads the pixels: no layer
 # the pointing game's usual tolerance (Zhang et al., excitation backprop): a peak within 15
 # pixels of the box counts, at 224 px; scaled to the frame's side
 TOLERANCE = 15 / 224
+VISIBLE = 0.2  # opacity from which the main object counts as shown
+# what the sanity check re-initialises: everything that reads layer1's output
+ABOVE_LAYER1 = ("base_model.layer2", "base_model.layer3", "base_model.layer4", "new_fc")
 
 
 def boxes_of(video: Path, options: dict) -> np.ndarray:
@@ -49,27 +64,103 @@ def boxes_of(video: Path, options: dict) -> np.ndarray:
     return generate_clip(name, rng, options["size"], options["num_frames"], options["speed"])[1]
 
 
+def opacity_of(video: Path, options: dict) -> np.ndarray:
+    """The main object's opacity in every frame of a demo video (1 but when it appears or
+    fades)."""
+    name, index = video.stem.rsplit("_", 1)
+    rng = video_rng(options["seed"], CLASSES.index(name), int(index))
+    scene = sample_scene(name, rng, options["size"], options["num_frames"], options["speed"])
+    opacity = scene.sprites[-1].opacity
+    if opacity is None:
+        return np.ones(options["num_frames"])
+    return opacity[::-1] if name == "fading" else opacity  # fading is appearing played back
+
+
+@dataclasses.dataclass(frozen=True)
+class Score:
+    """One method's pointing game, in percent."""
+
+    inside: float  # of frames whose map peaks inside the box
+    near: float  # of frames whose peak is within the usual tolerance of it
+    shown: float  # of the frames that show the object, peaking inside
+    clips: float  # of clips where most frames peak inside
+    frames_shown: int  # how many frames show the object
+    frames: int
+
+
 def pointing(
-    checkpoint: Path, videos: list[Path], options: dict, layer: str, method: str
-) -> tuple[float, float]:
-    """(frames whose map peaks inside the box, the same within the pointing game's usual
-    tolerance, clips where most frames peak inside), in percent."""
+    checkpoint: Path | CheckpointInfo,
+    videos: list[Path],
+    options: dict,
+    layer: str | None,
+    method: str,
+) -> Score:
     result = explain(videos, checkpoint, layer=layer, method=method)
-    hits = near = frames = clips = 0
+    inside_all: list[bool] = []
+    shown: list[bool] = []
+    near = clips = 0
     for video, found in zip(videos, result.explanations, strict=True):
-        boxes = boxes_of(video, options)
-        inside = []
+        boxes, opacity = boxes_of(video, options), opacity_of(video, options)
         tolerance = TOLERANCE * found.maps.shape[-1]  # pixels at the size the model saw
+        inside = []
         for t, source in enumerate(found.frame_indices):
             x0, y0, x1, y1 = boxes[source]
             y, x = np.unravel_index(int(found.maps[t].argmax()), found.maps[t].shape)
             peaked = found.maps[t].max() > 0
-            inside.append(peaked and x0 <= x < x1 and y0 <= y < y1)
+            inside.append(bool(peaked and x0 <= x < x1 and y0 <= y < y1))
             dx, dy = max(x0 - x, 0, x - (x1 - 1)), max(y0 - y, 0, y - (y1 - 1))
             near += peaked and math.hypot(dx, dy) <= tolerance
-        hits, frames = hits + sum(inside), frames + len(inside)
+            if opacity[source] >= VISIBLE:
+                shown.append(inside[-1])
+        inside_all += inside
         clips += sum(inside) * 2 > len(inside)
-    return 100.0 * hits / frames, 100.0 * near / frames, 100.0 * clips / len(videos)
+    frames = len(inside_all)
+    return Score(
+        100.0 * sum(inside_all) / frames,
+        100.0 * near / frames,
+        100.0 * sum(shown) / len(shown),
+        100.0 * clips / len(videos),
+        len(shown),
+        frames,
+    )
+
+
+def randomised_above_layer1(checkpoint: Path) -> CheckpointInfo:
+    """The checkpoint with every module above layer1 and the classifier re-initialised
+    (seeded), for the sanity check."""
+    info = read_checkpoint(checkpoint)
+    model = load_model(info)
+    torch.manual_seed(0)
+    for name, module in model.named_modules():
+        if name.startswith(ABOVE_LAYER1):
+            if isinstance(module, nn.BatchNorm2d):
+                module.reset_running_stats()
+            if isinstance(module, nn.Conv2d | nn.Linear | nn.BatchNorm2d):
+                module.reset_parameters()
+    return dataclasses.replace(info, state_dict=model.state_dict())
+
+
+def verdict(best: tuple, faithful: tuple | None) -> str:
+    """What the table says of the target, in words."""
+    inside, shown, method, layer, random = best
+    text = f"TSM at its best: {inside:.1f}% of frames inside the box ({method}, {layer}), "
+    text += f"{random:.1f}% with the upper layers random"
+    if random > inside / 2:
+        text += (
+            ": its map hardly depends on the layers that decide, so it shows how strongly the "
+            "layer it reads responds to the image rather than where the model looks."
+        )
+    else:
+        text += "."
+    if faithful is None:
+        return text + " No map loses half its score without the upper layers."
+    inside, shown, method, layer, random = faithful
+    return text + (
+        f" The best map that loses at least half its score without them: {method} at {layer}, "
+        f"{inside:.1f}% of all frames ({random:.1f}% random), {shown:.1f}% of the frames that "
+        f"show the object. Target >= 80: {'met' if inside >= 80 else 'NOT met'} on all "
+        f"frames, {'met' if shown >= 80 else 'NOT met'} on the frames that show the object."
+    )
 
 
 def main() -> None:
@@ -84,18 +175,25 @@ def main() -> None:
     names = [line.split()[0] for line in listed.read_text().splitlines() if line.strip()]
     videos = [demo / "videos" / f"{name}.mp4" for name in names]
     before = load_average()
-    rows, tsm_best = [], (0.0, "", "")
+    rows, best, faithful, counted = [], None, None, None
+    combos = [(method, layer) for method in METHODS for layer in STAGES] + [INPUT]
     for model in ("tsm", "tsn"):
         checkpoint = demo / "runs" / model / "last.pt"
-        for method in ("gradcam", "layercam"):
-            for layer in STAGES:
-                frames, near, clips = pointing(checkpoint, videos, options, layer, method)
-                rows.append(
-                    f"| {model.upper()} | {method} | {layer} | {frames:.1f} | {near:.1f} "
-                    f"| {clips:.1f} |"
-                )
-                if model == "tsm":
-                    tsm_best = max(tsm_best, (frames, method, layer))
+        random = randomised_above_layer1(checkpoint) if model == "tsm" else None
+        for method, layer in combos:
+            score = pointing(checkpoint, videos, options, layer, method)
+            sanity = pointing(random, videos, options, layer, method) if random else None
+            counted = (score.frames_shown, score.frames)
+            rows.append(
+                f"| {model.upper()} | {method} | {layer or 'input'} | {score.inside:.1f} "
+                f"| {score.near:.1f} | {score.shown:.1f} | {score.clips:.1f} "
+                f"| {f'{sanity.inside:.1f}' if sanity else '-'} |"
+            )
+            if sanity is not None:
+                entry = (score.inside, score.shown, method, layer or "input", sanity.inside)
+                best = max(best or entry, entry)
+                if sanity.inside <= score.inside / 2:
+                    faithful = max(faithful or entry, entry)
     checkpoint, root = demo / "runs" / "tsm" / "last.pt", demo / "frames"
     seconds = interleaved_medians(
         {
@@ -109,17 +207,19 @@ def main() -> None:
     ratio = seconds["eval"] / seconds["features"]
     body = (
         f"The demo's models ({demo}), its {len(videos)} validation videos. Pointing game: the "
-        "share of sampled frames whose Grad-CAM map (the model's own top-1 class, the whole "
-        "clip in one pass) peaks inside the main object's box, and of clips where most frames "
-        "do; chance is about the box's share of the frame (a tenth to a fifth here). "
-        "Target: TSM >= 80% (the default layer is layer2 at 32 px).\n\n"
-        "The second column counts a peak within the pointing game's usual tolerance (15 px at "
-        "224 px, 2.1 px at 32) as a hit.\n\n"
-        "| model | method | layer | frames inside the box % | within the tolerance % "
-        "| clips % |\n|---|---|---|---:|---:|---:|\n"
+        "share of sampled frames whose map (the model's own top-1 class, the whole clip in one "
+        "pass) peaks inside the main object's box; within the pointing game's usual tolerance "
+        "(15 px at 224 px, 2.1 px at 32); over the frames that show the object (opacity >= "
+        f"{VISIBLE:g}: {counted[0]} of {counted[1]}); and the share of clips where most frames "
+        "do. Chance is about the box's share of the frame (a tenth to a fifth here). The last "
+        "column is the sanity check: TSM's score with the stages above layer1 and the "
+        "classifier re-initialised. Target: TSM >= 80%.\n\n"
+        "| model | method | layer | inside the box % | within the tolerance % "
+        "| inside, frames showing the object % | clips % | inside, upper layers random % |"
+        "\n|---|---|---|---:|---:|---:|---:|---:|\n"
         + "\n".join(rows)
-        + f"\n\nTSM at its best: {tsm_best[0]:.1f}% of frames inside the box ({tsm_best[1]}, "
-        f"{tsm_best[2]}); target >= 80: {'met' if tsm_best[0] >= 80 else 'NOT met'}."
+        + "\n\n"
+        + verdict(best, faithful)
         + f"\n\n`tsmcli.features` against `tsmcli.evaluate` on the same {len(videos)} frame "
         f"folders, one thread, 0 workers, batch 16, median of {args.reps} interleaved runs: "
         f"eval {seconds['eval']:.2f} s, features {seconds['features']:.2f} s, features at "

@@ -5,7 +5,9 @@ from its seed, written with a seed of its own (clips the model never saw): 8 act
 each, 24 s. The demo's offline TSM scores it window by window (3 s windows every 0.5 s, as
 `tsm predict --window 3 --stride 0.5 --intervals` does) and the intervals found are matched
 with the truth one to one by class; the mean IoU counts every missed and every invented
-action as 0 (`engine.intervals.mean_iou`). Target: >= 0.7.
+action as 0 (`engine.intervals.mean_iou`). Target: >= 0.7. The rule's suppression bound
+(`--nms-iou 0.1`) was chosen on seeds 3001-3010; 3011-3020 are held out, and the table gives
+the mean of each half.
 
 Needs a finished demo: `--demo DIR` (default `demo_out`).
 """
@@ -58,7 +60,7 @@ def long_video(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo", type=Path, default=Path("demo_out"))
-    parser.add_argument("--seeds", default="3001,3002,3003,3004,3005")
+    parser.add_argument("--seeds", default=",".join(str(s) for s in range(3001, 3021)))
     parser.add_argument("--work", type=Path, default=None, help="default: a temp dir")
     args = parser.parse_args()
     if args.work is None:
@@ -71,7 +73,8 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     rows, scores = [], []
     rule = IntervalRule()
-    for seed in (int(s) for s in args.seeds.split(",")):
+    seeds = [int(s) for s in args.seeds.split(",")]
+    for seed in seeds:
         path, truth = long_video(args.work, classes, seed)
         (found,) = predict(
             [path], checkpoint, window=WINDOW, stride=STRIDE, intervals=rule, workers=0
@@ -80,18 +83,29 @@ def main() -> None:
         scores.append(score)
         rows.append(f"| {seed} | {len(truth)} | {len(found.intervals)} | {score:.3f} |")
     mean = sum(scores) / len(scores)
+    halves = [
+        (label, [v for s, v in zip(seeds, scores, strict=True) if chosen(s)])
+        for label, chosen in (
+            ("3001-3010, where the bound was chosen", lambda s: s <= 3010),
+            ("3011-3020, held out", lambda s: s > 3010),
+        )
+    ]
+    means = "; ".join(f"{label}: {sum(v) / len(v):.3f}" for label, v in halves if v)
     body = (
         f"The demo's offline TSM ({checkpoint}); each long video joins one clip of each of its "
         f"{len(classes)} classes (3 s each) in a seeded order; windows of {WINDOW:g} s every "
-        f"{STRIDE:g} s, the default rule (threshold {rule.threshold:g}, minimum "
-        f"{rule.min_duration:g} s, gaps up to {rule.merge_gap:g} s bridged).\n\n"
+        f"{STRIDE:g} s, the default rule (threshold {rule.threshold:g}, suppression above a "
+        f"temporal IoU of {rule.nms_iou:g}, kept windows of one class up to a window apart "
+        f"joined, minimum {rule.min_duration:g} s).\n\n"
         "| seed | true actions | intervals found | mean IoU |\n|---:|---:|---:|---:|\n"
         + "\n".join(rows)
         + f"\n\nMean IoU over {len(scores)} videos: {mean:.3f} (target >= 0.7: "
-        f"{'met' if mean >= 0.7 else 'NOT met'}). A window across a join sees the end of one "
-        "motion and the start of the next, which often looks like a third class (a fade-out "
-        "followed by an object that is simply there reads as appearing), so the joins yield "
-        "short invented actions and shifted boundaries."
+        f"{'met' if mean >= 0.7 else 'NOT met'}); {means}. Every action here is exactly one "
+        "window long, so only one window lies wholly on it; the windows across a join see the "
+        "end of one motion and the start of the next and often read as a third class, with "
+        "less confidence than the window on the action, and suppression keeps the latter. "
+        "Where a window across a join is the more confident, an action is shifted or a third "
+        "class invented."
     )
     print(write_section("intervals", "Action intervals on long synthetic videos", body))
 
