@@ -52,6 +52,6 @@ SEVERITIES = ("error", "warning", "note")
 
 # tsm explain: how a class activation map weighs a layer; tsm features: a row per clip or per
 # segment, stored as
-CAM_METHODS = ("gradcam", "gradcam++", "layercam", "inputxgrad")
+CAM_METHODS = ("gradcam", "gradcam++", "layercam", "inputxgrad", "intgrad")
 FEATURE_LEVELS = ("clip", "frame")
 FEATURE_DTYPES = ("float32", "float16")

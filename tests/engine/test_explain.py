@@ -15,7 +15,13 @@ from torch import nn
 
 from tsmcli.cli import cli
 from tsmcli.engine.evaluate import evaluate
-from tsmcli.engine.explain import default_layer, explain, grad_cam, input_x_gradient
+from tsmcli.engine.explain import (
+    default_layer,
+    explain,
+    grad_cam,
+    pixel_attributions,
+    pixel_map,
+)
 from tsmcli.engine.features import features
 from tsmcli.errors import UsageError
 from tsmcli.model.checkpoint import checkpoint_dict, load_model
@@ -228,26 +234,43 @@ def test_input_x_gradient_is_each_pixels_share_of_the_score():
         clip[0, t, 0, 2 + 3 * t : 5 + 3 * t, 4:7] = 1.0
         clip[0, t, 1, 10:13, 10:13] = 0.5
     model = Colours()
-    raw, label, _ = input_x_gradient(model, clip, target=0, blur=0)
+    raw, label, _ = pixel_map(model, clip, target=0, blur=0)
     red = clip[0, :, 0]
     assert label == 0 and torch.allclose(raw, red / red.max())
-    smooth, _, _ = input_x_gradient(model, clip, target=0)
+    smooth, _, _ = pixel_map(model, clip, target=0)
     assert smooth.shape == (4, 16, 16) and float(smooth.max()) == pytest.approx(1.0)
     for t in range(4):
         y, x = np.unravel_index(int(smooth[t].argmax()), (16, 16))
         assert 2 + 3 * t <= y < 5 + 3 * t and 4 <= x < 7
-    green, _, _ = input_x_gradient(model, clip, target=1, blur=0)
+    green, _, _ = pixel_map(model, clip, target=1, blur=0)
     assert torch.allclose(green, clip[0, :, 1] / 0.5)
 
 
-def test_input_x_gradient_maps_the_input_and_refuses_a_layer(data):
+def test_integrated_gradients_add_up_to_the_scores_rise_from_the_baseline():
+    """Completeness: the attributions sum to score(clip) - score(zeros), to the trapezoid
+    rule's error; for a model linear in its input they are input x gradient exactly."""
+    torch.manual_seed(0)
+    model = build_model("resnet18", num_classes=3, num_segments=4).eval()
+    clip = torch.randn(1, 4, 3, 32, 32)
+    with torch.no_grad():
+        rise = float(model(clip)[0, 2] - model(torch.zeros_like(clip))[0, 2])
+    shares, label, logits = pixel_attributions(model, clip, 2, steps=64)
+    assert label == 2 and torch.equal(logits, model(clip).detach())
+    assert float(shares.sum()) == pytest.approx(rise, rel=0.02)
+    colours = Colours()
+    linear, _, _ = pixel_attributions(colours, clip, 0, steps=4)
+    assert torch.allclose(linear, pixel_attributions(colours, clip, 0, steps=0)[0], atol=1e-7)
+
+
+@pytest.mark.parametrize("method", ["inputxgrad", "intgrad"])
+def test_pixel_methods_map_the_input_and_refuse_a_layer(data, method):
     root, checkpoint = data
     video = root / "videos" / "v1.mp4"
-    result = explain([video], checkpoint, method="inputxgrad")
+    result = explain([video], checkpoint, method=method)
     (found,) = result.explanations
     assert result.layer == "input" and found.maps.shape == (4, 32, 32)
-    again = explain([video], checkpoint, method="inputxgrad").explanations[0]
+    again = explain([video], checkpoint, method=method).explanations[0]
     assert np.array_equal(found.maps, again.maps)  # deterministic
-    args = ["explain", str(video), "--checkpoint", str(checkpoint), "--method", "inputxgrad"]
+    args = ["explain", str(video), "--checkpoint", str(checkpoint), "--method", method]
     refused = CliRunner().invoke(cli, [*args, "--layer", "base_model.layer1"])
     assert refused.exit_code == 2 and "leave out --layer" in refused.output

@@ -47,7 +47,8 @@ from tsmcli.commands.evaluate import (
     help="gradcam: a layer's channels weighed by their mean gradient; gradcam++: by their "
     "positive gradients, Grad-CAM++'s way; layercam: each position by its own positive "
     "gradient (sharper at shallow layers and small frames); inputxgrad: each pixel's value "
-    "times its gradient (no --layer), lightly smoothed.",
+    "times its gradient (no --layer), lightly smoothed; intgrad: integrated gradients from "
+    "the mean colour (no --layer; 17 passes a clip).",
 )
 @click.option(
     "--out",

@@ -7,9 +7,9 @@ features with its neighbours', so a frame's map depends on the other frames, and
 computed frame by frame (as a 2D explainer would) is not the model's. The maps of a clip
 share one scale (the clip's largest value is 1), so frames can be compared.
 
-Grad-CAM++ and LayerCAM weigh a layer's maps otherwise; input x gradient needs no layer and
-maps the pixels themselves, which suits frames too small for a deep layer's maps to say
-where. What each finds on the demo, and which of them still depend on the trained layers
+Grad-CAM++ and LayerCAM weigh a layer's maps otherwise; input x gradient and integrated
+gradients need no layer and map the pixels themselves, which suits frames too small for a
+deep layer's maps to say where. What each finds on the demo, and which of them still depend on the trained layers
 above the one they read, is measured in ``bench/explain.py``.
 
 Inputs are read, sampled and cropped as ``tsm eval`` reads them in its ``single`` view (the
@@ -54,7 +54,8 @@ STAGES = {
 }
 MIN_MAP = 4
 METHODS = CAM_METHODS
-INPUT_METHOD = "inputxgrad"  # a map over the input pixels: no layer
+# methods that map the input pixels (no layer), and the path steps each integrates over
+PIXEL_METHODS = {"inputxgrad": 0, "intgrad": 16}
 BLUR = 1.0  # pixels: the Gaussian that smooths an input-level map
 OUTPUT_SUFFIXES = (".png", ".gif", ".npy")
 
@@ -126,25 +127,47 @@ def grad_cam(
     return (maps / peak if peak > 0 else maps), label, logits.detach()
 
 
-def input_x_gradient(
-    model: nn.Module, clip: Tensor, target: int | None, blur: float = BLUR
+def pixel_map(
+    model: nn.Module, clip: Tensor, target: int | None, steps: int = 0, blur: float = BLUR
 ) -> tuple[Tensor, int, Tensor]:
     """Where the pixels of a normalised clip ``(1, T, 3, S, S)`` push the score of ``target``
-    (None: the top-1 class): each pixel's input times its gradient, summed over the colours,
-    its magnitude, smoothed by a Gaussian of ``blur`` pixels (a single pixel's value is noisy
-    at this resolution). The maps ``(T, S, S)`` scaled so the clip's largest is 1, the class,
-    and the logits; the whole clip in one pass, as ``grad_cam``."""
-    pixels = clip.detach().clone().requires_grad_(True)
-    with torch.enable_grad():
-        logits = model(pixels)  # (1, K)
-        label = int(logits[0].argmax()) if target is None else target
-        model.zero_grad(set_to_none=True)
-        logits[0, label].backward()
-    maps = (pixels.grad[0] * clip[0]).sum(dim=1).abs()  # (T, S, S)
+    (None: the top-1 class): the magnitude of ``pixel_attributions`` summed over the colours,
+    smoothed by a Gaussian of ``blur`` pixels (a single pixel's value is noisy at small
+    sizes). The maps ``(T, S, S)`` scaled so the clip's largest is 1, the class, and the
+    logits; each pass takes the whole clip, as ``grad_cam``."""
+    attributions, label, logits = pixel_attributions(model, clip, target, steps)
+    maps = attributions[0].sum(dim=1).abs()  # (T, S, S)
     if blur > 0:
         maps = _gaussian_blur(maps, blur)
     peak = maps.max()
-    return (maps / peak if peak > 0 else maps), label, logits.detach()
+    return (maps / peak if peak > 0 else maps), label, logits
+
+
+def pixel_attributions(
+    model: nn.Module, clip: Tensor, target: int | None, steps: int = 0
+) -> tuple[Tensor, int, Tensor]:
+    """Each input value's share of the score of ``target`` (None: the top-1 class), with the
+    class and the clip's logits. ``steps`` 0: the input times its gradient. Otherwise
+    integrated gradients (Sundararajan et al.): the input's difference from a baseline of
+    zeros (after normalisation, the data's mean colour) times the gradient averaged along the
+    straight path between them, by the trapezoid rule over ``steps`` intervals, so the shares
+    add up to the score's rise from the baseline to within the rule's error."""
+    if steps < 0:
+        raise ValueError(f"steps must be 0 or more, got {steps}")
+    points = [1.0] if steps == 0 else [k / steps for k in range(steps, -1, -1)]  # clip first
+    total = torch.zeros_like(clip)
+    logits, label = None, target
+    for alpha in points:
+        point = (clip.detach() * alpha).requires_grad_(True)
+        with torch.enable_grad():
+            scores = model(point)  # (1, K)
+            if logits is None:
+                logits = scores.detach()
+                label = int(logits[0].argmax()) if target is None else target
+            (gradient,) = torch.autograd.grad(scores[0, label], point)
+        ends = steps == 0 or alpha in (0.0, 1.0)
+        total += gradient * (1.0 if steps == 0 else (0.5 if ends else 1.0) / steps)
+    return clip.detach() * total, int(label), logits
 
 
 def _gaussian_blur(maps: Tensor, sigma: float) -> Tensor:
@@ -176,8 +199,9 @@ def explain(
     """Grad-CAM maps of each input (a video, a frame folder, or a folder searched for them)
     for ``target`` (a class name or index; None: each input's top-1), at ``layer`` (a module
     path such as ``base_model.layer3``; None: the last convolutional stage) by ``method``
-    (``gradcam``, ``gradcam++`` or ``layercam``: see ``grad_cam``; ``inputxgrad``, which
-    takes no layer: see ``input_x_gradient``). With ``out_dir``,
+    (``gradcam``, ``gradcam++`` or ``layercam``: see ``grad_cam``; ``inputxgrad`` or
+    ``intgrad``, integrated gradients, which take no layer: see ``pixel_map``). With
+    ``out_dir``,
     each input gets ``<name>.png`` (the frames with their maps), ``<name>.gif`` (the same,
     animated) and ``<name>.npy`` (the maps, ``(T, S, S)`` float32), checked before any work."""
     model, data, classes, path = load_for_eval(checkpoint, arch or ArchOverrides(), None, backend)
@@ -186,10 +210,10 @@ def explain(
     model.eval()
     names = list(classes) if classes else [str(k) for k in range(int(model.num_classes))]
     wanted = _target(target, names)
-    if method == INPUT_METHOD:
+    if method in PIXEL_METHODS:
         if layer is not None:
             raise UsageError(
-                f"--method {INPUT_METHOD} maps the input pixels, not a layer; leave out --layer "
+                f"--method {method} maps the input pixels, not a layer; leave out --layer "
                 f"{layer}, or choose a layer's method ({', '.join(m for m in METHODS if m != method)})"
             )
         layer_name, module = "input", None
@@ -227,7 +251,7 @@ def _explain_one(
 
     clip = transforms.normalize(frames)[None]  # (1, T, 3, S, S)
     if module is None:
-        maps, label, logits = input_x_gradient(model, clip, target)
+        maps, label, logits = pixel_map(model, clip, target, PIXEL_METHODS[method])
     else:
         maps, label, logits = grad_cam(model, clip, module, target, method)
     size = frames.shape[-2:]
