@@ -6,7 +6,7 @@ main object's box in that frame (`tsm synth` knows it: `<video>.boxes.json`, or 
 from the set's options for a set written before the boxes were). A frame whose map is zero
 everywhere counts as a miss. Measured for the offline TSM and for TSN with each method at
 each ResNet stage it reads (the default is the deepest stage whose maps keep 4 pixels a side:
-layer2 at 32 px), and with input x gradient, which reads the pixels.
+layer2 at 32 px), and with input x gradient and integrated gradients, which read the pixels.
 
 Besides all frames: the frames that show the object (an appearing or fading object drawn at
 an opacity under 0.2 stands out from the background by less than the background's own
@@ -46,7 +46,7 @@ from tsmcli.model.checkpoint import CheckpointInfo, load_model, read_checkpoint 
 
 STAGES = ("base_model.layer1", "base_model.layer2", "base_model.layer3")
 METHODS = ("gradcam", "gradcam++", "layercam")
-INPUT = ("inputxgrad", None)  # reads the pixels: no layer
+PIXELS = (("inputxgrad", None), ("intgrad", None))  # read the pixels: no layer
 # the pointing game's usual tolerance (Zhang et al., excitation backprop): a peak within 15
 # pixels of the box counts, at 224 px; scaled to the frame's side
 TOLERANCE = 15 / 224
@@ -176,7 +176,7 @@ def main() -> None:
     videos = [demo / "videos" / f"{name}.mp4" for name in names]
     before = load_average()
     rows, best, faithful, counted = [], None, None, None
-    combos = [(method, layer) for method in METHODS for layer in STAGES] + [INPUT]
+    combos = [(method, layer) for method in METHODS for layer in STAGES] + list(PIXELS)
     for model in ("tsm", "tsn"):
         checkpoint = demo / "runs" / model / "last.pt"
         random = randomised_above_layer1(checkpoint) if model == "tsm" else None
