@@ -36,7 +36,7 @@ Written by `make bench` (`bench/run_all.py`), which runs each script in `bench/`
 machine; every section names its machine (CPU model, cores, the instruction set torch's
 kernels use and the threads: CPU times differ several-fold between AVX2 and AVX-512 machines)
 and the command that reproduces it. Ratios are measured side by side in one process, so they
-hold better across machines than absolute times. Targets come from the issues: shift
+hold better across machines than absolute times. The targets the project holds itself to: shift
 overhead <= 1.02, loading <= 1.2x bare decode, data wait < 10% of a demo training step, a
 TSM-R50 training step <= 0.85x an official-style reference (CPU), streaming latency <= 1.03x
 the 2D backbone, `tsm predict` >= 0.95x the videos/s of `tsm eval`, no frame dropped
