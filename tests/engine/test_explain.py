@@ -190,17 +190,24 @@ def test_features_are_the_classifiers_input(data, tmp_path):
         features([root / "videos" / "v2.mp4"], checkpoint, list_file=listed, root=root)
 
 
+def _activation_and_gradient(model, clip, layer, label):
+    """``layer``'s output on ``clip`` (detached) and the gradient of ``label``'s score there,
+    computed apart from ``grad_cam`` to check it."""
+    store = {}
+    handle = layer.register_forward_hook(lambda m, i, o: store.update(a=o))
+    logits = model(clip)
+    handle.remove()
+    (gradient,) = torch.autograd.grad(logits[0, label], store["a"])
+    return store["a"].detach(), gradient
+
+
 def test_layercam_weighs_each_position_by_its_own_positive_gradient():
     torch.manual_seed(0)
     model = build_model("resnet18", num_classes=3, num_segments=4).eval()
     clip = torch.randn(1, 4, 3, 32, 32)
     maps, label, _ = grad_cam(model, clip, model.base_model.layer1, 2, "layercam")
-    store = {}
-    handle = model.base_model.layer1.register_forward_hook(lambda m, i, o: store.update(a=o))
-    logits = model(clip)
-    handle.remove()
-    (grad,) = torch.autograd.grad(logits[0, 2], store["a"])
-    expected = torch.relu((torch.relu(grad) * store["a"].detach()).sum(1))
+    a, grad = _activation_and_gradient(model, clip, model.base_model.layer1, 2)
+    expected = torch.relu((torch.relu(grad) * a).sum(1))
     assert label == 2 and torch.allclose(maps, expected / expected.max(), atol=1e-6)
 
 
@@ -211,12 +218,7 @@ def test_gradcam_plus_plus_weighs_channels_by_their_positive_gradients():
     model = build_model("resnet18", num_classes=3, num_segments=4).eval()
     clip = torch.randn(1, 4, 3, 32, 32)
     maps, label, _ = grad_cam(model, clip, model.base_model.layer1, 1, "gradcam++")
-    store = {}
-    handle = model.base_model.layer1.register_forward_hook(lambda m, i, o: store.update(a=o))
-    logits = model(clip)
-    handle.remove()
-    (g,) = torch.autograd.grad(logits[0, 1], store["a"])
-    a = store["a"].detach()
+    a, g = _activation_and_gradient(model, clip, model.base_model.layer1, 1)
     denominator = 2 * g**2 + a.sum(dim=(2, 3), keepdim=True) * g**3
     alpha = torch.where(denominator != 0, g**2 / denominator, torch.zeros_like(g))
     weights = (alpha * torch.relu(g)).sum(dim=(2, 3), keepdim=True)
