@@ -91,16 +91,16 @@ class Score:
 def pointing(
     checkpoint: Path | CheckpointInfo,
     videos: list[Path],
-    options: dict,
+    truth: list[tuple[np.ndarray, np.ndarray]],
     layer: str | None,
     method: str,
 ) -> Score:
+    """The pointing game of one method; ``truth``: each video's boxes and opacities."""
     result = explain(videos, checkpoint, layer=layer, method=method)
     inside_all: list[bool] = []
     shown: list[bool] = []
     near = clips = 0
-    for video, found in zip(videos, result.explanations, strict=True):
-        boxes, opacity = boxes_of(video, options), opacity_of(video, options)
+    for (boxes, opacity), found in zip(truth, result.explanations, strict=True):
         tolerance = TOLERANCE * found.maps.shape[-1]  # pixels at the size the model saw
         inside = []
         for t, source in enumerate(found.frame_indices):
@@ -174,6 +174,7 @@ def main() -> None:
     listed = demo / "lists" / "val.txt"
     names = [line.split()[0] for line in listed.read_text().splitlines() if line.strip()]
     videos = [demo / "videos" / f"{name}.mp4" for name in names]
+    truth = [(boxes_of(video, options), opacity_of(video, options)) for video in videos]
     before = load_average()
     rows, best, faithful, counted = [], None, None, None
     combos = [(method, layer) for method in METHODS for layer in STAGES] + list(PIXELS)
@@ -181,8 +182,8 @@ def main() -> None:
         checkpoint = demo / "runs" / model / "last.pt"
         random = randomised_above_layer1(checkpoint) if model == "tsm" else None
         for method, layer in combos:
-            score = pointing(checkpoint, videos, options, layer, method)
-            sanity = pointing(random, videos, options, layer, method) if random else None
+            score = pointing(checkpoint, videos, truth, layer, method)
+            sanity = pointing(random, videos, truth, layer, method) if random else None
             counted = (score.frames_shown, score.frames)
             rows.append(
                 f"| {model.upper()} | {method} | {layer or 'input'} | {score.inside:.1f} "
