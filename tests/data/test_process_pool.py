@@ -5,15 +5,17 @@ handed to salvage. Jobs here are plain integers."""
 from __future__ import annotations
 
 import errno
+import gc
 import multiprocessing.process
 import os
 import signal
 import time
+import weakref
 from pathlib import Path
 
 import pytest
 
-from tsmcli.data.process_pool import run_in_processes
+from tsmcli.data.process_pool import _collector_frozen, run_in_processes
 from tsmcli.errors import DataError
 
 
@@ -143,3 +145,65 @@ def test_a_worker_that_cannot_start_is_one_line_and_the_others_are_stopped(
         "fewer workers"
     )
     assert cleaned == [(1, started[0].pid)] and _gone(started[0].pid)
+
+
+def _collect_garbage(job: int, _: None) -> int:
+    """Runs in a worker: a full collection, which runs the destructor of any garbage in reach."""
+    gc.collect()
+    return job
+
+
+def test_a_worker_never_collects_the_garbage_it_was_forked_with(tmp_path, make_video, deadline):
+    # A decord reader's destructor joins the reader's decoding thread. A forked worker has none
+    # of the parent's threads, so a reader collected there waits for that thread for ever.
+    import decord
+
+    make_video(tmp_path / "clip.mp4")
+    gc.disable()  # the reader stays uncollected garbage until the workers are forked
+    try:
+        cycle: list = [decord.VideoReader(str(tmp_path / "clip.mp4"))]
+        cycle.append(cycle)
+        del cycle
+        with deadline(60):
+            outcomes = list(
+                run_in_processes(
+                    [1, 2, 3],
+                    _collect_garbage,
+                    None,
+                    2,
+                    died=lambda job, code: (job, code),
+                    salvage=lambda job, pid: None,
+                )
+            )
+    finally:
+        gc.enable()
+        gc.collect()  # here, where the reader's thread is, its destructor returns
+    assert sorted(outcomes) == [1, 2, 3]
+
+
+class _Node:
+    """An object that can be in a reference cycle and watched by a weak reference."""
+
+
+def test_the_collector_is_frozen_across_a_fork_and_given_back_after():
+    with _collector_frozen():
+        assert gc.get_freeze_count() > 0  # what the child inherits, it never collects
+    assert gc.get_freeze_count() == 0  # this process collects all of it again
+
+
+def test_a_program_that_freezes_objects_itself_keeps_them_frozen_without_its_garbage():
+    gc.disable()  # nothing is collected but by the code under test
+    try:
+        gc.freeze()  # the program's own choice
+        frozen = gc.get_freeze_count()
+        garbage = _Node()
+        garbage.me = garbage  # a cycle made since: only the collector frees it
+        gone = weakref.ref(garbage)
+        del garbage
+        with _collector_frozen():
+            pass
+        assert gc.get_freeze_count() >= frozen  # what the program froze is still frozen
+        assert gone() is None  # the garbage was collected, not frozen with the rest
+    finally:
+        gc.unfreeze()
+        gc.enable()

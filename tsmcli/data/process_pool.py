@@ -13,11 +13,20 @@ by hand or by the out-of-memory killer) left workers the run could neither see n
 writing while their jobs were retried. And a worker runs nothing of the caller's script again,
 so a script needs no ``if __name__ == "__main__":`` guard. Elsewhere workers are spawned (fork
 is unsafe on macOS), and a calling script needs that guard.
+
+A forked worker inherits this process's objects, the garbage not yet collected among them, but
+none of its threads. A decoder's destructor joins the decoder's own thread (decord starts one
+per reader), so a reader collected in a worker crashes it or waits for ever; a reader in a
+reference cycle (one held by a traceback) is such garbage until the collector runs. So the
+collector's view is frozen across each fork (``worker_context``): a worker never collects what
+it inherited, and this process goes on collecting it where the threads are. The DataLoaders
+of training and of scoring (eval, predict, features) fork their workers the same way.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import multiprocessing
 import os
@@ -101,13 +110,50 @@ def _finished(pool: list[_Worker[Job, Outcome]]) -> list[_Worker[Job, Outcome]]:
 
 
 def _process_context(preload: Sequence[str]) -> multiprocessing.context.BaseContext:
-    """Fork on Linux, with ``preload`` imported first (torchvision alone takes a second or more
-    to import: once here, not once per worker); spawn elsewhere."""
+    """``worker_context()``, with ``preload`` imported first where workers are forked
+    (torchvision alone takes a second or more to import: once here, not once per worker)."""
     if sys.platform.startswith("linux"):
         for name in preload:
             importlib.import_module(name)
-        return multiprocessing.get_context("fork")
+    return worker_context()
+
+
+def worker_context() -> multiprocessing.context.BaseContext:
+    """How worker processes start: on Linux forked, with the garbage collector frozen across the
+    fork (the module's docstring says why); spawned elsewhere. Also a DataLoader's
+    ``multiprocessing_context``."""
+    if sys.platform.startswith("linux"):
+        return _CollectorFrozenForkContext()
     return multiprocessing.get_context("spawn")
+
+
+@contextlib.contextmanager
+def _collector_frozen() -> Iterator[None]:
+    """Move every object the collector tracks out of its reach for the block (a fork): the
+    child never collects them, and this process takes them back after. A program that freezes
+    objects itself keeps them frozen; its garbage is collected first, so none is frozen too."""
+    if gc.get_freeze_count():
+        gc.collect()
+        gc.freeze()
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
+if sys.platform != "win32":  # where the standard library defines fork's context
+
+    class _CollectorFrozenForkProcess(multiprocessing.context.ForkProcess):
+        @staticmethod
+        def _Popen(process_obj):
+            with _collector_frozen():
+                return multiprocessing.context.ForkProcess._Popen(process_obj)
+
+    class _CollectorFrozenForkContext(multiprocessing.context.ForkContext):
+        Process = _CollectorFrozenForkProcess
 
 
 @contextlib.contextmanager
