@@ -32,6 +32,7 @@ def views_loader(
 
     from tsmcli.data.batch import collate_clips
     from tsmcli.data.decode import preload_decoder
+    from tsmcli.data.process_pool import worker_context
 
     if workers is None:
         batches = math.ceil(len(sampler if sampler is not None else dataset) / batch_size)
@@ -45,6 +46,7 @@ def views_loader(
         num_workers=workers,
         collate_fn=collate_fn or collate_clips,
         pin_memory=device.type == "cuda",
+        multiprocessing_context=worker_context() if workers else None,
     )
 
 

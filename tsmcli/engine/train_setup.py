@@ -297,6 +297,7 @@ def make_loader(
     dropout's) and, with workers, persistent ones."""
     from tsmcli.data.dataset import collate_clips
     from tsmcli.data.decode import preload_decoder
+    from tsmcli.data.process_pool import worker_context
 
     if t.workers:
         preload_decoder(dataset)
@@ -313,6 +314,7 @@ def make_loader(
         worker_init_fn=_init_worker,
         persistent_workers=t.workers > 0,
         prefetch_factor=4 if t.workers else None,
+        multiprocessing_context=worker_context() if t.workers else None,
     )
 
 
