@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import http.server
 import signal
 import threading
@@ -74,6 +75,23 @@ def sigint_raises_keyboard_interrupt():
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture
+def decoder_garbage(tmp_path):
+    """A decord reader in a reference cycle, left uncollected (the collector is off) for the
+    test's forks to inherit. Its destructor joins the reader's decoding thread, which a forked
+    process does not have: collected in one, it crashes it or waits for ever."""
+    import decord
+
+    write_video(tmp_path / "garbage.mp4")
+    gc.disable()
+    cycle: list = [decord.VideoReader(str(tmp_path / "garbage.mp4"))]
+    cycle.append(cycle)
+    del cycle
+    yield
+    gc.enable()
+    gc.collect()  # here, where the reader's thread is, its destructor returns
 
 
 @pytest.fixture

@@ -153,31 +153,18 @@ def _collect_garbage(job: int, _: None) -> int:
     return job
 
 
-def test_a_worker_never_collects_the_garbage_it_was_forked_with(tmp_path, make_video, deadline):
-    # A decord reader's destructor joins the reader's decoding thread. A forked worker has none
-    # of the parent's threads, so a reader collected there waits for that thread for ever.
-    import decord
-
-    make_video(tmp_path / "clip.mp4")
-    gc.disable()  # the reader stays uncollected garbage until the workers are forked
-    try:
-        cycle: list = [decord.VideoReader(str(tmp_path / "clip.mp4"))]
-        cycle.append(cycle)
-        del cycle
-        with deadline(60):
-            outcomes = list(
-                run_in_processes(
-                    [1, 2, 3],
-                    _collect_garbage,
-                    None,
-                    2,
-                    died=lambda job, code: (job, code),
-                    salvage=lambda job, pid: None,
-                )
+def test_a_worker_never_collects_the_garbage_it_was_forked_with(decoder_garbage, deadline):
+    with deadline(60):
+        outcomes = list(
+            run_in_processes(
+                [1, 2, 3],
+                _collect_garbage,
+                None,
+                2,
+                died=lambda job, code: (job, code),
+                salvage=lambda job, pid: None,
             )
-    finally:
-        gc.enable()
-        gc.collect()  # here, where the reader's thread is, its destructor returns
+        )
     assert sorted(outcomes) == [1, 2, 3]
 
 
