@@ -276,3 +276,4 @@ def test_pixel_methods_map_the_input_and_refuse_a_layer(data, method):
     args = ["explain", str(video), "--checkpoint", str(checkpoint), "--method", method]
     refused = CliRunner().invoke(cli, [*args, "--layer", "base_model.layer1"])
     assert refused.exit_code == 2 and "leave out --layer" in refused.output
+    assert "a layer's method (gradcam, gradcam++, layercam)" in refused.output

@@ -56,6 +56,7 @@ MIN_MAP = 4
 METHODS = CAM_METHODS
 # methods that map the input pixels (no layer), and the path steps each integrates over
 PIXEL_METHODS = {"inputxgrad": 0, "intgrad": 16}
+LAYER_METHODS = tuple(m for m in METHODS if m not in PIXEL_METHODS)
 BLUR = 1.0  # pixels: the Gaussian that smooths an input-level map
 OUTPUT_SUFFIXES = (".png", ".gif", ".npy")
 
@@ -214,7 +215,7 @@ def explain(
         if layer is not None:
             raise UsageError(
                 f"--method {method} maps the input pixels, not a layer; leave out --layer "
-                f"{layer}, or choose a layer's method ({', '.join(m for m in METHODS if m != method)})"
+                f"{layer}, or choose a layer's method ({', '.join(LAYER_METHODS)})"
             )
         layer_name, module = "input", None
     else:
