@@ -9,8 +9,8 @@ share one scale (the clip's largest value is 1), so frames can be compared.
 
 Grad-CAM++ and LayerCAM weigh a layer's maps otherwise; input x gradient and integrated
 gradients need no layer and map the pixels themselves, which suits frames too small for a
-deep layer's maps to say where. What each finds on the demo, and which of them still depend on the trained layers
-above the one they read, is measured in ``bench/explain.py``.
+deep layer's maps to say where. What each finds on the demo, and which of them still depend on
+the trained layers above the one they read, is measured in ``bench/explain.py``.
 
 Inputs are read, sampled and cropped as ``tsm eval`` reads them in its ``single`` view (the
 segment centres, the centre crop): the map of frame t is over the crop the model saw.
@@ -122,7 +122,7 @@ def grad_cam(
         alpha = torch.where(denominator != 0, square / denominator, torch.zeros_like(square))
         weights = (alpha * torch.relu(gradient)).sum(dim=(2, 3), keepdim=True)  # (T, C, 1, 1)
     else:
-        weights = activation.grad.mean(dim=(2, 3), keepdim=True)  # (T, C, 1, 1): per frame
+        weights = gradient.mean(dim=(2, 3), keepdim=True)  # (T, C, 1, 1): per frame
     maps = torch.relu((weights * activation).sum(dim=1)).detach()  # (T, h, w)
     peak = maps.max()
     return (maps / peak if peak > 0 else maps), label, logits.detach()
@@ -155,10 +155,15 @@ def pixel_attributions(
     add up to the score's rise from the baseline to within the rule's error."""
     if steps < 0:
         raise ValueError(f"steps must be 0 or more, got {steps}")
-    points = [1.0] if steps == 0 else [k / steps for k in range(steps, -1, -1)]  # clip first
+    # the path's points, the clip first, with their trapezoid weights
+    if steps == 0:
+        points, shares = [1.0], [1.0]
+    else:
+        points = [k / steps for k in range(steps, -1, -1)]
+        shares = [(0.5 if k in (0, steps) else 1.0) / steps for k in range(steps, -1, -1)]
     total = torch.zeros_like(clip)
     logits, label = None, target
-    for alpha in points:
+    for alpha, share in zip(points, shares, strict=True):
         point = (clip.detach() * alpha).requires_grad_(True)
         with torch.enable_grad():
             scores = model(point)  # (1, K)
@@ -166,8 +171,7 @@ def pixel_attributions(
                 logits = scores.detach()
                 label = int(logits[0].argmax()) if target is None else target
             (gradient,) = torch.autograd.grad(scores[0, label], point)
-        ends = steps == 0 or alpha in (0.0, 1.0)
-        total += gradient * (1.0 if steps == 0 else (0.5 if ends else 1.0) / steps)
+        total += gradient * share
     return clip.detach() * total, int(label), logits
 
 
